@@ -1,0 +1,1 @@
+"""Magenta RT serving cluster: gateway, embedder and generator services."""

@@ -1,0 +1,1 @@
+"""Code every service shares: model facts, config flags, metrics, gRPC bootstrap, stubs."""

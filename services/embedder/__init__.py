@@ -1,0 +1,1 @@
+"""Style embedding service: MusicCoCa text / audio embeddings, micro-batched and cached."""

@@ -1,0 +1,1 @@
+"""Chunk generation service: per-session state, the scheduler, and the model engines."""
