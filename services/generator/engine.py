@@ -78,5 +78,7 @@ class ChunkEngine(abc.ABC):
     def generate(self, jobs: Sequence[ChunkJob]) -> list[ChunkOutput]:
         """One chunk per job, in order. Must give each job what it would get alone."""
 
-    def warmup(self, max_batch_size: int) -> None:
-        """Compile / load whatever the first real request would otherwise wait for."""
+    def warmup(self, batch_size: int) -> None:
+        """Run one throw-away batch of ``batch_size`` fresh sessions (compiles that shape)."""
+        job = ChunkJob(state=SessionState.fresh(), style_embedding=None, sampling=SamplingParams())
+        self.generate([job] * batch_size)

@@ -1,0 +1,65 @@
+"""python -m services.embedder: MusicCoCa style embeddings from text and audio."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from services.common.assets import AssetMissingError, AssetStore
+from services.common.config import add_flag, add_service_flags, parse_bool, setup_logging
+from services.common.proto.mrt.v1 import embedder_pb2, embedder_pb2_grpc
+from services.common.server import Service
+from services.embedder.audio_input import AudioLimits
+from services.embedder.models import MODEL_NAMES, create_style_model
+from services.embedder.servicer import EmbedderLimits, EmbedderServicer
+
+log = logging.getLogger("services.embedder")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m services.embedder", description=__doc__)
+    add_service_flags(parser, port=50052, metrics_port=9092)
+    add_flag(parser, "--model", default="tiny", choices=MODEL_NAMES, help="style model to serve")
+    add_flag(parser, "--assets-dir", default=None, help="model assets directory")
+    add_flag(parser, "--allow-download", default=False, type=parse_bool,
+             help="fetch missing upstream assets from the Hugging Face Hub")
+    add_flag(parser, "--max-batch-size", default=32, type=int, help="most requests per model call")
+    add_flag(parser, "--batch-window-ms", default=5.0, type=float,
+             help="how long a request waits for others to share its model call")
+    add_flag(parser, "--cache-entries", default=4096, type=int, help="embeddings kept in the LRU cache")
+    add_flag(parser, "--max-text-chars", default=512, type=int, help="longest text prompt accepted")
+    add_flag(parser, "--max-audio-bytes", default=AudioLimits().max_bytes, type=int,
+             help="largest audio prompt file accepted")
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    model = create_style_model(args.model, AssetStore(args.assets_dir, allow_download=args.allow_download))
+    limits = EmbedderLimits(max_text_chars=args.max_text_chars,
+                            audio=AudioLimits(max_bytes=args.max_audio_bytes))
+    servicer = EmbedderServicer(model, limits=limits, cache_entries=args.cache_entries,
+                                max_batch_size=args.max_batch_size,
+                                batch_window_s=args.batch_window_ms / 1000)
+    service = Service("embedder", host=args.host, port=args.port, metrics_port=args.metrics_port,
+                      max_message_bytes=args.max_message_bytes,
+                      service_names=[embedder_pb2.DESCRIPTOR.services_by_name["StyleEmbedder"].full_name],
+                      shutdown_grace_s=args.shutdown_grace_s)
+    embedder_pb2_grpc.add_StyleEmbedderServicer_to_server(servicer, service.server)
+    await service.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.log_level, "embedder")
+    try:
+        asyncio.run(serve(args))
+    except AssetMissingError as err:
+        log.error("%s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

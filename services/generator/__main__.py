@@ -1,0 +1,82 @@
+"""python -m services.generator: the chunk generation service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+from services.common.assets import AssetMissingError, AssetStore
+from services.common.config import add_flag, add_service_flags, parse_bool, setup_logging
+from services.common.proto.mrt.v1 import generator_pb2, generator_pb2_grpc
+from services.common.server import Service
+from services.generator.models import MODEL_NAMES, create_engine
+from services.generator.scheduler import Scheduler
+from services.generator.servicer import GeneratorServicer
+
+log = logging.getLogger("services.generator")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m services.generator", description=__doc__)
+    add_service_flags(parser, port=50053, metrics_port=9093)
+    add_flag(parser, "--model", default="tiny", choices=MODEL_NAMES, help="model to serve")
+    add_flag(parser, "--assets-dir", default=None, help="model assets directory")
+    add_flag(parser, "--allow-download", default=False, type=parse_bool,
+             help="fetch missing upstream assets from the Hugging Face Hub")
+    add_flag(parser, "--checkpoint", default=None, type=Path,
+             help="upstream t5x checkpoint (.tar or directory) to use instead of the assets dir's")
+    add_flag(parser, "--dtype", default="float32", choices=["float32", "bfloat16"],
+             help="activation dtype of the model")
+    add_flag(parser, "--max-batch-size", default=16, type=int,
+             help="most sessions generated together in one batch (1 = one at a time)")
+    add_flag(parser, "--capacity-sessions", default=0, type=int,
+             help="sessions accepted before RESOURCE_EXHAUSTED (0 = measured at start-up)")
+    add_flag(parser, "--target-utilization", default=0.8, type=float,
+             help="fraction of real time the measured capacity may use")
+    add_flag(parser, "--generator-id", default=f"{socket.gethostname()}-{os.getpid()}",
+             help="name reported in load reports and logs")
+    add_flag(parser, "--drain-grace-s", default=30.0, type=float,
+             help="on SIGTERM, seconds to wait for sessions to move elsewhere")
+    args = parser.parse_args(argv)
+    if args.max_batch_size < 1:
+        parser.error("--max-batch-size must be >= 1")
+    return args
+
+
+async def serve(args: argparse.Namespace) -> None:
+    store = AssetStore(args.assets_dir, allow_download=args.allow_download)
+    engine = create_engine(args.model, store, checkpoint=args.checkpoint, dtype=args.dtype)
+    scheduler = Scheduler(engine, args.max_batch_size, target_utilization=args.target_utilization,
+                          fixed_capacity=args.capacity_sessions)
+    await asyncio.to_thread(scheduler.warmup)
+    scheduler.start()
+    servicer = GeneratorServicer(scheduler, model_name=args.model, generator_id=args.generator_id)
+    service = Service("generator", host=args.host, port=args.port, metrics_port=args.metrics_port,
+                      max_message_bytes=args.max_message_bytes,
+                      service_names=[generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name],
+                      shutdown_grace_s=args.shutdown_grace_s)
+    generator_pb2_grpc.add_GeneratorServicer_to_server(servicer, service.server)
+    try:
+        await service.run(on_drain=lambda: servicer.drain(args.drain_grace_s))
+    finally:
+        scheduler.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.log_level, "generator")
+    try:
+        asyncio.run(serve(args))
+    except AssetMissingError as err:
+        log.error("%s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""The models a generator can serve, by name, and how each is built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.common.assets import AssetStore
+from services.generator.engine import ChunkEngine
+
+MODEL_NAMES = ("tiny", "base", "large", "mock")
+MODEL_DESCRIPTIONS = {
+    "tiny": "Magenta RT architecture at a small size, random weights; built locally (offline default)",
+    "base": "Magenta RT base (upstream weights)",
+    "large": "Magenta RT large (upstream weights)",
+    "mock": "sine tones with the real session state; for development and service tests",
+}
+
+
+def create_engine(model: str, store: AssetStore, *, checkpoint: Path | None = None,
+                  dtype: str = "float32") -> ChunkEngine:
+    """Build the engine for ``model``; raises AssetMissingError when its files are absent."""
+    if model == "mock":
+        from services.generator.mock_engine import MockEngine
+        return MockEngine()
+    if model in ("tiny", "base", "large"):
+        from services.generator.magenta_rt import MagentaRTEngine
+        return MagentaRTEngine.create(model, store, checkpoint=checkpoint, dtype=dtype)
+    raise ValueError(f"unknown model '{model}'; choose one of {', '.join(MODEL_NAMES)}")

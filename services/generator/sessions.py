@@ -1,0 +1,50 @@
+"""Bookkeeping for the sessions placed on one generator: their state, settings and demand."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+import numpy as np
+
+from services.generator.engine import ChunkOutput, SamplingParams, SessionState
+
+
+@dataclasses.dataclass
+class ChunkResult:
+    """What the scheduler hands back to a session's stream for one generated chunk."""
+
+    output: ChunkOutput | None
+    style_version: int = 0
+    sampling_version: int = 0
+    queue_wait_s: float = 0.0
+    generation_s: float = 0.0
+    batch_size: int = 0
+    error: str | None = None
+
+
+@dataclasses.dataclass
+class GeneratorSession:
+    """One listener's session on this generator. Mutated under the scheduler's lock."""
+
+    session_id: str
+    state: SessionState
+    sampling: SamplingParams
+    deliver: Callable[[ChunkResult], None]  # thread-safe: called from the scheduler thread
+    style_embedding: np.ndarray | None = None
+    style_version: int = 0
+    sampling_version: int = 0
+    reset_requested: bool = False
+    deadline_unix_s: float | None = None  # the pending demand's deadline, None = no demand
+    demanded_at_unix_s: float = 0.0
+    closed: bool = False
+    opened_at_unix_s: float = dataclasses.field(default_factory=time.time)
+
+    def take_reset(self) -> None:
+        """Apply a requested RESET_CONTEXT before the next chunk: forget the musical context."""
+        if self.reset_requested:
+            self.state = dataclasses.replace(
+                SessionState.fresh(), chunk_index=self.state.chunk_index,
+                crossfade_tail=self.state.crossfade_tail)
+            self.reset_requested = False
