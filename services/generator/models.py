@@ -5,15 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from services.common.assets import AssetStore
+from services.common.models import MODEL_NAMES
 from services.generator.engine import ChunkEngine
-
-MODEL_NAMES = ("tiny", "base", "large", "mock")
-MODEL_DESCRIPTIONS = {
-    "tiny": "Magenta RT architecture at a small size, random weights; built locally (offline default)",
-    "base": "Magenta RT base (upstream weights)",
-    "large": "Magenta RT large (upstream weights)",
-    "mock": "sine tones with the real session state; for development and service tests",
-}
 
 
 def create_engine(model: str, store: AssetStore, *, checkpoint: Path | None = None,

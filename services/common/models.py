@@ -1,0 +1,11 @@
+"""The catalogue of model names the cluster knows (engines are built by the generator)."""
+
+MODEL_DESCRIPTIONS = {
+    "tiny": "Magenta RT architecture at a small size, random weights; built locally (offline default)",
+    "base": "Magenta RT base (upstream weights)",
+    "large": "Magenta RT large (upstream weights)",
+    "mock": "sine tones with the real session state; for development and service tests",
+}
+MODEL_NAMES = tuple(MODEL_DESCRIPTIONS)
+# Models that need no download: their assets are built locally.
+LOCAL_MODELS = ("tiny", "mock")

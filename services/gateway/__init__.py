@@ -1,0 +1,1 @@
+"""Public streaming service: validates, mixes prompts, places sessions, paces audio."""

@@ -1,0 +1,86 @@
+"""python -m services.gateway: the public streaming service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from services.common.config import add_flag, add_service_flags, setup_logging
+from services.common.proto.mrt.v1 import music_pb2, music_pb2_grpc
+from services.common.server import Service
+from services.gateway.embedder_client import EmbedderClient
+from services.gateway.generator_pool import GeneratorPool
+from services.gateway.listener import SessionSettings
+from services.gateway.prompts import PromptLimits
+from services.gateway.servicer import MusicGenerationServicer
+
+log = logging.getLogger("services.gateway")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m services.gateway", description=__doc__)
+    add_service_flags(parser, port=50051, metrics_port=9091)
+    add_flag(parser, "--embedder-address", default="127.0.0.1:50052", help="embedder host:port")
+    add_flag(parser, "--generator-addresses", default="127.0.0.1:50053",
+             help="comma-separated generator host:port list; an entry dns:///name:port is "
+                  "re-resolved to every address behind it (e.g. a headless Service)")
+    add_flag(parser, "--default-model", default="",
+             help="model for sessions that name none (empty: what the generators serve)")
+    add_flag(parser, "--buffer-ahead-seconds", default=2.0, type=float,
+             help="how far ahead of the listener's playback chunks are sent")
+    add_flag(parser, "--load-poll-interval-s", default=1.0, type=float,
+             help="how often generator load is polled and DNS re-resolved")
+    add_flag(parser, "--backend-timeout-s", default=10.0, type=float,
+             help="deadline for embedder calls and generator session opens")
+    add_flag(parser, "--slow-client-timeout-s", default=10.0, type=float,
+             help="a client that reads nothing for this long is disconnected")
+    add_flag(parser, "--max-prompts", default=PromptLimits().max_prompts, type=int,
+             help="most prompts in one update")
+    add_flag(parser, "--max-text-chars", default=PromptLimits().max_text_chars, type=int,
+             help="longest text prompt accepted")
+    add_flag(parser, "--max-audio-bytes", default=PromptLimits().max_audio_bytes, type=int,
+             help="largest audio prompt accepted")
+    args = parser.parse_args(argv)
+    if args.buffer_ahead_seconds < 0:
+        parser.error("--buffer-ahead-seconds must be >= 0")
+    return args
+
+
+async def serve(args: argparse.Namespace) -> None:
+    pool = GeneratorPool([a.strip() for a in args.generator_addresses.split(",") if a.strip()],
+                         poll_interval_s=args.load_poll_interval_s,
+                         rpc_timeout_s=args.backend_timeout_s,
+                         max_message_bytes=args.max_message_bytes)
+    embedder = EmbedderClient(args.embedder_address, timeout_s=args.backend_timeout_s,
+                              max_message_bytes=args.max_message_bytes)
+    settings = SessionSettings(
+        buffer_ahead_seconds=args.buffer_ahead_seconds, open_timeout_s=args.backend_timeout_s,
+        slow_client_timeout_s=args.slow_client_timeout_s,
+        prompt_limits=PromptLimits(max_prompts=args.max_prompts, max_text_chars=args.max_text_chars,
+                                   max_audio_bytes=args.max_audio_bytes))
+    servicer = MusicGenerationServicer(pool=pool, embedder=embedder, settings=settings,
+                                       default_model=args.default_model)
+    service = Service("gateway", host=args.host, port=args.port, metrics_port=args.metrics_port,
+                      max_message_bytes=args.max_message_bytes,
+                      service_names=[music_pb2.DESCRIPTOR.services_by_name["MusicGeneration"].full_name],
+                      shutdown_grace_s=args.shutdown_grace_s)
+    music_pb2_grpc.add_MusicGenerationServicer_to_server(servicer, service.server)
+    await pool.start()
+    try:
+        await service.run()
+    finally:
+        await pool.close()
+        await embedder.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.log_level, "gateway")
+    asyncio.run(serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""The public MusicGeneration API (DESIGN section 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import uuid
+from typing import AsyncIterator
+
+import grpc
+from prometheus_client import Counter, Gauge
+
+from services.common import model_facts as facts
+from services.common.models import LOCAL_MODELS, MODEL_DESCRIPTIONS
+from services.common.proto.mrt.v1 import embedder_pb2, music_pb2, music_pb2_grpc
+from services.gateway.embedder_client import BackendUnavailable, EmbedderClient, PromptRejected
+from services.gateway.generator_pool import GeneratorPool
+from services.gateway.listener import ListenerSession, SessionSettings, StreamEnded
+
+log = logging.getLogger(__name__)
+
+ACTIVE = Gauge("mrt_gateway_active_sessions", "Listener streams open now")
+STARTED = Counter("mrt_gateway_sessions_started_total", "Sessions started", ["model"])
+ENDED = Counter("mrt_gateway_sessions_ended_total", "Sessions ended, by outcome", ["outcome"])
+
+SETUP_TIMEOUT_S = 30.0
+
+
+class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
+    def __init__(self, *, pool: GeneratorPool, embedder: EmbedderClient, settings: SessionSettings,
+                 default_model: str = ""):
+        self.pool = pool
+        self.embedder = embedder
+        self.settings = settings
+        self.default_model = default_model
+
+    def _resolve_model(self, requested: str) -> str:
+        """The model a session asks for, checked against what the generators serve."""
+        served = self.pool.models()
+        if not served:
+            raise StreamEnded(grpc.StatusCode.UNAVAILABLE, "no generator is reachable")
+        model = requested or self.default_model or sorted(served)[0]
+        if model not in served:
+            raise StreamEnded(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"unknown model '{model}'; this cluster serves: {', '.join(sorted(served))}")
+        return model
+
+    async def Stream(self, request_iterator: AsyncIterator[music_pb2.StreamRequest],
+                     context: grpc.aio.ServicerContext) -> AsyncIterator[music_pb2.StreamResponse]:
+        requests = aiter(request_iterator)
+        outcome = "ok"
+        session: ListenerSession | None = None
+        tasks: list[asyncio.Task] = []
+        ACTIVE.inc()
+        try:
+            try:
+                first = await asyncio.wait_for(anext(requests), SETUP_TIMEOUT_S)
+            except StopAsyncIteration:
+                raise StreamEnded(grpc.StatusCode.INVALID_ARGUMENT,
+                                  "stream closed before `setup`") from None
+            except asyncio.TimeoutError:
+                raise StreamEnded(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                  f"no `setup` within {SETUP_TIMEOUT_S:.0f} s") from None
+            if first.WhichOneof("request") != "setup":
+                raise StreamEnded(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"the first message must be `setup`, got "
+                                  f"`{first.WhichOneof('request') or 'an empty request'}`")
+            setup = first.setup
+            if setup.encoding not in music_pb2.AudioEncoding.values():
+                raise StreamEnded(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"unknown audio encoding {setup.encoding}")
+            model = self._resolve_model(setup.model)
+            session = ListenerSession(
+                session_id=uuid.uuid4().hex, model=model, encoding=setup.encoding,
+                settings=self.settings, pool=self.pool, embedder=self.embedder,
+                seed=secrets.randbits(31))
+            await session.connect()
+            STARTED.labels(model).inc()
+            log.info("session %s started (model %s, peer %s)", session.session_id, model, context.peer())
+            yield music_pb2.StreamResponse(started=music_pb2.SessionStarted(
+                session_id=session.session_id, model=model, sample_rate=facts.SAMPLE_RATE_HZ,
+                channels=facts.CHANNELS, chunk_seconds=facts.CHUNK_SECONDS, encoding=setup.encoding,
+                buffer_ahead_seconds=self.settings.buffer_ahead_seconds))
+            tasks = [asyncio.create_task(session.read_client(requests)),
+                     asyncio.create_task(session.pump())]
+            async for response in self._responses(session, tasks):
+                yield response
+        except StreamEnded as ended:
+            outcome = ended.code.name.lower()
+            log.info("session %s ended: %s", session.session_id if session else "-", ended)
+            await context.abort(ended.code, ended.details)
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except Exception:
+            outcome = "error"
+            log.exception("session %s failed", session.session_id if session else "-")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the session was ended")
+        finally:
+            for task in tasks:
+                task.cancel()
+            if session is not None:
+                await session.close()
+                log.info("session %s closed (%s, %d chunks, %d underruns)", session.session_id,
+                         outcome, session.next_sequence, session.underruns)
+            ACTIVE.dec()
+            ENDED.labels(outcome).inc()
+
+    @staticmethod
+    async def _responses(session: ListenerSession,
+                         tasks: list[asyncio.Task]) -> AsyncIterator[music_pb2.StreamResponse]:
+        """Yield the session's outbound messages until the pump finishes or a task fails.
+
+        The reader finishing normally just means the client half-closed: keep streaming."""
+        pump = tasks[1]
+        waiting = set(tasks)
+        while True:
+            getter = asyncio.ensure_future(session.outbound.get())
+            done, _ = await asyncio.wait({getter, *waiting}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                yield getter.result()
+                continue
+            getter.cancel()
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()
+            waiting -= done
+            if pump in done:
+                while not session.outbound.empty():
+                    yield session.outbound.get_nowait()
+                return
+
+    async def EmbedStyle(self, request: music_pb2.EmbedStyleRequest,
+                         context: grpc.aio.ServicerContext) -> music_pb2.EmbedStyleResponse:
+        source = request.WhichOneof("source")
+        if source == "text":
+            if not request.text.strip():
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "text is empty")
+            inner = embedder_pb2.EmbedRequest(text=request.text)
+        elif source == "audio":
+            if not request.audio:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "audio is empty")
+            inner = embedder_pb2.EmbedRequest(audio=request.audio)
+        else:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "set `text` or `audio`")
+        try:
+            embedding = await self.embedder.embed(inner)
+        except PromptRejected as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        except BackendUnavailable as err:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+        return music_pb2.EmbedStyleResponse(embedding=embedding.tolist())
+
+    async def ListModels(self, request: music_pb2.ListModelsRequest,
+                         context: grpc.aio.ServicerContext) -> music_pb2.ListModelsResponse:
+        served = self.pool.models()
+        models = [music_pb2.ModelInfo(
+            name=name, loaded=name in served, available=name in served or name in LOCAL_MODELS,
+            sample_rate=facts.SAMPLE_RATE_HZ, chunk_seconds=facts.CHUNK_SECONDS,
+            channels=facts.CHANNELS, description=description)
+            for name, description in MODEL_DESCRIPTIONS.items()]
+        default = self.default_model or (sorted(served)[0] if served else "")
+        return music_pb2.ListModelsResponse(models=models, default_model=default)
