@@ -109,7 +109,8 @@ class Scheduler:
     def capacity(self) -> int:
         if self.fixed_capacity:
             return self.fixed_capacity
-        return self.batch_times.capacity(self.target_utilization)
+        # Even a model slower than real time serves one listener (who will hear underruns).
+        return max(1, self.batch_times.capacity(self.target_utilization))
 
     @property
     def recent_real_time_factor(self) -> float:
