@@ -1,0 +1,117 @@
+"""A blocking test client for the public Stream RPC: send messages, receive with timeouts."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import grpc
+import numpy as np
+
+from services.common.proto.mrt.v1 import music_pb2, music_pb2_grpc
+
+_END = object()
+
+
+class StreamClient:
+    def __init__(self, address: str, *, metadata: tuple = (), channel: grpc.Channel | None = None):
+        self.channel = channel or grpc.insecure_channel(address)
+        self.stub = music_pb2_grpc.MusicGenerationStub(self.channel)
+        self._requests: queue.Queue = queue.Queue()
+        self._responses: queue.Queue = queue.Queue()
+        self.call = self.stub.Stream(self._request_iter(), metadata=metadata)
+        self.received: list[tuple[float, music_pb2.StreamResponse]] = []  # (arrival time, message)
+        self.error: grpc.RpcError | None = None
+        self.ended = False
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _request_iter(self):
+        while True:
+            request = self._requests.get()
+            if request is None:
+                return
+            yield request
+
+    def _read(self) -> None:
+        try:
+            for response in self.call:
+                self._responses.put((time.time(), response))
+        except grpc.RpcError as err:
+            self._responses.put((time.time(), err))
+            return
+        self._responses.put((time.time(), _END))
+
+    # --- sending ---------------------------------------------------------------------------------
+    def send(self, **fields) -> None:
+        self._requests.put(music_pb2.StreamRequest(**fields))
+
+    def setup(self, model: str = "", encoding: int = music_pb2.PCM_S16LE) -> music_pb2.SessionStarted:
+        self.send(setup=music_pb2.SessionSetup(model=model, encoding=encoding))
+        return self.expect("started").started
+
+    def prompts(self, *prompts: music_pb2.WeightedPrompt) -> None:
+        self.send(prompts=music_pb2.PromptUpdate(prompts=list(prompts)))
+
+    def playback(self, action: int) -> None:
+        self.send(playback=music_pb2.PlaybackControl(action=action))
+
+    def half_close(self) -> None:
+        self._requests.put(None)
+
+    def cancel(self) -> None:
+        self.call.cancel()
+        self._requests.put(None)
+
+    # --- receiving -------------------------------------------------------------------------------
+    def recv(self, timeout_s: float = 30.0) -> music_pb2.StreamResponse | None:
+        """The next message; None when the stream ended OK; raises the RpcError it ended with."""
+        try:
+            arrived, item = self._responses.get(timeout=timeout_s)
+        except queue.Empty:
+            raise TimeoutError(f"nothing received within {timeout_s} s") from None
+        if item is _END:
+            self.ended = True
+            return None
+        if isinstance(item, grpc.RpcError):
+            self.error = item
+            raise item
+        self.received.append((arrived, item))
+        return item
+
+    def expect(self, kind: str, timeout_s: float = 30.0) -> music_pb2.StreamResponse:
+        """Skip other message kinds until one of ``kind`` arrives."""
+        deadline = time.time() + timeout_s
+        while True:
+            message = self.recv(max(0.01, deadline - time.time()))
+            if message is None:
+                raise AssertionError(f"stream ended while waiting for {kind}")
+            if message.WhichOneof("response") == kind:
+                return message
+
+    def chunks(self, count: int, timeout_s: float = 30.0) -> list[tuple[float, music_pb2.AudioChunk]]:
+        out = []
+        for _ in range(count):
+            self.expect("chunk", timeout_s)
+            out.append((self.received[-1][0], self.received[-1][1].chunk))
+        return out
+
+    def status(self, timeout_s: float = 30.0) -> grpc.StatusCode:
+        """Read until the stream ends; its final status code."""
+        try:
+            while self.recv(timeout_s) is not None:
+                pass
+        except grpc.RpcError as err:
+            return err.code()
+        return grpc.StatusCode.OK
+
+    def close(self) -> None:
+        self.cancel()
+        self.channel.close()
+
+
+def chunk_audio(chunk: music_pb2.AudioChunk, encoding: int = music_pb2.PCM_S16LE) -> np.ndarray:
+    """float32[frames, 2] from a chunk's bytes."""
+    if encoding == music_pb2.PCM_F32LE:
+        return np.frombuffer(chunk.data, "<f4").reshape(-1, 2)
+    return np.frombuffer(chunk.data, "<i2").reshape(-1, 2).astype(np.float32) / 32767.0
