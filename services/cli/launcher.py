@@ -252,6 +252,7 @@ class ServiceProcess:
 
     def __init__(self, spec: ServiceSpec, *, log_dir: Path | None = None,
                  console: TextIO | None = None, console_lock: threading.Lock | None = None):
+        """Output goes to <log_dir>/<name>.log if log_dir is set, else to console (or stderr)."""
         self.spec = spec
         self._log_path = Path(log_dir) / f"{spec.name}.log" if log_dir is not None else None
         self._console = console
@@ -391,10 +392,11 @@ class ServiceProcess:
                 if log_file is not None:
                     log_file.write(line + "\n")
                     log_file.flush()
-                elif self._console is not None:
+                else:
+                    console = self._console or sys.stderr  # looked up now: it may be redirected
                     with self._console_lock:
-                        self._console.write(f"[{self.name}] {line}\n")
-                        self._console.flush()
+                        console.write(f"[{self.name}] {line}\n")
+                        console.flush()
         finally:
             stream.close()
             if log_file is not None:
@@ -426,17 +428,20 @@ def wait_until_serving(processes: Sequence[ServiceProcess], timeout_s: float) ->
 class Cluster:
     """The processes of one local cluster, started together and stopped together.
 
+    Children's output goes to ``<config.log_dir>/<service>.log`` when a log directory is set,
+    otherwise to `console` (default: the launcher's stderr) with a ``[service]`` prefix; the
+    last lines are kept either way for error messages. `specs` replaces the services that
+    `config` describes (tests run stand-ins this way).
+
     `start()` must be called from a thread that outlives the cluster (normally the main
     thread): Linux delivers the parent-death signal when the thread that started a child exits.
     """
 
     def __init__(self, config: ClusterConfig | None = None, *,
                  specs: Sequence[ServiceSpec] | None = None,
-                 console: TextIO | None = sys.stderr):
+                 console: TextIO | None = None):
         self.config = config or ClusterConfig()
         specs = list(specs) if specs is not None else self.config.service_specs()
-        if self.config.log_dir is not None:
-            console = None
         lock = threading.Lock()
         self.services: list[ServiceProcess] = [
             ServiceProcess(spec, log_dir=self.config.log_dir, console=console, console_lock=lock)
