@@ -1,0 +1,64 @@
+"""``mrt assets download``: fetch a model's upstream files into the assets directory.
+
+Needs network access to the Hugging Face Hub, so it is a separate, explicit step: the
+services themselves never download.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from services.cli.options import CommandFailed, add_env_option
+from services.common.assets import AssetStore
+
+MODEL_NAMES = ("tiny", "base", "large")
+# The style model (MusicCoCa) every generator model is steered with; served by the embedder.
+MUSICCOCA_ASSET_PATHS = (
+    "savedmodels/musiccoca_mv212f_cpu_novocab",
+    "savedmodels/musiccoca_mv212_quant",
+    "vocabularies/musiccoca_mv212f_vocab.model",
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    assets = subparsers.add_parser("assets", help="manage model files",
+                                   description="Manage the model files the services load.")
+    actions = assets.add_subparsers(dest="assets_action", required=True, metavar="ACTION")
+    download = actions.add_parser(
+        "download", help="download a model's files from the Hugging Face Hub",
+        description="Download the upstream files of a model (and of the MusicCoCa style "
+                    "model) into the assets directory. The tiny model is built locally.")
+    download.add_argument("--model", required=True, choices=MODEL_NAMES)
+    add_env_option(download, "--assets-dir", help="where to put the files (AssetStore default "
+                                                  "if unset)")
+    download.set_defaults(run=run_download)
+
+
+def asset_paths_for(model: str) -> list[str]:
+    """The upstream paths `model` needs: the generator's own table, then MusicCoCa's."""
+    try:
+        from services.generator.magenta_rt import MODEL_ASSET_PATHS  # lazy: heavy imports
+    except ImportError as err:
+        raise CommandFailed(f"cannot read the generator's asset table: {err}") from err
+    if model not in MODEL_ASSET_PATHS:
+        raise CommandFailed(f"the generator knows no upstream files for model '{model}' "
+                            f"(it knows {sorted(MODEL_ASSET_PATHS)})")
+    return list(dict.fromkeys([*MODEL_ASSET_PATHS[model], *MUSICCOCA_ASSET_PATHS]))
+
+
+def run_download(args: argparse.Namespace) -> int:
+    if args.model == "tiny":
+        print("the tiny model needs no download: the services build it locally", file=sys.stderr)
+        return 0
+    store = AssetStore(args.assets_dir, allow_download=True)
+    paths = asset_paths_for(args.model)
+    print(f"downloading {len(paths)} paths for model '{args.model}' into {store.root}",
+          file=sys.stderr)
+    try:
+        local_paths = store.download(paths)
+    except Exception as err:  # the Hub client raises many unrelated types (HTTP, OS, offline)
+        raise CommandFailed(f"download failed: {type(err).__name__}: {err}") from err
+    for path in local_paths:
+        print(path)
+    return 0

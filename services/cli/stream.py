@@ -1,0 +1,215 @@
+"""``mrt stream``: open one music session on the gateway and record it to a WAV file.
+
+The request side is a queue that stays open while audio arrives (a server may treat a
+half-closed stream as the listener leaving); it is closed, and the call cancelled, once the
+last chunk asked for has been written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import queue
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Sequence, TextIO
+
+from services.cli.connection import add_connection_options, call_metadata, open_channel
+from services.cli.options import CommandFailed, positive_float, user_input_type
+from services.cli.prompts import audio_prompt, text_prompt
+from services.cli.wavfile import WavWriter
+from services.common.proto.mrt.v1 import music_pb2, music_pb2_grpc
+
+# Chunk durations are floats: treat "within a microsecond of the target" as reaching it.
+_SECONDS_TOLERANCE = 1e-6
+
+
+class StreamFailed(CommandFailed):
+    """The server's stream did not follow the protocol (or ended early)."""
+
+
+@dataclasses.dataclass
+class StreamSummary:
+    session_id: str
+    chunks: int
+    seconds: float
+    time_to_first_audio_s: float | None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "stream", help="stream music from the gateway into a WAV file",
+        description="Open a session, send the prompts and settings, press PLAY, and write "
+                    "--seconds of audio (rounded up to whole chunks) to a 48 kHz stereo WAV.")
+    add_connection_options(parser)
+    parser.add_argument("--prompt", dest="prompts", action="append",
+                        type=user_input_type(text_prompt), metavar="TEXT[:WEIGHT]",
+                        help="a text prompt, optionally weighted (repeatable)")
+    parser.add_argument("--audio-prompt", dest="prompts", action="append",
+                        type=user_input_type(audio_prompt), metavar="FILE[:WEIGHT]",
+                        help="a wav / mp3 / ogg file as a prompt, optionally weighted (repeatable)")
+    parser.add_argument("--seconds", type=user_input_type(positive_float), default=20.0,
+                        help="how much audio to record (default 20)")
+    parser.add_argument("--out", type=Path, default=Path("mrt_stream.wav"),
+                        help="WAV file to write (default mrt_stream.wav)")
+    parser.add_argument("--model", default="", help="model to use (default: the cluster's)")
+    parser.add_argument("--temperature", type=float, help="sampling temperature, 0-4")
+    parser.add_argument("--top-k", type=int, help="top-k cut, 0-1024 (0: none)")
+    parser.add_argument("--guidance", type=float, help="classifier-free guidance weight, 0-10")
+    parser.add_argument("--seed", type=int, help="random seed")
+    parser.set_defaults(run=run, prompts=[])
+
+
+def run(args: argparse.Namespace) -> int:
+    config_fields = {name: getattr(args, name)
+                     for name in ("temperature", "top_k", "guidance", "seed")
+                     if getattr(args, name) is not None}
+    with open_channel(args.address, args.tls_ca) as channel:
+        summary = stream_to_wav(
+            music_pb2_grpc.MusicGenerationStub(channel), seconds=args.seconds, out_path=args.out,
+            setup=music_pb2.SessionSetup(model=args.model, encoding=music_pb2.PCM_S16LE),
+            prompts=args.prompts,
+            config=music_pb2.GenerationConfig(**config_fields) if config_fields else None,
+            metadata=call_metadata(args.api_key))
+    first_audio = (f"; first audio after {summary.time_to_first_audio_s:.2f} s"
+                   if summary.time_to_first_audio_s is not None else "")
+    print(f"wrote {summary.seconds:.2f} s ({summary.chunks} chunks) of session "
+          f"{summary.session_id} to {args.out}{first_audio}", file=sys.stderr)
+    return 0
+
+
+class _RequestQueue:
+    """The request side of the stream: messages are put in, and it ends only when closed."""
+
+    _CLOSED = object()
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue = queue.Queue()
+
+    def put(self, request: music_pb2.StreamRequest) -> None:
+        self._queue.put(request)
+
+    def close(self) -> None:
+        self._queue.put(self._CLOSED)
+
+    def __iter__(self) -> Iterator[music_pb2.StreamRequest]:
+        while (item := self._queue.get()) is not self._CLOSED:
+            yield item
+
+
+class _Progress:
+    """One status line on stderr: rewritten in place on a terminal, one line per chunk otherwise."""
+
+    def __init__(self, out: TextIO):
+        self._out = out
+        self._in_place = out.isatty()
+        self._line_open = False
+
+    def update(self, text: str) -> None:
+        if self._in_place:
+            self._out.write("\r\033[K" + text)
+            self._line_open = True
+        else:
+            self._out.write(text + "\n")
+        self._out.flush()
+
+    def note(self, text: str) -> None:
+        """A message that stays on screen (warnings, prompt status)."""
+        self.finish()
+        self._out.write(text + "\n")
+        self._out.flush()
+
+    def finish(self) -> None:
+        if self._line_open:
+            self._out.write("\n")
+            self._line_open = False
+
+
+def stream_to_wav(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
+                  out_path: Path | str, setup: music_pb2.SessionSetup,
+                  prompts: Sequence[music_pb2.WeightedPrompt] = (),
+                  config: music_pb2.GenerationConfig | None = None,
+                  metadata: Sequence[tuple[str, str]] = (),
+                  progress_out: TextIO = sys.stderr) -> StreamSummary:
+    """Record `seconds` of a new session (rounded up to whole chunks) into a WAV at `out_path`.
+
+    Sends setup, prompts (if any), config (if any) and PLAY, then writes chunks as they come.
+    Raises grpc.RpcError when the call fails and StreamFailed when the server breaks the
+    protocol; audio received before a failure stays in the file.
+    """
+    requests = _RequestQueue()
+    requests.put(music_pb2.StreamRequest(setup=setup))
+    if prompts:
+        requests.put(music_pb2.StreamRequest(prompts=music_pb2.PromptUpdate(prompts=prompts)))
+    if config is not None:
+        requests.put(music_pb2.StreamRequest(config=config))
+    requests.put(music_pb2.StreamRequest(playback=music_pb2.PlaybackControl(
+        action=music_pb2.PlaybackControl.PLAY)))
+
+    progress = _Progress(progress_out)
+    call_started_s = time.monotonic()
+    call = stub.Stream(iter(requests), metadata=tuple(metadata))
+    writer: WavWriter | None = None
+    session_id, planned_chunks, chunks = "", 0, 0
+    first_audio_s: float | None = None
+    try:
+        for response in call:
+            kind = response.WhichOneof("response")
+            if kind == "started":
+                started = response.started
+                if started.encoding != music_pb2.PCM_S16LE:
+                    raise StreamFailed(f"server chose encoding "
+                                       f"{music_pb2.AudioEncoding.Name(started.encoding)}, "
+                                       f"expected PCM_S16LE")
+                session_id = started.session_id
+                planned_chunks = math.ceil(seconds / started.chunk_seconds - _SECONDS_TOLERANCE)
+                writer = WavWriter(out_path, sample_rate_hz=started.sample_rate,
+                                   channels=started.channels)
+                progress.note(f"session {session_id}: model {started.model}, "
+                              f"{started.sample_rate} Hz, {started.channels} channels, "
+                              f"{started.chunk_seconds:g} s chunks")
+            elif kind == "chunk":
+                if writer is None:
+                    raise StreamFailed("server sent audio before 'started'")
+                if response.chunk.sequence != chunks:
+                    progress.note(f"warning: chunk sequence {response.chunk.sequence} "
+                                  f"where {chunks} was expected")
+                writer.write_pcm_s16le(response.chunk.data)
+                chunks += 1
+                if first_audio_s is None:
+                    first_audio_s = time.monotonic() - call_started_s
+                progress.update(f"chunk {chunks}/{planned_chunks}  "
+                                f"{writer.seconds_written:.1f}/{seconds:g} s received  "
+                                f"first audio after {first_audio_s:.2f} s")
+                if writer.seconds_written >= seconds - _SECONDS_TOLERANCE:
+                    break
+            elif kind == "prompt_status":
+                progress.note(_describe_prompt_status(response.prompt_status))
+            elif kind == "warning":
+                progress.note(f"warning [{response.warning.code}]: {response.warning.message}")
+        else:
+            received = writer.seconds_written if writer else 0.0
+            raise StreamFailed(f"server ended the stream after {received:.2f} s of audio, "
+                               f"before the {seconds:g} s asked for")
+    except BaseException:
+        if writer is not None and writer.frames_written:
+            progress.note(f"kept the {writer.seconds_written:.2f} s received in {out_path}")
+        raise
+    finally:
+        progress.finish()
+        requests.close()
+        call.cancel()
+        if writer is not None:
+            writer.close()
+    return StreamSummary(session_id=session_id, chunks=chunks, seconds=writer.seconds_written,
+                         time_to_first_audio_s=first_audio_s)
+
+
+def _describe_prompt_status(status: music_pb2.PromptStatus) -> str:
+    if status.accepted:
+        detail = f": {status.message}" if status.message else ""
+        return f"prompts accepted (version {status.version}){detail}"
+    errors = "".join(f"\n  {error}" for error in status.prompt_errors)
+    return f"prompts refused: {status.message or 'no reason given'}{errors}"

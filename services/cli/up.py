@@ -1,0 +1,126 @@
+"""``mrt up``: run embedder, generator(s) and gateway on loopback until Ctrl-C (``make run``)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from services.cli.launcher import Cluster, ClusterConfig, ClusterError
+from services.cli.options import add_env_option
+
+_DEFAULTS = ClusterConfig()
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "up", help="run a local cluster until Ctrl-C",
+        description="Start the embedder, the generator(s) and the gateway as separate processes "
+                    "on loopback, wait until each is healthy, and stop them all on Ctrl-C / "
+                    "SIGTERM or as soon as one of them fails.")
+    add_env_option(parser, "--host", default=_DEFAULTS.host,
+                   help="address the services are reached on")
+    add_env_option(parser, "--gateway-port", type=int, default=_DEFAULTS.gateway_port,
+                   help="public gRPC port")
+    add_env_option(parser, "--embedder-port", type=int, default=_DEFAULTS.embedder_port,
+                   help="embedder gRPC port")
+    add_env_option(parser, "--generator-port", type=int, default=_DEFAULTS.generator_port,
+                   help="first generator's gRPC port; generator i listens on this + i")
+    add_env_option(parser, "--gateway-metrics-port", type=int,
+                   default=_DEFAULTS.gateway_metrics_port, help="gateway Prometheus port")
+    add_env_option(parser, "--embedder-metrics-port", type=int,
+                   default=_DEFAULTS.embedder_metrics_port, help="embedder Prometheus port")
+    add_env_option(parser, "--generator-metrics-port", type=int,
+                   default=_DEFAULTS.generator_metrics_port,
+                   help="first generator's Prometheus port; generator i uses this + i")
+    add_env_option(parser, "--generators", type=int, default=_DEFAULTS.generators,
+                   help="number of generator processes")
+    add_env_option(parser, "--model", default=_DEFAULTS.model, help="generator model")
+    add_env_option(parser, "--embedder-model", default=_DEFAULTS.embedder_model,
+                   help="style (MusicCoCa) model")
+    add_env_option(parser, "--assets-dir", help="model assets directory")
+    add_env_option(parser, "--max-batch-size", type=int,
+                   help="sessions per generator batch (generator's default if unset)")
+    add_env_option(parser, "--buffer-ahead-seconds", type=float,
+                   help="how far ahead of real time the gateway sends audio")
+    add_env_option(parser, "--log-dir", type=Path,
+                   help="write each service's output to <dir>/<service>.log instead of the "
+                        "console")
+    add_env_option(parser, "--ready-timeout-s", type=float, default=_DEFAULTS.ready_timeout_s,
+                   help="how long each service may take to become healthy")
+    parser.set_defaults(run=run)
+
+
+def config_from_args(args: argparse.Namespace) -> ClusterConfig:
+    return ClusterConfig(
+        host=args.host, gateway_port=args.gateway_port, embedder_port=args.embedder_port,
+        generator_port=args.generator_port, gateway_metrics_port=args.gateway_metrics_port,
+        embedder_metrics_port=args.embedder_metrics_port,
+        generator_metrics_port=args.generator_metrics_port, generators=args.generators,
+        model=args.model, embedder_model=args.embedder_model, assets_dir=args.assets_dir,
+        max_batch_size=args.max_batch_size, buffer_ahead_seconds=args.buffer_ahead_seconds,
+        log_dir=args.log_dir, ready_timeout_s=args.ready_timeout_s)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+        cluster = Cluster(config)
+    except ValueError as err:
+        print(f"mrt up: {err}", file=sys.stderr)
+        return 2
+    with _signals_interrupt():
+        try:
+            print(f"mrt up: starting {', '.join(p.name for p in cluster.services)} "
+                  f"(model {config.model})", file=sys.stderr, flush=True)
+            cluster.start()
+            cluster.wait_ready()
+            print(_describe_endpoints(cluster), flush=True)
+            cluster.wait_for_failure()
+        except ClusterError as err:
+            print(f"mrt up: {err}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("mrt up: stopping", file=sys.stderr, flush=True)
+            return 0
+        finally:
+            _ignore_stop_signals()  # a second Ctrl-C must not cut the shutdown short
+            cluster.stop()
+
+
+def _describe_endpoints(cluster: Cluster) -> str:
+    width = max(len(p.name) for p in cluster.services)
+    lines = ["mrt cluster ready:"]
+    for process in [cluster.gateway, cluster.embedder, *cluster.generators]:
+        lines.append(f"  {process.name:<{width}}  grpc {process.address:<21}  "
+                     f"metrics {process.metrics_url}")
+    lines.append(f'Try: mrt stream --address {cluster.gateway_address} --prompt "synthwave" '
+                 f"--seconds 20 --out synthwave.wav")
+    lines.append("Ctrl-C stops the cluster.")
+    return "\n".join(lines)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _ignore_stop_signals() -> None:
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Treat SIGTERM and SIGHUP like Ctrl-C while the cluster runs; restore handlers after."""
+    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, _raise_interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
