@@ -16,6 +16,8 @@ from services.common.metrics import RpcMetricsInterceptor
 
 log = logging.getLogger(__name__)
 
+READINESS_POLL_S = 0.25
+
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     """gRPC options shared by servers and the channels between services."""
@@ -68,19 +70,35 @@ class Service:
     def request_stop(self) -> None:
         self._stopping.set()
 
-    async def run(self, on_drain: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Serve until SIGTERM / SIGINT, then drain and stop gracefully."""
+    async def _follow_readiness(self, ready: Callable[[], bool]) -> None:
+        """Report SERVING exactly while ``ready()`` holds (checked every READINESS_POLL_S)."""
+        serving: bool | None = None
+        while True:
+            now_ready = ready()
+            if now_ready != serving:
+                await self.set_serving(now_ready)
+                log.info("%s is %s", self.name, "SERVING" if now_ready else "NOT_SERVING")
+                serving = now_ready
+            await asyncio.sleep(READINESS_POLL_S)
+
+    async def run(self, on_drain: Callable[[], Awaitable[None]] | None = None,
+                  ready: Callable[[], bool] = lambda: True) -> None:
+        """Serve until SIGTERM / SIGINT, then drain and stop gracefully.
+
+        Health reports SERVING while ``ready()`` is true (a gateway with no reachable
+        generator is not ready), and NOT_SERVING from the moment shutdown starts."""
         if self.metrics_port:
             start_http_server(self.metrics_port)
         await self.server.start()
-        await self.set_serving(True)
+        follower = asyncio.create_task(self._follow_readiness(ready))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        log.info("%s serving gRPC on %s, metrics on :%s/metrics", self.name, self.address,
+        log.info("%s listening for gRPC on %s, metrics on :%s/metrics", self.name, self.address,
                  self.metrics_port or "off")
         await self._stopping.wait()
         log.info("%s shutting down", self.name)
+        follower.cancel()
         await self.set_serving(False)
         if on_drain is not None:
             await on_drain()

@@ -69,7 +69,7 @@ async def serve(args: argparse.Namespace) -> None:
     music_pb2_grpc.add_MusicGenerationServicer_to_server(servicer, service.server)
     await pool.start()
     try:
-        await service.run()
+        await service.run(ready=lambda: bool(pool.models()))
     finally:
         await pool.close()
         await embedder.close()
