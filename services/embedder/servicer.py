@@ -84,10 +84,6 @@ class EmbedderServicer(embedder_pb2_grpc.StyleEmbedderServicer):
             if not key:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "text prompt is empty")
         elif source == "audio":
-            if len(request.audio) > self.limits.audio.max_bytes:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"audio prompt is {len(request.audio)} bytes; the limit is "
-                                    f"{self.limits.audio.max_bytes}")
             key = hashlib.sha256(request.audio).hexdigest()
         else:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "set `text` or `audio`")
