@@ -293,7 +293,8 @@ class ServiceProcess:
 
     def exited_unexpectedly(self) -> bool:
         """True when the process has ended without stop(), terminate() or kill() asking it to."""
-        return self._popen is not None and self._popen.poll() is not None and not self._stop_requested
+        ended = self._popen is not None and self._popen.poll() is not None
+        return ended and not self._stop_requested
 
     def start(self) -> None:
         """Start the process (again, after a stop); its output is pumped to the log or console."""
@@ -502,7 +503,7 @@ class Cluster:
         return self
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
-        """Block until all services are SERVING; raises a ClusterError naming the one that failed."""
+        """Block until all services are SERVING; a ClusterError names the one that is not."""
         wait_until_serving(self.services, self.config.ready_timeout_s if timeout_s is None
                            else timeout_s)
 

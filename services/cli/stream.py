@@ -132,10 +132,11 @@ def stream_to_wav(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
                   prompts: Sequence[music_pb2.WeightedPrompt] = (),
                   config: music_pb2.GenerationConfig | None = None,
                   metadata: Sequence[tuple[str, str]] = (),
-                  progress_out: TextIO = sys.stderr) -> StreamSummary:
+                  progress_out: TextIO | None = None) -> StreamSummary:
     """Record `seconds` of a new session (rounded up to whole chunks) into a WAV at `out_path`.
 
-    Sends setup, prompts (if any), config (if any) and PLAY, then writes chunks as they come.
+    Sends setup, prompts (if any), config (if any) and PLAY, then writes chunks as they come;
+    progress, warnings and prompt status go to `progress_out` (default: stderr).
     Raises grpc.RpcError when the call fails and StreamFailed when the server breaks the
     protocol; audio received before a failure stays in the file.
     """
@@ -148,9 +149,10 @@ def stream_to_wav(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
     requests.put(music_pb2.StreamRequest(playback=music_pb2.PlaybackControl(
         action=music_pb2.PlaybackControl.PLAY)))
 
-    progress = _Progress(progress_out)
+    progress = _Progress(progress_out or sys.stderr)
     call_started_s = time.monotonic()
     call = stub.Stream(iter(requests), metadata=tuple(metadata))
+    started: music_pb2.SessionStarted | None = None
     writer: WavWriter | None = None
     session_id, planned_chunks, chunks = "", 0, 0
     first_audio_s: float | None = None
@@ -165,14 +167,15 @@ def stream_to_wav(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
                                        f"expected PCM_S16LE")
                 session_id = started.session_id
                 planned_chunks = math.ceil(seconds / started.chunk_seconds - _SECONDS_TOLERANCE)
-                writer = WavWriter(out_path, sample_rate_hz=started.sample_rate,
-                                   channels=started.channels)
                 progress.note(f"session {session_id}: model {started.model}, "
                               f"{started.sample_rate} Hz, {started.channels} channels, "
                               f"{started.chunk_seconds:g} s chunks")
             elif kind == "chunk":
-                if writer is None:
+                if started is None:
                     raise StreamFailed("server sent audio before 'started'")
+                if writer is None:  # created on the first chunk: no audio, no file
+                    writer = WavWriter(out_path, sample_rate_hz=started.sample_rate,
+                                       channels=started.channels)
                 if response.chunk.sequence != chunks:
                     progress.note(f"warning: chunk sequence {response.chunk.sequence} "
                                   f"where {chunks} was expected")
