@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator, Sequence, TextIO
 
 from services.cli.connection import add_connection_options, call_metadata, open_channel
-from services.cli.options import CommandFailed, positive_float, user_input_type
+from services.cli.options import CommandFailed, UsageError, positive_float, user_input_type
 from services.cli.prompts import audio_prompt, text_prompt
 from services.cli.wavfile import WavWriter
 from services.common.proto.mrt.v1 import music_pb2, music_pb2_grpc
@@ -63,6 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.out.parent.is_dir():
+        raise UsageError(f"--out {args.out}: directory {args.out.parent} does not exist")
     config_fields = {name: getattr(args, name)
                      for name in ("temperature", "top_k", "guidance", "seed")
                      if getattr(args, name) is not None}
@@ -165,6 +167,8 @@ def stream_to_wav(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
                     raise StreamFailed(f"server chose encoding "
                                        f"{music_pb2.AudioEncoding.Name(started.encoding)}, "
                                        f"expected PCM_S16LE")
+                if not started.chunk_seconds > 0 or started.sample_rate <= 0:
+                    raise StreamFailed(f"server announced an unusable format: {started}")
                 session_id = started.session_id
                 planned_chunks = math.ceil(seconds / started.chunk_seconds - _SECONDS_TOLERANCE)
                 progress.note(f"session {session_id}: model {started.model}, "

@@ -263,3 +263,10 @@ def test_models_prints_a_table(fake, capsys):
                                 "offline", "default"]
     assert lines[2].split()[:3] == ["large", "no", "no"]
     assert lines[-1] == "* default model: tiny"
+
+
+def test_out_in_a_missing_directory_is_a_usage_error(fake, tmp_path, capsys):
+    code = main(["stream", "--address", fake.address, "--out", str(tmp_path / "no" / "x.wav")])
+    assert code == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert fake.requests == []  # refused before any session was opened
