@@ -10,7 +10,7 @@
 No child outlives the launcher: `stop()` sends SIGTERM to each child's process group, then
 SIGKILL after a grace period; each child also asks the kernel (PR_SET_PDEATHSIG) to kill it
 when the launcher dies, even by SIGKILL. Children run in their own sessions, so a Ctrl-C in the
-terminal reaches only the launcher, which then stops them in order (gateway first).
+terminal reaches only the launcher, which then stops them all, gateway first.
 """
 
 from __future__ import annotations
@@ -293,21 +293,25 @@ class ServiceProcess:
 
     def exited_unexpectedly(self) -> bool:
         """True when the process has ended without stop(), terminate() or kill() asking it to."""
-        return self._popen is not None and self._popen.poll() is not None and not self._stop_requested
+        ended = self._popen is not None and self._popen.poll() is not None
+        return ended and not self._stop_requested
 
     def start(self) -> None:
         """Start the process (again, after a stop); its output is pumped to the log or console."""
         if self.is_running():
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
-        self._join_pump()
+        self.release()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT),
                                                           env.get("PYTHONPATH")]))
         self._stop_requested = False
-        self._popen = subprocess.Popen(
-            self.spec.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            preexec_fn=_die_with_parent_preexec())
+        try:
+            self._popen = subprocess.Popen(
+                self.spec.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                preexec_fn=_die_with_parent_preexec())
+        except OSError as err:
+            raise ClusterError(self.name, f"cannot run {self.spec.argv[0]}: {err}") from err
         self._group_may_exist = True
         self._pump = threading.Thread(target=self._pump_output, args=(self._popen.stdout,),
                                       name=f"{self.name}-output", daemon=True)
@@ -320,7 +324,7 @@ class ServiceProcess:
             self._signal_group(signal.SIGTERM)
 
     def kill(self) -> None:
-        """SIGKILL the process group now and reap it: a crash, as far as the cluster can tell."""
+        """SIGKILL the process group now and reap it, the way a pod dies (not a cluster failure)."""
         self._stop_requested = True
         if self._popen is None:
             return
@@ -430,22 +434,18 @@ class Cluster:
 
     Children's output goes to ``<config.log_dir>/<service>.log`` when a log directory is set,
     otherwise to `console` (default: the launcher's stderr) with a ``[service]`` prefix; the
-    last lines are kept either way for error messages. `specs` replaces the services that
-    `config` describes (tests run stand-ins this way).
+    last lines are kept either way for error messages.
 
     `start()` must be called from a thread that outlives the cluster (normally the main
     thread): Linux delivers the parent-death signal when the thread that started a child exits.
     """
 
-    def __init__(self, config: ClusterConfig | None = None, *,
-                 specs: Sequence[ServiceSpec] | None = None,
-                 console: TextIO | None = None):
+    def __init__(self, config: ClusterConfig | None = None, *, console: TextIO | None = None):
         self.config = config or ClusterConfig()
-        specs = list(specs) if specs is not None else self.config.service_specs()
         lock = threading.Lock()
         self.services: list[ServiceProcess] = [
             ServiceProcess(spec, log_dir=self.config.log_dir, console=console, console_lock=lock)
-            for spec in specs]
+            for spec in self.config.service_specs()]
 
     # -- where things are ------------------------------------------------------------------
 
@@ -502,7 +502,7 @@ class Cluster:
         return self
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
-        """Block until all services are SERVING; raises a ClusterError naming the one that failed."""
+        """Block until all services are SERVING; a ClusterError names the one that is not."""
         wait_until_serving(self.services, self.config.ready_timeout_s if timeout_s is None
                            else timeout_s)
 
@@ -519,7 +519,10 @@ class Cluster:
             time.sleep(poll_interval_s)
 
     def restart_generator(self, index: int, *, wait_ready: bool = True) -> ServiceProcess:
-        """Stop generator `index` (if it runs) and start it again on the same ports."""
+        """Stop generator `index` (if it runs) and start it again on the same ports.
+
+        Like start(), call it from a thread that outlives the cluster.
+        """
         process = self.generator_process(index)
         process.stop(self.config.stop_grace_s)
         process.start()

@@ -26,7 +26,8 @@ def split_weight(spec: str) -> tuple[str, float | None]:
     except ValueError:
         return spec, None
     if not math.isfinite(weight) or weight < 0:
-        raise PromptSpecError(f"prompt weight must be a finite number >= 0, got '{tail}' in '{spec}'")
+        raise PromptSpecError(
+            f"prompt weight must be a finite number >= 0, got '{tail}' in '{spec}'")
     return source, weight
 
 
@@ -45,7 +46,8 @@ def audio_prompt(spec: str) -> music_pb2.WeightedPrompt:
     try:
         data = path.read_bytes()
     except OSError as err:
-        raise PromptSpecError(f"cannot read audio prompt '{path_text}': {err.strerror or err}") from err
+        reason = err.strerror or str(err)
+        raise PromptSpecError(f"cannot read audio prompt '{path_text}': {reason}") from err
     if not data:
         raise PromptSpecError(f"audio prompt '{path_text}' is an empty file")
     return music_pb2.WeightedPrompt(audio=data, weight=weight)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator, Sequence, TextIO
 
 from services.cli.connection import add_connection_options, call_metadata, open_channel
-from services.cli.options import CommandFailed, positive_float, user_input_type
+from services.cli.options import CommandFailed, UsageError, positive_float, user_input_type
 from services.cli.prompts import audio_prompt, text_prompt
 from services.cli.wavfile import WavWriter
 from services.common.proto.mrt.v1 import music_pb2, music_pb2_grpc
@@ -63,6 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.out.parent.is_dir():
+        raise UsageError(f"--out {args.out}: directory {args.out.parent} does not exist")
     config_fields = {name: getattr(args, name)
                      for name in ("temperature", "top_k", "guidance", "seed")
                      if getattr(args, name) is not None}
@@ -132,10 +134,11 @@ def stream_to_wav(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
                   prompts: Sequence[music_pb2.WeightedPrompt] = (),
                   config: music_pb2.GenerationConfig | None = None,
                   metadata: Sequence[tuple[str, str]] = (),
-                  progress_out: TextIO = sys.stderr) -> StreamSummary:
+                  progress_out: TextIO | None = None) -> StreamSummary:
     """Record `seconds` of a new session (rounded up to whole chunks) into a WAV at `out_path`.
 
-    Sends setup, prompts (if any), config (if any) and PLAY, then writes chunks as they come.
+    Sends setup, prompts (if any), config (if any) and PLAY, then writes chunks as they come;
+    progress, warnings and prompt status go to `progress_out` (default: stderr).
     Raises grpc.RpcError when the call fails and StreamFailed when the server breaks the
     protocol; audio received before a failure stays in the file.
     """
@@ -148,9 +151,10 @@ def stream_to_wav(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
     requests.put(music_pb2.StreamRequest(playback=music_pb2.PlaybackControl(
         action=music_pb2.PlaybackControl.PLAY)))
 
-    progress = _Progress(progress_out)
+    progress = _Progress(progress_out or sys.stderr)
     call_started_s = time.monotonic()
     call = stub.Stream(iter(requests), metadata=tuple(metadata))
+    started: music_pb2.SessionStarted | None = None
     writer: WavWriter | None = None
     session_id, planned_chunks, chunks = "", 0, 0
     first_audio_s: float | None = None
@@ -163,16 +167,19 @@ def stream_to_wav(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
                     raise StreamFailed(f"server chose encoding "
                                        f"{music_pb2.AudioEncoding.Name(started.encoding)}, "
                                        f"expected PCM_S16LE")
+                if not started.chunk_seconds > 0 or started.sample_rate <= 0:
+                    raise StreamFailed(f"server announced an unusable format: {started}")
                 session_id = started.session_id
                 planned_chunks = math.ceil(seconds / started.chunk_seconds - _SECONDS_TOLERANCE)
-                writer = WavWriter(out_path, sample_rate_hz=started.sample_rate,
-                                   channels=started.channels)
                 progress.note(f"session {session_id}: model {started.model}, "
                               f"{started.sample_rate} Hz, {started.channels} channels, "
                               f"{started.chunk_seconds:g} s chunks")
             elif kind == "chunk":
-                if writer is None:
+                if started is None:
                     raise StreamFailed("server sent audio before 'started'")
+                if writer is None:  # created on the first chunk: no audio, no file
+                    writer = WavWriter(out_path, sample_rate_hz=started.sample_rate,
+                                       channels=started.channels)
                 if response.chunk.sequence != chunks:
                     progress.note(f"warning: chunk sequence {response.chunk.sequence} "
                                   f"where {chunks} was expected")

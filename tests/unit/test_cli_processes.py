@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from services.cli.launcher import (Cluster, ClusterConfig, ServiceExitedError,
+from services.cli.launcher import (Cluster, ClusterConfig, ClusterError, ServiceExitedError,
                                    ServiceNotReadyError)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -271,3 +271,9 @@ def test_mrt_up_names_a_service_that_fails_to_start(dummy_python, monkeypatch):
     assert "mrt up: embedder: exited unexpectedly with exit code 3" in err
     assert "embedder: boom, cannot load the model" in err
     assert "cluster ready" not in out
+
+
+def test_missing_interpreter_is_reported_with_the_service_name(tmp_path):
+    config = ClusterConfig(python=str(tmp_path / "no-such-python")).with_free_ports()
+    with pytest.raises(ClusterError, match="embedder: cannot run .*no-such-python"):
+        Cluster(config).start()
