@@ -76,6 +76,7 @@ class GeneratorPool:
         self.credentials = credentials
         self.endpoints: dict[str, GeneratorEndpoint] = {}
         self._task: asyncio.Task | None = None
+        self._refreshing = asyncio.Lock()
 
     # --- discovery and polling -------------------------------------------------------------------
     async def discover(self) -> list[str]:
@@ -100,6 +101,10 @@ class GeneratorPool:
 
     async def refresh(self) -> None:
         """Follow discovery, then poll every generator's load."""
+        async with self._refreshing:
+            await self._refresh()
+
+    async def _refresh(self) -> None:
         addresses = await self.discover()
         for gone in set(self.endpoints) - set(addresses):
             log.info("generator %s left", gone)

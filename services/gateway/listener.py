@@ -129,10 +129,15 @@ class ListenerSession:
         Raises StreamEnded: RESOURCE_EXHAUSTED when all are full, UNAVAILABLE when none is up."""
         tried = set(exclude)
         last_error: Exception | None = None
+        refreshed = False
         while True:
             try:
                 candidates = self.pool.candidates(self.model, exclude=tried)
             except (NoCapacity, NoGenerator) as err:
+                if not refreshed:  # the last load poll may be stale: look again once
+                    refreshed = True
+                    await self.pool.refresh()
+                    continue
                 if isinstance(err, NoGenerator) and isinstance(last_error, NoCapacity):
                     err = last_error
                 raise placement_error(err) from None
