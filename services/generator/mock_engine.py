@@ -1,0 +1,75 @@
+"""`mock`: a test / development engine with no model behind it. Not music.
+
+It answers instantly with deterministic audio (a sine per channel, whose pitch follows a hash
+of the style embedding and seed) and maintains the session state exactly as the real engine
+does: 50 new codes per chunk appended to the context (here a hash of seed, chunk index and
+style), the next crossfade tail from the same decode-and-crossfade step, and the chunk index.
+So services, snapshots and failover can be tested quickly and without model assets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+import numpy as np
+
+from services.common import model_facts as facts
+from services.generator.engine import ChunkEngine, ChunkJob, ChunkOutput, SessionState
+from services.generator.model.crossfade import crossfade_chunks
+
+LOWEST_MIDI_NOTE = 48  # C3
+PITCH_CHOICES = 24  # two octaves
+AMPLITUDE = 0.2
+RIGHT_CHANNEL_SEMITONES = 7  # a fifth above the left, so the channels differ
+
+
+class MockEngine(ChunkEngine):
+    """Deterministic sine tones with real state handling; for tests and development only."""
+
+    name = "mock"
+
+    def generate(self, jobs: Sequence[ChunkJob]) -> list[ChunkOutput]:
+        if not jobs:
+            return []
+        decoded = np.stack([self._decoded_audio(job) for job in jobs])
+        chunks, tails = crossfade_chunks(decoded, np.stack([j.state.crossfade_tail for j in jobs]))
+        return [
+            ChunkOutput(audio=chunks[row], state=SessionState(
+                context_tokens=np.concatenate(  # oldest chunk out, new chunk in, like the model
+                    [job.state.context_tokens[facts.CHUNK_FRAMES:], self.chunk_codes(job)]),
+                crossfade_tail=tails[row],
+                chunk_index=job.state.chunk_index + 1))
+            for row, job in enumerate(jobs)
+        ]
+
+    @staticmethod
+    def chunk_codes(job: ChunkJob) -> np.ndarray:
+        """int32[50, 16] codes for the job's next chunk: a function of seed, chunk and style."""
+        rng = np.random.default_rng(_digest(job, job.state.chunk_index))
+        return rng.integers(0, facts.CODEBOOK_SIZE, (facts.CHUNK_FRAMES, facts.DECODER_RVQ_LEVELS),
+                            dtype=np.int32)
+
+    @staticmethod
+    def frequencies_hz(job: ChunkJob) -> np.ndarray:
+        """float64[2]: the left and right pitch for the job's style and seed."""
+        note = LOWEST_MIDI_NOTE + _digest(job) % PITCH_CHOICES
+        notes = np.array([note, note + RIGHT_CHANNEL_SEMITONES])
+        return 440.0 * 2.0 ** ((notes - 69) / 12.0)
+
+    def _decoded_audio(self, job: ChunkJob) -> np.ndarray:
+        """What the codec would return: 51 frames starting one frame before the chunk."""
+        first_sample = (job.state.chunk_index * facts.CHUNK_SAMPLES - facts.CROSSFADE_SAMPLES)
+        samples = first_sample + np.arange(facts.CHUNK_SAMPLES + facts.CROSSFADE_SAMPLES)
+        seconds = samples[:, None] / facts.SAMPLE_RATE_HZ
+        return (AMPLITUDE * np.sin(2 * np.pi * self.frequencies_hz(job) * seconds)).astype(
+            np.float32)
+
+
+def _digest(job: ChunkJob, *extra: int) -> int:
+    """A stable 64-bit hash of the job's style embedding, seed and `extra` integers."""
+    hasher = hashlib.blake2b(digest_size=8)
+    if job.style_embedding is not None:
+        hasher.update(np.asarray(job.style_embedding, np.float32).tobytes())
+    hasher.update(np.array([job.sampling.seed, *extra], np.int64).tobytes())
+    return int.from_bytes(hasher.digest(), "little")
