@@ -25,7 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_flag(parser, "--assets-dir", default=None, help="model assets directory")
     add_flag(parser, "--allow-download", default=False, type=parse_bool,
              help="fetch missing upstream assets from the Hugging Face Hub")
-    add_flag(parser, "--max-batch-size", default=32, type=int, help="most requests per model call")
+    add_flag(parser, "--max-embed-batch-size", default=32, type=int,
+             help="most requests per model call")
     add_flag(parser, "--batch-window-ms", default=5.0, type=float,
              help="how long a request waits for others to share its model call")
     add_flag(parser, "--cache-entries", default=4096, type=int, help="embeddings kept in the LRU cache")
@@ -40,7 +41,7 @@ async def serve(args: argparse.Namespace) -> None:
     limits = EmbedderLimits(max_text_chars=args.max_text_chars,
                             audio=AudioLimits(max_bytes=args.max_audio_bytes))
     servicer = EmbedderServicer(model, limits=limits, cache_entries=args.cache_entries,
-                                max_batch_size=args.max_batch_size,
+                                max_batch_size=args.max_embed_batch_size,
                                 batch_window_s=args.batch_window_ms / 1000)
     service = Service("embedder", host=args.host, port=args.port, metrics_port=args.metrics_port,
                       max_message_bytes=args.max_message_bytes,
