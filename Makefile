@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 run: setup
-	$(VENV)/bin/mrt up
+	$(VENV)/bin/mrt up $(ARGS)
 
 test: setup protos-check
 	$(PY) -m pytest -q -ra

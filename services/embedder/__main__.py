@@ -18,7 +18,7 @@ from services.embedder.servicer import EmbedderLimits, EmbedderServicer
 log = logging.getLogger("services.embedder")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m services.embedder", description=__doc__)
     add_service_flags(parser, port=50052, metrics_port=9092)
     add_flag(parser, "--model", default="tiny", choices=MODEL_NAMES, help="style model to serve")
@@ -33,7 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_flag(parser, "--max-text-chars", default=512, type=int, help="longest text prompt accepted")
     add_flag(parser, "--max-audio-bytes", default=AudioLimits().max_bytes, type=int,
              help="largest audio prompt file accepted")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 async def serve(args: argparse.Namespace) -> None:

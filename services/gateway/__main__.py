@@ -19,7 +19,7 @@ from services.gateway.servicer import MusicGenerationServicer
 log = logging.getLogger("services.gateway")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m services.gateway", description=__doc__)
     add_service_flags(parser, port=50051, metrics_port=9091)
     add_flag(parser, "--embedder-address", default="127.0.0.1:50052", help="embedder host:port")
@@ -42,6 +42,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              help="longest text prompt accepted")
     add_flag(parser, "--max-audio-bytes", default=PromptLimits().max_audio_bytes, type=int,
              help="largest audio prompt accepted")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.buffer_ahead_seconds < 0:
         parser.error("--buffer-ahead-seconds must be >= 0")

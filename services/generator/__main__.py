@@ -21,7 +21,7 @@ from services.generator.servicer import GeneratorServicer
 log = logging.getLogger("services.generator")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m services.generator", description=__doc__)
     add_service_flags(parser, port=50053, metrics_port=9093)
     add_flag(parser, "--model", default="tiny", choices=MODEL_NAMES, help="model to serve")
@@ -42,6 +42,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
              help="name reported in load reports and logs")
     add_flag(parser, "--drain-grace-s", default=30.0, type=float,
              help="on SIGTERM, seconds to wait for sessions to move elsewhere")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.max_batch_size < 1:
         parser.error("--max-batch-size must be >= 1")
