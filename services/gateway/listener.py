@@ -47,6 +47,8 @@ PROMPT_TO_AUDIO = Histogram("mrt_gateway_prompt_to_audio_seconds",
 MIGRATED = Counter("mrt_gateway_sessions_migrated_total",
                    "Sessions resumed on another generator, by reason", ["reason"])
 
+# Messages queued for a client before the session waits for it to read (about 8 s of audio).
+OUTBOX_MESSAGES = 4
 # A chunk this close to its need time still counts as in time (scheduling jitter).
 UNDERRUN_TOLERANCE_S = 0.02
 
@@ -68,6 +70,10 @@ class StreamEnded(Exception):
         self.details = details
 
 
+class ClientTooSlow(StreamEnded):
+    """The client stopped reading: its stream is ended so it holds nothing."""
+
+
 def placement_error(err: Exception) -> StreamEnded:
     if isinstance(err, NoCapacity):
         return StreamEnded(grpc.StatusCode.RESOURCE_EXHAUSTED, f"no capacity: {err}")
@@ -83,7 +89,7 @@ class ListenerSession:
         self.settings = settings
         self.pool = pool
         self.embedder = embedder
-        self.outbound: asyncio.Queue[music_pb2.StreamResponse | None] = asyncio.Queue(maxsize=8)
+        self.outbound: asyncio.Queue[music_pb2.StreamResponse | None] = asyncio.Queue(maxsize=OUTBOX_MESSAGES)
         # What the generator needs to (re)open the session anywhere.
         self.style: np.ndarray | None = None
         self.prompt_version = 0
@@ -251,8 +257,8 @@ class ListenerSession:
         try:
             await asyncio.wait_for(self.outbound.put(response), self.settings.slow_client_timeout_s)
         except asyncio.TimeoutError:
-            raise StreamEnded(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              f"client did not read for {self.settings.slow_client_timeout_s:.0f} s") from None
+            raise ClientTooSlow(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"client did not read for {self.settings.slow_client_timeout_s:.0f} s") from None
 
     # --- the pump: demand, receive, pace, send ---------------------------------------------------
     async def pump(self) -> None:

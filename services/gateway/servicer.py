@@ -16,7 +16,7 @@ from services.common.models import LOCAL_MODELS, MODEL_DESCRIPTIONS
 from services.common.proto.mrt.v1 import embedder_pb2, music_pb2, music_pb2_grpc
 from services.gateway.embedder_client import BackendUnavailable, EmbedderClient, PromptRejected
 from services.gateway.generator_pool import GeneratorPool
-from services.gateway.listener import ListenerSession, SessionSettings, StreamEnded
+from services.gateway.listener import ClientTooSlow, ListenerSession, SessionSettings, StreamEnded
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,8 @@ STARTED = Counter("mrt_gateway_sessions_started_total", "Sessions started", ["mo
 ENDED = Counter("mrt_gateway_sessions_ended_total", "Sessions ended, by outcome", ["outcome"])
 
 SETUP_TIMEOUT_S = 30.0
+# How long a failed session may wait for its handler to end the stream before it is cancelled.
+STUCK_WRITE_GRACE_S = 1.0
 
 
 class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
@@ -52,6 +54,8 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
         outcome = "ok"
         session: ListenerSession | None = None
         tasks: list[asyncio.Task] = []
+        watchdogs: list[asyncio.TimerHandle] = []
+        cut_off = asyncio.Event()  # set when the handler had to be cancelled while stuck
         ACTIVE.inc()
         try:
             try:
@@ -84,20 +88,26 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
                 buffer_ahead_seconds=self.settings.buffer_ahead_seconds))
             tasks = [asyncio.create_task(session.read_client(requests)),
                      asyncio.create_task(session.pump())]
+            for task in tasks:
+                task.add_done_callback(
+                    self._unstick_on_failure(asyncio.current_task(), watchdogs, cut_off))
             async for response in self._responses(session, tasks):
                 yield response
         except StreamEnded as ended:
-            outcome = ended.code.name.lower()
+            outcome = "slow_client" if isinstance(ended, ClientTooSlow) else ended.code.name.lower()
             log.info("session %s ended: %s", session.session_id if session else "-", ended)
             await context.abort(ended.code, ended.details)
-        except asyncio.CancelledError:
-            outcome = "cancelled"
+        except (asyncio.CancelledError, GeneratorExit):
+            # The RPC ended under us: the client went away, or a stuck write was cut off.
+            outcome = "slow_client" if cut_off.is_set() else "cancelled"
             raise
         except Exception:
             outcome = "error"
             log.exception("session %s failed", session.session_id if session else "-")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; the session was ended")
         finally:
+            for handle in watchdogs:
+                handle.cancel()
             for task in tasks:
                 task.cancel()
             if session is not None:
@@ -106,6 +116,21 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
                          outcome, session.next_sequence, session.underruns)
             ACTIVE.dec()
             ENDED.labels(outcome).inc()
+
+    @staticmethod
+    def _unstick_on_failure(handler: asyncio.Task, watchdogs: list[asyncio.TimerHandle],
+                            cut_off: asyncio.Event):
+        """A failed session task normally ends the stream through ``_responses``; but a handler
+        stuck writing to a client that stopped reading never gets there, so cancel it."""
+        def on_done(task: asyncio.Task) -> None:
+            if task.cancelled() or task.exception() is None:
+                return
+
+            def cancel_handler() -> None:
+                cut_off.set()
+                handler.cancel()
+            watchdogs.append(asyncio.get_running_loop().call_later(STUCK_WRITE_GRACE_S, cancel_handler))
+        return on_done
 
     @staticmethod
     async def _responses(session: ListenerSession,
