@@ -195,7 +195,8 @@ class ListenerSession:
         log.warning("session %s: generator %s failed (%s); resuming elsewhere", self.session_id,
                     failed, failure)
         self._drop_link()
-        self.pool.mark_unhealthy(failed) if reason == "generator_lost" else None
+        if reason == "generator_lost":
+            self.pool.mark_unhealthy(failed)
         try:
             await self.connect(exclude={failed})
         except StreamEnded as err:
