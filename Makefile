@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 PROTO_OUT := services/common/proto
 PROTOS := $(wildcard protos/mrt/v1/*.proto)
 
-.PHONY: setup run test test-fast bench protos protos-check lint images clean
+.PHONY: setup run test test-fast bench protos protos-check lint images system-deps clean
 
 setup: $(STAMP)
 
@@ -19,7 +19,11 @@ $(STAMP): pyproject.toml requirements.lock
 run: setup
 	$(VENV)/bin/mrt up $(ARGS)
 
-test: setup protos-check
+# Command-line tools the deployment tests need (promtool, kubectl with kustomize); idempotent.
+system-deps:
+	bash scripts/ci_system_deps.sh
+
+test: setup protos-check system-deps
 	$(PY) -m pytest -q -ra
 
 test-fast: setup
@@ -35,6 +39,17 @@ protos: setup
 # Fail when the committed stubs differ from what the protos generate.
 protos-check: setup
 	bash scripts/gen_protos.sh $(PY) $(PROTO_OUT) --check
+
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+REGISTRY ?=
+ACCELERATOR ?= cpu
+
+# Container images (needs a Docker engine): one per service; the generator per accelerator.
+images:
+	docker build -f deploy/docker/gateway.Dockerfile -t $(REGISTRY)mrt-gateway:$(VERSION) .
+	docker build -f deploy/docker/embedder.Dockerfile -t $(REGISTRY)mrt-embedder:$(VERSION) .
+	docker build -f deploy/docker/generator.Dockerfile --build-arg ACCELERATOR=$(ACCELERATOR) \
+	  -t $(REGISTRY)mrt-generator:$(VERSION)-$(ACCELERATOR) .
 
 lint: setup
 	$(PY) -m compileall -q services bench tests
