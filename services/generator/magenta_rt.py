@@ -10,7 +10,6 @@ weights, from the asset store).
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -24,7 +23,7 @@ from services.generator.model import spectrostream, tokens
 from services.generator.model.crossfade import crossfade_chunks, frames_to_decode
 from services.generator.model.spectrostream import SpectroStreamDecoder
 from services.generator.model.style_tokens import STYLE_QUANTIZER_ASSET, StyleQuantizer
-from services.generator.model.tiny_assets import build_directory_once, ensure_tiny_assets
+from services.generator.model.tiny_assets import ensure_tiny_assets
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ MODEL_NAMES = ("tiny", "base", "large")
 TINY_PARAMS_SEED = 0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
-# Upstream t5x checkpoints: tar archives of a checkpoint directory, unpacked beside themselves.
+# Upstream t5x checkpoints: tar archives of a t5x checkpoint directory.
 CHECKPOINT_ARCHIVES = {
     "base": "checkpoints/llm_base_x4286_c1860k.tar",
     "large": "checkpoints/llm_large_x3047_c1860k.tar",
@@ -74,10 +73,10 @@ class MagentaRTEngine(ChunkEngine):
         """Load a model by name.
 
         `tiny` builds its codec and style assets under the store's tiny root if missing and
-        uses random depthformer weights from a fixed seed (or `checkpoint` if given). `base`
-        and `large` load upstream's assets and t5x checkpoint from the store (or `checkpoint`,
-        a t5x checkpoint directory); a missing asset raises AssetMissingError saying how to
-        get it. `dtype` is the activation dtype; None keeps the size's default.
+        uses random depthformer weights from a fixed seed. `base` and `large` load upstream's
+        assets and t5x checkpoint from the store; a missing asset raises AssetMissingError
+        saying how to get it. `checkpoint` (a t5x checkpoint directory or `.tar`) replaces
+        the weights for any size. `dtype` is the activation dtype; None keeps the size's own.
         """
         if model_name not in MODEL_NAMES:
             raise ValueError(f"unknown model {model_name!r}; choose one of {MODEL_NAMES}")
@@ -87,7 +86,7 @@ class MagentaRTEngine(ChunkEngine):
             assets = store
             for relpath in GENERATOR_ASSETS:  # fail early, before any slow loading
                 assets.path(relpath)
-            checkpoint = checkpoint or unpacked_checkpoint(store, model_name)
+            checkpoint = checkpoint or checkpoint_path(store, model_name)
 
         # The depthformer modules are imported here so that the codec side loads without them.
         from services.generator.model import configs, convert, sampling
@@ -155,18 +154,11 @@ def chunk_seeds(jobs: Sequence[ChunkJob]) -> np.ndarray:
                     np.uint32)
 
 
-def unpacked_checkpoint(store: AssetStore, model_name: str) -> Path:
-    """The t5x checkpoint directory of `model_name`, unpacking the upstream archive once.
-
-    Like upstream, `checkpoints/<name>.tar` unpacks into `checkpoints/<name>/`; the archive is
-    fetched through the store (so a missing one raises AssetMissingError) only when the
-    directory is not there yet.
-    """
+def checkpoint_path(store: AssetStore, model_name: str) -> Path:
+    """Where `model_name`'s t5x checkpoint is: a directory if one is already unpacked beside
+    the archive (as upstream's own cache keeps it), else the `.tar` archive itself, which the
+    converter reads directly. A missing archive raises AssetMissingError (or is downloaded,
+    if the store allows)."""
     archive_relpath = CHECKPOINT_ARCHIVES[model_name]
-    directory = store.root / archive_relpath.removesuffix(".tar")
-    if directory.is_dir():
-        return directory
-    archive = store.path(archive_relpath)
-    log.info("unpacking %s", archive)
-    build_directory_once(directory, lambda tmp_dir: shutil.unpack_archive(archive, tmp_dir))
-    return directory
+    unpacked = store.root / archive_relpath.removesuffix(".tar")
+    return unpacked if unpacked.is_dir() else store.path(archive_relpath)

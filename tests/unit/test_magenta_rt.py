@@ -1,7 +1,6 @@
 """The Magenta RT engine's chunk algorithm, on the tiny codec with a stand-in token sampler."""
 
 import importlib.util
-import shutil
 import sys
 import types
 import zlib
@@ -202,22 +201,17 @@ def test_asset_table_names_the_upstream_paths():
     assert magenta_rt.MODEL_ASSET_PATHS["tiny"] == []
 
 
-def test_checkpoint_archive_is_unpacked_once(tmp_path):
-    content = tmp_path / "content"
-    content.mkdir()
-    (content / "checkpoint").write_bytes(b"t5x")
-    store = AssetStore(tmp_path / "assets")
-    (store.root / "checkpoints").mkdir(parents=True)
-    archive = shutil.make_archive(str(store.root / "checkpoints" / "llm_base_x4286_c1860k"),
-                                  "tar", root_dir=content)
-    directory = magenta_rt.unpacked_checkpoint(store, "base")
-    assert directory == store.root / "checkpoints" / "llm_base_x4286_c1860k"
-    assert (directory / "checkpoint").read_bytes() == b"t5x"
-    (store.root / "checkpoints" / "llm_base_x4286_c1860k.tar").unlink()
-    assert magenta_rt.unpacked_checkpoint(store, "base") == directory  # no archive needed now
-    assert archive.endswith(".tar")
+def test_checkpoint_is_the_archive_or_its_unpacked_directory(tmp_path):
+    store = AssetStore(tmp_path)
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    archive = checkpoints / "llm_base_x4286_c1860k.tar"
+    archive.write_bytes(b"tar")
+    assert magenta_rt.checkpoint_path(store, "base") == archive
+    (checkpoints / "llm_base_x4286_c1860k").mkdir()  # unpacked, as upstream's cache keeps it
+    assert magenta_rt.checkpoint_path(store, "base") == checkpoints / "llm_base_x4286_c1860k"
 
 
 def test_missing_checkpoint_raises_asset_missing(tmp_path):
     with pytest.raises(AssetMissingError, match="llm_large_x3047_c1860k.tar"):
-        magenta_rt.unpacked_checkpoint(AssetStore(tmp_path), "large")
+        magenta_rt.checkpoint_path(AssetStore(tmp_path), "large")
