@@ -73,10 +73,13 @@ def test_decoded_audio_is_notes_of_the_scale(tiny_store):
     partial_bins = (tiny_assets._note_half_hertz()[:, None]
                     * np.arange(1, tiny_assets.HARMONICS + 1)).ravel()
     near = np.zeros_like(power, dtype=bool)
-    for offset in range(-4, 5):  # +-2 Hz: envelope sidebands
+    for offset in range(-8, 9):  # +-4 Hz: sidebands of the amplitude envelopes
         near[np.clip(partial_bins + offset, 0, len(power) - 1)] = True
     assert power[near].sum() / power.sum() > 0.9
     assert near.mean() < 0.02  # ... while those bins are a tiny part of the spectrum
+    # Spectral flatness: about 0.56 for white noise, near 0 for a few steady tones.
+    flatness = np.exp(np.mean(np.log(power[1:] + 1e-20))) / np.mean(power[1:])
+    assert flatness < 1e-3
 
 
 def test_oscillators_repeat_every_chunk_hop():

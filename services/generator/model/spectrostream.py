@@ -59,9 +59,9 @@ def load_codec_codebooks(quantizer_dir: Path, levels: int = facts.DECODER_RVQ_LE
         raise ValueError(f"levels must be in [1, {CODEC_RVQ_DEPTH}], got {levels}")
     tf = import_tensorflow_cpu_only()
     quantizer = tf.saved_model.load(str(quantizer_dir))
+    per_level = quantizer._quantizers  # the SavedModel's own (underscored) attribute name
     codebooks = np.stack(
-        [quantizer._quantizers[level].embeddings.numpy().T for level in range(levels)]  # noqa: SLF001
-    ).astype(np.float32)
+        [per_level[level].embeddings.numpy().T for level in range(levels)]).astype(np.float32)
     expected = (levels, facts.CODEBOOK_SIZE, CODEC_EMBEDDING_DIM)
     if codebooks.shape != expected:
         raise ValueError(f"codec codebooks in {quantizer_dir} have shape {codebooks.shape}, "

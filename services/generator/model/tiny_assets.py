@@ -36,8 +36,8 @@ from services.generator.model.style_tokens import SAVED_VARIABLE_ORDER, STYLE_QU
 
 log = logging.getLogger(__name__)
 
-CODEC_SEED = 25_1920
-STYLE_QUANTIZER_SEED = 12_768
+CODEC_SEED = 1920
+STYLE_QUANTIZER_SEED = 768
 
 # Synthesizer design of the tiny codec decoder.
 SCALE_STEPS_SEMITONES = (0, 2, 4, 7, 9)  # major pentatonic

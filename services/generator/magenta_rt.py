@@ -1,0 +1,164 @@
+"""The Magenta RT chunk engine: style tokens -> depthformer sampling -> codec decode -> crossfade.
+
+One `generate` call runs the chunk algorithm of DESIGN 3.4 for a whole batch of sessions at
+once, each row with its own context, style, sampling settings and seed, so a row gets exactly
+what it would get alone. Models: `tiny` (our small depthformer with random weights from a fixed
+seed and the locally built tiny codec, works offline) and upstream's `base` and `large` (real
+weights, from the asset store).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from services.common import model_facts as facts
+from services.common.assets import AssetStore
+from services.generator.engine import (ChunkEngine, ChunkJob, ChunkOutput, SamplingParams,
+                                        SessionState)
+from services.generator.model import spectrostream, tokens
+from services.generator.model.crossfade import crossfade_chunks, frames_to_decode
+from services.generator.model.spectrostream import SpectroStreamDecoder
+from services.generator.model.style_tokens import STYLE_QUANTIZER_ASSET, StyleQuantizer
+from services.generator.model.tiny_assets import ensure_tiny_assets
+
+log = logging.getLogger(__name__)
+
+MODEL_NAMES = ("tiny", "base", "large")
+TINY_PARAMS_SEED = 0
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+# Upstream t5x checkpoints: tar archives of a t5x checkpoint directory.
+CHECKPOINT_ARCHIVES = {
+    "base": "checkpoints/llm_base_x4286_c1860k.tar",
+    "large": "checkpoints/llm_large_x3047_c1860k.tar",
+}
+# What the generator loads besides the checkpoint.
+GENERATOR_ASSETS = [spectrostream.DECODER_ASSET, spectrostream.QUANTIZER_ASSET,
+                    STYLE_QUANTIZER_ASSET]
+# Everything a model needs across the cluster (the embedder's MusicCoCa and vocabulary, the
+# codec encoder for completeness): what `mrt assets download --model <name>` fetches.
+_SHARED_UPSTREAM_ASSETS = [
+    spectrostream.ENCODER_ASSET,
+    spectrostream.DECODER_ASSET,
+    spectrostream.QUANTIZER_ASSET,
+    "savedmodels/musiccoca_mv212f_cpu_novocab",
+    "vocabularies/musiccoca_mv212f_vocab.model",
+    STYLE_QUANTIZER_ASSET,
+]
+MODEL_ASSET_PATHS: dict[str, list[str]] = {
+    "tiny": [],  # built locally (tiny_assets), never downloaded
+    "base": _SHARED_UPSTREAM_ASSETS + [CHECKPOINT_ARCHIVES["base"]],
+    "large": _SHARED_UPSTREAM_ASSETS + [CHECKPOINT_ARCHIVES["large"]],
+}
+
+
+class MagentaRTEngine(ChunkEngine):
+    """Generates the next 2 s chunk for a batch of sessions with one model."""
+
+    def __init__(self, name: str, sampler, decoder: SpectroStreamDecoder,
+                 style_quantizer: StyleQuantizer):
+        """`sampler` is a `sampling.TokenSampler` (or anything with its `sample` method)."""
+        self.name = name
+        self._sampler = sampler
+        self._decoder = decoder
+        self._style_quantizer = style_quantizer
+
+    @classmethod
+    def create(cls, model_name: str, store: AssetStore, *, checkpoint: Path | None = None,
+               dtype: str | None = None) -> "MagentaRTEngine":
+        """Load a model by name.
+
+        `tiny` builds its codec and style assets under the store's tiny root if missing and
+        uses random depthformer weights from a fixed seed. `base` and `large` load upstream's
+        assets and t5x checkpoint from the store; a missing asset raises AssetMissingError
+        saying how to get it. `checkpoint` (a t5x checkpoint directory or `.tar`) replaces
+        the weights for any size. `dtype` is the activation dtype; None keeps the size's own.
+        """
+        if model_name not in MODEL_NAMES:
+            raise ValueError(f"unknown model {model_name!r}; choose one of {MODEL_NAMES}")
+        if model_name == "tiny":
+            assets = ensure_tiny_assets(store)
+        else:
+            assets = store
+            for relpath in GENERATOR_ASSETS:  # fail early, before any slow loading
+                assets.path(relpath)
+            checkpoint = checkpoint or checkpoint_path(store, model_name)
+
+        # The depthformer modules are imported here so that the codec side loads without them.
+        from services.generator.model import configs, convert, sampling
+
+        config = configs.CONFIGS[model_name]
+        if dtype is not None:
+            config = config.with_dtype(dtype)
+        if checkpoint is None:
+            params = sampling.init_params(config, seed=TINY_PARAMS_SEED)
+        else:
+            params = convert.load_checkpoint(Path(checkpoint), config)
+        log.info("loading %s codec and style quantizer", model_name)
+        return cls(
+            model_name,
+            sampling.TokenSampler(config, params, batch_buckets=BATCH_BUCKETS),
+            SpectroStreamDecoder.from_store(assets, batch_buckets=BATCH_BUCKETS),
+            StyleQuantizer.load(assets.path(STYLE_QUANTIZER_ASSET)),
+        )
+
+    def generate(self, jobs: Sequence[ChunkJob]) -> list[ChunkOutput]:
+        if not jobs:
+            return []
+        states = [job.state for job in jobs]
+        context = np.stack([state.context_tokens for state in states])
+        chunk_indices = np.array([state.chunk_index for state in states])
+        encoder_tokens = tokens.build_encoder_tokens(context, self.style_tokens(jobs))
+        new_codes = self._sampler.sample(
+            encoder_tokens,
+            temperature=np.array([job.sampling.temperature for job in jobs], np.float32),
+            top_k=np.array([job.sampling.top_k for job in jobs], np.int32),
+            guidance=np.array([job.sampling.guidance for job in jobs], np.float32),
+            seeds=chunk_seeds(jobs),
+        )
+        decoded = self._decoder.decode(frames_to_decode(context, chunk_indices, new_codes))
+        chunks, tails = crossfade_chunks(
+            decoded, np.stack([state.crossfade_tail for state in states]))
+        next_context = tokens.append_to_context(context, new_codes)
+        return [
+            ChunkOutput(audio=chunks[row], state=SessionState(
+                context_tokens=next_context[row], crossfade_tail=tails[row],
+                chunk_index=state.chunk_index + 1))
+            for row, state in enumerate(states)
+        ]
+
+    def style_tokens(self, jobs: Sequence[ChunkJob]) -> np.ndarray:
+        """int32[B, 6] raw style codes per job; -1 (no style) where a job has no embedding."""
+        style_tokens = np.full((len(jobs), facts.STYLE_RVQ_LEVELS), -1, np.int32)
+        styled = [row for row, job in enumerate(jobs) if job.style_embedding is not None]
+        if styled:
+            embeddings = np.stack([jobs[row].style_embedding for row in styled])
+            style_tokens[styled] = self._style_quantizer.tokens(embeddings)
+        return style_tokens
+
+    def warmup(self, max_batch_size: int) -> None:
+        """Compile sampling and decoding for every batch bucket up to `max_batch_size`."""
+        for bucket in BATCH_BUCKETS:
+            self.generate([ChunkJob(SessionState.fresh(), None, SamplingParams())] * bucket)
+            if bucket >= max_batch_size:
+                break
+
+
+def chunk_seeds(jobs: Sequence[ChunkJob]) -> np.ndarray:
+    """uint32[B]: each session's PRNG seed for this chunk, seed + chunk index (DESIGN 3.4)."""
+    return np.array([(job.sampling.seed + job.state.chunk_index) % 2**32 for job in jobs],
+                    np.uint32)
+
+
+def checkpoint_path(store: AssetStore, model_name: str) -> Path:
+    """Where `model_name`'s t5x checkpoint is: a directory if one is already unpacked beside
+    the archive (as upstream's own cache keeps it), else the `.tar` archive itself, which the
+    converter reads directly. A missing archive raises AssetMissingError (or is downloaded,
+    if the store allows)."""
+    archive_relpath = CHECKPOINT_ARCHIVES[model_name]
+    unpacked = store.root / archive_relpath.removesuffix(".tar")
+    return unpacked if unpacked.is_dir() else store.path(archive_relpath)

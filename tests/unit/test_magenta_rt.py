@@ -1,0 +1,217 @@
+"""The Magenta RT engine's chunk algorithm, on the tiny codec with a stand-in token sampler."""
+
+import importlib.util
+import sys
+import types
+import zlib
+
+import numpy as np
+import pytest
+
+from services.common import model_facts as facts
+from services.common.assets import AssetMissingError, AssetStore
+from services.generator.engine import ChunkJob, SamplingParams, SessionState
+from services.generator.model import tiny_assets
+from services.generator.model.spectrostream import SpectroStreamDecoder
+from services.generator.model.style_tokens import STYLE_QUANTIZER_ASSET, StyleQuantizer
+
+
+def _token_helpers_for_this_branch() -> None:
+    """Until the depthformer package (its `tokens` module) is merged here, a minimal version of
+    its two helpers after DESIGN 3.2; once it is present, the real module is used."""
+    if importlib.util.find_spec("services.generator.model.tokens") is not None:
+        return
+    helpers = types.ModuleType("services.generator.model.tokens")
+
+    def build_encoder_tokens(context_tokens, style_tokens):
+        levels = np.arange(facts.ENCODER_RVQ_LEVELS) * facts.CODEBOOK_SIZE
+        context = context_tokens[:, :, :facts.ENCODER_RVQ_LEVELS]
+        context = np.where(context >= 0, context + facts.CODEC_TOKEN_OFFSET + levels,
+                           facts.MASK_TOKEN)
+        style_levels = np.arange(facts.STYLE_RVQ_LEVELS) * facts.CODEBOOK_SIZE
+        style = np.where(style_tokens >= 0, style_tokens + facts.STYLE_TOKEN_OFFSET + style_levels,
+                         facts.MASK_TOKEN)
+        return np.concatenate([context.reshape(len(context), -1), style], axis=1).astype(np.int32)
+
+    def append_to_context(context_tokens, new_codes):
+        return np.concatenate([context_tokens[:, new_codes.shape[1]:], new_codes], axis=1)
+
+    helpers.build_encoder_tokens = build_encoder_tokens
+    helpers.append_to_context = append_to_context
+    sys.modules[helpers.__name__] = helpers
+
+
+_token_helpers_for_this_branch()
+from services.generator import magenta_rt  # noqa: E402  (after the helpers above)
+from services.generator.magenta_rt import MagentaRTEngine  # noqa: E402
+
+
+class RecordingSampler:
+    """Stands in for `sampling.TokenSampler`: codes that depend only on each row's encoder
+    tokens and seed (as real per-row sampling does), and a record of every call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def sample(self, encoder_tokens, temperature, top_k, guidance, seeds):
+        self.calls.append(dict(encoder_tokens=encoder_tokens, temperature=temperature,
+                               top_k=top_k, guidance=guidance, seeds=seeds))
+        return np.stack([self.row_codes(row, seed) for row, seed in zip(encoder_tokens, seeds)])
+
+    @staticmethod
+    def row_codes(encoder_row, seed):
+        rng = np.random.default_rng([int(seed), zlib.crc32(encoder_row.tobytes())])
+        return rng.integers(0, 1024, (facts.CHUNK_FRAMES, facts.DECODER_RVQ_LEVELS),
+                            dtype=np.int32)
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory) -> AssetStore:
+    # One build per test session: every module points at the same directory.
+    return tiny_assets.ensure_tiny_assets(AssetStore(tmp_path_factory.getbasetemp() / "assets"))
+
+
+@pytest.fixture(scope="module")
+def decoder(tiny_store):
+    return SpectroStreamDecoder.from_store(tiny_store, batch_buckets=(1, 2, 4))
+
+
+@pytest.fixture
+def sampler():
+    return RecordingSampler()
+
+
+@pytest.fixture
+def engine(tiny_store, decoder, sampler):
+    quantizer = StyleQuantizer.load(tiny_store.path(STYLE_QUANTIZER_ASSET))
+    return MagentaRTEngine("tiny", sampler, decoder, quantizer)
+
+
+STYLE = np.random.default_rng(9).standard_normal(768).astype(np.float32)
+
+
+def _jobs():
+    later = SessionState.fresh()
+    later.context_tokens[-100:] = np.random.default_rng(4).integers(0, 1024, (100, 16))
+    later.crossfade_tail[:] = 0.25
+    later.chunk_index = 2
+    return [
+        ChunkJob(SessionState.fresh(), None, SamplingParams(seed=11)),
+        ChunkJob(later, STYLE, SamplingParams(temperature=0.7, top_k=5, guidance=2.0, seed=40)),
+        ChunkJob(SessionState.fresh(), STYLE, SamplingParams(seed=11)),
+    ]
+
+
+def test_sampler_gets_each_rows_settings_and_seed(engine, sampler):
+    engine.generate(_jobs())
+    (call,) = sampler.calls
+    assert call["encoder_tokens"].shape == (3, facts.ENCODER_INPUT_TOKENS)
+    np.testing.assert_allclose(call["temperature"], [1.1, 0.7, 1.1])
+    np.testing.assert_array_equal(call["top_k"], [40, 5, 40])
+    np.testing.assert_allclose(call["guidance"], [5.0, 2.0, 5.0])
+    np.testing.assert_array_equal(call["seeds"], [11, 42, 11])  # seed + chunk index
+
+
+def test_style_tokens_are_quantized_per_row_and_minus_one_without_style(engine, tiny_store):
+    tokens = engine.style_tokens(_jobs())
+    assert tokens.shape == (3, 6) and tokens.dtype == np.int32
+    np.testing.assert_array_equal(tokens[0], -1)
+    quantizer = StyleQuantizer.load(tiny_store.path(STYLE_QUANTIZER_ASSET))
+    np.testing.assert_array_equal(tokens[1:], quantizer.tokens(np.stack([STYLE, STYLE])))
+
+
+def test_state_update(engine, sampler):
+    jobs = _jobs()
+    outputs = engine.generate(jobs)
+    codes = sampler.sample(**sampler.calls[0])
+    for job, out, new in zip(jobs, outputs, codes):
+        assert out.audio.shape == (facts.CHUNK_SAMPLES, 2) and out.audio.dtype == np.float32
+        assert np.all(np.abs(out.audio) <= 1.0)
+        out.state.validate()
+        assert out.state.chunk_index == job.state.chunk_index + 1
+        np.testing.assert_array_equal(out.state.context_tokens[:-50], job.state.context_tokens[50:])
+        np.testing.assert_array_equal(out.state.context_tokens[-50:], new)
+    # The jobs' own states are left as they were.
+    assert jobs[1].state.chunk_index == 2
+    np.testing.assert_array_equal(jobs[0].state.context_tokens, -1)
+
+
+def test_audio_is_the_decoded_chunk_crossfaded_with_the_previous_tail(engine, sampler, decoder):
+    jobs = _jobs()
+    outputs = engine.generate(jobs)
+    codes = sampler.sample(**sampler.calls[0])
+    fade = facts.CROSSFADE_SAMPLES
+    # Chunk 0 decodes a frame of codes 0 first; a later chunk, its last context frame.
+    first = decoder.decode(np.concatenate([np.zeros((1, 1, 16), np.int32), codes[:1]], axis=1))
+    later = decoder.decode(np.concatenate([jobs[1].state.context_tokens[None, -1:], codes[1:2]],
+                                          axis=1))
+    for out, decoded, previous_tail in ((outputs[0], first, 0.0), (outputs[1], later, 0.25)):
+        np.testing.assert_allclose(out.audio[fade:], decoded[0, fade:facts.CHUNK_SAMPLES],
+                                   atol=1e-6)
+        np.testing.assert_allclose(out.state.crossfade_tail, decoded[0, facts.CHUNK_SAMPLES:],
+                                   atol=1e-6)
+        ramp = np.sin(np.linspace(0, np.pi / 2, fade, endpoint=False))[:, None]
+        np.testing.assert_allclose(out.audio[:fade],
+                                   decoded[0, :fade] * ramp + previous_tail * ramp[::-1],
+                                   atol=1e-5)
+
+
+def test_each_row_gets_what_it_would_get_alone(engine):
+    jobs = _jobs()
+    batched = engine.generate(jobs)
+    for job, out in zip(jobs, batched):
+        alone = engine.generate([job])[0]
+        np.testing.assert_allclose(out.audio, alone.audio, atol=1e-6)
+        np.testing.assert_array_equal(out.state.context_tokens, alone.state.context_tokens)
+
+
+def test_consecutive_chunks_join_without_a_jump(engine):
+    job = ChunkJob(SessionState.fresh(), STYLE, SamplingParams(seed=3))
+    first = engine.generate([job])[0]
+    second = engine.generate([ChunkJob(first.state, STYLE, job.sampling)])[0]
+    within = max(np.abs(np.diff(a.audio, axis=0)).max() for a in (first, second))
+    join_step = np.abs(second.audio[0] - first.audio[-1]).max()
+    assert join_step <= within
+
+
+def test_empty_batch(engine):
+    assert engine.generate([]) == []
+
+
+def test_unknown_model_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="tiny"):
+        MagentaRTEngine.create("huge", AssetStore(tmp_path))
+
+
+@pytest.mark.parametrize("model", ["base", "large"])
+def test_missing_upstream_assets_say_how_to_get_them(tmp_path, model):
+    with pytest.raises(AssetMissingError, match="mrt assets download"):
+        MagentaRTEngine.create(model, AssetStore(tmp_path))
+
+
+def test_asset_table_names_the_upstream_paths():
+    for model in ("base", "large"):
+        paths = magenta_rt.MODEL_ASSET_PATHS[model]
+        for needed in ("savedmodels/ssv2_48k_stereo/decoder", "savedmodels/ssv2_48k_stereo/quantizer",
+                       "savedmodels/musiccoca_mv212_quant", "savedmodels/musiccoca_mv212f_cpu_novocab",
+                       "vocabularies/musiccoca_mv212f_vocab.model"):
+            assert needed in paths
+    assert "checkpoints/llm_large_x3047_c1860k.tar" in magenta_rt.MODEL_ASSET_PATHS["large"]
+    assert "checkpoints/llm_base_x4286_c1860k.tar" in magenta_rt.MODEL_ASSET_PATHS["base"]
+    assert magenta_rt.MODEL_ASSET_PATHS["tiny"] == []
+
+
+def test_checkpoint_is_the_archive_or_its_unpacked_directory(tmp_path):
+    store = AssetStore(tmp_path)
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    archive = checkpoints / "llm_base_x4286_c1860k.tar"
+    archive.write_bytes(b"tar")
+    assert magenta_rt.checkpoint_path(store, "base") == archive
+    (checkpoints / "llm_base_x4286_c1860k").mkdir()  # unpacked, as upstream's cache keeps it
+    assert magenta_rt.checkpoint_path(store, "base") == checkpoints / "llm_base_x4286_c1860k"
+
+
+def test_missing_checkpoint_raises_asset_missing(tmp_path):
+    with pytest.raises(AssetMissingError, match="llm_large_x3047_c1860k.tar"):
+        magenta_rt.checkpoint_path(AssetStore(tmp_path), "large")
