@@ -13,12 +13,6 @@ from services.cli.options import CommandFailed, add_env_option
 from services.common.assets import AssetStore
 
 MODEL_NAMES = ("tiny", "base", "large")
-# The style model (MusicCoCa) every generator model is steered with; served by the embedder.
-MUSICCOCA_ASSET_PATHS = (
-    "savedmodels/musiccoca_mv212f_cpu_novocab",
-    "savedmodels/musiccoca_mv212_quant",
-    "vocabularies/musiccoca_mv212f_vocab.model",
-)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def asset_paths_for(model: str) -> list[str]:
-    """The upstream paths `model` needs: the generator's own table, then MusicCoCa's."""
+    """The upstream paths `model` needs (the generator's table, MusicCoCa's files included)."""
     try:
         from services.generator.magenta_rt import MODEL_ASSET_PATHS  # lazy: heavy imports
     except ImportError as err:
@@ -44,12 +38,23 @@ def asset_paths_for(model: str) -> list[str]:
     if model not in MODEL_ASSET_PATHS:
         raise CommandFailed(f"the generator knows no upstream files for model '{model}' "
                             f"(it knows {sorted(MODEL_ASSET_PATHS)})")
-    return list(dict.fromkeys([*MODEL_ASSET_PATHS[model], *MUSICCOCA_ASSET_PATHS]))
+    return list(MODEL_ASSET_PATHS[model])
+
+
+def build_tiny_assets(store: AssetStore) -> None:
+    """The tiny model's files are made locally (codec, style quantizer, MusicCoCa)."""
+    from services.embedder.tiny_musiccoca import ensure_tiny_musiccoca
+    from services.generator.model.tiny_assets import ensure_tiny_assets
+    ensure_tiny_assets(store)
+    ensure_tiny_musiccoca(store.tiny_root())
 
 
 def run_download(args: argparse.Namespace) -> int:
     if args.model == "tiny":
-        print("the tiny model needs no download: the services build it locally", file=sys.stderr)
+        store = AssetStore(args.assets_dir)
+        build_tiny_assets(store)
+        print(f"the tiny model needs no download; its files are built in {store.tiny_root()}",
+              file=sys.stderr)
         return 0
     store = AssetStore(args.assets_dir, allow_download=True)
     paths = asset_paths_for(args.model)

@@ -36,13 +36,12 @@ def generator_table(monkeypatch):
     return module
 
 
-def test_downloads_the_generator_and_musiccoca_files(downloads, generator_table, tmp_path,
+def test_downloads_the_files_of_the_generator_table(downloads, generator_table, tmp_path,
                                                     capsys):
     assert main(["assets", "download", "--model", "base", "--assets-dir", str(tmp_path)]) == 0
     assert downloads == [(tmp_path, [
         "savedmodels/ssv2_48k_stereo/decoder", "checkpoints/llm_base_x.tar",
-        "savedmodels/musiccoca_mv212_quant", "savedmodels/musiccoca_mv212f_cpu_novocab",
-        "vocabularies/musiccoca_mv212f_vocab.model"])]
+        "savedmodels/musiccoca_mv212_quant"])]
     assert str(tmp_path / "checkpoints/llm_base_x.tar") in capsys.readouterr().out.splitlines()
 
 
@@ -52,10 +51,15 @@ def test_assets_dir_from_the_environment(downloads, generator_table, tmp_path, m
     assert downloads[0][0] == Path(tmp_path)
 
 
-def test_tiny_needs_no_download(downloads, capsys):
-    assert main(["assets", "download", "--model", "tiny"]) == 0
+def test_tiny_is_built_locally_not_downloaded(downloads, tmp_path, capsys):
+    assert main(["assets", "download", "--model", "tiny", "--assets-dir", str(tmp_path)]) == 0
     assert downloads == []
     assert "needs no download" in capsys.readouterr().err
+    tiny = AssetStore(tmp_path).tiny_root()
+    for relpath in ["savedmodels/ssv2_48k_stereo/decoder", "savedmodels/musiccoca_mv212_quant",
+                    "savedmodels/musiccoca_mv212f_cpu_novocab",
+                    "vocabularies/musiccoca_mv212f_vocab.model"]:
+        assert (tiny / relpath).exists(), relpath
 
 
 def test_model_missing_from_the_table_fails(downloads, generator_table, capsys):
