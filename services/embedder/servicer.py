@@ -29,6 +29,9 @@ CACHE_MISSES = Counter("mrt_embedder_cache_misses_total", "Embeddings computed",
 MODEL_CALLS = Counter("mrt_embedder_model_calls_total", "Batched model calls", ["source"])
 BATCH_SIZE = Histogram("mrt_embedder_batch_size", "Requests per model call",
                        buckets=BATCH_SIZE_BUCKETS)
+for _source in ("text", "audio"):  # export every series from the start, at zero
+    for _metric in (EMBED_SECONDS, CACHE_HITS, CACHE_MISSES, MODEL_CALLS):
+        _metric.labels(_source)
 
 
 @dataclasses.dataclass(frozen=True)
