@@ -34,6 +34,7 @@ import functools
 from typing import Any, Callable
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,6 +52,9 @@ FRAMES = facts.CHUNK_FRAMES
 _NORM_EPSILON = 1e-6
 _MASKED_LOGIT = -1e10  # upstream's additive attention mask
 _ENCODER_ROWS_PER_PASS = 2
+# Parameter values come from a checkpoint or from `init_params`; the modules only declare
+# names and shapes.
+_SHAPE_ONLY = nn.initializers.zeros
 
 
 def sinusoid_position_table(num_positions: int, features: int) -> np.ndarray:
@@ -79,18 +83,12 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int) 
     return np.where(distance < exact, distance, np.minimum(far, num_buckets - 1)).astype(np.int32)
 
 
-def _query_init(head_dim: int) -> Callable:
-    """T5 puts the 1/sqrt(head_dim) attention scale into the query weights' initial values."""
-    base = nn.initializers.lecun_normal()
-    return lambda key, shape, dtype=jnp.float32: base(key, shape, dtype) / np.sqrt(head_dim)
-
-
 class RMSNorm(nn.Module):
     dtype: Any
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+        scale = self.param("scale", _SHAPE_ONLY, (x.shape[-1],), jnp.float32)
         x = x.astype(jnp.float32)
         normed = x * lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + _NORM_EPSILON)
         return normed.astype(self.dtype) * scale.astype(self.dtype)
@@ -102,7 +100,8 @@ class GatedGeluMlp(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype)
+        dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype,
+                                  kernel_init=_SHAPE_ONLY)
         gated = nn.gelu(dense(self.hidden_dim, name="gelu_in")(x), approximate=True)
         linear = dense(self.hidden_dim, name="linear_in")(x)
         return dense(x.shape[-1], name="out")(gated * linear)
@@ -117,9 +116,10 @@ class Attention(nn.Module):
     dtype: Any
 
     def setup(self):
-        dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype)
+        dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype,
+                                  kernel_init=_SHAPE_ONLY)
         width = self.num_heads * self.head_dim
-        self.query = dense(width, kernel_init=_query_init(self.head_dim))
+        self.query = dense(width)
         self.key = dense(width)
         self.value = dense(width)
         self.out = dense(self.model_dim)
@@ -193,8 +193,7 @@ class RelativePositionBias(nn.Module):
     def __call__(self, length: int) -> Array:
         """float32[heads, length, length]: the causal mask plus the bias of each distance."""
         table = self.param(
-            "embedding", nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
-            (self.num_heads, self.num_buckets), jnp.float32)
+            "embedding", _SHAPE_ONLY, (self.num_heads, self.num_buckets), jnp.float32)
         buckets = relative_position_buckets(length, self.num_buckets, self.max_distance)
         causal = np.tril(np.ones((length, length), bool))
         return jnp.where(causal, table[:, buckets], _MASKED_LOGIT)
@@ -255,8 +254,7 @@ class OutputProjection(nn.Module):
     vocab_rows: int
 
     def setup(self):
-        self.kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                                 (self.d_model, self.vocab_rows), jnp.float32)
+        self.kernel = self.param("kernel", _SHAPE_ONLY, (self.d_model, self.vocab_rows), jnp.float32)
 
     def __call__(self, x: Array) -> Array:
         return x.astype(jnp.float32) @ self.kernel
@@ -274,7 +272,7 @@ class Depthformer(nn.Module):
     def setup(self):
         c = self.config
         self.token_embedding = nn.Embed(
-            c.vocab_rows, c.d_model, embedding_init=nn.initializers.normal(1.0))
+            c.vocab_rows, c.d_model, embedding_init=_SHAPE_ONLY)
         self.encoder = Encoder(c)
         self.temporal = DecoderStack(
             c, c.temporal_layers, c.temporal_relpos_buckets, c.temporal_relpos_max_distance,
@@ -422,10 +420,28 @@ def _init_inputs() -> tuple[Array, Array]:
 
 
 def init_params(config: DepthformerConfig, seed: int) -> Params:
-    """Random float32 parameters from a fixed seed (the offline `tiny` default uses this)."""
-    model = Depthformer(config)
-    init = jax.jit(lambda key: model.init(key, *_init_inputs())["params"])
-    return init(jax.random.key(seed))
+    """Random float32 weights from a fixed seed (the offline `tiny` default, tests).
+
+    T5's initial scales: token embeddings N(0, 1); dense kernels N(0, 1 / fan_in), queries
+    further divided by sqrt(head_dim) (T5's folded attention scale); relative biases
+    N(0, 2 / (heads + buckets)); norm scales 1. NumPy's PCG64 draws them, so a seed gives the
+    same weights on every machine (generators that take over each other's sessions must
+    agree) and nothing has to be compiled.
+    """
+    rng = np.random.default_rng(seed)
+    flat = {}
+    for name, shape in sorted(param_shapes(config).items()):
+        if name.endswith("/scale"):
+            flat[name] = np.ones(shape, np.float32)
+            continue
+        if name == "token_embedding/embedding":
+            std = 1.0
+        elif name.endswith("relative_bias/embedding"):
+            std = np.sqrt(2.0 / sum(shape))
+        else:
+            std = shape[0] ** -0.5 / (np.sqrt(config.head_dim) if "/query/" in name else 1.0)
+        flat[name] = (rng.standard_normal(shape, np.float32) * std).astype(np.float32)
+    return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
 
 
 def param_shapes(config: DepthformerConfig) -> dict[str, tuple[int, ...]]:
