@@ -41,9 +41,10 @@ def test_converted_values_are_the_checkpoint_arrays():
     upstream = convert.read_t5x_params(CHECKPOINT)
     assert len(upstream) == len(_upstream_tree("tiny"))
     params = convert.load_checkpoint(CHECKPOINT, CONFIGS["tiny"])
+    temporal = "decoder/decoder/temporal_decoder"
     np.testing.assert_array_equal(
         params["temporal"]["layers_1"]["cross_attention"]["value"]["kernel"],
-        upstream["decoder/decoder/temporal_decoder/layers_1/encoder_decoder_attention/value/kernel"])
+        upstream[f"{temporal}/layers_1/encoder_decoder_attention/value/kernel"])
     np.testing.assert_array_equal(
         params["depth"]["relative_bias"]["embedding"],
         upstream["decoder/decoder/depth_decoder/relpos_bias_depth/rel_embedding"])

@@ -51,12 +51,12 @@ LEVELS = facts.DECODER_RVQ_LEVELS
 FRAMES = facts.CHUNK_FRAMES
 _NORM_EPSILON = 1e-6
 _MASKED_LOGIT = -1e10  # upstream's additive attention mask
-_ENCODER_ROWS_PER_PASS = 2
 # Parameter values come from a checkpoint or from `init_params`; the modules only declare
 # names and shapes.
 _SHAPE_ONLY = nn.initializers.zeros
 
 
+@functools.lru_cache(maxsize=None)
 def sinusoid_position_table(num_positions: int, features: int) -> np.ndarray:
     """float32[num_positions, features]: sin in the first half, cos in the second, with rates
     from 1 down to 1/10 000 spaced geometrically (T5 FixedEmbed)."""
@@ -254,7 +254,8 @@ class OutputProjection(nn.Module):
     vocab_rows: int
 
     def setup(self):
-        self.kernel = self.param("kernel", _SHAPE_ONLY, (self.d_model, self.vocab_rows), jnp.float32)
+        self.kernel = self.param(
+            "kernel", _SHAPE_ONLY, (self.d_model, self.vocab_rows), jnp.float32)
 
     def __call__(self, x: Array) -> Array:
         return x.astype(jnp.float32) @ self.kernel
@@ -271,8 +272,7 @@ class Depthformer(nn.Module):
 
     def setup(self):
         c = self.config
-        self.token_embedding = nn.Embed(
-            c.vocab_rows, c.d_model, embedding_init=_SHAPE_ONLY)
+        self.token_embedding = nn.Embed(c.vocab_rows, c.d_model, embedding_init=_SHAPE_ONLY)
         self.encoder = Encoder(c)
         self.temporal = DecoderStack(
             c, c.temporal_layers, c.temporal_relpos_buckets, c.temporal_relpos_max_distance,
@@ -287,9 +287,10 @@ class Depthformer(nn.Module):
 
     def embed(self, tokens: Array, positions: Array) -> Array:
         """Token embedding plus the sinusoid of each position, in the activation dtype."""
-        table = sinusoid_position_table(facts.ENCODER_INPUT_TOKENS, self.config.d_model)
-        summed = self.token_embedding(tokens).astype(self.config.dtype) + jnp.asarray(table)[positions]
-        return summed.astype(self.config.dtype)
+        dtype = self.config.dtype
+        table = jnp.asarray(
+            sinusoid_position_table(facts.ENCODER_INPUT_TOKENS, self.config.d_model))
+        return (self.token_embedding(tokens).astype(dtype) + table[positions]).astype(dtype)
 
     def encode(self, encoder_tokens: Array) -> Array:
         """int32[rows, L] -> [rows, L, D]."""
@@ -354,21 +355,23 @@ ChooseCodes = Callable[[Array, Array, Array, Any], tuple[Array, Any, Any]]
 
 
 def decode_chunk(model: Depthformer, params: Params, encoder_tokens: Array,
-                 choose_codes: ChooseCodes, state: Any = ()) -> tuple[Array, Any, Any]:
+                 choose_codes: ChooseCodes, state: Any = (),
+                 encoder_rows_per_pass: int = 2) -> tuple[Array, Any, Any]:
     """Generate one chunk (50 frames x 16 levels) incrementally with KV caches.
 
     Pure JAX (two nested `lax.scan`s); jit it. Only each step's level slice of the output
-    projection is computed. Returns (codes int32[rows, 50, 16], final state, what
-    `choose_codes` recorded, stacked as [50, 16, ...]).
+    projection is computed. The encoder runs `encoder_rows_per_pass` rows at a time: its
+    [heads, 1006, 1006] attention maps for a whole batch at once would take memory in
+    proportion to the batch, and on CPU run slower (cache misses) than small passes.
+    Returns (codes int32[rows, 50, 16], final state, what `choose_codes` recorded, stacked
+    as [50, 16, ...]).
     """
     c = model.config
     call = functools.partial(model.apply, {"params": params})
     rows = encoder_tokens.shape[0]
     dtype = jnp.dtype(c.dtype)
-    # Encode a pair of rows per pass: the [heads, 1006, 1006] attention maps of a whole batch
-    # at once would need memory in proportion to the batch and run slower (cache misses).
     encoded = lax.map(lambda row: call(row[None], method=Depthformer.encode)[0],
-                      encoder_tokens, batch_size=_ENCODER_ROWS_PER_PASS)
+                      encoder_tokens, batch_size=encoder_rows_per_pass)
     cross_kv = call(encoded, method=Depthformer.temporal_cross_keys_values)
     temporal_bias, depth_bias = call(FRAMES, method=Depthformer.attention_biases)
     level_kernels = call(method=Depthformer.codec_level_kernels)

@@ -4,9 +4,10 @@ program, with per-row temperature, top-k, guidance and seed.
 Classifier-free guidance runs two rows per session (the real encoder input and its copy with
 the style MASKed); each step mixes their logits as (1 + w) * cond - w * uncond and both rows
 take the token sampled from the mix. Every step computes only the current level's 1 024
-logits, which is exact because sampling is restricted to that level's codes. Batches are padded up to a bucket size so
-that a handful of compiled programs serve any number of sessions; nothing a row computes
-depends on the other rows, so a session gets the same codes whatever batch it is in.
+logits, which is exact because sampling is restricted to that level's codes. Batches are
+padded up to a bucket size so that a handful of compiled programs serve any number of
+sessions; nothing a row computes depends on the other rows, so a session gets the same codes
+whatever batch it is in.
 """
 
 from __future__ import annotations
@@ -89,9 +90,9 @@ def _first_index(flags: jax.Array) -> jax.Array:
     return jnp.min(jnp.where(flags, positions, flags.shape[-1]), axis=-1)
 
 
-def _sample_chunk(model: Depthformer, params: Params, encoder_tokens: jax.Array,
-                  temperature: jax.Array, top_k: jax.Array, guidance: jax.Array,
-                  seeds: jax.Array) -> jax.Array:
+def _sample_chunk(model: Depthformer, encoder_rows_per_pass: int, params: Params,
+                  encoder_tokens: jax.Array, temperature: jax.Array, top_k: jax.Array,
+                  guidance: jax.Array, seeds: jax.Array) -> jax.Array:
     """The compiled program: int32[B, 50, 16] codes for B sessions; encoder_tokens holds the
     B conditional rows followed by their B unconditional partners."""
     sessions = temperature.shape[0]
@@ -104,7 +105,8 @@ def _sample_chunk(model: Depthformer, params: Params, encoder_tokens: jax.Array,
         codes = sample_codes(mixed, temperature, top_k, uniforms[:, frame, level])
         return jnp.concatenate([codes, codes]), state, ()
 
-    codes, _, _ = decode_chunk(model, params, encoder_tokens, choose)
+    codes, _, _ = decode_chunk(model, params, encoder_tokens, choose,
+                               encoder_rows_per_pass=encoder_rows_per_pass)
     return codes[:sessions]
 
 
@@ -127,7 +129,10 @@ class TokenSampler:
         self.config = config
         self.batch_buckets = tuple(sorted(set(batch_buckets)))
         self._params = prepare_params(config, params)
-        self._program = jax.jit(functools.partial(_sample_chunk, Depthformer(config)))
+        # Small encoder passes suit CPU caches; accelerators want big matrix products.
+        encoder_rows_per_pass = 2 if jax.default_backend() == "cpu" else 16
+        self._program = jax.jit(
+            functools.partial(_sample_chunk, Depthformer(config), encoder_rows_per_pass))
 
     @property
     def max_batch_size(self) -> int:
