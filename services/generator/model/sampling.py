@@ -1,0 +1,192 @@
+"""Batched chunk sampling: the whole 800-step decode of a batch of sessions as one compiled
+program, with per-row temperature, top-k, guidance and seed.
+
+Classifier-free guidance runs two rows per session (the real encoder input and its copy with
+the style MASKed); each step mixes their logits as (1 + w) * cond - w * uncond and both rows
+take the token sampled from the mix. Every step computes only the current level's 1 024
+logits, which is exact because sampling is restricted to that level's codes. Batches are
+padded up to a bucket size so that a handful of compiled programs serve any number of
+sessions; nothing a row computes depends on the other rows, so a session gets the same codes
+whatever batch it is in.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from services.common import model_facts as facts
+from services.generator.model import tokens as token_layout
+from services.generator.model.configs import DepthformerConfig
+from services.generator.model.depthformer import Depthformer, Params, decode_chunk
+
+DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+_BLOCK = 32  # inverse-CDF sampling goes through 32 blocks of 32 codes
+
+
+def kth_largest(logits: jax.Array, k: jax.Array) -> jax.Array:
+    """float32[rows]: each row's k-th largest value, exactly, by bisection on the order-
+    preserving integer image of the float32 bits (32 rounds of count-and-compare, much
+    cheaper on CPU than sorting). k is per row, in [1, width]."""
+    bits = lax.bitcast_convert_type(logits, jnp.int32)
+    keys = jnp.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # same order as the floats
+    low, high = jnp.min(keys, axis=-1), jnp.max(keys, axis=-1)
+
+    def halve(_, bounds):  # invariant: at least k keys >= low
+        low, high = bounds
+        middle = (low | high) - ((low ^ high) >> 1)  # ceil((low + high) / 2), no overflow
+        enough = jnp.sum((keys >= middle[:, None]).astype(jnp.int32), axis=-1) >= k
+        return jnp.where(enough, middle, low), jnp.where(enough, high, middle - 1)
+
+    low, _ = lax.fori_loop(0, 32, halve, (low, high))
+    found = jnp.where(low >= 0, low, low ^ 0x7FFFFFFF)
+    return lax.bitcast_convert_type(found, jnp.float32)
+
+
+def sample_codes(logits: jax.Array, temperature: jax.Array, top_k: jax.Array,
+                 uniform: jax.Array) -> jax.Array:
+    """int32[rows]: one code per row from float32[rows, 1024] logits.
+
+    temperature 0 = greedy; top_k 0 (or >= 1024) = no cut; `uniform` in [0, 1) drives the
+    inverse-CDF draw (one random number per row and step is all the randomness needed).
+    """
+    rows, width = logits.shape
+    greedy = _first_index(logits == jnp.max(logits, axis=-1, keepdims=True))
+    k = jnp.where((top_k <= 0) | (top_k >= width), width, top_k)
+    keep = logits >= kth_largest(logits, k)[:, None]
+    scale = jnp.where(temperature > 0, temperature, 1.0)[:, None]
+    weights = jnp.where(keep, jnp.exp((logits - jnp.max(logits, -1, keepdims=True)) / scale), 0.0)
+    # Two-level inverse CDF: pick a block of 32 codes, then a code in it.
+    blocks = weights.reshape(rows, width // _BLOCK, _BLOCK)
+    block_mass = jnp.sum(blocks, axis=-1)
+    block_end = jnp.cumsum(block_mass, axis=-1)
+    target = uniform * block_end[:, -1]
+    block = _first_above(block_end, target, block_mass)
+    in_block = jnp.take_along_axis(blocks, block[:, None, None], axis=1)[:, 0]
+    residual = target - (jnp.take_along_axis(block_end, block[:, None], axis=1)[:, 0]
+                         - jnp.take_along_axis(block_mass, block[:, None], axis=1)[:, 0])
+    code = block * _BLOCK + _first_above(jnp.cumsum(in_block, axis=-1), residual, in_block)
+    return jnp.where(temperature > 0, code, greedy).astype(jnp.int32)
+
+
+def _first_above(running_total: jax.Array, target: jax.Array, mass: jax.Array) -> jax.Array:
+    """Index of the first entry whose running total exceeds `target`; rounding can push the
+    target past the end, so the result is capped at the last entry with mass."""
+    index = jnp.sum((running_total <= target[:, None]).astype(jnp.int32), axis=-1)
+    positions = jnp.arange(mass.shape[-1], dtype=jnp.int32)
+    last_with_mass = jnp.max(jnp.where(mass > 0, positions, 0), axis=-1)
+    return jnp.minimum(index, last_with_mass)
+
+
+def _first_index(flags: jax.Array) -> jax.Array:
+    """Index of each row's first True (argmax's variadic reduce is slow on CPU)."""
+    positions = jnp.arange(flags.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where(flags, positions, flags.shape[-1]), axis=-1)
+
+
+def _sample_chunk(model: Depthformer, encoder_rows_per_pass: int, params: Params,
+                  encoder_tokens: jax.Array, temperature: jax.Array, top_k: jax.Array,
+                  guidance: jax.Array, seeds: jax.Array) -> jax.Array:
+    """The compiled program: int32[B, 50, 16] codes for B sessions; encoder_tokens holds the
+    B conditional rows followed by their B unconditional partners."""
+    sessions = temperature.shape[0]
+    uniforms = jax.vmap(lambda seed: jax.random.uniform(
+        jax.random.key(seed), (facts.CHUNK_FRAMES, facts.DECODER_RVQ_LEVELS)))(seeds)
+    weight = guidance[:, None]
+
+    def choose(logits, frame, level, state):
+        mixed = (1 + weight) * logits[:sessions] - weight * logits[sessions:]
+        codes = sample_codes(mixed, temperature, top_k, uniforms[:, frame, level])
+        return jnp.concatenate([codes, codes]), state, ()
+
+    codes, _, _ = decode_chunk(model, params, encoder_tokens, choose,
+                               encoder_rows_per_pass=encoder_rows_per_pass)
+    return codes[:sessions]
+
+
+def prepare_params(config: DepthformerConfig, params: Params) -> Params:
+    """Device copies of the parameters, stored in the activation dtype (as they are used)
+    except the float32 output projection."""
+    dtype = jnp.dtype(config.dtype)
+    return {name: jax.tree_util.tree_map(
+        lambda a: jnp.asarray(a, jnp.float32 if name == "logits_dense" else dtype), subtree)
+        for name, subtree in params.items()}
+
+
+class TokenSampler:
+    """Samples a chunk of codes for a batch of sessions with the depthformer."""
+
+    def __init__(self, config: DepthformerConfig, params: Params,
+                 batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS):
+        if not batch_buckets or any(b < 1 for b in batch_buckets):
+            raise ValueError(f"batch_buckets must be positive sizes, got {batch_buckets}")
+        self.config = config
+        self.batch_buckets = tuple(sorted(set(batch_buckets)))
+        self._params = prepare_params(config, params)
+        # Small encoder passes suit CPU caches; accelerators want big matrix products.
+        encoder_rows_per_pass = 2 if jax.default_backend() == "cpu" else 16
+        self._program = jax.jit(
+            functools.partial(_sample_chunk, Depthformer(config), encoder_rows_per_pass))
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.batch_buckets[-1]
+
+    def bucket_for(self, batch_size: int) -> int:
+        """The padded batch size a batch of `batch_size` sessions runs at."""
+        index = bisect.bisect_left(self.batch_buckets, batch_size)
+        if index == len(self.batch_buckets):
+            raise ValueError(f"batch of {batch_size} exceeds the largest bucket "
+                             f"{self.max_batch_size}")
+        return self.batch_buckets[index]
+
+    def warmup(self, max_batch_size: int | None = None) -> None:
+        """Compile the program of every bucket up to `max_batch_size` (default: all)."""
+        limit = self.max_batch_size if max_batch_size is None else max_batch_size
+        for bucket in self.batch_buckets:
+            if bucket <= limit:
+                self.sample(np.full((bucket, facts.ENCODER_INPUT_TOKENS), facts.MASK_TOKEN),
+                            np.zeros(bucket), np.zeros(bucket), np.zeros(bucket),
+                            np.zeros(bucket))
+
+    def sample(self, encoder_tokens: np.ndarray, temperature: np.ndarray, top_k: np.ndarray,
+               guidance: np.ndarray, seeds: np.ndarray,
+               uncond_tokens: np.ndarray | None = None) -> np.ndarray:
+        """int32[B, 50, 16] raw codes in [0, 1024) for B sessions.
+
+        encoder_tokens: int32[B, 1006], the conditional rows. temperature: float32[B],
+        0 = greedy. top_k: int32[B], 0 = no cut. guidance: float32[B]. seeds: integers[B];
+        row b's random stream is derived from the low 32 bits of seeds[b] alone.
+        uncond_tokens: the rows guidance steers away from, [B, 1006]; by default each
+        conditional row with its style MASKed.
+        """
+        encoder_tokens = np.asarray(encoder_tokens, np.int32)
+        sessions = len(encoder_tokens)
+        if encoder_tokens.shape != (sessions, facts.ENCODER_INPUT_TOKENS) or sessions == 0:
+            raise ValueError(f"encoder_tokens must be [B >= 1, {facts.ENCODER_INPUT_TOKENS}], "
+                             f"got {encoder_tokens.shape}")
+        if uncond_tokens is None:
+            uncond_tokens = token_layout.cfg_uncond_copy(encoder_tokens)
+        uncond_tokens = np.asarray(uncond_tokens, np.int32)
+        if uncond_tokens.shape != encoder_tokens.shape:
+            raise ValueError(f"uncond_tokens must be {encoder_tokens.shape}, "
+                             f"got {uncond_tokens.shape}")
+        per_row = [np.asarray(temperature, np.float32), np.asarray(top_k, np.int32),
+                   np.asarray(guidance, np.float32),
+                   (np.asarray(seeds).astype(np.int64) & 0xFFFFFFFF).astype(np.uint32)]
+        if any(setting.shape != (sessions,) for setting in per_row):
+            raise ValueError(f"temperature, top_k, guidance and seeds must each be [{sessions}]")
+        padding = self.bucket_for(sessions) - sessions
+        # Padded rows: MASK inputs, greedy; their codes are dropped.
+        rows = np.pad(np.concatenate([encoder_tokens, uncond_tokens]).reshape(2, sessions, -1),
+                      ((0, 0), (0, padding), (0, 0)), constant_values=facts.MASK_TOKEN)
+        rows = rows.reshape(-1, facts.ENCODER_INPUT_TOKENS)
+        per_row = [np.pad(setting, (0, padding)) for setting in per_row]
+        codes = self._program(self._params, rows, *per_row)
+        return np.asarray(codes)[:sessions]

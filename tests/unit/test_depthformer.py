@@ -1,0 +1,82 @@
+"""The depthformer against the upstream model's own logits, and its incremental decode
+against its teacher-forced pass."""
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from services.common import model_facts as facts
+from services.generator.model import convert, tokens
+from services.generator.model.configs import CONFIGS
+from services.generator.model.depthformer import Depthformer, decode_chunk
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "upstream_v1"
+LEVEL_COLUMNS = (facts.CODEC_TOKEN_OFFSET
+                 + facts.CODEBOOK_SIZE * (np.arange(facts.DECODER_STEPS) % 16)[:, None]
+                 + np.arange(facts.CODEBOOK_SIZE)[None, :])  # [800, 1024] vocabulary ids
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return dict(np.load(FIXTURES / "reference_tiny.npz"))
+
+
+@pytest.fixture(scope="module")
+def params():
+    return convert.load_checkpoint(FIXTURES / "t5x_checkpoint_tiny", CONFIGS["tiny"])
+
+
+def _teacher_forced_hidden(config, params, reference):
+    model = Depthformer(config)
+    run = jax.jit(lambda p, e, d: model.apply({"params": p}, e, d,
+                                              method=Depthformer.teacher_forced_hidden))
+    return np.asarray(run(params, reference["encoder_input_tokens"],
+                          reference["decoder_input_tokens"]), np.float32)
+
+
+def _level_logits(hidden, params):
+    kernel = np.asarray(params["logits_dense"]["kernel"])
+    return np.einsum("btd,tdv->btv", hidden, kernel[:, LEVEL_COLUMNS].transpose(1, 0, 2))
+
+
+@pytest.fixture(scope="module")
+def hidden(params, reference):
+    return _teacher_forced_hidden(CONFIGS["tiny"], params, reference)
+
+
+def _assert_close(actual, expected, relative=1e-4):
+    bound = relative * np.abs(expected).max()
+    assert np.abs(actual - expected).max() <= bound
+
+
+def test_teacher_forced_logits_match_upstream(hidden, params, reference):
+    _assert_close(_level_logits(hidden, params), reference["level_logits"])
+    full = hidden[:, :4] @ np.asarray(params["logits_dense"]["kernel"])
+    _assert_close(full, reference["full_logits_first_positions"])
+
+
+def test_incremental_decode_gives_the_teacher_forced_logits(hidden, params, reference):
+    """Feed the fixture's targets through the KV-cached loop and record each step's logits."""
+    config = CONFIGS["tiny"]
+    target_codes = jnp.asarray(tokens.codes_from_tokens(reference["decoder_target_tokens"]))
+
+    def force_targets(logits, frame, level, state):
+        return target_codes[:, frame, level], state, logits
+
+    run = jax.jit(lambda p, e: decode_chunk(Depthformer(config), p, e, force_targets))
+    codes, _, step_logits = run(params, reference["encoder_input_tokens"])
+    np.testing.assert_array_equal(codes, target_codes)
+    # [50, 16, rows, 1024] -> [rows, 800, 1024]
+    step_logits = np.asarray(step_logits).reshape(facts.DECODER_STEPS, 2, -1).transpose(1, 0, 2)
+    _assert_close(step_logits, _level_logits(hidden, params), relative=2e-5)
+
+
+def test_bfloat16_activations_stay_close_to_float32(hidden, params, reference):
+    bf16 = _teacher_forced_hidden(CONFIGS["tiny"].with_dtype("bfloat16"), params, reference)
+    level_bf16 = _level_logits(bf16, params)
+    level_f32 = _level_logits(hidden, params)
+    assert np.abs(level_bf16 - level_f32).max() <= 0.03 * np.abs(level_f32).max()
+    assert np.mean(level_bf16.argmax(-1) == level_f32.argmax(-1)) > 0.95

@@ -1,0 +1,136 @@
+"""The compiled chunk sampler: per-row settings, guidance, determinism, batch independence."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from services.common import model_facts as facts
+from services.generator.model import tokens
+from services.generator.model.configs import CONFIGS
+from services.generator.model.depthformer import Depthformer, init_params
+from services.generator.model.sampling import TokenSampler, kth_largest, sample_codes
+
+CONFIG = CONFIGS["tiny"]
+
+
+@pytest.fixture(scope="module")
+def params():
+    return init_params(CONFIG, seed=0)
+
+
+@pytest.fixture(scope="module")
+def sampler(params):
+    return TokenSampler(CONFIG, params, batch_buckets=(1, 4))
+
+
+def _encoder_tokens(seed: int, sessions: int) -> np.ndarray:
+    """Sessions with a half-filled context and a style each."""
+    rng = np.random.default_rng(seed)
+    context = rng.integers(0, facts.CODEBOOK_SIZE, (sessions, 250, 16)).astype(np.int32)
+    context[:, :125] = -1
+    style = rng.integers(0, facts.CODEBOOK_SIZE, (sessions, 6)).astype(np.int32)
+    return tokens.build_encoder_tokens(context, style)
+
+
+def _settings(temperature, top_k, guidance, seeds):
+    return (np.asarray(temperature, np.float32), np.asarray(top_k, np.int32),
+            np.asarray(guidance, np.float32), np.asarray(seeds, np.int64))
+
+
+def test_kth_largest_is_exact_with_negatives_and_ties():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 1024)).astype(np.float32) * 3
+    logits[1, :500] = logits[1, 0]  # many ties
+    logits[2] = -np.abs(logits[2])  # all negative
+    k = np.array([1, 40, 400, 1024, 7, 513], np.int32)
+    expected = -np.sort(-logits, axis=1)[np.arange(6), k - 1]
+    np.testing.assert_array_equal(np.asarray(jax.jit(kth_largest)(logits, k)), expected)
+
+
+def test_inverse_cdf_draws_follow_the_top_k_softmax():
+    """A grid of 8192 uniforms gives every code its probability, to within one grid step."""
+    logits = np.random.default_rng(1).normal(size=1024).astype(np.float32)
+    grid = (np.arange(8192, dtype=np.float32) + 0.5) / 8192
+    rows = len(grid)
+    draw = jax.jit(sample_codes)
+    for temperature, top_k in [(1.0, 40), (0.5, 0), (2.0, 300)]:
+        codes = np.asarray(draw(np.tile(logits, (rows, 1)), np.full(rows, temperature, np.float32),
+                                np.full(rows, top_k, np.int32), grid))
+        allowed = np.argsort(-logits)[:top_k or 1024]
+        assert set(codes) <= set(allowed)
+        weights = np.exp((logits[allowed] - logits.max()) / temperature)
+        expected = np.zeros(1024)
+        expected[allowed] = weights / weights.sum()
+        frequencies = np.bincount(codes, minlength=1024) / rows
+        assert np.abs(frequencies - expected).max() <= 2 / rows
+
+
+def test_zero_temperature_and_top_1_are_greedy():
+    logits = np.random.default_rng(2).normal(size=(3, 1024)).astype(np.float32)
+    codes = jax.jit(sample_codes)(logits, np.array([0.0, 1.0, 3.0], np.float32),
+                                  np.array([40, 1, 1], np.int32),
+                                  np.array([0.9, 0.9, 0.1], np.float32))
+    np.testing.assert_array_equal(codes, logits.argmax(-1))
+
+
+def test_a_chunk_is_50_frames_of_16_codes_in_range(sampler):
+    codes = sampler.sample(_encoder_tokens(0, 1), *_settings([1.1], [40], [5.0], [7]))
+    assert codes.shape == (1, 50, 16) and codes.dtype == np.int32
+    assert codes.min() >= 0 and codes.max() < facts.CODEBOOK_SIZE
+    assert len(np.unique(codes)) > 100  # actually sampled, not a constant
+
+
+def test_same_seed_same_codes_other_seed_other_codes(sampler):
+    encoder_tokens = _encoder_tokens(1, 1)
+    first = sampler.sample(encoder_tokens, *_settings([1.1], [40], [5.0], [11]))
+    again = sampler.sample(encoder_tokens, *_settings([1.1], [40], [5.0], [11]))
+    other = sampler.sample(encoder_tokens, *_settings([1.1], [40], [5.0], [12]))
+    np.testing.assert_array_equal(first, again)
+    assert np.mean(first == other) < 0.5
+
+
+def test_a_session_gets_the_same_codes_alone_or_in_a_batch(sampler):
+    encoder_tokens = _encoder_tokens(2, 3)
+    settings = _settings([1.1, 0.0, 2.0], [40, 0, 5], [5.0, 0.0, 1.5], [1, 2, 2**40 + 3])
+    together = sampler.sample(encoder_tokens, *settings)
+    assert sampler.bucket_for(3) == 4
+    for row in range(3):
+        alone = sampler.sample(encoder_tokens[row:row + 1], *(s[row:row + 1] for s in settings))
+        np.testing.assert_array_equal(together[row], alone[0])
+
+
+def test_greedy_codes_maximise_the_guided_teacher_forced_logits(sampler, params):
+    """Temperature 0: every step's code is the argmax of (1 + w) cond - w uncond, where the
+    logits come from the model's teacher-forced pass over the sampled codes (w = 0 is the
+    unguided model)."""
+    encoder_tokens = _encoder_tokens(3, 2)
+    guidance = np.array([0.0, 3.0], np.float32)
+    codes = sampler.sample(encoder_tokens, *_settings([0.0, 0.0], [0, 0], guidance, [0, 0]))
+    model = Depthformer(CONFIG)
+    rows = np.concatenate([encoder_tokens, tokens.cfg_uncond_copy(encoder_tokens)])
+    targets = np.tile(tokens.tokens_from_codes(codes), (2, 1))
+    decoder_inputs = np.pad(targets[:, :-1], ((0, 0), (1, 0)))
+    logits = np.asarray(jax.jit(lambda p, e, d: model.apply({"params": p}, e, d))(
+        params, rows, decoder_inputs))  # [4, 800, vocab]
+    levels = (np.arange(800) % 16)[:, None] * 1024 + 2 + np.arange(1024)
+    level_logits = np.take_along_axis(logits, np.broadcast_to(levels, (4, 800, 1024)), axis=2)
+    w = guidance[:, None, None]
+    mixed = (1 + w) * level_logits[:2] - w * level_logits[2:]
+    chosen = np.take_along_axis(mixed, codes.reshape(2, 800, 1), axis=2)[..., 0]
+    assert np.all(chosen >= mixed.max(-1) - 1e-4 * np.abs(mixed).max())
+
+
+def test_guidance_zero_ignores_the_unconditional_rows(sampler):
+    encoder_tokens = _encoder_tokens(4, 1)
+    unrelated = _encoder_tokens(5, 1)
+    for guidance, same in [(0.0, True), (5.0, False)]:
+        settings = _settings([1.1], [40], [guidance], [3])
+        default = sampler.sample(encoder_tokens, *settings)
+        steered = sampler.sample(encoder_tokens, *settings, uncond_tokens=unrelated)
+        assert np.array_equal(default, steered) == same
+
+
+def test_batches_beyond_the_largest_bucket_are_refused(sampler):
+    with pytest.raises(ValueError, match="bucket"):
+        sampler.sample(_encoder_tokens(6, 5), *_settings([1.0] * 5, [40] * 5, [1.0] * 5, range(5)))
