@@ -89,13 +89,13 @@ class MagentaRTEngine(ChunkEngine):
             checkpoint = checkpoint or checkpoint_path(store, model_name)
 
         # The depthformer modules are imported here so that the codec side loads without them.
-        from services.generator.model import configs, convert, sampling
+        from services.generator.model import configs, convert, depthformer, sampling
 
         config = configs.CONFIGS[model_name]
         if dtype is not None:
             config = config.with_dtype(dtype)
         if checkpoint is None:
-            params = sampling.init_params(config, seed=TINY_PARAMS_SEED)
+            params = depthformer.init_params(config, seed=TINY_PARAMS_SEED)
         else:
             params = convert.load_checkpoint(Path(checkpoint), config)
         log.info("loading %s codec and style quantizer", model_name)
