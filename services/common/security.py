@@ -13,18 +13,30 @@ certificate, for backends started with ``--tls-client-ca-file``. The backends' c
 must name the host the gateway dials (``127.0.0.1`` locally, the generators' pod IPs when
 they are discovered through DNS).
 
-Files are read once at start; a missing or unreadable file stops the service with an error
-naming the flag.
+A missing or unreadable file stops the service at start with an error naming the flag. The
+server's files are checked for changes again at most every ``CERTIFICATE_CHECK_INTERVAL_S``
+when clients connect, so a renewed certificate (a cert-manager Secret, say) is served to new
+connections without a restart; a changed set that cannot be loaded is reported and the previous
+one stays in use. The gateway's client-side files are read once.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import threading
+import time
 from pathlib import Path
+from typing import Callable
 
 import grpc
 
 from services.common.config import add_flag
+
+log = logging.getLogger(__name__)
+
+CERTIFICATE_CHECK_INTERVAL_S = 10.0
 
 
 class SecurityConfigError(ValueError):
@@ -34,6 +46,14 @@ class SecurityConfigError(ValueError):
 def optional_path(text: str) -> Path | None:
     """A file flag's value: empty (as a blank environment variable often is) means unset."""
     return Path(text) if text.strip() else None
+
+
+def file_signature(path: Path) -> tuple[int, int, int]:
+    """What changes when a file is rewritten: inode, size, modification time.
+
+    Follows symlinks, so the atomic swap of a Kubernetes Secret volume's data is seen too."""
+    stat = os.stat(path)
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def add_server_tls_flags(parser: argparse.ArgumentParser) -> None:
@@ -74,11 +94,62 @@ def _read_pem(path: Path, flag: str, marker: bytes) -> bytes:
     return data
 
 
-def load_server_credentials(cert_file: Path | None, key_file: Path | None,
-                            client_ca_file: Path | None = None) -> grpc.ServerCredentials | None:
-    """TLS server credentials, requiring client certificates when ``client_ca_file`` is set.
+class ServerCertificateFiles:
+    """A server's certificate, key and client CA files, re-read when they change.
 
-    None when neither certificate nor key is given (plaintext)."""
+    Called by gRPC (from its own threads) as handshakes begin: returns a new certificate
+    configuration when the files changed since the last load, else None (keep the current)."""
+
+    def __init__(self, cert_file: Path, key_file: Path, client_ca_file: Path | None, *,
+                 check_interval_s: float = CERTIFICATE_CHECK_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self.files = [path for path in (cert_file, key_file, client_ca_file) if path is not None]
+        self.cert_file, self.key_file, self.client_ca_file = cert_file, key_file, client_ca_file
+        self.check_interval_s = check_interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.initial = self._load()
+        self._signatures = self._signatures_now()
+        self._next_check = clock() + check_interval_s
+
+    def _signatures_now(self) -> list[tuple[int, int, int]]:
+        try:
+            return [file_signature(path) for path in self.files]
+        except OSError as err:
+            raise SecurityConfigError(f"cannot read {err.filename}: {err.strerror}") from None
+
+    def _load(self) -> grpc.ServerCertificateConfiguration:
+        pair = (_read_pem(self.key_file, "--tls-key-file", _PRIVATE_KEY_PEM),
+                _read_pem(self.cert_file, "--tls-cert-file", _CERTIFICATE_PEM))
+        client_ca = (None if self.client_ca_file is None else
+                     _read_pem(self.client_ca_file, "--tls-client-ca-file", _CERTIFICATE_PEM))
+        return grpc.ssl_server_certificate_configuration([pair], root_certificates=client_ca)
+
+    def __call__(self) -> grpc.ServerCertificateConfiguration | None:
+        with self._lock:
+            now = self._clock()
+            if now < self._next_check:
+                return None
+            self._next_check = now + self.check_interval_s
+            try:
+                signatures = self._signatures_now()
+                if signatures == self._signatures:
+                    return None
+                configuration = self._load()
+            except SecurityConfigError as err:
+                log.error("TLS files not reloaded, the previous certificate stays in use: %s", err)
+                return None
+            self._signatures = signatures
+            log.info("reloaded the TLS certificate from %s", self.cert_file)
+            return configuration
+
+
+def load_server_credentials(cert_file: Path | None, key_file: Path | None,
+                            client_ca_file: Path | None = None, *,
+                            check_interval_s: float = CERTIFICATE_CHECK_INTERVAL_S
+                            ) -> grpc.ServerCredentials | None:
+    """TLS server credentials that follow changes to the files; client certificates are
+    required when ``client_ca_file`` is set. None when neither certificate nor key is given."""
     if cert_file is None and key_file is None:
         if client_ca_file is not None:
             raise SecurityConfigError(
@@ -86,12 +157,10 @@ def load_server_credentials(cert_file: Path | None, key_file: Path | None,
         return None
     if cert_file is None or key_file is None:
         raise SecurityConfigError("--tls-cert-file and --tls-key-file must be given together")
-    pair = (_read_pem(key_file, "--tls-key-file", _PRIVATE_KEY_PEM),
-            _read_pem(cert_file, "--tls-cert-file", _CERTIFICATE_PEM))
-    client_ca = (None if client_ca_file is None
-                 else _read_pem(client_ca_file, "--tls-client-ca-file", _CERTIFICATE_PEM))
-    return grpc.ssl_server_credentials([pair], root_certificates=client_ca,
-                                       require_client_auth=client_ca is not None)
+    files = ServerCertificateFiles(cert_file, key_file, client_ca_file,
+                                   check_interval_s=check_interval_s)
+    return grpc.dynamic_ssl_server_credentials(
+        files.initial, files, require_client_authentication=client_ca_file is not None)
 
 
 def server_credentials_from_flags(args: argparse.Namespace) -> grpc.ServerCredentials | None:

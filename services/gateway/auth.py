@@ -39,7 +39,6 @@ import dataclasses
 import hashlib
 import hmac
 import logging
-import os
 import re
 import time
 from pathlib import Path
@@ -49,7 +48,7 @@ import grpc
 from prometheus_client import Counter, Gauge
 
 from services.common.config import add_flag
-from services.common.security import SecurityConfigError, optional_path
+from services.common.security import SecurityConfigError, file_signature, optional_path
 
 log = logging.getLogger(__name__)
 
@@ -141,17 +140,13 @@ class ApiKeyFile:
         self.reload_interval_s = reload_interval_s
         self._clock = clock
         try:
-            self._signature = self._file_signature()
+            self._signature = file_signature(self.path)
             self.keys = parse_api_keys(self.path.read_text())
         except OSError as err:
             raise KeyFileError(
                 f"cannot read --api-keys-file {path}: {err.strerror or err}") from None
         self._next_check = clock() + reload_interval_s
         log.info("loaded %s", self._summary())
-
-    def _file_signature(self) -> tuple[int, int, int]:
-        stat = os.stat(self.path)  # follows symlinks, as a Secret volume's files are
-        return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
     def _summary(self) -> str:
         revoked = sum(key.revoked for key in self.keys)
@@ -164,7 +159,7 @@ class ApiKeyFile:
             return
         self._next_check = now + self.reload_interval_s
         try:
-            signature = self._file_signature()
+            signature = file_signature(self.path)
             if signature == self._signature:
                 return
             keys = parse_api_keys(self.path.read_text())

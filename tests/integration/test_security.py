@@ -131,6 +131,18 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
     return condition()
 
 
+def final_status(client: StreamClient, timeout_s: float) -> grpc.StatusCode:
+    """Read until the stream ends (within ``timeout_s`` in all); its status code."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        while client.recv(timeout_s=max(0.01, deadline - time.monotonic())) is not None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the stream still runs after {timeout_s} s")
+    except grpc.RpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
 # --- API keys over TLS ------------------------------------------------------------------------
 
 @dataclasses.dataclass
@@ -265,7 +277,7 @@ def test_editing_the_key_file_adds_revokes_and_removes_keys_without_restart(keye
             session.chunks(1)
             write_atomically(keyed.key_file, KEY_FILE + f"rotating {new_key} revoked\n")
             # The open session is ended at its next message; new calls are refused.
-            assert session.status(timeout_s=15) == grpc.StatusCode.PERMISSION_DENIED
+            assert final_status(session, timeout_s=15) == grpc.StatusCode.PERMISSION_DENIED
             assert "revoked" in session.error.details()
         finally:
             session.close()
@@ -316,7 +328,7 @@ def test_an_over_limit_message_is_refused_and_the_gateway_stays_up(keyed):
     try:
         client.setup()
         client.prompts(music_pb2.WeightedPrompt(audio=too_big))
-        assert client.status() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert final_status(client, timeout_s=15) == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         client.close()
     assert keyed.cluster.gateway.is_running()

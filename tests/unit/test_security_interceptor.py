@@ -104,4 +104,4 @@ async def scenario(key_file) -> None:
 def test_session_slots_and_refusals(tmp_path):
     key_file = tmp_path / "keys"
     key_file.write_text(KEY_LINE)
-    asyncio.run(scenario(key_file))
+    asyncio.run(asyncio.wait_for(scenario(key_file), timeout=30))

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shutil
+from pathlib import Path
 
 import grpc
 import pytest
@@ -70,7 +73,9 @@ def test_flags_read_the_environment_and_a_blank_value_means_unset(monkeypatch):
     assert args.internal_tls_ca_file is None and args.tls_client_ca_file is None
 
 
-async def ping_over(server_credentials, channel_credentials) -> bytes:
+async def ping_over(server_credentials: grpc.ServerCredentials,
+                    channel_credentials: grpc.ChannelCredentials) -> bytes:
+    """One call over a fresh server (server credentials serve one server only)."""
     server = grpc.aio.server()
 
     async def ping(request, context):
@@ -89,10 +94,59 @@ async def ping_over(server_credentials, channel_credentials) -> bytes:
 
 def test_loaded_credentials_make_a_mutual_tls_connection(pki):
     ca, server, client = pki
-    server_credentials = load_server_credentials(server.cert, server.key, ca.cert)
     with_certificate = load_channel_credentials(ca.cert, client.cert, client.key)
-    assert asyncio.run(ping_over(server_credentials, with_certificate)) == b"hello"
+    assert asyncio.run(ping_over(load_server_credentials(server.cert, server.key, ca.cert),
+                                 with_certificate)) == b"hello"
     without_certificate = load_channel_credentials(ca.cert)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        asyncio.run(ping_over(server_credentials, without_certificate))
+        asyncio.run(ping_over(load_server_credentials(server.cert, server.key, ca.cert),
+                              without_certificate))
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def serve_through_rotation(directory: Path, old_ca: Path, new_ca: Path,
+                                 new_server) -> list[grpc.StatusCode]:
+    """Calls trusting the old CA, then the new CA, before and after the files are replaced."""
+    cert_file, key_file = directory / "tls.crt", directory / "tls.key"
+    server = grpc.aio.server()
+
+    async def ping(request, context):
+        return request
+
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        "test.Echo", {"Ping": grpc.unary_unary_rpc_method_handler(ping)})])
+    port = server.add_secure_port("127.0.0.1:0", load_server_credentials(
+        cert_file, key_file, check_interval_s=0.0))
+    await server.start()
+
+    async def code_trusting(ca: Path) -> grpc.StatusCode:
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
+            try:
+                await channel.unary_unary("/test.Echo/Ping")(b"hi", timeout=5)
+            except grpc.aio.AioRpcError as err:
+                return err.code()
+        return grpc.StatusCode.OK
+
+    try:
+        codes = [await code_trusting(old_ca), await code_trusting(new_ca)]
+        cert_file.write_text("not a certificate\n")  # a broken update is not taken up
+        codes += [await code_trusting(old_ca)]
+        for source, target in ((new_server.key, key_file), (new_server.cert, cert_file)):
+            shutil.copy(source, target.with_suffix(".new"))
+            os.replace(target.with_suffix(".new"), target)
+        return codes + [await code_trusting(new_ca), await code_trusting(old_ca)]
+    finally:
+        await server.stop(None)
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(pki, tmp_path, caplog):
+    old_ca, old_server, _ = pki
+    new_ca = CertificateAuthority.create(tmp_path / "new", "new-ca")
+    shutil.copy(old_server.cert, tmp_path / "tls.crt")
+    shutil.copy(old_server.key, tmp_path / "tls.key")
+    codes = asyncio.run(serve_through_rotation(tmp_path, old_ca.cert, new_ca.cert,
+                                               new_ca.issue("renewed")))
+    ok, unavailable = grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE
+    assert codes == [ok, unavailable, ok, ok, unavailable]
+    assert "previous certificate stays in use" in caplog.text
