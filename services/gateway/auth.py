@@ -19,15 +19,19 @@ per line, fields separated by spaces::
   ``revoked`` keeps the key known but refuses it.
 - Blank lines and text after ``#`` are ignored.
 
+A new key: ``python -c "import secrets; print('mrt-' + secrets.token_hex(16))"``; its hash for
+the file: ``printf %s "$KEY" | sha256sum``.
+
 The file is checked for changes every ``--api-keys-reload-s`` seconds (its inode, size and
 modification time, so the atomic symlink swap of a Secret update is seen too): adding,
-revoking or removing a key takes effect without a restart, and sessions already open on a key
-that was revoked or removed are ended. A changed file that cannot be read or parsed is
+revoking or removing a key takes effect without a restart, and a session already open on a key
+that was revoked or removed is ended before its next message. A changed file that cannot be read or parsed is
 reported and the keys before it stay in force.
 
 Refusals: no key, a malformed header or an unknown key is ``UNAUTHENTICATED``; a revoked key is
 ``PERMISSION_DENIED``; a key at its session cap is ``RESOURCE_EXHAUSTED``. Presented keys are
-hashed and compared with every stored hash in constant time.
+hashed and compared with every stored hash in constant time. Metrics:
+``mrt_gateway_auth_refused_total{code}`` and ``mrt_gateway_api_key_sessions{key_name}``.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ log = logging.getLogger(__name__)
 REFUSED = Counter("mrt_gateway_auth_refused_total", "Public calls refused by API-key checks",
                   ["code"])
 KEY_SESSIONS = Gauge("mrt_gateway_api_key_sessions", "Open Stream sessions, by API key name",
-                     ["key"])
+                     ["key_name"])
 
 MIN_KEY_CHARS = 16
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -217,6 +221,9 @@ class Refusal:
     message: str
 
 
+_NO_KEY = Refusal(grpc.StatusCode.UNAUTHENTICATED,
+                  "this API needs an 'authorization: Bearer <API key>' metadata entry")
+
 _HANDLER_FACTORIES = {
     (False, False): grpc.unary_unary_rpc_method_handler,
     (False, True): grpc.unary_stream_rpc_method_handler,
@@ -253,12 +260,9 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
             return handler
         token = bearer_token(details.invocation_metadata)
         if token is None:
-            verdict: ApiKey | Refusal = Refusal(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "this API needs an 'authorization: Bearer <API key>' metadata entry")
-        else:
-            digest = key_digest(token)
-            verdict = self._verdict(digest)
+            return _with_behaviour(handler, self._refusing(details.method, _NO_KEY))
+        digest = key_digest(token)
+        verdict = self._verdict(digest)
         if isinstance(verdict, Refusal):
             return _with_behaviour(handler, self._refusing(details.method, verdict))
         if handler.request_streaming and handler.response_streaming:

@@ -23,6 +23,7 @@ from services.cli import main as mrt
 from services.cli.launcher import GATEWAY, Cluster, ClusterConfig, ServiceNotReadyError
 from services.common.proto.mrt.v1 import music_pb2, music_pb2_grpc
 from tests.certificates import CertificateAuthority, Identity
+from tests.integration.conftest import metric, scrape
 from tests.streaming_client import StreamClient
 
 PLAY = music_pb2.PlaybackControl.PLAY
@@ -229,6 +230,9 @@ def test_a_revoked_key_is_permission_denied_and_its_name_not_its_secret_is_told(
         client.close()
     log = keyed.cluster.gateway.log_path.read_text()
     assert "retired" in log and not any(key in log for key in KEYS.values())
+    refused = metric(scrape(keyed.cluster.metrics_urls["gateway"]),
+                     "mrt_gateway_auth_refused_total", code="PERMISSION_DENIED")
+    assert refused >= 2
 
 
 def test_a_key_over_its_session_limit_is_refused_while_others_still_work(keyed):
@@ -236,6 +240,9 @@ def test_a_key_over_its_session_limit_is_refused_while_others_still_work(keyed):
     others: list[StreamClient] = []
     try:
         first.setup()
+        sessions = metric(scrape(keyed.cluster.metrics_urls["gateway"]),
+                          "mrt_gateway_api_key_sessions", key_name="limited")
+        assert sessions == 1
         second = keyed.client(KEYS["limited"])
         others.append(second)
         with pytest.raises(grpc.RpcError) as err:
