@@ -10,6 +10,8 @@ import sys
 from services.common.assets import AssetMissingError, AssetStore
 from services.common.config import add_flag, add_service_flags, parse_bool, setup_logging
 from services.common.proto.mrt.v1 import embedder_pb2, embedder_pb2_grpc
+from services.common.security import (SecurityConfigError, add_server_tls_flags,
+                                      server_credentials_from_flags)
 from services.common.server import Service
 from services.embedder.audio_input import AudioLimits
 from services.embedder.models import MODEL_NAMES, create_style_model
@@ -21,6 +23,7 @@ log = logging.getLogger("services.embedder")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m services.embedder", description=__doc__)
     add_service_flags(parser, port=50052, metrics_port=9092)
+    add_server_tls_flags(parser)
     add_flag(parser, "--model", default="tiny", choices=MODEL_NAMES, help="style model to serve")
     add_flag(parser, "--assets-dir", default=None, help="model assets directory")
     add_flag(parser, "--allow-download", default=False, type=parse_bool,
@@ -41,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    server_credentials = server_credentials_from_flags(args)  # fails before the model loads
     model = create_style_model(args.model, AssetStore(args.assets_dir, allow_download=args.allow_download))
     limits = EmbedderLimits(max_text_chars=args.max_text_chars,
                             audio=AudioLimits(max_bytes=args.max_audio_bytes))
@@ -50,7 +54,8 @@ async def serve(args: argparse.Namespace) -> None:
     service = Service("embedder", host=args.host, port=args.port, metrics_port=args.metrics_port,
                       max_message_bytes=args.max_message_bytes,
                       service_names=[embedder_pb2.DESCRIPTOR.services_by_name["StyleEmbedder"].full_name],
-                      shutdown_grace_s=args.shutdown_grace_s)
+                      shutdown_grace_s=args.shutdown_grace_s,
+                      server_credentials=server_credentials)
     embedder_pb2_grpc.add_StyleEmbedderServicer_to_server(servicer, service.server)
     await service.run()
 
@@ -60,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level, "embedder")
     try:
         asyncio.run(serve(args))
-    except AssetMissingError as err:
+    except (AssetMissingError, SecurityConfigError) as err:
         log.error("%s", err)
         return 2
     return 0

@@ -9,7 +9,11 @@ import sys
 
 from services.common.config import add_flag, add_service_flags, setup_logging
 from services.common.proto.mrt.v1 import music_pb2, music_pb2_grpc
+from services.common.security import (SecurityConfigError, add_internal_tls_flags,
+                                      add_server_tls_flags, internal_channel_credentials_from_flags,
+                                      server_credentials_from_flags)
 from services.common.server import Service
+from services.gateway.auth import add_api_key_flags, api_key_interceptors_from_flags
 from services.gateway.embedder_client import EmbedderClient
 from services.gateway.generator_pool import GeneratorPool
 from services.gateway.listener import SessionSettings
@@ -42,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
              help="longest text prompt accepted")
     add_flag(parser, "--max-audio-bytes", default=PromptLimits().max_audio_bytes, type=int,
              help="largest audio prompt accepted")
+    add_api_key_flags(parser)
+    add_server_tls_flags(parser)
+    add_internal_tls_flags(parser)
     return parser
 
 
@@ -54,12 +61,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    public_service = music_pb2.DESCRIPTOR.services_by_name["MusicGeneration"].full_name
+    interceptors = api_key_interceptors_from_flags(args, public_service)
+    server_credentials = server_credentials_from_flags(args)
+    internal_credentials = internal_channel_credentials_from_flags(args)
     pool = GeneratorPool([a.strip() for a in args.generator_addresses.split(",") if a.strip()],
                          poll_interval_s=args.load_poll_interval_s,
                          rpc_timeout_s=args.backend_timeout_s,
-                         max_message_bytes=args.max_message_bytes)
+                         max_message_bytes=args.max_message_bytes,
+                         credentials=internal_credentials)
     embedder = EmbedderClient(args.embedder_address, timeout_s=args.backend_timeout_s,
-                              max_message_bytes=args.max_message_bytes)
+                              max_message_bytes=args.max_message_bytes,
+                              credentials=internal_credentials)
     settings = SessionSettings(
         buffer_ahead_seconds=args.buffer_ahead_seconds, open_timeout_s=args.backend_timeout_s,
         slow_client_timeout_s=args.slow_client_timeout_s,
@@ -69,8 +82,8 @@ async def serve(args: argparse.Namespace) -> None:
                                        default_model=args.default_model)
     service = Service("gateway", host=args.host, port=args.port, metrics_port=args.metrics_port,
                       max_message_bytes=args.max_message_bytes,
-                      service_names=[music_pb2.DESCRIPTOR.services_by_name["MusicGeneration"].full_name],
-                      shutdown_grace_s=args.shutdown_grace_s)
+                      service_names=[public_service], shutdown_grace_s=args.shutdown_grace_s,
+                      server_credentials=server_credentials, extra_interceptors=interceptors)
     music_pb2_grpc.add_MusicGenerationServicer_to_server(servicer, service.server)
     await pool.start()
     try:
@@ -83,7 +96,11 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level, "gateway")
-    asyncio.run(serve(args))
+    try:
+        asyncio.run(serve(args))
+    except SecurityConfigError as err:
+        log.error("%s", err)
+        return 2
     return 0
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 from services.common.assets import AssetMissingError, AssetStore
 from services.common.config import add_flag, add_service_flags, parse_bool, setup_logging
 from services.common.proto.mrt.v1 import generator_pb2, generator_pb2_grpc
+from services.common.security import (SecurityConfigError, add_server_tls_flags,
+                                      server_credentials_from_flags)
 from services.common.server import Service
 from services.generator.models import MODEL_NAMES, create_engine
 from services.generator.scheduler import Scheduler
@@ -24,6 +26,7 @@ log = logging.getLogger("services.generator")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m services.generator", description=__doc__)
     add_service_flags(parser, port=50053, metrics_port=9093)
+    add_server_tls_flags(parser)
     add_flag(parser, "--model", default="tiny", choices=MODEL_NAMES, help="model to serve")
     add_flag(parser, "--assets-dir", default=None, help="model assets directory")
     add_flag(parser, "--allow-download", default=False, type=parse_bool,
@@ -54,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    server_credentials = server_credentials_from_flags(args)  # fails before the model loads
     store = AssetStore(args.assets_dir, allow_download=args.allow_download)
     engine = create_engine(args.model, store, checkpoint=args.checkpoint, dtype=args.dtype)
     scheduler = Scheduler(engine, args.max_batch_size, target_utilization=args.target_utilization,
@@ -64,7 +68,8 @@ async def serve(args: argparse.Namespace) -> None:
     service = Service("generator", host=args.host, port=args.port, metrics_port=args.metrics_port,
                       max_message_bytes=args.max_message_bytes,
                       service_names=[generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name],
-                      shutdown_grace_s=args.shutdown_grace_s)
+                      shutdown_grace_s=args.shutdown_grace_s,
+                      server_credentials=server_credentials)
     generator_pb2_grpc.add_GeneratorServicer_to_server(servicer, service.server)
     try:
         await service.run(on_drain=lambda: servicer.drain(args.drain_grace_s))
@@ -77,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level, "generator")
     try:
         asyncio.run(serve(args))
-    except AssetMissingError as err:
+    except (AssetMissingError, SecurityConfigError) as err:
         log.error("%s", err)
         return 2
     return 0
