@@ -440,12 +440,14 @@ class Cluster:
     thread): Linux delivers the parent-death signal when the thread that started a child exits.
     """
 
-    def __init__(self, config: ClusterConfig | None = None, *, console: TextIO | None = None):
+    def __init__(self, config: ClusterConfig | None = None, *,
+                 specs: Sequence[ServiceSpec] | None = None, console: TextIO | None = None):
+        """``specs`` replaces the command lines ``config`` would give (e.g. with TLS flags)."""
         self.config = config or ClusterConfig()
         lock = threading.Lock()
         self.services: list[ServiceProcess] = [
             ServiceProcess(spec, log_dir=self.config.log_dir, console=console, console_lock=lock)
-            for spec in self.config.service_specs()]
+            for spec in (self.config.service_specs() if specs is None else specs)]
 
     # -- where things are ------------------------------------------------------------------
 

@@ -75,6 +75,9 @@ def add_internal_tls_flags(parser: argparse.ArgumentParser) -> None:
              help="PEM client certificate (chain) presented to the embedder and generators")
     add_flag(parser, "--internal-tls-key-file", type=optional_path,
              help="PEM private key of --internal-tls-cert-file")
+    add_flag(parser, "--internal-tls-server-name", default="",
+             help="name the embedder's and generators' certificates are checked against "
+                  "(default: the address dialled)")
 
 
 _CERTIFICATE_PEM = b"-----BEGIN CERTIFICATE-----"

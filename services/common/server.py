@@ -19,9 +19,14 @@ log = logging.getLogger(__name__)
 READINESS_POLL_S = 0.25
 
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """gRPC options shared by servers and the channels between services."""
-    return [
+def channel_options(max_message_bytes: int,
+                    tls_server_name: str | None = None) -> list[tuple[str, int | str]]:
+    """gRPC options shared by servers and the channels between services.
+
+    ``tls_server_name`` overrides the name a peer's certificate is checked against (pods are
+    dialled by IP, their certificates name a Service)."""
+    overrides = [("grpc.ssl_target_name_override", tls_server_name)] if tls_server_name else []
+    return overrides + [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.keepalive_time_ms", 20_000),

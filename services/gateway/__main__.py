@@ -69,10 +69,12 @@ async def serve(args: argparse.Namespace) -> None:
                          poll_interval_s=args.load_poll_interval_s,
                          rpc_timeout_s=args.backend_timeout_s,
                          max_message_bytes=args.max_message_bytes,
-                         credentials=internal_credentials)
+                         credentials=internal_credentials,
+                         tls_server_name=args.internal_tls_server_name or None)
     embedder = EmbedderClient(args.embedder_address, timeout_s=args.backend_timeout_s,
                               max_message_bytes=args.max_message_bytes,
-                              credentials=internal_credentials)
+                              credentials=internal_credentials,
+                              tls_server_name=args.internal_tls_server_name or None)
     settings = SessionSettings(
         buffer_ahead_seconds=args.buffer_ahead_seconds, open_timeout_s=args.backend_timeout_s,
         slow_client_timeout_s=args.slow_client_timeout_s,

@@ -20,8 +20,9 @@ class BackendUnavailable(RuntimeError):
 
 class EmbedderClient:
     def __init__(self, address: str, *, timeout_s: float, max_message_bytes: int,
-                 credentials: grpc.ChannelCredentials | None = None):
-        options = channel_options(max_message_bytes)
+                 credentials: grpc.ChannelCredentials | None = None,
+                 tls_server_name: str | None = None):
+        options = channel_options(max_message_bytes, tls_server_name)
         self.address = address
         self.channel = (grpc.aio.secure_channel(address, credentials, options) if credentials
                         else grpc.aio.insecure_channel(address, options))

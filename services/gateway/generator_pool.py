@@ -67,13 +67,15 @@ class GeneratorEndpoint:
 class GeneratorPool:
     def __init__(self, targets: list[str], *, poll_interval_s: float, rpc_timeout_s: float,
                  max_message_bytes: int, resolver: Resolver = resolve_dns,
-                 credentials: grpc.ChannelCredentials | None = None):
+                 credentials: grpc.ChannelCredentials | None = None,
+                 tls_server_name: str | None = None):
         self.targets = targets
         self.poll_interval_s = poll_interval_s
         self.rpc_timeout_s = rpc_timeout_s
         self.max_message_bytes = max_message_bytes
         self.resolver = resolver
         self.credentials = credentials
+        self.tls_server_name = tls_server_name
         self.endpoints: dict[str, GeneratorEndpoint] = {}
         self._task: asyncio.Task | None = None
         self._refreshing = asyncio.Lock()
@@ -94,7 +96,7 @@ class GeneratorPool:
         return sorted(set(addresses))
 
     def _connect(self, address: str) -> GeneratorEndpoint:
-        options = channel_options(self.max_message_bytes)
+        options = channel_options(self.max_message_bytes, self.tls_server_name)
         channel = (grpc.aio.secure_channel(address, self.credentials, options) if self.credentials
                    else grpc.aio.insecure_channel(address, options))
         return GeneratorEndpoint(address, channel, generator_pb2_grpc.GeneratorStub(channel))

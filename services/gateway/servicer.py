@@ -142,11 +142,14 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
         waiting = set(tasks)
         while True:
             getter = asyncio.ensure_future(session.outbound.get())
-            done, _ = await asyncio.wait({getter, *waiting}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                done, _ = await asyncio.wait({getter, *waiting}, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when the stream is cancelled while waiting
+                if not getter.done():
+                    getter.cancel()
             if getter in done:
                 yield getter.result()
                 continue
-            getter.cancel()
             for task in done:
                 if task.exception() is not None:
                     raise task.exception()
