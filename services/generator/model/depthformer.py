@@ -25,7 +25,7 @@ plus the depthformer decoder), checked against the upstream fixture in the tests
   left out.
 
 `decode_chunk` is the incremental (KV-cached) form of the same computation, one frame of the
-temporal stack then 16 steps of the depth stack, as one `lax.scan` that a caller jits.
+temporal stack then 16 steps of the depth stack, in nested `lax.scan`s that a caller jits.
 """
 
 from __future__ import annotations
@@ -384,10 +384,10 @@ def decode_chunk(model: Depthformer, params: Params, encoder_tokens: Array,
 
     def frame_step(carry, frame):
         temporal_caches, previous_codes, state = carry
-        # Frame 0 starts from token 0 at position 0; later frames from the previous frame's
-        # 16 tokens at positions 16f-15 .. 16f.
+        # Frame 0 starts from the start token (0, as PAD) at position 0; later frames from
+        # the previous frame's 16 tokens at positions 16f-15 .. 16f.
         first = frame == 0
-        tokens = jnp.where(first, 0, previous_codes + level_offsets)
+        tokens = jnp.where(first, facts.PAD_TOKEN, previous_codes + level_offsets)
         positions = jnp.where(first, 0, frame * LEVELS - (LEVELS - 1) + levels)
         x = call(tokens, positions, method=Depthformer.frame_input)
         bias = lax.dynamic_slice_in_dim(temporal_bias, frame, 1, axis=1)
