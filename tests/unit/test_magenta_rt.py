@@ -1,8 +1,5 @@
 """The Magenta RT engine's chunk algorithm, on the tiny codec with a stand-in token sampler."""
 
-import importlib.util
-import sys
-import types
 import zlib
 
 import numpy as np
@@ -14,36 +11,8 @@ from services.generator.engine import ChunkJob, SamplingParams, SessionState
 from services.generator.model import tiny_assets
 from services.generator.model.spectrostream import SpectroStreamDecoder
 from services.generator.model.style_tokens import STYLE_QUANTIZER_ASSET, StyleQuantizer
-
-
-def _token_helpers_for_this_branch() -> None:
-    """Until the depthformer package (its `tokens` module) is merged here, a minimal version of
-    its two helpers after DESIGN 3.2; once it is present, the real module is used."""
-    if importlib.util.find_spec("services.generator.model.tokens") is not None:
-        return
-    helpers = types.ModuleType("services.generator.model.tokens")
-
-    def build_encoder_tokens(context_tokens, style_tokens):
-        levels = np.arange(facts.ENCODER_RVQ_LEVELS) * facts.CODEBOOK_SIZE
-        context = context_tokens[:, :, :facts.ENCODER_RVQ_LEVELS]
-        context = np.where(context >= 0, context + facts.CODEC_TOKEN_OFFSET + levels,
-                           facts.MASK_TOKEN)
-        style_levels = np.arange(facts.STYLE_RVQ_LEVELS) * facts.CODEBOOK_SIZE
-        style = np.where(style_tokens >= 0, style_tokens + facts.STYLE_TOKEN_OFFSET + style_levels,
-                         facts.MASK_TOKEN)
-        return np.concatenate([context.reshape(len(context), -1), style], axis=1).astype(np.int32)
-
-    def append_to_context(context_tokens, new_codes):
-        return np.concatenate([context_tokens[:, new_codes.shape[1]:], new_codes], axis=1)
-
-    helpers.build_encoder_tokens = build_encoder_tokens
-    helpers.append_to_context = append_to_context
-    sys.modules[helpers.__name__] = helpers
-
-
-_token_helpers_for_this_branch()
-from services.generator import magenta_rt  # noqa: E402  (after the helpers above)
-from services.generator.magenta_rt import MagentaRTEngine  # noqa: E402
+from services.generator import magenta_rt
+from services.generator.magenta_rt import MagentaRTEngine
 
 
 class RecordingSampler:
