@@ -112,6 +112,7 @@ class ListenerSession:
         self.underruns = 0
         self._changed = asyncio.Event()
         self._link_failure: LinkError | None = None
+        self.closed = False  # set once the client's stream is over: never place it again
 
     # --- generator placement and failover ----------------------------------------------------------
     def _open_request(self) -> generator_pb2.OpenSession:
@@ -137,6 +138,8 @@ class ListenerSession:
         last_error: Exception | None = None
         refreshed = False
         while True:
+            if self.closed:
+                raise StreamEnded(grpc.StatusCode.CANCELLED, "the session is closed")
             try:
                 candidates = self.pool.candidates(self.model, exclude=tried)
             except (NoCapacity, NoGenerator) as err:
@@ -161,6 +164,9 @@ class ListenerSession:
                     self.pool.mark_unhealthy(endpoint.address)
                     last_error = NoGenerator(err.details)
                 continue
+            if self.closed:  # the client left while the generator was opening the session
+                link.close()
+                raise StreamEnded(grpc.StatusCode.CANCELLED, "the session is closed")
             self.pool.placed(endpoint)
             self.link = link
             self.demand_outstanding = False
@@ -264,7 +270,7 @@ class ListenerSession:
     # --- the pump: demand, receive, pace, send ---------------------------------------------------
     async def pump(self) -> None:
         """Run until the session ends normally; raises StreamEnded to end it with a status."""
-        while True:
+        while not self.closed:
             self._changed.clear()
             if self.client_done and not self.playing:
                 return
@@ -377,4 +383,6 @@ class ListenerSession:
         self._changed.set()
 
     async def close(self) -> None:
+        self.closed = True
+        self._changed.set()
         self._drop_link()

@@ -27,6 +27,8 @@ ENDED = Counter("mrt_gateway_sessions_ended_total", "Sessions ended, by outcome"
 SETUP_TIMEOUT_S = 30.0
 # How long a failed session may wait for its handler to end the stream before it is cancelled.
 STUCK_WRITE_GRACE_S = 1.0
+# How long a cancelled session's tasks get to finish.
+TASK_EXIT_TIMEOUT_S = 5.0
 
 
 class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
@@ -112,6 +114,8 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
                 task.cancel()
             if session is not None:
                 await session.close()
+            if tasks:  # let them finish before the session's resources go
+                await asyncio.wait(tasks, timeout=TASK_EXIT_TIMEOUT_S)
                 log.info("session %s closed (%s, %d chunks, %d underruns)", session.session_id,
                          outcome, session.next_sequence, session.underruns)
             ACTIVE.dec()

@@ -152,6 +152,9 @@ def test_two_sessions_are_independent(mock_cluster):
     a, b = StreamClient(mock_cluster.gateway_address), StreamClient(mock_cluster.gateway_address)
     try:
         a.setup(), b.setup()
+        # Fixed seeds: the sessions' music is deterministic, so "different" cannot be luck.
+        a.send(config=music_pb2.GenerationConfig(seed=1))
+        b.send(config=music_pb2.GenerationConfig(seed=2))
         a.prompts(text("jazz piano"))
         b.prompts(text("heavy metal guitar"))
         a.playback(PLAY), b.playback(PLAY)
