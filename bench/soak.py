@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results = asyncio.run(run_sessions(
                 target.gateway_address, args.minutes * 60, args.concurrent,
                 random.Random(args.seed), args.min_session_s, args.max_session_s, args.model))
-            gateway_left, generator_left = settle(target)
+        gateway_left, generator_left = settle(target)
         leftover = {"gateway": gateway_left, "generator": generator_left}
         cluster.check_running()
     finally:
@@ -145,13 +145,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "totals": session_totals(results), "leftover_sessions": leftover,
         "flatness": verdicts,
         "all_flat": all(v is not None and v["flat"] for m in verdicts.values() for v in m.values()),
+        "sessions_leaked": bool(gateway_left or generator_left),
         "series": series, "runtime_s": round(time.monotonic() - began, 1)}
     results_dir, docs = Path(args.results_dir), Path(args.docs)
     json_path = report.write_json(results_dir / f"soak_{args.model}.json", results_json)
     png_path = plots.plot_soak(results_json, results_dir / f"soak_{args.model}.png")
     report.update_docs(f"soak:{args.model}", markdown(results_json, json_path, png_path), docs)
     print(f"[soak] {results_json['totals']['sessions']} sessions; all flat: "
-          f"{results_json['all_flat']}; leftover sessions {leftover}", flush=True)
+          f"{results_json['all_flat']}; sessions left open after the soak: {leftover}", flush=True)
     print(f"[soak] wrote {json_path}, {png_path} and {docs}", flush=True)
     return results_json
 
@@ -176,13 +177,14 @@ def markdown(results: dict[str, Any], json_path: Path, png_path: Path) -> str:
         f"{settings['min_session_s']:g}-{settings['max_session_s']:g} s with prompt / config "
         f"changes, pause / play and context resets; sampled every {settings['sample_every_s']:g} s.",
         f"Sessions: {totals['sessions']} ({outcomes}); {totals['chunks']} chunks; "
-        f"{totals['underruns']} underruns heard; {totals['warnings']} warnings. Sessions left "
-        f"open afterwards: gateway {results['leftover_sessions']['gateway']:.0f}, generator "
-        f"{results['leftover_sessions']['generator']}.",
+        f"{totals['underruns']} underruns heard; {totals['warnings']} warnings.",
         "",
         f"All flat: **{'yes' if results['all_flat'] else 'no'}** (RSS within "
-        f"{settings['rss_tolerance'] * 100:g}% , threads and fds within "
-        f"{settings['count_tolerance']} of the second quarter's median).",
+        f"{settings['rss_tolerance'] * 100:g}%, threads and fds within "
+        f"{settings['count_tolerance']} of the second quarter's median). Sessions still open "
+        f"after every listener had gone: gateway {results['leftover_sessions']['gateway']:.0f}, "
+        f"generator {results['leftover_sessions']['generator']}"
+        f"{' (**leaked**)' if results['sessions_leaked'] else ''}.",
         "",
         report.markdown_table(["process", "measure", "2nd quarter median", "last quarter median",
                                "tolerance", "verdict"], rows),

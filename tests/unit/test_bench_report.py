@@ -121,7 +121,7 @@ def soak_results() -> dict:
             "totals": {"sessions": 9, "outcomes": {"ok": 8, "error: UNAVAILABLE": 1}, "chunks": 80,
                        "underruns": 0, "warnings": 1},
             "leftover_sessions": {"gateway": 0.0, "generator": 2}, "flatness": verdicts,
-            "all_flat": False, "series": series_by_process}
+            "all_flat": False, "sessions_leaked": True, "series": series_by_process}
 
 
 def test_soak_judges_growth_per_process_and_measure():
@@ -136,7 +136,7 @@ def test_soak_report_shows_verdicts_and_leftovers(tmp_path):
     assert "model `mock`" in text
     assert "| generator-0 | rss_mib | 110.0 | 175.0 | 5.5 | **GREW** |" in text
     assert "| gateway | rss_mib |" in text and "All flat: **no**" in text
-    assert "generator 2" in text and "error: UNAVAILABLE 1" in text
+    assert "generator 2 (**leaked**)" in text and "error: UNAVAILABLE 1" in text
 
 
 def test_soak_plot_is_written(tmp_path):
