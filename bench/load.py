@@ -306,7 +306,7 @@ def markdown(results: dict[str, Any], json_path: Path, png_path: Path) -> str:
         if m["idle_rss_mib"]:
             growth = m["rss_growth_mib_per_session"]
             lines += ["", f"Memory, {m['mode']}: RSS after warm-up " + ", ".join(
-                f"{name} {mib:.0f} MiB (+{report.fmt(growth.get(name), 2)} MiB per session)"
+                f"{name} {mib:.0f} MiB ({_signed(growth.get(name))} MiB per session)"
                 for name, mib in m["idle_rss_mib"].items()) + "."]
     if results["batching_gain"] is not None:
         lines += ["", f"Batching holds **{results['batching_gain']:.1f}x** as many real-time "
@@ -335,3 +335,7 @@ def markdown(results: dict[str, Any], json_path: Path, png_path: Path) -> str:
               "", f"![load, {results['model']}]({report.link_from_docs(png_path)})"]
     return "\n".join(lines)
 
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"

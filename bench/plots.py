@@ -17,9 +17,15 @@ def plot_load(results: dict[str, Any], path: Path) -> Path:
     for mode in results["modes"]:
         trials = sorted(mode["trials"], key=lambda t: t["sessions"])
         sessions = [t["sessions"] for t in trials]
-        lateness_axes.plot(sessions, [_nan(t["lateness_s"]["p99"]) for t in trials], "o-",
-                           label=mode["mode"])
-        underrun_axes.plot(sessions, [t["underruns"] for t in trials], "o-", label=mode["mode"])
+        label = f"{mode['mode']} (holds {mode['largest_held']})"
+        line, = lateness_axes.plot(sessions, [_nan(t["lateness_s"]["p99"]) for t in trials], "o-",
+                                   label=label)
+        underrun_axes.plot(sessions, [t["underruns"] for t in trials], "o-", label=label,
+                           color=line.get_color())
+        if mode["largest_held"]:
+            for axes in (lateness_axes, underrun_axes):
+                axes.axvline(mode["largest_held"], color=line.get_color(), linestyle=":",
+                             linewidth=1)
     lateness_axes.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
     lateness_axes.set(xlabel="concurrent sessions", ylabel="chunk lateness p99 (s)",
                       title="Lateness against the player's need (> 0 = underrun)")

@@ -94,6 +94,9 @@ def test_load_report_names_the_model_machine_and_largest_n(tmp_path):
                     if line.startswith("| batched |") and line.count("|") > 10]
     assert [row.split(" | ")[1] for row in batched_rows] == ["12", "13"]
     assert "generator-0 650 MiB (+0.50 MiB per session)" in text
+    results["modes"][1]["rss_growth_mib_per_session"] = {"generator-0": -0.001}
+    text = load.markdown(results, tmp_path / "load_tiny.json", tmp_path / "load_tiny.png")
+    assert "generator-0 650 MiB (-0.00 MiB per session)" in text
 
 
 def test_batching_gain():
