@@ -206,6 +206,9 @@ def measure(target: BenchTarget, mode: Mode, settings: LoadSettings, model: str,
         "mode": mode.label, "max_batch_size": mode.max_batch_size,
         "capacity_override": capacity_sessions,
         "predicted_capacity_at_startup": predicted,
+        # What GetLoad says after the trials: the live prediction, or the override if set.
+        "capacity_reported_after_trials": (get_load(target.generator_address).capacity_sessions
+                                           if target.generator_address else None),
         "largest_held": search.largest_held, "smallest_failed": search.smallest_failed,
         "exact": search.exact, "out_of_budget": search.out_of_budget,
         "idle_rss_mib": idle, "rss_growth_mib_per_session": memory_growth(trials),
@@ -296,11 +299,11 @@ def markdown(results: dict[str, Any], json_path: Path, png_path: Path) -> str:
                                           (" (search hit the maximum)" if m["smallest_failed"] is None
                                            else f" (next tried: {m['smallest_failed']})"))
         summary_rows.append([m["mode"], m["max_batch_size"] or "default", held,
-                             m["predicted_capacity_at_startup"] or "-",
+                             prediction(m) or "-",
                              m["capacity_override"] or "measured", len(m["trials"]),
                              "yes" if m["client_saturated"] else "no"])
     lines.append(report.markdown_table(
-        ["mode", "max batch", "largest N held (0 underruns)", "generator's start-up prediction",
+        ["mode", "max batch", "largest N held (0 underruns)", "generator's prediction",
          "admission limit", "trials", "client saturated"], summary_rows))
     for m in results["modes"]:
         if m["idle_rss_mib"]:
@@ -335,6 +338,16 @@ def markdown(results: dict[str, Any], json_path: Path, png_path: Path) -> str:
               "", f"![load, {results['model']}]({report.link_from_docs(png_path)})"]
     return "\n".join(lines)
 
+
+
+def prediction(mode_result: dict[str, Any]) -> int | None:
+    """The generator's own capacity prediction: from its warm-up, else its load report when
+    no override hides it."""
+    if mode_result["predicted_capacity_at_startup"] is not None:
+        return mode_result["predicted_capacity_at_startup"]
+    if mode_result["capacity_override"] is None:
+        return mode_result.get("capacity_reported_after_trials")
+    return None
 
 
 def _signed(value: float | None) -> str:

@@ -99,6 +99,15 @@ def test_load_report_names_the_model_machine_and_largest_n(tmp_path):
     assert "generator-0 650 MiB (-0.00 MiB per session)" in text
 
 
+def test_prediction_prefers_the_warm_up_and_never_reports_an_override():
+    mode = {"predicted_capacity_at_startup": 6, "capacity_override": 1000,
+            "capacity_reported_after_trials": 1000}
+    assert load.prediction(mode) == 6
+    assert load.prediction(dict(mode, predicted_capacity_at_startup=None)) is None
+    assert load.prediction({"predicted_capacity_at_startup": None, "capacity_override": None,
+                            "capacity_reported_after_trials": 9}) == 9
+
+
 def test_batching_gain():
     assert load.batching_gain([{"mode": "batched", "largest_held": 12},
                                {"mode": "unbatched", "largest_held": 3}]) == 4.0
