@@ -75,6 +75,10 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--budget-minutes", type=float, default=10.0,
                        help="time budget of the search, per mode; no trial starts after it "
                             "(default 10)")
+    group.add_argument("--warmup-seconds", type=float, default=20.0,
+                       help="before the search, one unjudged trial with a full batch of "
+                            "listeners for this long, so the generator compiles its batch "
+                            "shapes first (default 20; 0 = none)")
     group.add_argument("--client-processes", type=int, default=1,
                        help="spread the listeners over this many client processes (default 1; "
                             "raise it when the report says the client process was saturated)")

@@ -77,7 +77,7 @@ def device_description() -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The micro-benchmark for ``args`` (see ``python -m bench generator --help``)."""
     batch_sizes = [int(s) for s in args.batch_sizes.split(",")]
-    began = time.monotonic()
+    began, machine = time.monotonic(), report.machine_info()
     print(f"[generator] building the {args.model} engine ({args.dtype})", flush=True)
     engine = create_engine(args.model, AssetStore(args.assets_dir), dtype=args.dtype)
     load_s = time.monotonic() - began
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"{row['realtime_sessions']} sessions in real time", flush=True)
     results = {
         "kind": "generator", "model": args.model, "dtype": args.dtype,
-        "device": device_description(), "machine": report.machine_info(),
+        "device": device_description(), "machine": machine,
         "repeats": args.repeats, "engine_load_s": round(load_s, 2),
         "rss_mib_after": round(psutil.Process().memory_info().rss / 2 ** 20, 1),
         "batch_sizes": rows, "runtime_s": round(time.monotonic() - began, 1)}

@@ -20,7 +20,7 @@ from typing import Sequence
 import grpc
 import psutil
 
-from bench.player import Player
+from bench.player import ChunkTiming, Player
 from services.common.proto.mrt.v1 import music_pb2, music_pb2_grpc
 
 Action = music_pb2.PlaybackControl
@@ -172,7 +172,7 @@ class _ListenerRun:
         if self.loop.time() < until:  # the server ended the stream early
             self._fail("stream ended early")
 
-    def _record(self, timing) -> None:
+    def _record(self, timing: ChunkTiming | None) -> None:
         if timing is not None:
             self.result.lateness_s.append(timing.lateness_s)
 

@@ -17,17 +17,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from bench import plots, prometheus, report
 from bench.cluster import (BenchTarget, LocalClusterOptions, active_sessions, get_load, settle,
                            start_local_cluster, startup_capacity_prediction, target_of)
 from bench.listeners import ListenerPool, ListenerResult, ListenerScript
-from bench.processes import ProcessSampler
+from bench.processes import MIB, ProcessSampler, sample_process
 from bench.search import find_largest_held
 from bench.stats import percentiles, slope
 from services.common import model_facts as facts
 
 # A client process this busy (CPU cores) may itself be what delays chunks.
 CLIENT_SATURATED_CORES = 0.8
+# The generator's own default for --max-batch-size (the warm-up size when it is not set here).
+DEFAULT_MAX_BATCH_SIZE = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +41,7 @@ class LoadSettings:
     max_sessions: int
     start_sessions: int
     budget_s: float  # per mode
+    warmup_s: float  # listening time of the unjudged warm-up trial (0: none)
     client_processes: int
     sample_interval_s: float
 
@@ -170,16 +175,29 @@ def memory_growth(trials: list[Trial]) -> dict[str, float | None]:
             for name in sorted(names)}
 
 
+def warm_up(target: BenchTarget, pool: ListenerPool, mode: Mode, settings: LoadSettings,
+            model: str) -> Trial:
+    """One trial that is not judged, with a full batch of listeners spread over a chunk
+    period, so that batch shapes the generator's warm-up did not compile are compiled before
+    the search rather than in the middle of a judged trial."""
+    sessions = min(mode.max_batch_size or DEFAULT_MAX_BATCH_SIZE, settings.max_sessions)
+    result = run_trial(target, pool, sessions,
+                       dataclasses.replace(settings, listen_s=settings.warmup_s), model)
+    settle(target)
+    print(f"  [{mode.label}] warm-up, not judged: {describe(result)}", flush=True)
+    return result
+
+
 def measure(target: BenchTarget, mode: Mode, settings: LoadSettings, model: str,
             capacity_sessions: int | None) -> dict[str, Any]:
     """The search for the largest N this cluster holds, and every trial it ran."""
     trials: list[Trial] = []
-    idle = {}
-    if target.pids:
-        with ProcessSampler(target.pids, settings.sample_interval_s) as sampler:
-            time.sleep(min(2.0, settings.sample_interval_s))
-        idle = {name: round(s.rss_last_mib, 1) for name, s in sampler.summaries().items()}
+    idle = {name: round(sample_process(psutil.Process(pid), 0.0).rss_bytes / MIB, 1)
+            for name, pid in target.pids.items()}
+    warmup = None
     with ListenerPool(target.gateway_address, settings.client_processes) as pool:
+        if settings.warmup_s > 0:
+            warmup = warm_up(target, pool, mode, settings, model)
         def trial(sessions: int) -> bool:
             _, generator_before = active_sessions(target)
             result = run_trial(target, pool, sessions, settings, model)
@@ -212,6 +230,7 @@ def measure(target: BenchTarget, mode: Mode, settings: LoadSettings, model: str,
         "largest_held": search.largest_held, "smallest_failed": search.smallest_failed,
         "exact": search.exact, "out_of_budget": search.out_of_budget,
         "idle_rss_mib": idle, "rss_growth_mib_per_session": memory_growth(trials),
+        "warmup_trial": None if warmup is None else dataclasses.asdict(warmup),
         "client_saturated": any(max(t.client_cpu_cores) > CLIENT_SATURATED_CORES for t in trials),
         "trials": [dataclasses.asdict(t) for t in trials],
     }
@@ -229,6 +248,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = LoadSettings(
         listen_s=args.listen_seconds, ramp_s=args.ramp_seconds, max_sessions=args.max_sessions,
         start_sessions=args.start_sessions, budget_s=args.budget_minutes * 60,
+        warmup_s=args.warmup_seconds,
         client_processes=args.client_processes, sample_interval_s=args.sample_interval_s)
     results: dict[str, Any] = {
         "kind": "load", "model": args.model, "machine": report.machine_info(),

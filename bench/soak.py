@@ -115,7 +115,7 @@ def session_totals(results: list[ListenerResult]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The soak for ``args`` (see ``python -m bench soak --help``)."""
-    began = time.monotonic()
+    began, machine = time.monotonic(), report.machine_info()
     print(f"[soak] {args.model}, {args.minutes:g} min, {args.concurrent} concurrent listeners",
           flush=True)
     cluster = start_local_cluster(LocalClusterOptions(
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     verdicts = judge(series, args.rss_tolerance, args.count_tolerance)
     results_json = {
         "kind": "soak", "model": args.model, "minutes": args.minutes,
-        "machine": report.machine_info(),
+        "machine": machine,
         "settings": {"concurrent": args.concurrent, "min_session_s": args.min_session_s,
                      "max_session_s": args.max_session_s, "sample_every_s": args.sample_every_s,
                      "rss_tolerance": args.rss_tolerance, "count_tolerance": args.count_tolerance,

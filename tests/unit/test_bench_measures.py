@@ -104,7 +104,8 @@ def test_listener_totals_and_the_held_verdict():
 
 def test_listener_scripts_spread_connections_over_the_ramp():
     settings = load.LoadSettings(listen_s=20, ramp_s=2.0, max_sessions=8, start_sessions=1,
-                                 budget_s=60, client_processes=1, sample_interval_s=1.0)
+                                 budget_s=60, warmup_s=0, client_processes=1,
+                                 sample_interval_s=1.0)
     scripts = load.listener_scripts(4, settings, "mock")
     assert [s.start_delay_s for s in scripts] == [0.0, 0.5, 1.0, 1.5]
     assert all(s.listen_s == 20 and s.model == "mock" and s.stop_politely for s in scripts)
