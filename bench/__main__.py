@@ -160,12 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # Imported here so that --help answers without loading gRPC clients or models.
     from bench import generator_speed, load, soak
-    if args.command in ("generator", "all"):
-        generator_speed.run(args)
-    if args.command in ("load", "all"):
-        load.run(args)
-    if args.command in ("soak", "all"):
-        soak.run(args)
+    from services.cli.launcher import ClusterError
+    try:
+        if args.command in ("generator", "all"):
+            generator_speed.run(args)
+        if args.command in ("load", "all"):
+            load.run(args)
+        if args.command in ("soak", "all"):
+            soak.run(args)
+    except ClusterError as err:  # a service failed to start or died: its log says why
+        print(f"python -m bench: the cluster failed: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
