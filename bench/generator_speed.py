@@ -1,0 +1,121 @@
+"""The generator micro-benchmark: how long one batched chunk step takes, by batch size.
+
+In process, no services: build the engine for a model, and for each batch size run one
+warm-up step (which compiles that shape), then a few timed steps whose sessions carry on from
+the previous step's state, as a generator's sessions do. The median gives seconds per batched
+chunk, its real-time factor (audio seconds per compute second) and how many sessions that
+batch size keeps in real time when batches run back to back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from bench import report
+from services.common import model_facts as facts
+from services.common.assets import AssetStore
+from services.generator.engine import ChunkEngine, ChunkJob, SamplingParams, SessionState
+from services.generator.models import create_engine
+
+
+def first_jobs(batch_size: int, seed: int = 0) -> list[ChunkJob]:
+    """Fresh sessions with distinct seeds and random styles (prompted sessions, as in use)."""
+    rng = np.random.default_rng(seed)
+    jobs = []
+    for row in range(batch_size):
+        style = rng.normal(size=facts.STYLE_EMBEDDING_DIM).astype(np.float32)
+        jobs.append(ChunkJob(state=SessionState.fresh(), style_embedding=style / np.linalg.norm(style),
+                             sampling=SamplingParams(seed=seed + row)))
+    return jobs
+
+
+def time_step(engine: ChunkEngine, jobs: list[ChunkJob]) -> tuple[float, list[ChunkJob]]:
+    """Seconds for one batched chunk, and the jobs for the next chunk of the same sessions."""
+    started = time.perf_counter()
+    outputs = engine.generate(jobs)
+    seconds = time.perf_counter() - started
+    return seconds, [dataclasses.replace(job, state=out.state) for job, out in zip(jobs, outputs)]
+
+
+def realtime_sessions(batch_size: int, batch_seconds: float) -> int:
+    """Sessions kept in real time by back-to-back batches of this size (no headroom)."""
+    return batch_size * int(facts.CHUNK_SECONDS // batch_seconds) if batch_seconds > 0 else 0
+
+
+def measure_batch_size(engine: ChunkEngine, batch_size: int, repeats: int) -> dict[str, Any]:
+    jobs = first_jobs(batch_size)
+    warmup_s, jobs = time_step(engine, jobs)
+    times = []
+    for _ in range(repeats):
+        seconds, jobs = time_step(engine, jobs)
+        times.append(seconds)
+    median_s = statistics.median(times)
+    return {"batch_size": batch_size, "warmup_s": warmup_s, "seconds": times,
+            "median_s": median_s, "seconds_per_session_chunk": median_s / batch_size,
+            "real_time_factor": batch_size * facts.CHUNK_SECONDS / median_s,
+            "realtime_sessions": realtime_sessions(batch_size, median_s)}
+
+
+def device_description() -> str:
+    """The accelerator the engine ran on, when it is a JAX model (already imported by it)."""
+    jax = sys.modules.get("jax")
+    if jax is None:
+        return "cpu (numpy)"
+    device = jax.devices()[0]
+    return f"{device.platform}: {device.device_kind} x{len(jax.devices())}"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The micro-benchmark for ``args`` (see ``python -m bench generator --help``)."""
+    batch_sizes = [int(s) for s in args.batch_sizes.split(",")]
+    began, machine = time.monotonic(), report.machine_info()
+    print(f"[generator] building the {args.model} engine ({args.dtype})", flush=True)
+    engine = create_engine(args.model, AssetStore(args.assets_dir), dtype=args.dtype)
+    load_s = time.monotonic() - began
+    rows = []
+    for size in batch_sizes:
+        row = measure_batch_size(engine, size, args.repeats)
+        rows.append(row)
+        print(f"  batch {size:>3}: {row['median_s']:.4f} s per batched chunk "
+              f"(warm-up {row['warmup_s']:.2f} s), {row['seconds_per_session_chunk']:.4f} s per "
+              f"session, RTF {row['real_time_factor']:.2f}, "
+              f"{row['realtime_sessions']} sessions in real time", flush=True)
+    results = {
+        "kind": "generator", "model": args.model, "dtype": args.dtype,
+        "device": device_description(), "machine": machine,
+        "repeats": args.repeats, "engine_load_s": round(load_s, 2),
+        "rss_mib_after": round(psutil.Process().memory_info().rss / 2 ** 20, 1),
+        "batch_sizes": rows, "runtime_s": round(time.monotonic() - began, 1)}
+    results_dir, docs = Path(args.results_dir), Path(args.docs)
+    json_path = report.write_json(results_dir / f"generator_{args.model}_{args.dtype}.json", results)
+    report.update_docs(f"generator:{args.model}:{args.dtype}", markdown(results, json_path), docs)
+    print(f"[generator] wrote {json_path} and {docs}", flush=True)
+    return results
+
+
+def markdown(results: dict[str, Any], json_path: Path) -> str:
+    rows = [[r["batch_size"], report.fmt(r["median_s"], 4), report.fmt(r["seconds_per_session_chunk"], 4),
+             report.fmt(r["real_time_factor"], 2), r["realtime_sessions"], report.fmt(r["warmup_s"], 2)]
+            for r in results["batch_sizes"]]
+    return "\n".join([
+        f"### Generator, model `{results['model']}` ({results['dtype']}, {results['device']})",
+        "",
+        f"Machine: {report.machine_line(results['machine'])}. Engine built in "
+        f"{results['engine_load_s']:.1f} s; process RSS after the run "
+        f"{results['rss_mib_after']:.0f} MiB; median of {results['repeats']} timed steps after "
+        f"one warm-up step per size; runtime {results['runtime_s']:.0f} s.",
+        "",
+        report.markdown_table(["batch size", "s per batched chunk", "s per session-chunk", "RTF",
+                               "sessions in real time", "warm-up s"], rows),
+        "",
+        f"Data: `{report.relative(json_path)}`.",
+    ])
