@@ -119,8 +119,14 @@ class Scheduler:
     # --- lifecycle ----------------------------------------------------------------------------
     def warmup(self) -> None:
         """Compile the engine and measure batch times, so capacity is known before serving."""
-        for size in sorted({1, self.max_batch_size}):
+        # Every power-of-two batch size up to the maximum: engines pad batches to such buckets,
+        # so no batch shape compiles while sessions wait for it.
+        sizes = sorted({1, self.max_batch_size,
+                        *(2 ** i for i in range(self.max_batch_size.bit_length())
+                          if 2 ** i <= self.max_batch_size)})
+        for size in sizes:
             self.engine.warmup(size)  # compiles this batch shape
+        for size in sorted({1, self.max_batch_size}):
             started = time.perf_counter()
             self.engine.warmup(size)
             self.batch_times.observe(size, time.perf_counter() - started)

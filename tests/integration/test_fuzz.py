@@ -71,6 +71,17 @@ def test_random_bytes_as_audio_are_refused_cleanly(mock_cluster, data):
         channel.close()
 
 
+def test_clients_cancelling_at_any_moment_leave_no_session_behind(mock_cluster):
+    clients = [StreamClient(mock_cluster.gateway_address) for _ in range(6)]
+    for i, client in enumerate(clients):
+        client.setup()
+        client.playback(music_pb2.PlaybackControl.PLAY)
+        if i % 2:
+            client.chunks(1)
+    for client in clients:  # cancel mid-placement, mid-generation, mid-pacing
+        client.close()
+
+
 def test_after_fuzzing_every_service_is_up_and_no_session_is_stuck(mock_cluster):
     mock_cluster.check_running()
     deadline = time.time() + 15
