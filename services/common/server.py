@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import argparse
 from typing import Awaitable, Callable, Sequence
 
 import grpc
@@ -12,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from services.common.config import setup_logging
 from services.common.metrics import RpcMetricsInterceptor
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,24 @@ def channel_options(max_message_bytes: int,
         ("grpc.min_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 2000),
     ]
+
+
+def service_main(name: str, argv: list[str] | None,
+                 parse_args: Callable[[list[str] | None], argparse.Namespace],
+                 serve: Callable[[argparse.Namespace], Awaitable[None]],
+                 configuration_errors: tuple[type[Exception], ...]) -> int:
+    """The ``main`` of every service: flags, logging, serve until stopped.
+
+    ``configuration_errors`` (missing model files, unreadable certificates...) are logged in
+    one line and exit with status 2 rather than a traceback."""
+    args = parse_args(argv)
+    setup_logging(args.log_level, name)
+    try:
+        asyncio.run(serve(args))
+    except configuration_errors as err:
+        logging.getLogger(f"services.{name}").error("%s", err)
+        return 2
+    return 0
 
 
 class Service:
@@ -69,6 +89,14 @@ class Service:
         else:
             self.bound_port = self.server.add_secure_port(self.address, server_credentials)
         self._stopping = asyncio.Event()
+
+    @classmethod
+    def from_flags(cls, name: str, args: argparse.Namespace, service_name: str,
+                   **kwargs) -> "Service":
+        """A service configured by the flags of ``add_service_flags``."""
+        return cls(name, host=args.host, port=args.port, metrics_port=args.metrics_port,
+                   max_message_bytes=args.max_message_bytes, service_names=[service_name],
+                   shutdown_grace_s=args.shutdown_grace_s, **kwargs)
 
     async def set_serving(self, serving: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if serving

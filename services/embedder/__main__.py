@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import sys
 
 from services.common.assets import AssetMissingError, AssetStore
-from services.common.config import add_flag, add_service_flags, parse_bool, setup_logging
+from services.common.config import add_flag, add_service_flags, parse_bool
 from services.common.proto.mrt.v1 import embedder_pb2, embedder_pb2_grpc
 from services.common.security import (SecurityConfigError, add_server_tls_flags,
                                       server_credentials_from_flags)
-from services.common.server import Service
+from services.common.server import Service, service_main
 from services.embedder.audio_input import AudioLimits
 from services.embedder.models import MODEL_NAMES, create_style_model
 from services.embedder.servicer import EmbedderLimits, EmbedderServicer
-
-log = logging.getLogger("services.embedder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,24 +47,15 @@ async def serve(args: argparse.Namespace) -> None:
     servicer = EmbedderServicer(model, limits=limits, cache_entries=args.cache_entries,
                                 max_batch_size=args.max_embed_batch_size,
                                 batch_window_s=args.batch_window_ms / 1000)
-    service = Service("embedder", host=args.host, port=args.port, metrics_port=args.metrics_port,
-                      max_message_bytes=args.max_message_bytes,
-                      service_names=[embedder_pb2.DESCRIPTOR.services_by_name["StyleEmbedder"].full_name],
-                      shutdown_grace_s=args.shutdown_grace_s,
-                      server_credentials=server_credentials)
+    service = Service.from_flags(
+        "embedder", args, embedder_pb2.DESCRIPTOR.services_by_name["StyleEmbedder"].full_name,
+        server_credentials=server_credentials)
     embedder_pb2_grpc.add_StyleEmbedderServicer_to_server(servicer, service.server)
     await service.run()
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    setup_logging(args.log_level, "embedder")
-    try:
-        asyncio.run(serve(args))
-    except (AssetMissingError, SecurityConfigError) as err:
-        log.error("%s", err)
-        return 2
-    return 0
+    return service_main("embedder", argv, parse_args, serve, (AssetMissingError, SecurityConfigError))
 
 
 if __name__ == "__main__":

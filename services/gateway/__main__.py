@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import sys
 
-from services.common.config import add_flag, add_service_flags, setup_logging
+from services.common.config import add_flag, add_service_flags
 from services.common.proto.mrt.v1 import music_pb2, music_pb2_grpc
 from services.common.security import (SecurityConfigError, add_internal_tls_flags,
                                       add_server_tls_flags, internal_channel_credentials_from_flags,
                                       server_credentials_from_flags)
-from services.common.server import Service
+from services.common.server import Service, service_main
 from services.gateway.auth import add_api_key_flags, api_key_interceptors_from_flags
 from services.gateway.embedder_client import EmbedderClient
 from services.gateway.generator_pool import GeneratorPool
 from services.gateway.listener import SessionSettings
 from services.gateway.prompts import PromptLimits
 from services.gateway.servicer import MusicGenerationServicer
-
-log = logging.getLogger("services.gateway")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,10 +78,9 @@ async def serve(args: argparse.Namespace) -> None:
                                    max_audio_bytes=args.max_audio_bytes))
     servicer = MusicGenerationServicer(pool=pool, embedder=embedder, settings=settings,
                                        default_model=args.default_model)
-    service = Service("gateway", host=args.host, port=args.port, metrics_port=args.metrics_port,
-                      max_message_bytes=args.max_message_bytes,
-                      service_names=[public_service], shutdown_grace_s=args.shutdown_grace_s,
-                      server_credentials=server_credentials, extra_interceptors=interceptors)
+    service = Service.from_flags("gateway", args, public_service,
+                                 server_credentials=server_credentials,
+                                 extra_interceptors=interceptors)
     music_pb2_grpc.add_MusicGenerationServicer_to_server(servicer, service.server)
     await pool.start()
     try:
@@ -96,14 +91,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    setup_logging(args.log_level, "gateway")
-    try:
-        asyncio.run(serve(args))
-    except SecurityConfigError as err:
-        log.error("%s", err)
-        return 2
-    return 0
+    return service_main("gateway", argv, parse_args, serve, (SecurityConfigError,))
 
 
 if __name__ == "__main__":

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import socket
 import sys
 from pathlib import Path
 
 from services.common.assets import AssetMissingError, AssetStore
-from services.common.config import add_flag, add_service_flags, parse_bool, setup_logging
+from services.common.config import add_flag, add_service_flags, parse_bool
 from services.common.proto.mrt.v1 import generator_pb2, generator_pb2_grpc
 from services.common.security import (SecurityConfigError, add_server_tls_flags,
                                       server_credentials_from_flags)
-from services.common.server import Service
+from services.common.server import Service, service_main
 from services.generator.models import MODEL_NAMES, create_engine
 from services.generator.scheduler import Scheduler
 from services.generator.servicer import GeneratorServicer
-
-log = logging.getLogger("services.generator")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,11 +62,9 @@ async def serve(args: argparse.Namespace) -> None:
     await asyncio.to_thread(scheduler.warmup)
     scheduler.start()
     servicer = GeneratorServicer(scheduler, model_name=args.model, generator_id=args.generator_id)
-    service = Service("generator", host=args.host, port=args.port, metrics_port=args.metrics_port,
-                      max_message_bytes=args.max_message_bytes,
-                      service_names=[generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name],
-                      shutdown_grace_s=args.shutdown_grace_s,
-                      server_credentials=server_credentials)
+    service = Service.from_flags(
+        "generator", args, generator_pb2.DESCRIPTOR.services_by_name["Generator"].full_name,
+        server_credentials=server_credentials)
     generator_pb2_grpc.add_GeneratorServicer_to_server(servicer, service.server)
     try:
         await service.run(on_drain=lambda: servicer.drain(args.drain_grace_s))
@@ -78,14 +73,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    setup_logging(args.log_level, "generator")
-    try:
-        asyncio.run(serve(args))
-    except (AssetMissingError, SecurityConfigError) as err:
-        log.error("%s", err)
-        return 2
-    return 0
+    return service_main("generator", argv, parse_args, serve, (AssetMissingError, SecurityConfigError))
 
 
 if __name__ == "__main__":

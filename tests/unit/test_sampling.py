@@ -1,7 +1,6 @@
 """The compiled chunk sampler: per-row settings, guidance, determinism, batch independence."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -1,6 +1,5 @@
 """The generator's scheduler: EDF batches, due times, capacity, failures."""
 
-import threading
 import time
 
 import numpy as np
