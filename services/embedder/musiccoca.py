@@ -99,7 +99,7 @@ def limit_tensorflow_threads(intra_op_threads: int = DEFAULT_INTRA_OP_THREADS) -
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:
-        log.debug("TensorFlow already started; its thread pools stay as they are")
+        log.warning("TensorFlow had already started; its thread pools stay as they are")
 
 
 class MusicCoCaModel(StyleModel):
@@ -124,6 +124,7 @@ class MusicCoCaModel(StyleModel):
     def create(cls, model_name: str, store: AssetStore, *,
                intra_op_threads: int = DEFAULT_INTRA_OP_THREADS) -> "MusicCoCaModel":
         """Load ``tiny`` (built on first use) or ``musiccoca`` (the upstream weights)."""
+        limit_tensorflow_threads(intra_op_threads)  # before building runs the first TF op
         if model_name == "tiny":
             from services.embedder import tiny_musiccoca  # the builder imports this module
 
