@@ -115,3 +115,50 @@ def chunk_audio(chunk: music_pb2.AudioChunk, encoding: int = music_pb2.PCM_S16LE
     if encoding == music_pb2.PCM_F32LE:
         return np.frombuffer(chunk.data, "<f4").reshape(-1, 2)
     return np.frombuffer(chunk.data, "<i2").reshape(-1, 2).astype(np.float32) / 32767.0
+
+
+class Listener:
+    """Streams in the background and keeps every message."""
+
+    def __init__(self, address: str, prompt: str):
+        self.client = StreamClient(address)
+        self.client.setup()
+        self.client.prompts(music_pb2.WeightedPrompt(text=prompt))
+        self.client.playback(music_pb2.PlaybackControl.PLAY)
+        self.chunks: list[music_pb2.AudioChunk] = []
+        self.warnings: list[music_pb2.Warning] = []
+        self.failure: Exception | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                message = self.client.recv(timeout_s=15)
+                kind = message.WhichOneof("response") if message else None
+                if kind == "chunk":
+                    self.chunks.append(message.chunk)
+                elif kind == "warning":
+                    self.warnings.append(message.warning)
+        except Exception as err:  # asserted on by the tests
+            if not self._stop.is_set():
+                self.failure = err
+
+    def wait_for_chunks(self, count: int, timeout_s: float = 30) -> None:
+        deadline = time.time() + timeout_s
+        while len(self.chunks) < count and self.failure is None:
+            if time.time() > deadline:
+                raise AssertionError(f"only {len(self.chunks)} of {count} chunks")
+            time.sleep(0.05)
+        assert self.failure is None, self.failure
+
+    def finish(self) -> None:
+        self._stop.set()
+        self.client.close()
+        self._thread.join(timeout=20)
+
+    def assert_continuous(self) -> None:
+        assert self.failure is None, self.failure
+        assert [c.sequence for c in self.chunks] == list(range(len(self.chunks)))
+        assert [c.start_seconds for c in self.chunks] == [2.0 * i for i in range(len(self.chunks))]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-import threading
 import time
 
 import grpc
@@ -14,41 +13,14 @@ import soundfile
 
 from services.common.proto.mrt.v1 import music_pb2, music_pb2_grpc
 from tests.integration.conftest import metric, scrape, start_cluster
-from tests.streaming_client import StreamClient
+from tests.streaming_client import Listener, StreamClient
 
 PLAY = music_pb2.PlaybackControl.PLAY
 
 
-class Witness:
-    """A well-behaved session streaming in the background; records its chunks."""
-
-    def __init__(self, address: str):
-        self.client = StreamClient(address)
-        self.client.setup()
-        self.client.playback(PLAY)
-        self.chunks: list[music_pb2.AudioChunk] = []
-        self.failure: Exception | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self.client.expect("chunk", timeout_s=10)
-                self.chunks.append(self.client.received[-1][1].chunk)
-        except Exception as err:  # recorded and asserted on by the test
-            self.failure = err
-
-    def finish(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=15)
-        self.client.close()
-
-
 @pytest.fixture(scope="module")
 def witness(mock_cluster):
-    w = Witness(mock_cluster.gateway_address)
+    w = Listener(mock_cluster.gateway_address, "witness")
     yield w
     w.finish()
     assert w.failure is None, w.failure

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
-from services.common.proto.mrt.v1 import music_pb2
 from tests.integration.conftest import metric, scrape, start_cluster
-from tests.streaming_client import StreamClient
-
-PLAY = music_pb2.PlaybackControl.PLAY
+from tests.streaming_client import Listener
 
 
 @pytest.fixture(scope="module")
@@ -24,53 +20,6 @@ def two_generators(tmp_path_factory):
 def generator_holding_sessions(cluster) -> list[int]:
     return [i for i, g in enumerate(cluster.generators)
             if metric(scrape(g.metrics_url), "mrt_generator_active_sessions") > 0]
-
-
-class Listener:
-    """Streams in the background and keeps every message."""
-
-    def __init__(self, address: str, prompt: str):
-        self.client = StreamClient(address)
-        self.client.setup()
-        self.client.prompts(music_pb2.WeightedPrompt(text=prompt))
-        self.client.playback(PLAY)
-        self.chunks: list[music_pb2.AudioChunk] = []
-        self.warnings: list[music_pb2.Warning] = []
-        self.failure: Exception | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                message = self.client.recv(timeout_s=15)
-                kind = message.WhichOneof("response") if message else None
-                if kind == "chunk":
-                    self.chunks.append(message.chunk)
-                elif kind == "warning":
-                    self.warnings.append(message.warning)
-        except Exception as err:  # asserted on by the tests
-            if not self._stop.is_set():
-                self.failure = err
-
-    def wait_for_chunks(self, count: int, timeout_s: float = 30) -> None:
-        deadline = time.time() + timeout_s
-        while len(self.chunks) < count and self.failure is None:
-            if time.time() > deadline:
-                raise AssertionError(f"only {len(self.chunks)} of {count} chunks")
-            time.sleep(0.05)
-        assert self.failure is None, self.failure
-
-    def finish(self) -> None:
-        self._stop.set()
-        self.client.close()
-        self._thread.join(timeout=20)
-
-    def assert_continuous(self) -> None:
-        assert self.failure is None, self.failure
-        assert [c.sequence for c in self.chunks] == list(range(len(self.chunks)))
-        assert [c.start_seconds for c in self.chunks] == [2.0 * i for i in range(len(self.chunks))]
 
 
 def test_kill_9_of_the_generator_holding_a_session_loses_nothing(two_generators):

@@ -9,7 +9,7 @@ import psutil
 
 from services.common.proto.mrt.v1 import music_pb2, music_pb2_grpc
 from tests.integration.conftest import metric, scrape, start_cluster
-from tests.integration.test_failover import Listener
+from tests.streaming_client import Listener
 
 PLAY = music_pb2.PlaybackControl.PLAY
 
