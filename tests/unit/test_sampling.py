@@ -8,7 +8,7 @@ from services.common import model_facts as facts
 from services.generator.model import tokens
 from services.generator.model.configs import CONFIGS
 from services.generator.model.depthformer import Depthformer, init_params
-from services.generator.model.sampling import TokenSampler, kth_largest, sample_codes
+from services.generator.model.sampling import TokenSampler, sample_codes, top_k_threshold
 
 CONFIG = CONFIGS["tiny"]
 
@@ -37,14 +37,34 @@ def _settings(temperature, top_k, guidance, seeds):
             np.asarray(guidance, np.float32), np.asarray(seeds, np.int64))
 
 
-def test_kth_largest_is_exact_with_negatives_and_ties():
+def test_top_k_threshold_keeps_exactly_the_top_k_with_negatives_and_ties():
     rng = np.random.default_rng(0)
-    logits = rng.normal(size=(6, 1024)).astype(np.float32) * 3
+    rows = 12
+    logits = rng.normal(size=(rows, 1024)).astype(np.float32) * 3
     logits[1, :500] = logits[1, 0]  # many ties
     logits[2] = -np.abs(logits[2])  # all negative
-    k = np.array([1, 40, 400, 1024, 7, 513], np.int32)
-    expected = -np.sort(-logits, axis=1)[np.arange(6), k - 1]
-    np.testing.assert_array_equal(np.asarray(jax.jit(kth_largest)(logits, k)), expected)
+    logits[3] = np.round(logits[3])  # few distinct values
+    logits[4] = 0.0  # all equal
+    logits[5, ::2] = 1e-30  # tiny magnitudes next to ordinary ones
+    logits[6] *= 1e6  # a wide range
+    logits[7] = np.nextafter(np.float32(1), np.float32(2)) * (1 + (np.arange(1024) % 3) * 1e-7)
+    k = np.array([1, 40, 400, 1024, 7, 513, 40, 2, 1, 1024, 300, 40], np.int32)
+    threshold = np.asarray(jax.jit(top_k_threshold)(logits, k))
+    kth_largest = -np.sort(-logits, axis=1)[np.arange(rows), k - 1]
+    np.testing.assert_array_equal(logits >= threshold[:, None], logits >= kth_largest[:, None])
+
+
+def test_top_k_threshold_matches_sorting_on_random_scales_and_k():
+    rng = np.random.default_rng(7)
+    threshold_of = jax.jit(top_k_threshold)
+    for _ in range(30):
+        logits = (rng.normal(size=(8, 1024)) * rng.uniform(1e-3, 1e3)
+                  + rng.uniform(-50, 50)).astype(np.float32)
+        k = rng.integers(1, 1025, 8).astype(np.int32)
+        threshold = np.asarray(threshold_of(logits, k))
+        kth_largest = -np.sort(-logits, axis=1)[np.arange(8), k - 1]
+        np.testing.assert_array_equal(logits >= threshold[:, None],
+                                      logits >= kth_largest[:, None])
 
 
 def test_inverse_cdf_draws_follow_the_top_k_softmax():

@@ -28,25 +28,54 @@ from services.generator.model.depthformer import Depthformer, Params, decode_chu
 
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 _BLOCK = 32  # inverse-CDF sampling goes through 32 blocks of 32 codes
+_VALUE_SPLIT_ROUNDS = 16  # top_k_threshold's rounds that split at the value midpoint
 
 
-def kth_largest(logits: jax.Array, k: jax.Array) -> jax.Array:
-    """float32[rows]: each row's k-th largest value, exactly, by bisection on the order-
-    preserving integer image of the float32 bits (32 rounds of count-and-compare, much
-    cheaper on CPU than sorting). k is per row, in [1, width]."""
-    bits = lax.bitcast_convert_type(logits, jnp.int32)
-    keys = jnp.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # same order as the floats
-    low, high = jnp.min(keys, axis=-1), jnp.max(keys, axis=-1)
+def _order_keys(values: jax.Array) -> jax.Array:
+    """int32 keys that sort like the float32 values (the bits, negatives reflected)."""
+    bits = lax.bitcast_convert_type(values, jnp.int32)
+    return jnp.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
 
-    def halve(_, bounds):  # invariant: at least k keys >= low
-        low, high = bounds
-        middle = (low | high) - ((low ^ high) >> 1)  # ceil((low + high) / 2), no overflow
-        enough = jnp.sum((keys >= middle[:, None]).astype(jnp.int32), axis=-1) >= k
-        return jnp.where(enough, middle, low), jnp.where(enough, high, middle - 1)
 
-    low, _ = lax.fori_loop(0, 32, halve, (low, high))
-    found = jnp.where(low >= 0, low, low ^ 0x7FFFFFFF)
-    return lax.bitcast_convert_type(found, jnp.float32)
+def _key_values(keys: jax.Array) -> jax.Array:
+    """The inverse of `_order_keys`."""
+    return lax.bitcast_convert_type(jnp.where(keys >= 0, keys, keys ^ 0x7FFFFFFF), jnp.float32)
+
+
+def top_k_threshold(logits: jax.Array, k: jax.Array) -> jax.Array:
+    """float32[rows]: a threshold t per row such that `logits >= t` keeps exactly the k largest
+    logits (and any ties of the k-th), with k per row in [1, width].
+
+    Exact, by narrowing [min, max] with count-and-compare passes (much cheaper on CPU than
+    sorting). The first rounds split the interval at the value midpoint, which isolates the
+    k-th value of well-spread logits in a dozen rounds; a row stops as soon as a split counts
+    exactly k. Later rounds split the integer keys in half, so no row takes more than
+    `_VALUE_SPLIT_ROUNDS` + 32 rounds whatever its values.
+    """
+    keys = _order_keys(logits)
+
+    def unfinished(bounds):
+        low, high, _ = bounds
+        return jnp.any(low < high)
+
+    def narrow(bounds):  # invariant: at least k keys >= low; the answer lies in [low, high]
+        low, high, round_index = bounds
+        key_middle = (low | high) - ((low ^ high) >> 1)  # ceil((low + high) / 2), no overflow
+        value_middle = _order_keys((_key_values(low) + _key_values(high)) * 0.5)
+        middle = jnp.clip(jnp.where(round_index < _VALUE_SPLIT_ROUNDS, value_middle, key_middle),
+                          low + 1, high)
+        count = jnp.sum((keys >= middle[:, None]).astype(jnp.int32), axis=-1)
+        # count > k: the answer is in [middle, high]; count == k: middle is a threshold that
+        # keeps exactly the top k, done; count < k: the answer is below middle.
+        new_low = jnp.where(count >= k, middle, low)
+        new_high = jnp.select([count > k, count == k], [high, middle], middle - 1)
+        running = low < high
+        return (jnp.where(running, new_low, low), jnp.where(running, new_high, high),
+                round_index + 1)
+
+    low, _, _ = lax.while_loop(
+        unfinished, narrow, (jnp.min(keys, axis=-1), jnp.max(keys, axis=-1), 0))
+    return _key_values(low)
 
 
 def sample_codes(logits: jax.Array, temperature: jax.Array, top_k: jax.Array,
@@ -59,7 +88,7 @@ def sample_codes(logits: jax.Array, temperature: jax.Array, top_k: jax.Array,
     rows, width = logits.shape
     greedy = _first_index(logits == jnp.max(logits, axis=-1, keepdims=True))
     k = jnp.where((top_k <= 0) | (top_k >= width), width, top_k)
-    keep = logits >= kth_largest(logits, k)[:, None]
+    keep = logits >= top_k_threshold(logits, k)[:, None]
     scale = jnp.where(temperature > 0, temperature, 1.0)[:, None]
     weights = jnp.where(keep, jnp.exp((logits - jnp.max(logits, -1, keepdims=True)) / scale), 0.0)
     # Two-level inverse CDF: pick a block of 32 codes, then a code in it.
