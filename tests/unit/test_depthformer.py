@@ -11,7 +11,7 @@ import pytest
 from services.common import model_facts as facts
 from services.generator.model import convert, tokens
 from services.generator.model.configs import CONFIGS
-from services.generator.model.depthformer import Depthformer, decode_chunk
+from services.generator.model.depthformer import Depthformer, EncoderPasses, decode_chunk
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "upstream_v1"
 LEVEL_COLUMNS = (facts.CODEC_TOKEN_OFFSET
@@ -58,15 +58,21 @@ def test_teacher_forced_logits_match_upstream(hidden, params, reference):
     _assert_close(full, reference["full_logits_first_positions"])
 
 
-def test_incremental_decode_gives_the_teacher_forced_logits(hidden, params, reference):
-    """Feed the fixture's targets through the KV-cached loop and record each step's logits."""
+@pytest.mark.parametrize("encoder_passes", [EncoderPasses(rows=2),
+                                            EncoderPasses(rows=1, query_block=256)],
+                         ids=["whole", "query-blocks"])
+def test_incremental_decode_gives_the_teacher_forced_logits(hidden, params, reference,
+                                                            encoder_passes):
+    """Feed the fixture's targets through the KV-cached loop and record each step's logits
+    (1 006 encoder queries in blocks of 256 include a padded last block)."""
     config = CONFIGS["tiny"]
     target_codes = jnp.asarray(tokens.codes_from_tokens(reference["decoder_target_tokens"]))
 
     def force_targets(logits, frame, level, state):
         return target_codes[:, frame, level], state, logits
 
-    run = jax.jit(lambda p, e: decode_chunk(Depthformer(config), p, e, force_targets))
+    run = jax.jit(lambda p, e: decode_chunk(Depthformer(config), p, e, force_targets,
+                                            encoder_passes=encoder_passes))
     codes, _, step_logits = run(params, reference["encoder_input_tokens"])
     np.testing.assert_array_equal(codes, target_codes)
     # [50, 16, rows, 1024] -> [rows, 800, 1024]

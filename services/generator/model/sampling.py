@@ -24,7 +24,8 @@ from jax import lax
 from services.common import model_facts as facts
 from services.generator.model import tokens as token_layout
 from services.generator.model.configs import DepthformerConfig
-from services.generator.model.depthformer import Depthformer, Params, decode_chunk
+from services.generator.model.depthformer import (Depthformer, EncoderPasses, Params,
+                                                  decode_chunk)
 
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 _BLOCK = 32  # inverse-CDF sampling goes through 32 blocks of 32 codes
@@ -119,7 +120,7 @@ def _first_index(flags: jax.Array) -> jax.Array:
     return jnp.min(jnp.where(flags, positions, flags.shape[-1]), axis=-1)
 
 
-def _sample_chunk(model: Depthformer, encoder_rows_per_pass: int, params: Params,
+def _sample_chunk(model: Depthformer, encoder_passes: EncoderPasses, params: Params,
                   encoder_tokens: jax.Array, temperature: jax.Array, top_k: jax.Array,
                   guidance: jax.Array, seeds: jax.Array) -> jax.Array:
     """The compiled program: int32[B, 50, 16] codes for B sessions; encoder_tokens holds the
@@ -135,7 +136,7 @@ def _sample_chunk(model: Depthformer, encoder_rows_per_pass: int, params: Params
         return jnp.concatenate([codes, codes]), state, ()
 
     codes, _, _ = decode_chunk(model, params, encoder_tokens, choose,
-                               encoder_rows_per_pass=encoder_rows_per_pass)
+                               encoder_passes=encoder_passes)
     return codes[:sessions]
 
 
@@ -158,10 +159,9 @@ class TokenSampler:
         self.config = config
         self.batch_buckets = tuple(sorted(set(batch_buckets)))
         self._params = prepare_params(config, params)
-        # Small encoder passes suit CPU caches; accelerators want big matrix products.
-        encoder_rows_per_pass = 2 if jax.default_backend() == "cpu" else 16
         self._program = jax.jit(
-            functools.partial(_sample_chunk, Depthformer(config), encoder_rows_per_pass))
+            functools.partial(_sample_chunk, Depthformer(config),
+                              EncoderPasses.for_backend(jax.default_backend())))
 
     @property
     def max_batch_size(self) -> int:
