@@ -19,18 +19,35 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     add_env_option(parser, "--api-key", help="sent as 'authorization: Bearer <key>'")
     add_env_option(parser, "--tls-ca", type=Path,
                    help="PEM file of the CA that signed the gateway's certificate; enables TLS")
+    add_env_option(parser, "--tls-cert", type=Path,
+                   help="PEM client certificate, for a gateway that requires one (mTLS); "
+                        "needs --tls-ca and --tls-key")
+    add_env_option(parser, "--tls-key", type=Path, help="PEM private key of --tls-cert")
 
 
-def open_channel(address: str, tls_ca: Path | None = None) -> grpc.Channel:
-    """An insecure channel, or a TLS one that trusts ``tls_ca``."""
-    if tls_ca is None:
-        return grpc.insecure_channel(address)
+def open_channel(args: argparse.Namespace) -> grpc.Channel:
+    """A channel to ``args.address``: plaintext, or TLS trusting ``--tls-ca`` and presenting
+    ``--tls-cert`` when given. UsageError for a file that cannot be read or a lone option."""
+    if args.tls_ca is None:
+        if args.tls_cert is not None or args.tls_key is not None:
+            raise UsageError("--tls-cert and --tls-key need --tls-ca")
+        return grpc.insecure_channel(args.address)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key must be given together")
+    client_identity = {}
+    if args.tls_cert is not None:
+        client_identity = {"certificate_chain": _read(args.tls_cert, "--tls-cert"),
+                           "private_key": _read(args.tls_key, "--tls-key")}
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(args.tls_ca, "--tls-ca"), **client_identity)
+    return grpc.secure_channel(args.address, credentials)
+
+
+def _read(path: Path, option: str) -> bytes:
     try:
-        root_certificates = Path(tls_ca).read_bytes()
+        return Path(path).read_bytes()
     except OSError as err:
-        raise UsageError(f"cannot read --tls-ca file {tls_ca}: {err.strerror or err}") from err
-    credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-    return grpc.secure_channel(address, credentials)
+        raise UsageError(f"cannot read {option} file {path}: {err.strerror or err}") from err
 
 
 def call_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:

@@ -33,6 +33,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import services
+from services.common.security import load_channel_credentials
 
 EMBEDDER, GENERATOR, GATEWAY = "embedder", "generator", "gateway"
 _SERVICE_MODULES = {EMBEDDER: "services.embedder", GENERATOR: "services.generator",
@@ -106,6 +107,45 @@ class ServiceSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class ClusterTLS:
+    """TLS for a local cluster: one certificate serves every service's gRPC port, so it must
+    name the host the services are reached on (127.0.0.1 by default).
+
+    ``ca_file`` signed the certificate (by default the certificate itself, when it is
+    self-signed): the gateway trusts it for its backends and the launcher for its health
+    checks. With ``client_ca_file`` every port requires client certificates signed by that CA,
+    and the gateway and the health checks present ``cert_file`` as theirs.
+    """
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+    client_ca_file: Path | None = None
+
+    @property
+    def trusted_ca_file(self) -> Path:
+        return self.ca_file or self.cert_file
+
+    def server_flags(self) -> dict[str, object]:
+        return {"tls_cert_file": self.cert_file, "tls_key_file": self.key_file,
+                "tls_client_ca_file": self.client_ca_file}
+
+    def gateway_backend_flags(self) -> dict[str, object]:
+        mutual = self.client_ca_file is not None
+        return {"internal_tls_ca_file": self.trusted_ca_file,
+                "internal_tls_cert_file": self.cert_file if mutual else None,
+                "internal_tls_key_file": self.key_file if mutual else None}
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """What a client of the cluster's ports (the health checks) connects with; raises
+        SecurityConfigError (a ValueError) for a file that is missing or holds no PEM."""
+        flags = self.gateway_backend_flags()
+        return load_channel_credentials(flags["internal_tls_ca_file"],
+                                        flags["internal_tls_cert_file"],
+                                        flags["internal_tls_key_file"])
+
+
+@dataclasses.dataclass(frozen=True)
 class ClusterConfig:
     """Where each service listens and how it is configured. `mrt up`'s options map onto this.
 
@@ -129,6 +169,7 @@ class ClusterConfig:
     log_dir: Path | None = None  # None: children's output goes to the console, prefixed
     ready_timeout_s: float = 180.0
     stop_grace_s: float = 10.0
+    tls: ClusterTLS | None = None  # None: plaintext everywhere
     python: str = sys.executable  # the interpreter that runs the services
 
     def generator_ports(self) -> list[int]:
@@ -164,20 +205,22 @@ class ClusterConfig:
         return dataclasses.replace(self, **_free_port_blocks(self.host, counts))
 
     def _unchecked_specs(self) -> list[ServiceSpec]:
+        server_tls = self.tls.server_flags() if self.tls else {}
+        backend_tls = self.tls.gateway_backend_flags() if self.tls else {}
         specs = [self._spec(EMBEDDER, EMBEDDER, self.embedder_port, self.embedder_metrics_port,
-                            model=self.embedder_model, assets_dir=self.assets_dir)]
+                            model=self.embedder_model, assets_dir=self.assets_dir, **server_tls)]
         for i, (port, metrics_port) in enumerate(zip(self.generator_ports(),
                                                      self.generator_metrics_ports())):
             specs.append(self._spec(
                 f"{GENERATOR}-{i}", GENERATOR, port, metrics_port, model=self.model,
                 assets_dir=self.assets_dir, max_batch_size=self.max_batch_size,
-                generator_id=f"{GENERATOR}-{i}"))
+                generator_id=f"{GENERATOR}-{i}", **server_tls))
         generator_addresses = ",".join(_host_port(self.host, p) for p in self.generator_ports())
         specs.append(self._spec(
             GATEWAY, GATEWAY, self.gateway_port, self.gateway_metrics_port,
             embedder_address=_host_port(self.host, self.embedder_port),
             generator_addresses=generator_addresses,
-            buffer_ahead_seconds=self.buffer_ahead_seconds))
+            buffer_ahead_seconds=self.buffer_ahead_seconds, **server_tls, **backend_tls))
         return specs
 
     def _spec(self, name: str, role: str, port: int, metrics_port: int,
@@ -251,9 +294,12 @@ class ServiceProcess:
     """One running (or stopped) service: its process, its output and its health check."""
 
     def __init__(self, spec: ServiceSpec, *, log_dir: Path | None = None,
-                 console: TextIO | None = None, console_lock: threading.Lock | None = None):
-        """Output goes to <log_dir>/<name>.log if log_dir is set, else to console (or stderr)."""
+                 console: TextIO | None = None, console_lock: threading.Lock | None = None,
+                 health_credentials: grpc.ChannelCredentials | None = None):
+        """Output goes to <log_dir>/<name>.log if log_dir is set, else to console (or stderr).
+        Health checks connect with `health_credentials` (TLS), or in plaintext when None."""
         self.spec = spec
+        self._health_credentials = health_credentials
         self._log_path = Path(log_dir) / f"{spec.name}.log" if log_dir is not None else None
         self._console = console
         self._console_lock = console_lock or threading.Lock()
@@ -361,8 +407,11 @@ class ServiceProcess:
     def check_health(self, timeout_s: float = 1.0) -> bool:
         """True when the standard gRPC health check (service "") answers SERVING."""
         if self._health_channel is None:
-            self._health_channel = grpc.insecure_channel(self.address,
-                                                         options=_HEALTH_CHANNEL_OPTIONS)
+            self._health_channel = (
+                grpc.insecure_channel(self.address, options=_HEALTH_CHANNEL_OPTIONS)
+                if self._health_credentials is None else
+                grpc.secure_channel(self.address, self._health_credentials,
+                                    options=_HEALTH_CHANNEL_OPTIONS))
         stub = health_pb2_grpc.HealthStub(self._health_channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
@@ -442,11 +491,15 @@ class Cluster:
 
     def __init__(self, config: ClusterConfig | None = None, *,
                  specs: Sequence[ServiceSpec] | None = None, console: TextIO | None = None):
-        """``specs`` replaces the command lines ``config`` would give (e.g. with TLS flags)."""
+        """``specs`` replaces the command lines ``config`` would give (e.g. with TLS flags).
+        Raises ValueError for a configuration that cannot start (clashing ports, a TLS file
+        that cannot be read)."""
         self.config = config or ClusterConfig()
         lock = threading.Lock()
+        health_credentials = self.config.tls.channel_credentials() if self.config.tls else None
         self.services: list[ServiceProcess] = [
-            ServiceProcess(spec, log_dir=self.config.log_dir, console=console, console_lock=lock)
+            ServiceProcess(spec, log_dir=self.config.log_dir, console=console, console_lock=lock,
+                           health_credentials=health_credentials)
             for spec in (self.config.service_specs() if specs is None else specs)]
 
     # -- where things are ------------------------------------------------------------------

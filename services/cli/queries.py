@@ -44,7 +44,7 @@ def run_embed(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot read {args.audio}: {err.strerror or err}") from err
     else:
         request = music_pb2.EmbedStyleRequest(text=args.text)
-    with open_channel(args.address, args.tls_ca) as channel:
+    with open_channel(args) as channel:
         reply = music_pb2_grpc.MusicGenerationStub(channel).EmbedStyle(
             request, timeout=args.timeout_s, metadata=call_metadata(args.api_key))
     embedding = np.asarray(reply.embedding, dtype=np.float32)
@@ -57,7 +57,7 @@ def run_embed(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    with open_channel(args.address, args.tls_ca) as channel:
+    with open_channel(args) as channel:
         reply = music_pb2_grpc.MusicGenerationStub(channel).ListModels(
             music_pb2.ListModelsRequest(), timeout=args.timeout_s,
             metadata=call_metadata(args.api_key))

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     config_fields = {name: getattr(args, name)
                      for name in ("temperature", "top_k", "guidance", "seed")
                      if getattr(args, name) is not None}
-    with open_channel(args.address, args.tls_ca) as channel:
+    with open_channel(args) as channel:
         summary = stream_to_wav(
             music_pb2_grpc.MusicGenerationStub(channel), seconds=args.seconds, out_path=args.out,
             setup=music_pb2.SessionSetup(model=args.model, encoding=music_pb2.PCM_S16LE),

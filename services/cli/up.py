@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from services.cli.launcher import Cluster, ClusterConfig, ClusterError
+from services.cli.launcher import Cluster, ClusterConfig, ClusterError, ClusterTLS
 from services.cli.options import add_env_option
+from services.common.security import optional_path
 
 _DEFAULTS = ClusterConfig()
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -52,7 +53,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "console")
     add_env_option(parser, "--ready-timeout-s", type=float, default=_DEFAULTS.ready_timeout_s,
                    help="how long each service may take to become healthy")
+    tls = parser.add_argument_group(
+        "TLS", "one certificate for every service; it must name --host (e.g. IP:127.0.0.1)")
+    add_env_option(tls, "--tls-cert-file", type=optional_path,
+                   help="PEM certificate (chain) every service serves; with --tls-key-file "
+                        "enables TLS on all ports")
+    add_env_option(tls, "--tls-key-file", type=optional_path,
+                   help="PEM private key of --tls-cert-file")
+    add_env_option(tls, "--tls-ca-file", type=optional_path,
+                   help="PEM CA that signed --tls-cert-file, trusted by the gateway for its "
+                        "backends and by the health checks (default: the certificate itself)")
+    add_env_option(tls, "--tls-client-ca-file", type=optional_path,
+                   help="PEM CA bundle; every port then requires client certificates it signed "
+                        "(mTLS), and the gateway presents --tls-cert-file to its backends")
     parser.set_defaults(run=run)
+
+
+def tls_from_args(args: argparse.Namespace) -> ClusterTLS | None:
+    """The cluster's TLS settings; ValueError for an incomplete combination."""
+    if args.tls_cert_file is None and args.tls_key_file is None:
+        if args.tls_ca_file is not None or args.tls_client_ca_file is not None:
+            raise ValueError("--tls-ca-file and --tls-client-ca-file need --tls-cert-file and "
+                             "--tls-key-file")
+        return None
+    if args.tls_cert_file is None or args.tls_key_file is None:
+        raise ValueError("--tls-cert-file and --tls-key-file must be given together")
+    return ClusterTLS(cert_file=args.tls_cert_file, key_file=args.tls_key_file,
+                      ca_file=args.tls_ca_file, client_ca_file=args.tls_client_ca_file)
 
 
 def config_from_args(args: argparse.Namespace) -> ClusterConfig:
@@ -63,7 +90,7 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         generator_metrics_port=args.generator_metrics_port, generators=args.generators,
         model=args.model, embedder_model=args.embedder_model, assets_dir=args.assets_dir,
         max_batch_size=args.max_batch_size, buffer_ahead_seconds=args.buffer_ahead_seconds,
-        log_dir=args.log_dir, ready_timeout_s=args.ready_timeout_s)
+        log_dir=args.log_dir, ready_timeout_s=args.ready_timeout_s, tls=tls_from_args(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -98,8 +125,10 @@ def _describe_endpoints(cluster: Cluster) -> str:
     for process in [cluster.gateway, cluster.embedder, *cluster.generators]:
         lines.append(f"  {process.name:<{width}}  grpc {process.address:<21}  "
                      f"metrics {process.metrics_url}")
-    lines.append(f'Try: mrt stream --address {cluster.gateway_address} --prompt "synthwave" '
-                 f"--seconds 20 --out synthwave.wav")
+    tls = cluster.config.tls
+    tls_option = f" --tls-ca {tls.trusted_ca_file}" if tls else ""
+    lines.append(f"Try: mrt stream --address {cluster.gateway_address}{tls_option} "
+                 f'--prompt "synthwave" --seconds 20 --out synthwave.wav')
     lines.append("Ctrl-C stops the cluster.")
     return "\n".join(lines)
 

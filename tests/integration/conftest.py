@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +54,26 @@ def metric(samples: dict[str, float], name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in rest for k, v in labels.items()):
             total += value
     return total
+
+
+MRT = str(Path(sys.executable).parent / "mrt")
+
+
+def run_mrt_up(ports: ClusterConfig, *options: str, env: dict[str, str] | None = None,
+               timeout_s: float = 600) -> tuple[subprocess.Popen, list[str]]:
+    """Start `mrt up` on ``ports`` as a user would and read its output until the cluster is
+    ready (or the command ends, or ``timeout_s`` passes): the process and the lines read."""
+    up = subprocess.Popen(
+        [MRT, "up", "--gateway-port", str(ports.gateway_port),
+         "--embedder-port", str(ports.embedder_port), "--generator-port", str(ports.generator_port),
+         "--gateway-metrics-port", str(ports.gateway_metrics_port),
+         "--embedder-metrics-port", str(ports.embedder_metrics_port),
+         "--generator-metrics-port", str(ports.generator_metrics_port), *options],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    output = []
+    deadline = time.time() + timeout_s
+    for line in up.stdout:
+        output.append(line)
+        if "Ctrl-C stops the cluster" in line or time.time() > deadline:
+            break
+    return up, output

@@ -5,9 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import psutil
@@ -15,30 +12,17 @@ import pytest
 import soundfile
 
 from services.cli.launcher import ClusterConfig
-
-MRT = str(Path(sys.executable).parent / "mrt")
+from tests.integration.conftest import MRT, run_mrt_up
 
 
 @pytest.mark.slow
 def test_mrt_up_serves_the_default_model_and_mrt_stream_writes_a_wav(tmp_path, tmp_path_factory):
     ports = ClusterConfig().with_free_ports()
-    up = subprocess.Popen(
-        [MRT, "up", "--gateway-port", str(ports.gateway_port),
-         "--embedder-port", str(ports.embedder_port), "--generator-port", str(ports.generator_port),
-         "--gateway-metrics-port", str(ports.gateway_metrics_port),
-         "--embedder-metrics-port", str(ports.embedder_metrics_port),
-         "--generator-metrics-port", str(ports.generator_metrics_port),
-         "--log-dir", str(tmp_path / "logs")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    up, output = run_mrt_up(
+        ports, "--log-dir", str(tmp_path / "logs"),
         env=dict(os.environ, MRT_ASSETS_DIR=str(tmp_path_factory.getbasetemp() / "assets")))
     children: list[psutil.Process] = []
     try:
-        output = []
-        deadline = time.time() + 600
-        for line in up.stdout:
-            output.append(line)
-            if "Ctrl-C stops the cluster" in line or time.time() > deadline:
-                break
         assert any("mrt cluster ready" in line for line in output), "".join(output)
         assert any(f"metrics http://127.0.0.1:{ports.gateway_metrics_port}/metrics" in line
                    for line in output)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,7 +25,7 @@ from services.cli import main as mrt
 from services.cli.launcher import GATEWAY, Cluster, ClusterConfig, ServiceNotReadyError
 from services.common.proto.mrt.v1 import music_pb2, music_pb2_grpc
 from tests.certificates import CertificateAuthority, Identity
-from tests.integration.conftest import metric, scrape
+from tests.integration.conftest import MRT, metric, run_mrt_up, scrape
 from tests.streaming_client import StreamClient
 
 PLAY = music_pb2.PlaybackControl.PLAY
@@ -411,3 +413,33 @@ def test_a_session_streams_end_to_end_over_internal_mtls(mtls, pki):
         assert all(c.prompt_version == status.version for c in chunks)
     finally:
         client.close()
+
+
+def test_mrt_up_runs_a_mutual_tls_cluster_that_mrt_stream_reaches(pki, tmp_path):
+    """`mrt up` with TLS options: every port serves the certificate and requires a client
+    certificate, its own health checks pass, and `mrt stream` connects with one."""
+    ports = ClusterConfig().with_free_ports()
+    up, output = run_mrt_up(
+        ports, "--model", "mock", "--embedder-model", "mock", "--log-dir", str(tmp_path / "logs"),
+        "--tls-cert-file", str(pki.server.cert), "--tls-key-file", str(pki.server.key),
+        "--tls-ca-file", str(pki.ca.cert), "--tls-client-ca-file", str(pki.ca.cert),
+        timeout_s=240)
+    try:
+        assert any("mrt cluster ready" in line for line in output), "".join(output)
+        assert any(f"--tls-ca {pki.ca.cert}" in line for line in output)
+        for port in (ports.embedder_port, ports.generator_port):
+            address = f"127.0.0.1:{port}"
+            assert is_serving(address, pki.credentials(identity=pki.client))
+            assert not is_serving(address, pki.credentials())  # no client certificate
+        stream = [MRT, "stream", "--address", f"127.0.0.1:{ports.gateway_port}",
+                  "--tls-ca", str(pki.ca.cert), "--seconds", "2", "--out", str(tmp_path / "a.wav")]
+        with_certificate = subprocess.run(
+            stream + ["--tls-cert", str(pki.client.cert), "--tls-key", str(pki.client.key)],
+            capture_output=True, text=True, timeout=120)
+        assert with_certificate.returncode == 0, with_certificate.stderr
+        assert soundfile.info(tmp_path / "a.wav").duration == 2.0
+        without = subprocess.run(stream, capture_output=True, text=True, timeout=120)
+        assert without.returncode == 1 and "UNAVAILABLE" in without.stderr
+    finally:
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0

@@ -2,10 +2,11 @@
 
 import dataclasses
 import sys
+from pathlib import Path
 
 import pytest
 
-from services.cli.launcher import Cluster, ClusterConfig
+from services.cli.launcher import Cluster, ClusterConfig, ClusterTLS
 from services.cli.main import build_parser
 from services.cli.up import config_from_args
 
@@ -110,3 +111,59 @@ def test_up_options_and_their_environment_variables(monkeypatch, tmp_path):
     assert config.generator_ports() == [6000, 6001]
     assert config.log_dir == tmp_path
     assert config.max_batch_size is None and config.assets_dir is None
+
+
+def _flag(argv, flag):
+    return argv[argv.index(flag) + 1] if flag in argv else None
+
+
+def test_tls_gives_every_service_the_certificate_and_the_gateway_the_ca():
+    tls = ClusterTLS(cert_file=Path("/pki/server.crt"), key_file=Path("/pki/server.key"),
+                     ca_file=Path("/pki/ca.crt"))
+    argv = _argv_by_name(ClusterConfig(generators=2, tls=tls))
+    for name in ("embedder", "generator-0", "generator-1", "gateway"):
+        assert _flag(argv[name], "--tls-cert-file") == "/pki/server.crt"
+        assert _flag(argv[name], "--tls-key-file") == "/pki/server.key"
+        assert _flag(argv[name], "--tls-client-ca-file") is None
+    assert _flag(argv["gateway"], "--internal-tls-ca-file") == "/pki/ca.crt"
+    assert _flag(argv["gateway"], "--internal-tls-cert-file") is None
+    assert _flag(argv["embedder"], "--internal-tls-ca-file") is None
+
+
+def test_mutual_tls_makes_every_port_require_and_the_gateway_present_a_certificate():
+    tls = ClusterTLS(cert_file=Path("self.crt"), key_file=Path("self.key"),
+                     client_ca_file=Path("clients.crt"))
+    argv = _argv_by_name(ClusterConfig(tls=tls))
+    for name in ("embedder", "generator-0", "gateway"):
+        assert _flag(argv[name], "--tls-client-ca-file") == "clients.crt"
+    # A self-signed certificate is its own CA.
+    assert _flag(argv["gateway"], "--internal-tls-ca-file") == "self.crt"
+    assert _flag(argv["gateway"], "--internal-tls-cert-file") == "self.crt"
+    assert _flag(argv["gateway"], "--internal-tls-key-file") == "self.key"
+
+
+def test_up_tls_options_from_flags_and_environment(monkeypatch):
+    monkeypatch.setenv("MRT_TLS_KEY_FILE", "/pki/server.key")
+    args = build_parser().parse_args(["up", "--tls-cert-file", "/pki/server.crt"])
+    assert config_from_args(args).tls == ClusterTLS(cert_file=Path("/pki/server.crt"),
+                                                    key_file=Path("/pki/server.key"))
+    monkeypatch.delenv("MRT_TLS_KEY_FILE")
+    assert config_from_args(build_parser().parse_args(["up"])).tls is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tls-cert-file", "a.crt"], "must be given together"),
+    (["--tls-ca-file", "ca.crt"], "need --tls-cert-file"),
+    (["--tls-client-ca-file", "ca.crt"], "need --tls-cert-file"),
+])
+def test_up_refuses_incomplete_tls_options(argv, message, capsys):
+    from services.cli.main import main
+    assert main(["up", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_up_refuses_an_unreadable_certificate(tmp_path, capsys):
+    from services.cli.main import main
+    assert main(["up", "--tls-cert-file", str(tmp_path / "missing.crt"),
+                 "--tls-key-file", str(tmp_path / "missing.key")]) == 2
+    assert "cannot read" in capsys.readouterr().err

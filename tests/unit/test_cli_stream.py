@@ -231,6 +231,15 @@ def test_unreadable_tls_ca_is_a_usage_error(capsys, tmp_path):
     assert "cannot read --tls-ca file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("options, message", [
+    (["--tls-cert", "client.crt", "--tls-key", "client.key"], "need --tls-ca"),
+    (["--tls-ca", "ca.crt", "--tls-cert", "client.crt"], "must be given together"),
+])
+def test_a_client_certificate_needs_its_key_and_a_ca(options, message, capsys):
+    assert main(["models", *options]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_embed_text_prints_json(fake, capsys):
     assert main(["embed", "--address", fake.address, "--api-key", "k", "--text", "lofi"]) == 0
     values = json.loads(capsys.readouterr().out)
