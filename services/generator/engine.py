@@ -78,11 +78,6 @@ class ChunkEngine(abc.ABC):
     def generate(self, jobs: Sequence[ChunkJob]) -> list[ChunkOutput]:
         """One chunk per job, in order. Must give each job what it would get alone."""
 
-    def padded_batch_size(self, batch_size: int) -> int:
-        """What a batch of ``batch_size`` jobs costs, in jobs: engines that pad batches to a
-        few compiled shapes run (and charge for) the padded size."""
-        return batch_size
-
     def warmup(self, batch_size: int) -> None:
         """Run one throw-away batch of ``batch_size`` fresh sessions (compiles that shape)."""
         job = ChunkJob(state=SessionState.fresh(), style_embedding=None, sampling=SamplingParams())

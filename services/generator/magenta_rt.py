@@ -61,8 +61,7 @@ class MagentaRTEngine(ChunkEngine):
 
     def __init__(self, name: str, sampler, decoder: SpectroStreamDecoder,
                  style_quantizer: StyleQuantizer):
-        """`sampler` is a `sampling.TokenSampler` (or anything with its `sample` and
-        `bucket_for` methods)."""
+        """`sampler` is a `sampling.TokenSampler` (or anything with its `sample` method)."""
         self.name = name
         self._sampler = sampler
         self._decoder = decoder
@@ -131,9 +130,6 @@ class MagentaRTEngine(ChunkEngine):
                 chunk_index=state.chunk_index + 1))
             for row, state in enumerate(states)
         ]
-
-    def padded_batch_size(self, batch_size: int) -> int:
-        return self._sampler.bucket_for(batch_size)
 
     def style_tokens(self, jobs: Sequence[ChunkJob]) -> np.ndarray:
         """int32[B, 6] raw style codes per job; -1 (no style) where a job has no embedding."""

@@ -6,11 +6,6 @@ so the generator never races far ahead of the listener and prompt changes are he
 scheduler thread takes the due sessions in deadline order, tops the batch up with sessions
 that would fall due while it runs, up to ``max_batch_size``, and runs one batched chunk
 generation for all of them. Sessions joining or leaving wait for at most the batch in flight.
-
-Engines pad a batch to one of a few compiled sizes, and the padding rows cost as much as real
-ones. So a batch that would be padded is filled with the next sessions in deadline order that
-would fall due before the following batch ends: they would have run in that batch anyway, and
-it then has less to do.
 """
 
 from __future__ import annotations
@@ -45,8 +40,6 @@ CAPACITY = Gauge("mrt_generator_capacity_sessions", "Sessions this generator kee
 
 # A session falls due this long (plus the expected batch time) before its deadline.
 DUE_MARGIN_S = 0.25
-# Padding is filled with sessions due within this many expected batch times from now.
-FILL_LOOKAHEAD_BATCHES = 2
 # Smoothing of the per-batch-size time estimates.
 EWMA_WEIGHT = 0.2
 
@@ -195,14 +188,9 @@ class Scheduler:
                     continue
                 now = self.clock()
                 size = min(len(waiting), self.max_batch_size)
-                batch_s = self.batch_times.expected_s(size)
-                batch = [s for s in waiting if self._due_at(s, size) <= now + batch_s]
-                batch = batch[:self.max_batch_size]
+                horizon = now + self.batch_times.expected_s(size)
+                batch = [s for s in waiting if self._due_at(s, size) <= horizon][:self.max_batch_size]
                 if batch and self._due_at(batch[0], size) <= now:
-                    padded = min(self.engine.padded_batch_size(len(batch)), self.max_batch_size)
-                    fill_horizon = now + FILL_LOOKAHEAD_BATCHES * batch_s
-                    batch += [s for s in waiting[len(batch):]
-                              if self._due_at(s, size) <= fill_horizon][:padded - len(batch)]
                     for session in batch:
                         session.take_reset()
                     return batch

@@ -100,40 +100,6 @@ def test_a_session_joining_a_busy_generator_runs_in_the_next_batch():
     assert engine.batches[:2] == [[1], [2]]
 
 
-class PaddingEngine(RecordingEngine):
-    """Pads batches to powers of two, as the compiled engines do."""
-
-    def padded_batch_size(self, batch_size):
-        return 1 << (batch_size - 1).bit_length()
-
-
-@pytest.mark.parametrize("engine, first_batch", [(RecordingEngine(), [1, 2, 3]),
-                                                  (PaddingEngine(), [1, 2, 3, 4])],
-                         ids=["unpadded", "padded"])
-def test_padding_is_filled_with_the_sessions_due_next_but_not_with_far_ones(engine, first_batch):
-    scheduler = Scheduler(engine, max_batch_size=8, fixed_capacity=10)
-    for size in range(1, 9):
-        scheduler.batch_times.observe(size, 0.5)
-    results: list = []
-    now = time.time()
-    # Due = deadline - 0.5 s batch - 0.25 s margin: sessions 1-3 are due now; 4 and 5 fall
-    # due after this batch would end but before the next one would (0.7 and 0.9 s from now);
-    # 6 much later.
-    for seed, deadline in [(1, now - 1), (2, now - 1), (3, now - 0.5), (4, now + 1.45),
-                           (5, now + 1.65), (6, now + 30)]:
-        scheduler.add(make_session(seed, results))
-        scheduler.demand(f"s{seed}", deadline)
-    scheduler.start()
-    try:
-        wait_for(lambda: len(results) >= 5)
-    finally:
-        scheduler.stop()
-    # Unpadded, the batch holds what falls due while it runs; padded to four, the free slot
-    # goes to the earliest next session, and session 6 is never pulled forward.
-    assert engine.batches[0] == first_batch
-    assert all(6 not in batch for batch in engine.batches)
-
-
 def test_a_failed_batch_fails_its_sessions_and_the_scheduler_keeps_running():
     engine = RecordingEngine(fail=True)
     scheduler = Scheduler(engine, max_batch_size=4, fixed_capacity=10)
