@@ -30,7 +30,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
-	$(PY) -m bench
+	$(PY) -m bench $(ARGS)
 
 # Regenerate the Python stubs from protos/ (reproducible: grpcio-tools is pinned).
 protos: setup
