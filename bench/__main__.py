@@ -90,6 +90,9 @@ def add_generator_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generator micro-benchmark")
     group.add_argument("--batch-sizes", default="1,2,4,8,16,32",
                        help="comma-separated batch sizes to time (default 1,2,4,8,16,32)")
+    group.add_argument("--random-weights", action="store_true",
+                       help="base / large with random weights and the tiny codec, for their speed "
+                            "where the upstream files are not (e.g. an offline GPU host)")
     group.add_argument("--repeats", type=int, default=3,
                        help="timed steps per batch size after the warm-up; the median is "
                             "reported (default 3)")

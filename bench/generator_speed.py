@@ -78,8 +78,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """The micro-benchmark for ``args`` (see ``python -m bench generator --help``)."""
     batch_sizes = [int(s) for s in args.batch_sizes.split(",")]
     began, machine = time.monotonic(), report.machine_info()
-    print(f"[generator] building the {args.model} engine ({args.dtype})", flush=True)
-    engine = create_engine(args.model, AssetStore(args.assets_dir), dtype=args.dtype)
+    label = args.model + ("-random-weights" if args.random_weights else "")
+    print(f"[generator] building the {label} engine ({args.dtype})", flush=True)
+    engine = create_engine(args.model, AssetStore(args.assets_dir), dtype=args.dtype,
+                           random_weights=args.random_weights)
     load_s = time.monotonic() - began
     rows = []
     for size in batch_sizes:
@@ -90,14 +92,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"session, RTF {row['real_time_factor']:.2f}, "
               f"{row['realtime_sessions']} sessions in real time", flush=True)
     results = {
-        "kind": "generator", "model": args.model, "dtype": args.dtype,
+        "kind": "generator", "model": label, "dtype": args.dtype,
+        "random_weights": args.random_weights,
         "device": device_description(), "machine": machine,
         "repeats": args.repeats, "engine_load_s": round(load_s, 2),
         "rss_mib_after": round(psutil.Process().memory_info().rss / 2 ** 20, 1),
         "batch_sizes": rows, "runtime_s": round(time.monotonic() - began, 1)}
     results_dir, docs = Path(args.results_dir), Path(args.docs)
-    json_path = report.write_json(results_dir / f"generator_{args.model}_{args.dtype}.json", results)
-    report.update_docs(f"generator:{args.model}:{args.dtype}", markdown(results, json_path), docs)
+    json_path = report.write_json(results_dir / f"generator_{label}_{args.dtype}.json", results)
+    report.update_docs(f"generator:{label}:{args.dtype}", markdown(results, json_path), docs)
     print(f"[generator] wrote {json_path} and {docs}", flush=True)
     return results
 
@@ -112,7 +115,9 @@ def markdown(results: dict[str, Any], json_path: Path) -> str:
         f"Machine: {report.machine_line(results['machine'])}. Engine built in "
         f"{results['engine_load_s']:.1f} s; process RSS after the run "
         f"{results['rss_mib_after']:.0f} MiB; median of {results['repeats']} timed steps after "
-        f"one warm-up step per size; runtime {results['runtime_s']:.0f} s.",
+        f"one warm-up step per size; runtime {results['runtime_s']:.0f} s."
+        + (" Random depthformer weights with the tiny codec (`--random-weights`): the codec's "
+           "share of the time is the tiny one's." if results.get("random_weights") else ""),
         "",
         report.markdown_table(["batch size", "s per batched chunk", "s per session-chunk", "RTF",
                                "sessions in real time", "warm-up s"], rows),

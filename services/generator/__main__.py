@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
              help="fetch missing upstream assets from the Hugging Face Hub")
     add_flag(parser, "--checkpoint", default=None, type=Path,
              help="upstream t5x checkpoint (.tar or directory) to use instead of the assets dir's")
+    add_flag(parser, "--random-weights", default=False, type=parse_bool,
+             help="base / large with random weights and the tiny codec (speed tests without "
+                  "the upstream files; the music is noise)")
     add_flag(parser, "--dtype", default="float32", choices=["float32", "bfloat16"],
              help="activation dtype of the model")
     add_flag(parser, "--max-batch-size", default=16, type=int,
@@ -50,13 +53,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.max_batch_size < 1:
         parser.error("--max-batch-size must be >= 1")
+    if args.random_weights and args.checkpoint is not None:
+        parser.error("--random-weights and --checkpoint exclude each other")
     return args
 
 
 async def serve(args: argparse.Namespace) -> None:
     server_credentials = server_credentials_from_flags(args)  # fails before the model loads
     store = AssetStore(args.assets_dir, allow_download=args.allow_download)
-    engine = create_engine(args.model, store, checkpoint=args.checkpoint, dtype=args.dtype)
+    engine = create_engine(args.model, store, checkpoint=args.checkpoint, dtype=args.dtype,
+                           random_weights=args.random_weights)
     scheduler = Scheduler(engine, args.max_batch_size, target_utilization=args.target_utilization,
                           fixed_capacity=args.capacity_sessions)
     await asyncio.to_thread(scheduler.warmup)

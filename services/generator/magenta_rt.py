@@ -69,18 +69,23 @@ class MagentaRTEngine(ChunkEngine):
 
     @classmethod
     def create(cls, model_name: str, store: AssetStore, *, checkpoint: Path | None = None,
-               dtype: str | None = None) -> "MagentaRTEngine":
+               dtype: str | None = None, random_weights: bool = False) -> "MagentaRTEngine":
         """Load a model by name.
 
         `tiny` builds its codec and style assets under the store's tiny root if missing and
         uses random depthformer weights from a fixed seed. `base` and `large` load upstream's
         assets and t5x checkpoint from the store; a missing asset raises AssetMissingError
         saying how to get it. `checkpoint` (a t5x checkpoint directory or `.tar`) replaces
-        the weights for any size. `dtype` is the activation dtype; None keeps the size's own.
+        the weights for any size. `random_weights` gives `base` or `large` random weights and
+        the tiny codec and style assets instead, so their speed can be measured where the
+        upstream files are not (the music is noise, and the codec's cost is the tiny one's).
+        `dtype` is the activation dtype; None keeps the size's own.
         """
         if model_name not in MODEL_NAMES:
             raise ValueError(f"unknown model {model_name!r}; choose one of {MODEL_NAMES}")
-        if model_name == "tiny":
+        if random_weights and checkpoint is not None:
+            raise ValueError("random weights and a checkpoint exclude each other")
+        if model_name == "tiny" or random_weights:
             assets = ensure_tiny_assets(store)
         else:
             assets = store

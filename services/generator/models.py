@@ -10,12 +10,14 @@ from services.generator.engine import ChunkEngine
 
 
 def create_engine(model: str, store: AssetStore, *, checkpoint: Path | None = None,
-                  dtype: str = "float32") -> ChunkEngine:
-    """Build the engine for ``model``; raises AssetMissingError when its files are absent."""
+                  dtype: str = "float32", random_weights: bool = False) -> ChunkEngine:
+    """Build the engine for ``model``; raises AssetMissingError when its files are absent.
+    ``random_weights``: see `MagentaRTEngine.create` (no effect on `mock` and `tiny`)."""
     if model == "mock":
         from services.generator.mock_engine import MockEngine
         return MockEngine()
     if model in ("tiny", "base", "large"):
         from services.generator.magenta_rt import MagentaRTEngine
-        return MagentaRTEngine.create(model, store, checkpoint=checkpoint, dtype=dtype)
+        return MagentaRTEngine.create(model, store, checkpoint=checkpoint, dtype=dtype,
+                                      random_weights=random_weights)
     raise ValueError(f"unknown model '{model}'; choose one of {', '.join(MODEL_NAMES)}")

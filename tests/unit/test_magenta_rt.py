@@ -158,6 +158,21 @@ def test_missing_upstream_assets_say_how_to_get_them(tmp_path, model):
         MagentaRTEngine.create(model, AssetStore(tmp_path))
 
 
+def test_random_weights_need_no_upstream_files(tmp_path, monkeypatch):
+    """`base` with random weights builds from the tiny codec and style assets alone (its
+    depthformer shrunk here to the tiny size, to keep the test fast)."""
+    from services.generator.model import configs
+    monkeypatch.setitem(configs.CONFIGS, "base", configs.CONFIGS["tiny"])
+    engine = MagentaRTEngine.create("base", AssetStore(tmp_path), random_weights=True)
+    assert engine.name == "base"
+    output = engine.generate([ChunkJob(SessionState.fresh(), None, SamplingParams(seed=3))])[0]
+    assert output.audio.shape == (facts.CHUNK_SAMPLES, facts.CHANNELS)
+    assert output.state.chunk_index == 1
+    with pytest.raises(ValueError, match="exclude"):
+        MagentaRTEngine.create("base", AssetStore(tmp_path), random_weights=True,
+                               checkpoint=tmp_path / "checkpoint")
+
+
 def test_asset_table_names_the_upstream_paths():
     for model in ("base", "large"):
         paths = magenta_rt.MODEL_ASSET_PATHS[model]

@@ -1,0 +1,23 @@
+"""The generator's command line: flag combinations refused before any model loads."""
+
+import pytest
+
+from services.generator.__main__ import parse_args
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--random-weights", "true", "--checkpoint", "ckpt.tar"], "exclude each other"),
+    (["--max-batch-size", "0"], "--max-batch-size must be >= 1"),
+])
+def test_impossible_combinations_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_random_weights_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MRT_RANDOM_WEIGHTS", "true")
+    assert parse_args(["--model", "large"]).random_weights is True
+    monkeypatch.delenv("MRT_RANDOM_WEIGHTS")
+    assert parse_args([]).random_weights is False
