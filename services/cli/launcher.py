@@ -309,6 +309,7 @@ class ServiceProcess:
         self._stop_requested = False
         self._group_may_exist = False  # guards against signalling a recycled process-group id
         self._health_channel: grpc.Channel | None = None
+        self.last_health_error: str | None = None  # why the last health check did not pass
 
     @property
     def name(self) -> str:
@@ -415,9 +416,14 @@ class ServiceProcess:
         stub = health_pb2_grpc.HealthStub(self._health_channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
-        except grpc.RpcError:
+        except grpc.RpcError as err:
+            self.last_health_error = (f"{err.code().name}: {err.details()}"
+                                      if isinstance(err, grpc.Call) else str(err))
             return False
-        return reply.status == health_pb2.HealthCheckResponse.SERVING
+        serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+        self.last_health_error = None if serving else (
+            f"status {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}")
+        return serving
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines the process wrote (stdout and stderr together)."""
@@ -472,9 +478,11 @@ def wait_until_serving(processes: Sequence[ServiceProcess], timeout_s: float) ->
         if time.monotonic() >= deadline:
             first = pending[0]
             others = f" (nor did {', '.join(p.name for p in pending[1:])})" if pending[1:] else ""
+            last_check = (f"; last health check: {first.last_health_error}"
+                          if first.last_health_error else "")
             raise ServiceNotReadyError(
                 first.name, f"did not report SERVING on {first.address} within {timeout_s:g} s"
-                f"{others}", first.log_tail())
+                f"{others}{last_check}", first.log_tail())
         time.sleep(_HEALTH_POLL_INTERVAL_S)
 
 

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from services.cli.launcher import (Cluster, ClusterConfig, ClusterError, ServiceExitedError,
-                                   ServiceNotReadyError)
+                                   ServiceNotReadyError, ServiceProcess, ServiceSpec)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Bounds on waiting for processes started by these tests; generous for a busy 2-core machine.
@@ -143,6 +143,19 @@ def test_service_that_never_gets_ready_times_out_with_its_name(dummy_python, mon
     finally:
         cluster.stop()
     assert "embedder listening on" in e.value.log_tail
+    assert "last health check: status NOT_SERVING" in str(e.value)
+
+
+def test_a_health_check_nobody_answers_says_why(tmp_path):
+    port = ClusterConfig().with_free_ports().embedder_port  # nothing listens there
+    spec = ServiceSpec(name="embedder", role="embedder", host="127.0.0.1", port=port,
+                       metrics_port=port + 1, argv=("true",))
+    process = ServiceProcess(spec)
+    try:
+        assert not process.check_health(timeout_s=0.3)
+    finally:
+        process.release()
+    assert process.last_health_error.startswith(("UNAVAILABLE", "DEADLINE_EXCEEDED"))
 
 
 def test_stop_kills_a_service_that_ignores_sigterm(dummy_python, monkeypatch):
