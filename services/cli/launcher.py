@@ -130,19 +130,21 @@ class ClusterTLS:
         return {"tls_cert_file": self.cert_file, "tls_key_file": self.key_file,
                 "tls_client_ca_file": self.client_ca_file}
 
+    def client_identity(self) -> tuple[Path | None, Path | None]:
+        """(certificate, key) a client of the cluster presents: only needed with mTLS."""
+        if self.client_ca_file is None:
+            return None, None
+        return self.cert_file, self.key_file
+
     def gateway_backend_flags(self) -> dict[str, object]:
-        mutual = self.client_ca_file is not None
+        cert_file, key_file = self.client_identity()
         return {"internal_tls_ca_file": self.trusted_ca_file,
-                "internal_tls_cert_file": self.cert_file if mutual else None,
-                "internal_tls_key_file": self.key_file if mutual else None}
+                "internal_tls_cert_file": cert_file, "internal_tls_key_file": key_file}
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         """What a client of the cluster's ports (the health checks) connects with; raises
         SecurityConfigError (a ValueError) for a file that is missing or holds no PEM."""
-        flags = self.gateway_backend_flags()
-        return load_channel_credentials(flags["internal_tls_ca_file"],
-                                        flags["internal_tls_cert_file"],
-                                        flags["internal_tls_key_file"])
+        return load_channel_credentials(self.trusted_ca_file, *self.client_identity())
 
 
 @dataclasses.dataclass(frozen=True)

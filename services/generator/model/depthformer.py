@@ -408,8 +408,8 @@ def decode_chunk(model: Depthformer, params: Params, encoder_tokens: Array,
     """Generate one chunk (50 frames x 16 levels) incrementally with KV caches.
 
     Pure JAX (two nested `lax.scan`s); jit it. Only each step's level slice of the output
-    projection is computed. Returns (codes int32[rows, 50, 16], final state, what `choose_codes` recorded, stacked
-    as [50, 16, ...]).
+    projection is computed. Returns (codes int32[rows, 50, 16], final state, what
+    `choose_codes` recorded, stacked as [50, 16, ...]).
     """
     c = model.config
     call = functools.partial(model.apply, {"params": params})
