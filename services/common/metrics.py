@@ -1,6 +1,6 @@
 """Prometheus helpers: per-RPC counters and latencies for any gRPC aio server.
 
-Names follow DESIGN section 5: ``mrt_<service>_rpc_requests_total{method,code}`` and
+Names follow the README's metrics table: ``mrt_<service>_rpc_requests_total{method,code}`` and
 ``mrt_<service>_rpc_duration_seconds{method}``.
 """
 

@@ -1,4 +1,4 @@
-"""Fixed facts of Magenta RT v1 (see docs/design): audio, chunking and the token layout.
+"""Fixed facts of Magenta RT v1 (docs/model.md): audio, chunking and the token layout.
 
 Everything that depends on these numbers imports them from here, so they live in one place.
 """

@@ -1,4 +1,7 @@
-"""SessionState <-> the SessionSnapshot message (DESIGN 3.3), shared by generator and gateway."""
+"""SessionState <-> the SessionSnapshot message, shared by generator and gateway.
+
+The state is the ~31 KB a session needs between chunks (docs/model.md).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The public MusicGeneration API (DESIGN section 4)."""
+"""The public MusicGeneration API."""
 
 from __future__ import annotations
 

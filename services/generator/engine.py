@@ -26,7 +26,7 @@ class SamplingParams:
 
 @dataclasses.dataclass
 class SessionState:
-    """The whole state of a session between chunks (about 31 KB), see DESIGN 3.3."""
+    """The whole state of a session between chunks (about 31 KB), see docs/model.md."""
 
     context_tokens: np.ndarray  # int32[250, 16]; -1 = not generated yet
     crossfade_tail: np.ndarray  # float32[1920, 2]

@@ -1,6 +1,6 @@
 """The Magenta RT chunk engine: style tokens -> depthformer sampling -> codec decode -> crossfade.
 
-One `generate` call runs the chunk algorithm of DESIGN 3.4 for a whole batch of sessions at
+One `generate` call runs the chunk algorithm of docs/model.md for a whole batch of sessions at
 once, each row with its own context, style, sampling settings and seed, so a row gets exactly
 what it would get alone. Models: `tiny` (our small depthformer with random weights from a fixed
 seed and the locally built tiny codec, works offline) and upstream's `base` and `large` (real
@@ -154,7 +154,7 @@ class MagentaRTEngine(ChunkEngine):
 
 
 def chunk_seeds(jobs: Sequence[ChunkJob]) -> np.ndarray:
-    """uint32[B]: each session's PRNG seed for this chunk, seed + chunk index (DESIGN 3.4)."""
+    """uint32[B]: each session's PRNG seed for this chunk, seed + chunk index (docs/model.md)."""
     return np.array([(job.sampling.seed + job.state.chunk_index) % 2**32 for job in jobs],
                     np.uint32)
 

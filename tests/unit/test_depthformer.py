@@ -1,6 +1,8 @@
 """The depthformer against the upstream model's own logits, and its incremental decode
 against its teacher-forced pass."""
 
+import hashlib
+import json
 from pathlib import Path
 
 import jax
@@ -10,13 +12,18 @@ import pytest
 
 from services.common import model_facts as facts
 from services.generator.model import convert, tokens
-from services.generator.model.configs import CONFIGS
+from services.generator.model.configs import CONFIGS, DepthformerConfig
 from services.generator.model.depthformer import Depthformer, EncoderPasses, decode_chunk
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "upstream_v1"
 LEVEL_COLUMNS = (facts.CODEC_TOKEN_OFFSET
                  + facts.CODEBOOK_SIZE * (np.arange(facts.DECODER_STEPS) % 16)[:, None]
                  + np.arange(facts.CODEBOOK_SIZE)[None, :])  # [800, 1024] vocabulary ids
+
+
+# The logits upstream's own model computed from the checkpoint (see the fixture's README):
+# the file must stay byte for byte what upstream produced.
+REFERENCE_SHA256 = "fc3a885ba7c90f72f90eb18fe2f3ccd0a4929e49064f87a2018e5d92e8453871"
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +34,16 @@ def reference():
 @pytest.fixture(scope="module")
 def params():
     return convert.load_checkpoint(FIXTURES / "t5x_checkpoint_tiny", CONFIGS["tiny"])
+
+
+def test_the_reference_is_upstreams_file_unchanged():
+    digest = hashlib.sha256((FIXTURES / "reference_tiny.npz").read_bytes()).hexdigest()
+    assert digest == REFERENCE_SHA256
+
+
+def test_tiny_is_the_size_of_the_upstream_checkpoint():
+    dims = json.loads((FIXTURES / "config_tiny.json").read_text())["dims"]
+    assert DepthformerConfig.from_size_macros(dims) == CONFIGS["tiny"]
 
 
 def _teacher_forced_hidden(config, params, reference):
@@ -86,3 +103,21 @@ def test_bfloat16_activations_stay_close_to_float32(hidden, params, reference):
     level_f32 = _level_logits(hidden, params)
     assert np.abs(level_bf16 - level_f32).max() <= 0.03 * np.abs(level_f32).max()
     assert np.mean(level_bf16.argmax(-1) == level_f32.argmax(-1)) > 0.95
+
+
+def test_bfloat16_keeps_the_decoder_residual_stream_in_float32(params):
+    """Upstream's decoder casts the bfloat16 token embeddings up to float32 (its own dtype);
+    the encoder stays in bfloat16."""
+    model = Depthformer(CONFIGS["tiny"].with_dtype("bfloat16"))
+    tokens_in = jnp.asarray([[facts.PAD_TOKEN, facts.CODEC_TOKEN_OFFSET + 5]], jnp.int32)
+    decoder_embedded = model.apply({"params": params}, tokens_in,
+                                   method=Depthformer.embed_decoder_tokens)
+    assert decoder_embedded.dtype == jnp.float32
+    table = np.asarray(params["token_embedding"]["embedding"])
+    expected = np.asarray(jnp.asarray(table[np.asarray(tokens_in)], jnp.bfloat16), np.float32)
+    np.testing.assert_array_equal(np.asarray(decoder_embedded), expected)
+    encoded = model.apply({"params": params}, tokens_in, method=Depthformer.encode)
+    assert encoded.dtype == jnp.bfloat16
+    hidden_out = model.apply({"params": params}, tokens_in, jnp.zeros((1, 16), jnp.int32),
+                             method=Depthformer.teacher_forced_hidden)
+    assert hidden_out.dtype == jnp.bfloat16  # the final norm's output, as upstream's

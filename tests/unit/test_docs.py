@@ -1,5 +1,6 @@
-"""The README documents every flag each service has."""
+"""The docs match the code: every flag is in the README, and nothing cites notes users lack."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -18,3 +19,14 @@ def test_every_flag_is_in_the_readme(build_parser):
     assert flags
     missing = [flag for flag in flags if f"`{flag}`" not in README]
     assert not missing, f"flags missing from README.md: {missing}"
+
+
+def test_docs_and_code_stand_alone():
+    """Users' clones carry only the project: nothing may send them to the team's design notes."""
+    root = Path(__file__).parents[2]
+    citation = re.compile(r"\bDESIGN\s+(section\s+)?\d")
+    files = [root / "README.md", *root.glob("docs/**/*.md")]
+    for folder in ("services", "bench", "tests", "deploy"):
+        files += [p for p in (root / folder).rglob("*") if p.suffix in {".py", ".md", ".yaml"}]
+    citing = [str(p.relative_to(root)) for p in files if citation.search(p.read_text())]
+    assert not citing, f"these files cite design sections users do not have: {citing}"

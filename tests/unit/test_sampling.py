@@ -1,13 +1,14 @@
 """The compiled chunk sampler: per-row settings, guidance, determinism, batch independence."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from services.common import model_facts as facts
 from services.generator.model import tokens
 from services.generator.model.configs import CONFIGS
-from services.generator.model.depthformer import Depthformer, init_params
+from services.generator.model.depthformer import Depthformer, decode_chunk, init_params
 from services.generator.model.sampling import TokenSampler, sample_codes, top_k_threshold
 
 CONFIG = CONFIGS["tiny"]
@@ -109,14 +110,34 @@ def test_same_seed_same_codes_other_seed_other_codes(sampler):
     assert np.mean(first == other) < 0.5
 
 
-def test_a_session_gets_the_same_codes_alone_or_in_a_batch(sampler):
+def test_a_session_gets_the_same_logits_alone_or_in_a_batch(params):
+    """No row sees another: a session's logits at every step are its logits alone, up to the
+    float32 rounding of matrix products of another shape (so its codes are the same unless a
+    draw lands within that rounding of a boundary)."""
+    encoder_tokens = _encoder_tokens(2, 3)
+    rows = np.concatenate([encoder_tokens, tokens.cfg_uncond_copy(encoder_tokens)])
+    targets = jnp.asarray(np.random.default_rng(4).integers(0, 1024, (50, 16)), jnp.int32)
+
+    def force_targets(logits, frame, level, state):
+        return jnp.broadcast_to(targets[frame, level], logits.shape[:1]), state, logits
+
+    run = jax.jit(lambda p, e: decode_chunk(Depthformer(CONFIG), p, e, force_targets)[2])
+    together = np.asarray(run(params, rows))  # [50, 16, 6, 1024]
+    for session in range(3):
+        alone = np.asarray(run(params, rows[[session, session + 3]]))
+        np.testing.assert_allclose(alone, together[:, :, [session, session + 3]],
+                                   rtol=0, atol=1e-5 * np.abs(together).max())
+
+
+def test_a_batch_samples_each_session_with_its_own_settings(sampler):
     encoder_tokens = _encoder_tokens(2, 3)
     settings = _settings([1.1, 0.0, 2.0], [40, 0, 5], [5.0, 0.0, 1.5], [1, 2, 2**40 + 3])
     together = sampler.sample(encoder_tokens, *settings)
     assert sampler.bucket_for(3) == 4
-    for row in range(3):
-        alone = sampler.sample(encoder_tokens[row:row + 1], *(s[row:row + 1] for s in settings))
-        np.testing.assert_array_equal(together[row], alone[0])
+    first_frame_alone = [sampler.sample(encoder_tokens[row:row + 1],
+                                        *(s[row:row + 1] for s in settings))[0, 0]
+                         for row in range(3)]
+    np.testing.assert_array_equal(together[:, 0], first_frame_alone)
 
 
 def test_greedy_codes_maximise_the_guided_teacher_forced_logits(sampler, params):

@@ -1,4 +1,4 @@
-"""The chunk algorithm's token layout (DESIGN 3.2)."""
+"""The chunk algorithm's token layout."""
 
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Sizes of the depthformer (DESIGN 3.5): upstream's `large` and `base`, and our `tiny`.
+"""Sizes of the depthformer: upstream's `large` and `base`, and our `tiny` (docs/model.md).
 
 `tiny` is the real architecture at the size of the upstream reference fixture, used by tests
 and by the offline default (random weights from a fixed seed).
@@ -7,7 +7,7 @@ and by the offline default (random weights from a fixed seed).
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Literal, Mapping
 
 from services.common import model_facts as facts
 
@@ -45,6 +45,18 @@ class DepthformerConfig:
 
     def with_dtype(self, dtype: ActivationDtype) -> "DepthformerConfig":
         return dataclasses.replace(self, dtype=dtype)
+
+    @classmethod
+    def from_size_macros(cls, dims: Mapping[str, int],
+                         dtype: ActivationDtype = "float32") -> "DepthformerConfig":
+        """The config of upstream's gin size macros (EMBED_DIM, NUM_HEADS, HEAD_DIM, MLP_DIM,
+        NUM_ENCODER_LAYERS, NUM_TEMPORAL_LAYERS, NUM_DEPTH_LAYERS), e.g. of a checkpoint
+        trained at another size."""
+        return cls(d_model=dims["EMBED_DIM"], num_heads=dims["NUM_HEADS"],
+                   head_dim=dims["HEAD_DIM"], mlp_dim=dims["MLP_DIM"],
+                   encoder_layers=dims["NUM_ENCODER_LAYERS"],
+                   temporal_layers=dims["NUM_TEMPORAL_LAYERS"],
+                   depth_layers=dims["NUM_DEPTH_LAYERS"], dtype=dtype)
 
 
 CONFIGS: dict[str, DepthformerConfig] = {

@@ -1,6 +1,6 @@
 """From a chunk's new codec frames to its 2 s of audio: the extra frame and the crossfade.
 
-DESIGN 3.1 / 3.4 step 3. The codec decodes the 50 new frames with one frame in front, the last
+See docs/model.md, "One chunk". The codec decodes the 50 new frames with one frame in front, the last
 frame of the context, so it yields 51 frames = 2.04 s. Of that audio the last 1 920 samples
 (the 50th new frame) are held back as the next chunk's crossfade tail, and the first 1 920 (the
 repeated frame) are faded in while the previous chunk's tail fades out, with equal-power ramps.

@@ -1,22 +1,27 @@
-"""The depthformer: Magenta RT's T5 v1.1-style encoder-decoder with a split decoder (DESIGN 3.5).
+"""The depthformer: Magenta RT's T5 v1.1-style encoder-decoder with a split decoder.
 
 Architecture facts this module reproduces from the upstream model (t5x / flaxformer T5 parts
-plus the depthformer decoder), checked against the upstream fixture in the tests:
+plus the depthformer decoder), checked against logits of the upstream model in the tests
+(`docs/model.md` has the whole picture):
 
 - RMS layer norm (epsilon 1e-6, computed in float32), gated-GELU MLP (tanh-approximate GELU
   branch times a linear branch), no biases anywhere. Attention logits are not divided by
   sqrt(head_dim): T5 folds that scale into the query weights.
 - One token embedding table shared by encoder and decoder; logits come from a separate
   `logits_dense` kernel and are float32.
-- Fixed sinusoidal position embeddings are added to the token embeddings in both stacks. In the
-  decoder the position is the index of the token in the flattened 800-token decoder input,
-  which is the target shifted right by one with token 0 first.
+- Fixed sinusoidal position embeddings are added to the token embeddings of the encoder only.
+  The decoder has no absolute position embeddings: its two stacks know positions only through
+  their relative position biases. The decoder input is the target shifted right by one with
+  token 0 first.
+- Dtypes: with bfloat16 activations the encoder's residual stream is bfloat16, but the
+  decoder's is float32 (upstream's decoder keeps float32 as its own dtype, so it casts the
+  bfloat16-rounded token embeddings up to float32); norms, attention and MLPs compute in the
+  activation dtype in both, attention logits and softmax included; logits are float32.
 - Encoder: bidirectional self-attention, no relative bias, a final norm.
 - Temporal stack (once per frame): the input of frame f is the mean of the 16 decoder-input
   embeddings at positions 16f-15 .. 16f, i.e. frame f-1's tokens; frame 0's input is the
-  embedding of the start token 0 at position 0. Causal self-attention over frames with a
-  one-directional relative bias (128 buckets), cross-attention to the encoder output. No norm
-  at its output.
+  embedding of the start token 0. Causal self-attention over frames with a one-directional
+  relative bias (128 buckets), cross-attention to the encoder output. No norm at its output.
 - Depth stack (16 steps per frame, started afresh every frame): step 0's input is the temporal
   output of the frame, step k's the decoder-input embedding at position 16f + k (the token of
   level k-1). Causal self-attention with its own relative bias (16 buckets); no
@@ -136,7 +141,7 @@ class Attention(nn.Module):
     def attend(self, x: Array, keys: Array, values: Array, bias: Array | None = None,
                query_block: int | None = None) -> Array:
         """x: [rows, queries, D]; keys / values: [rows, heads, keys, head_dim];
-        bias: float32, broadcastable to [rows, heads, queries, keys]. Without a bias, more
+        bias: broadcastable to [rows, heads, queries, keys]. Without a bias, more
         than `query_block` queries are attended `query_block` at a time (same result)."""
         query = self._split_heads(self.query(x))
         if bias is None and query_block is not None and query.shape[-2] > query_block:
@@ -149,10 +154,13 @@ class Attention(nn.Module):
 
 def _attention_mix(query: Array, keys: Array, values: Array, bias: Array | None,
                    dtype: Any) -> Array:
-    """softmax(Q K^T + bias) V over [..., heads, positions, head_dim] operands."""
-    logits = jnp.einsum("...hqd,...hkd->...hqk", query, keys).astype(jnp.float32)
+    """softmax(Q K^T + bias) V over [..., heads, positions, head_dim] operands.
+
+    Logits and softmax in the activation dtype, the bias rounded to it, as upstream computes
+    them (it does not ask for float32 attention logits)."""
+    logits = jnp.einsum("...hqd,...hkd->...hqk", query, keys).astype(dtype)
     if bias is not None:
-        logits = logits + bias
+        logits = logits + bias.astype(dtype)
     weights = jax.nn.softmax(logits, axis=-1).astype(dtype)
     return jnp.einsum("...hqk,...hkd->...hqd", weights, values)
 
@@ -313,21 +321,25 @@ class Depthformer(nn.Module):
 
     # -- pieces shared by the teacher-forced pass and the incremental decode --
 
-    def embed(self, tokens: Array, positions: Array) -> Array:
-        """Token embedding plus the sinusoid of each position, in the activation dtype."""
+    def embed_encoder_tokens(self, tokens: Array) -> Array:
+        """int32[rows, L] -> [rows, L, D]: token embedding (rounded to the activation dtype)
+        plus the sinusoid of each position, in the activation dtype."""
         dtype = self.config.dtype
-        table = jnp.asarray(
-            sinusoid_position_table(facts.ENCODER_INPUT_TOKENS, self.config.d_model))
-        return (self.token_embedding(tokens).astype(dtype) + table[positions]).astype(dtype)
+        table = jnp.asarray(sinusoid_position_table(tokens.shape[-1], self.config.d_model))
+        return (self.token_embedding(tokens).astype(dtype) + table).astype(dtype)
+
+    def embed_decoder_tokens(self, tokens: Array) -> Array:
+        """Token embedding with no position added, rounded to the activation dtype and then
+        held as float32: the decoder's residual stream is float32 in every case."""
+        return self.token_embedding(tokens).astype(self.config.dtype).astype(jnp.float32)
 
     def encode(self, encoder_tokens: Array, query_block: int | None = None) -> Array:
         """int32[rows, L] -> [rows, L, D]; `query_block` as in `Attention.attend`."""
-        return self.encoder(self.embed(encoder_tokens, jnp.arange(encoder_tokens.shape[-1])),
-                            query_block)
+        return self.encoder(self.embed_encoder_tokens(encoder_tokens), query_block)
 
-    def frame_input(self, tokens: Array, positions: Array) -> Array:
+    def frame_input(self, tokens: Array) -> Array:
         """The temporal stack's input: the mean of 16 decoder-input embeddings, [..., 1, D]."""
-        return jnp.mean(self.embed(tokens, positions), axis=-2, keepdims=True)
+        return jnp.mean(self.embed_decoder_tokens(tokens), axis=-2, keepdims=True)
 
     def temporal_cross_keys_values(self, encoded: Array) -> list[KeysValues]:
         return self.temporal.cross_keys_values(encoded)
@@ -359,7 +371,7 @@ class Depthformer(nn.Module):
         frames = length // LEVELS
         d_model = self.config.d_model
         encoded = self.encode(encoder_tokens)
-        embedded = self.embed(decoder_input_tokens, jnp.arange(length))
+        embedded = self.embed_decoder_tokens(decoder_input_tokens)
         # Frame f's slot holds the embeddings at positions 16f-15 .. 16f (frame 0: position 0
         # repeated), so the temporal input is its mean and the depth inputs its last 15.
         padded = jnp.concatenate(
@@ -430,12 +442,10 @@ def decode_chunk(model: Depthformer, params: Params, encoder_tokens: Array,
 
     def frame_step(carry, frame):
         temporal_caches, previous_codes, state = carry
-        # Frame 0 starts from the start token (0, as PAD) at position 0; later frames from
-        # the previous frame's 16 tokens at positions 16f-15 .. 16f.
-        first = frame == 0
-        tokens = jnp.where(first, facts.PAD_TOKEN, previous_codes + level_offsets)
-        positions = jnp.where(first, 0, frame * LEVELS - (LEVELS - 1) + levels)
-        x = call(tokens, positions, method=Depthformer.frame_input)
+        # Frame 0 starts from the start token (0, as PAD); later frames from the previous
+        # frame's 16 tokens.
+        tokens = jnp.where(frame == 0, facts.PAD_TOKEN, previous_codes + level_offsets)
+        x = call(tokens, method=Depthformer.frame_input)
         bias = lax.dynamic_slice_in_dim(temporal_bias, frame, 1, axis=1)
         context, temporal_caches = call(x, bias, cross_kv, temporal_caches, frame,
                                         method=Depthformer.temporal_step)
@@ -448,8 +458,8 @@ def decode_chunk(model: Depthformer, params: Params, encoder_tokens: Array,
             logits = call(out, kernel, method=Depthformer.level_logits)
             codes, state, record = choose_codes(logits, frame, level, state)
             codes = codes.astype(jnp.int32)
-            next_x = call(codes[:, None] + level_offsets[level], frame * LEVELS + level + 1,
-                          method=Depthformer.embed)
+            next_x = call(codes[:, None] + level_offsets[level],
+                          method=Depthformer.embed_decoder_tokens)
             return (depth_caches, next_x, state), (codes, record)
 
         (_, _, state), (codes, records) = lax.scan(

@@ -6,8 +6,8 @@ the style MASKed); each step mixes their logits as (1 + w) * cond - w * uncond a
 take the token sampled from the mix. Every step computes only the current level's 1 024
 logits, which is exact because sampling is restricted to that level's codes. Batches are
 padded up to a bucket size so that a handful of compiled programs serve any number of
-sessions; nothing a row computes depends on the other rows, so a session gets the same codes
-whatever batch it is in.
+sessions; nothing a row computes depends on the other rows, so a session gets the same logits
+whatever batch it is in, up to the float32 rounding of matrix products of other shapes.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """SpectroStream decoding: RVQ codes -> 48 kHz stereo audio, batched and compiled with JAX.
 
-Upstream ships the codec as three TensorFlow SavedModels (DESIGN 3.6). Decoding needs two of
+Upstream ships the codec as three TensorFlow SavedModels. Decoding needs two of
 them: the quantizer, whose 64 codebooks turn codes into 256-d frame embeddings (the sum of one
 codebook vector per level), and the decoder network, which turns embeddings into audio. We read
 the codebooks once, convert the decoder graph to a JAX function with tf2jax (as upstream does)

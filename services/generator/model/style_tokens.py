@@ -1,7 +1,7 @@
 """Style embedding -> the first 6 MusicCoCa RVQ tokens the depthformer's encoder reads.
 
 The generator receives a mixed 768-d style embedding per session and quantizes it itself: the
-nearest codebook vector to the residual, level by level (DESIGN 3.6). Levels never depend on
+nearest codebook vector to the residual, level by level. Levels never depend on
 later ones, so only the 6 levels the model reads are kept.
 
 Upstream's quantizer SavedModel (`savedmodels/musiccoca_mv212_quant`) stores its 12 codebooks

@@ -1,4 +1,4 @@
-"""The token side of chunk generation (DESIGN 3.2 / 3.4): pure NumPy functions.
+"""The token side of chunk generation: pure NumPy functions.
 
 Codes are raw codebook indices in [0, 1024) (-1 = not generated yet); tokens are ids of the
 model's one shared vocabulary (codec level k, code c -> 2 + k * 1024 + c).
