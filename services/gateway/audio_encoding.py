@@ -84,8 +84,11 @@ class OggOpusEncoder:
         self._sink = _Pieces()
         self._container = av.open(self._sink, "w", format="ogg",
                                   options={"page_duration": str(_OGG_PAGE_DURATION_US)})
+        # Constrained VBR: unconstrained, libopus overshoots the bitrate by half on dense
+        # music; a listener's bandwidth should be what was asked for.
         self._stream = self._container.add_stream("libopus", rate=facts.SAMPLE_RATE_HZ,
-                                                  layout="stereo")
+                                                  layout="stereo",
+                                                  options={"vbr": "constrained"})
         self._stream.bit_rate = bitrate_bps
         self._samples_sent = 0
         self._closed = False
