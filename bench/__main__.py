@@ -3,6 +3,7 @@
   python -m bench [load] [options]   listeners per generator, batched vs one at a time (default)
   python -m bench generator          seconds per chunk and real-time factor by batch size
   python -m bench soak --minutes 10  sessions coming and going; do the processes stay flat?
+  python -m bench encoding           bandwidth and gateway CPU per listener, by audio encoding
   python -m bench all                generator, load and a short soak
 
 Results go to bench/results/ (JSON, PNG) and to docs/benchmarks.md.
@@ -17,7 +18,7 @@ from services.common.models import MODEL_NAMES
 
 from bench import report
 
-SUBCOMMANDS = ("load", "generator", "soak", "all")
+SUBCOMMANDS = ("load", "generator", "soak", "encoding", "all")
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +99,14 @@ def add_generator_options(parser: argparse.ArgumentParser) -> None:
                             "reported (default 3)")
 
 
+def add_encoding_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("audio encodings")
+    group.add_argument("--chunks", type=int, default=5,
+                       help="chunks of one session to encode (default 5)")
+    group.add_argument("--repeats", type=int, default=20,
+                       help="encodings of them per encoding; CPU is their mean (default 20)")
+
+
 def add_soak_options(parser: argparse.ArgumentParser, default_minutes: float) -> None:
     group = parser.add_argument_group("soak")
     group.add_argument("--minutes", type=float, default=default_minutes,
@@ -123,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    subparsers = parser.add_subparsers(dest="command", metavar="{load,generator,soak,all}")
+    subparsers = parser.add_subparsers(dest="command",
+                                       metavar="{load,generator,soak,encoding,all}")
     load = subparsers.add_parser("load", help="the load benchmark (the default)",
                                  description="How many concurrent listeners one generator keeps "
                                              "in real time, with batching and without.")
@@ -133,10 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     soak = subparsers.add_parser("soak", help="sessions opening and closing for minutes",
                                  description="Do the service processes stay flat (RSS, threads, "
                                              "open fds) while sessions come and go?")
+    encoding = subparsers.add_parser("encoding", help="bandwidth and CPU by audio encoding",
+                                     description="Bytes per second and the gateway's CPU per "
+                                                 "listener for each audio encoding, in process.")
     everything = subparsers.add_parser("all", help="generator, load and a short soak",
                                        description="The generator micro-benchmark, the load "
                                                    "benchmark and a short soak, in that order.")
-    for sub in (load, generator, soak, everything):
+    for sub in (load, generator, soak, encoding, everything):
         add_common_options(sub)
     for sub in (load, soak, everything):
         add_cluster_options(sub)
@@ -146,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generator_options(everything)
     add_soak_options(soak, default_minutes=10.0)
     add_soak_options(everything, default_minutes=2.0)
+    add_encoding_options(encoding)
     return parser
 
 
@@ -162,7 +176,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # Imported here so that --help answers without loading gRPC clients or models.
-    from bench import generator_speed, load, soak
+    from bench import encoding, generator_speed, load, soak
     from services.cli.launcher import ClusterError
     try:
         if args.command in ("generator", "all"):
@@ -171,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             load.run(args)
         if args.command in ("soak", "all"):
             soak.run(args)
+        if args.command == "encoding":
+            encoding.run(args)
     except ClusterError as err:  # a service failed to start or died: its log says why
         print(f"python -m bench: the cluster failed: {err}", file=sys.stderr)
         return 1

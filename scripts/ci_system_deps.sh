@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install the command-line tools the deployment tests (tests/deploy) need on a Debian machine:
+# Install the command-line tools the tests need on a Debian machine:
 #   promtool  - Debian's `prometheus` package (checks and unit-tests the alert rules)
+#   ffmpeg    - an independent decoder for the Ogg Opus streams the gateway sends
 #   kubectl   - with kustomize v5 inside (renders deploy/k8s). The project's machine image ships
 #               one (Google Cloud SDK's package); Debian's own kubernetes-client is too old
 #               (kustomize v2, no Components). Where none is usable, take the official kubectl
@@ -44,9 +45,12 @@ PY
   hash -r
 }
 
-if ! command -v promtool >/dev/null; then
+apt_packages=()
+command -v promtool >/dev/null || apt_packages+=(prometheus)
+command -v ffmpeg >/dev/null || apt_packages+=(ffmpeg)
+if [ ${#apt_packages[@]} -gt 0 ]; then
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
 fi
 
 if ! command -v kubectl >/dev/null || [ "$(kustomize_major)" -lt 5 ]; then
@@ -54,4 +58,5 @@ if ! command -v kubectl >/dev/null || [ "$(kustomize_major)" -lt 5 ]; then
 fi
 
 promtool --version | head -n 1
+ffmpeg -version | head -n 1
 kubectl version --client | grep -i kustomize

@@ -46,8 +46,10 @@ class StreamClient:
     def send(self, **fields) -> None:
         self._requests.put(music_pb2.StreamRequest(**fields))
 
-    def setup(self, model: str = "", encoding: int = music_pb2.PCM_S16LE) -> music_pb2.SessionStarted:
-        self.send(setup=music_pb2.SessionSetup(model=model, encoding=encoding))
+    def setup(self, model: str = "", encoding: int = music_pb2.PCM_S16LE,
+              opus_bitrate: int = 0) -> music_pb2.SessionStarted:
+        self.send(setup=music_pb2.SessionSetup(model=model, encoding=encoding,
+                                               opus_bitrate=opus_bitrate))
         return self.expect("started").started
 
     def prompts(self, *prompts: music_pb2.WeightedPrompt) -> None:

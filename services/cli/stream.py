@@ -1,4 +1,4 @@
-"""``mrt stream``: open one music session on the gateway and record it to a WAV file.
+"""``mrt stream``: open one music session on the gateway and record it to a WAV or .opus file.
 
 The request side is a queue that stays open while audio arrives (a server may treat a
 half-closed stream as the listener leaving); it is closed, and the call cancelled, once the
@@ -19,11 +19,13 @@ from typing import Iterator, Sequence, TextIO
 from services.cli.connection import add_connection_options, call_metadata, open_channel
 from services.cli.options import CommandFailed, UsageError, positive_float, user_input_type
 from services.cli.prompts import audio_prompt, text_prompt
-from services.cli.wavfile import WavWriter
+from services.cli.wavfile import OpusFileWriter, WavWriter
 from services.common.proto.mrt.v1 import music_pb2, music_pb2_grpc
 
 # Chunk durations are floats: treat "within a microsecond of the target" as reaching it.
 _SECONDS_TOLERANCE = 1e-6
+# --encoding: what the file holds.
+ENCODINGS = {"pcm_s16le": music_pb2.PCM_S16LE, "ogg_opus": music_pb2.OGG_OPUS}
 
 
 class StreamFailed(CommandFailed):
@@ -40,9 +42,10 @@ class StreamSummary:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "stream", help="stream music from the gateway into a WAV file",
+        "stream", help="stream music from the gateway into a WAV or .opus file",
         description="Open a session, send the prompts and settings, press PLAY, and write "
-                    "--seconds of audio (rounded up to whole chunks) to a 48 kHz stereo WAV.")
+                    "--seconds of audio (rounded up to whole chunks) to a 48 kHz stereo WAV "
+                    "(or, with --encoding ogg_opus, an Ogg Opus file).")
     add_connection_options(parser)
     parser.add_argument("--prompt", dest="prompts", action="append",
                         type=user_input_type(text_prompt), metavar="TEXT[:WEIGHT]",
@@ -53,7 +56,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seconds", type=user_input_type(positive_float), default=20.0,
                         help="how much audio to record (default 20)")
     parser.add_argument("--out", type=Path, default=Path("mrt_stream.wav"),
-                        help="WAV file to write (default mrt_stream.wav)")
+                        help="file to write (default mrt_stream.wav)")
+    parser.add_argument("--encoding", choices=sorted(ENCODINGS), default="pcm_s16le",
+                        help="audio the server sends and the file holds: pcm_s16le (a WAV, the "
+                             "default) or ogg_opus (the stream as the server encodes it)")
+    parser.add_argument("--opus-bitrate", type=int, default=0, metavar="BPS",
+                        help="ogg_opus bits per second, 6000-510000 (default: the server's, "
+                             "128000)")
     parser.add_argument("--model", default="", help="model to use (default: the cluster's)")
     parser.add_argument("--temperature", type=float, help="sampling temperature, 0-4")
     parser.add_argument("--top-k", type=int, help="top-k cut, 0-1024 (0: none)")
@@ -65,13 +74,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.out.parent.is_dir():
         raise UsageError(f"--out {args.out}: directory {args.out.parent} does not exist")
+    if args.opus_bitrate and args.encoding != "ogg_opus":
+        raise UsageError("--opus-bitrate needs --encoding ogg_opus")
     config_fields = {name: getattr(args, name)
                      for name in ("temperature", "top_k", "guidance", "seed")
                      if getattr(args, name) is not None}
     with open_channel(args) as channel:
-        summary = stream_to_wav(
+        summary = stream_to_file(
             music_pb2_grpc.MusicGenerationStub(channel), seconds=args.seconds, out_path=args.out,
-            setup=music_pb2.SessionSetup(model=args.model, encoding=music_pb2.PCM_S16LE),
+            setup=music_pb2.SessionSetup(model=args.model, encoding=ENCODINGS[args.encoding],
+                                         opus_bitrate=args.opus_bitrate),
             prompts=args.prompts,
             config=music_pb2.GenerationConfig(**config_fields) if config_fields else None,
             metadata=call_metadata(args.api_key))
@@ -129,13 +141,14 @@ class _Progress:
             self._line_open = False
 
 
-def stream_to_wav(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
+def stream_to_file(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
                   out_path: Path | str, setup: music_pb2.SessionSetup,
                   prompts: Sequence[music_pb2.WeightedPrompt] = (),
                   config: music_pb2.GenerationConfig | None = None,
                   metadata: Sequence[tuple[str, str]] = (),
                   progress_out: TextIO | None = None) -> StreamSummary:
-    """Record `seconds` of a new session (rounded up to whole chunks) into a WAV at `out_path`.
+    """Record `seconds` of a new session (rounded up to whole chunks) into `out_path`: a WAV
+    for PCM_S16LE, the Ogg Opus stream itself for OGG_OPUS (`setup.encoding`).
 
     Sends setup, prompts (if any), config (if any) and PLAY, then writes chunks as they come;
     progress, warnings and prompt status go to `progress_out` (default: stderr).
@@ -155,7 +168,7 @@ def stream_to_wav(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
     call_started_s = time.monotonic()
     call = stub.Stream(iter(requests), metadata=tuple(metadata))
     started: music_pb2.SessionStarted | None = None
-    writer: WavWriter | None = None
+    writer: WavWriter | OpusFileWriter | None = None
     session_id, planned_chunks, chunks = "", 0, 0
     first_audio_s: float | None = None
     try:
@@ -163,10 +176,10 @@ def stream_to_wav(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
             kind = response.WhichOneof("response")
             if kind == "started":
                 started = response.started
-                if started.encoding != music_pb2.PCM_S16LE:
+                if started.encoding != setup.encoding:
                     raise StreamFailed(f"server chose encoding "
                                        f"{music_pb2.AudioEncoding.Name(started.encoding)}, "
-                                       f"expected PCM_S16LE")
+                                       f"expected {music_pb2.AudioEncoding.Name(setup.encoding)}")
                 if not started.chunk_seconds > 0 or started.sample_rate <= 0:
                     raise StreamFailed(f"server announced an unusable format: {started}")
                 session_id = started.session_id
@@ -178,12 +191,13 @@ def stream_to_wav(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
                 if started is None:
                     raise StreamFailed("server sent audio before 'started'")
                 if writer is None:  # created on the first chunk: no audio, no file
-                    writer = WavWriter(out_path, sample_rate_hz=started.sample_rate,
-                                       channels=started.channels)
+                    writer = (OpusFileWriter(out_path) if started.encoding == music_pb2.OGG_OPUS
+                              else WavWriter(out_path, sample_rate_hz=started.sample_rate,
+                                             channels=started.channels))
                 if response.chunk.sequence != chunks:
                     progress.note(f"warning: chunk sequence {response.chunk.sequence} "
                                   f"where {chunks} was expected")
-                writer.write_pcm_s16le(response.chunk.data)
+                writer.write_chunk(response.chunk)
                 chunks += 1
                 if first_audio_s is None:
                     first_audio_s = time.monotonic() - call_started_s

@@ -1,4 +1,4 @@
-"""Writes streamed PCM chunks to a 16-bit WAV file as they arrive.
+"""Writes streamed chunks to a file as they arrive: PCM to a 16-bit WAV, Ogg Opus as it is.
 
 Writing chunk by chunk keeps memory flat on long streams, and an interrupted stream still
 leaves a valid file holding exactly the audio received.
@@ -12,6 +12,7 @@ import numpy as np
 import soundfile
 
 from services.common import model_facts as facts
+from services.common.proto.mrt.v1 import music_pb2
 
 _S16_BYTES = 2
 
@@ -48,6 +49,9 @@ class WavWriter:
         self.frames_written += len(frames)
         return len(frames)
 
+    def write_chunk(self, chunk: music_pb2.AudioChunk) -> None:
+        self.write_pcm_s16le(chunk.data)
+
     def close(self) -> None:
         self._file.close()
 
@@ -56,3 +60,25 @@ class WavWriter:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class OpusFileWriter:
+    """An .opus file of an OGG_OPUS session: the chunks' bytes appended in order (together they
+    are one Ogg Opus stream, so the file is valid after every chunk)."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.seconds_written = 0.0
+        self._file = open(self.path, "wb")
+
+    @property
+    def frames_written(self) -> int:
+        return round(self.seconds_written * facts.SAMPLE_RATE_HZ)
+
+    def write_chunk(self, chunk: music_pb2.AudioChunk) -> None:
+        self._file.write(chunk.data)
+        self._file.flush()
+        self.seconds_written += chunk.duration_seconds
+
+    def close(self) -> None:
+        self._file.close()

@@ -22,7 +22,7 @@ from prometheus_client import Counter, Histogram
 from services.common import model_facts as facts
 from services.common.metrics import LATENCY_BUCKETS_S
 from services.common.proto.mrt.v1 import generator_pb2, music_pb2
-from services.gateway.audio_encoding import encode_audio
+from services.gateway.audio_encoding import AudioEncoder
 from services.gateway.embedder_client import BackendUnavailable, EmbedderClient
 from services.gateway.generation_config import SamplingSettings, merge_config
 from services.gateway.generator_link import GeneratorLink, LinkError
@@ -81,11 +81,12 @@ def placement_error(err: Exception) -> StreamEnded:
 
 
 class ListenerSession:
-    def __init__(self, *, session_id: str, model: str, encoding: int, settings: SessionSettings,
-                 pool: GeneratorPool, embedder: EmbedderClient, seed: int):
+    def __init__(self, *, session_id: str, model: str, encoder: AudioEncoder,
+                 settings: SessionSettings, pool: GeneratorPool, embedder: EmbedderClient,
+                 seed: int):
         self.session_id = session_id
         self.model = model
-        self.encoding = encoding
+        self.encoder = encoder  # the listener's, whichever generator makes the audio
         self.settings = settings
         self.pool = pool
         self.embedder = embedder
@@ -253,7 +254,7 @@ class ListenerSession:
         audio = np.frombuffer(chunk.audio, "<f4").reshape(-1, facts.CHANNELS)
         duration_s = audio.shape[0] / facts.SAMPLE_RATE_HZ
         await self._emit(music_pb2.StreamResponse(chunk=music_pb2.AudioChunk(
-            sequence=self.next_sequence, data=encode_audio(audio, self.encoding),
+            sequence=self.next_sequence, data=self.encoder.encode(audio),
             start_seconds=self.next_position_s, duration_seconds=duration_s,
             prompt_version=chunk.style_version, config_version=chunk.sampling_version)))
         CHUNKS_SENT.inc()
@@ -386,3 +387,4 @@ class ListenerSession:
         self.closed = True
         self._changed.set()
         self._drop_link()
+        self.encoder.close()

@@ -14,6 +14,7 @@ from prometheus_client import Counter, Gauge
 from services.common import model_facts as facts
 from services.common.models import LOCAL_MODELS, MODEL_DESCRIPTIONS
 from services.common.proto.mrt.v1 import embedder_pb2, music_pb2, music_pb2_grpc
+from services.gateway.audio_encoding import AudioEncoder, make_encoder
 from services.gateway.embedder_client import BackendUnavailable, EmbedderClient, PromptRejected
 from services.gateway.generator_pool import GeneratorPool
 from services.gateway.listener import ClientTooSlow, ListenerSession, SessionSettings, StreamEnded
@@ -73,12 +74,10 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
                                   f"the first message must be `setup`, got "
                                   f"`{first.WhichOneof('request') or 'an empty request'}`")
             setup = first.setup
-            if setup.encoding not in music_pb2.AudioEncoding.values():
-                raise StreamEnded(grpc.StatusCode.INVALID_ARGUMENT,
-                                  f"unknown audio encoding {setup.encoding}")
+            encoder = _audio_encoder(setup)
             model = self._resolve_model(setup.model)
             session = ListenerSession(
-                session_id=uuid.uuid4().hex, model=model, encoding=setup.encoding,
+                session_id=uuid.uuid4().hex, model=model, encoder=encoder,
                 settings=self.settings, pool=self.pool, embedder=self.embedder,
                 seed=secrets.randbits(31))
             await session.connect()
@@ -87,7 +86,8 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
             yield music_pb2.StreamResponse(started=music_pb2.SessionStarted(
                 session_id=session.session_id, model=model, sample_rate=facts.SAMPLE_RATE_HZ,
                 channels=facts.CHANNELS, chunk_seconds=facts.CHUNK_SECONDS, encoding=setup.encoding,
-                buffer_ahead_seconds=self.settings.buffer_ahead_seconds))
+                buffer_ahead_seconds=self.settings.buffer_ahead_seconds,
+                opus_bitrate=encoder.bitrate_bps if setup.encoding == music_pb2.OGG_OPUS else 0))
             tasks = [asyncio.create_task(session.read_client(requests)),
                      asyncio.create_task(session.pump())]
             for task in tasks:
@@ -194,3 +194,10 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
             for name, description in MODEL_DESCRIPTIONS.items()]
         default = self.default_model or (sorted(served)[0] if served else "")
         return music_pb2.ListModelsResponse(models=models, default_model=default)
+
+
+def _audio_encoder(setup: music_pb2.SessionSetup) -> AudioEncoder:
+    try:
+        return make_encoder(setup.encoding, setup.opus_bitrate)
+    except ValueError as err:
+        raise StreamEnded(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None

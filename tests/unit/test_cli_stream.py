@@ -279,3 +279,23 @@ def test_out_in_a_missing_directory_is_a_usage_error(fake, tmp_path, capsys):
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
     assert fake.requests == []  # refused before any session was opened
+
+
+def test_an_opus_bitrate_needs_the_opus_encoding(fake, tmp_path, capsys):
+    code = main(["stream", "--address", fake.address, "--opus-bitrate", "64000",
+                 "--out", str(tmp_path / "x.wav")])
+    assert code == 2
+    assert "--opus-bitrate needs --encoding ogg_opus" in capsys.readouterr().err
+    assert fake.requests == []
+
+
+def test_stream_asks_for_opus_and_writes_the_stream_as_received(fake, tmp_path, capsys):
+    out = tmp_path / "x.opus"
+    code = main(["stream", "--address", fake.address, "--encoding", "ogg_opus",
+                 "--opus-bitrate", "96000", "--seconds", "4", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert fake.requests[0].setup == music_pb2.SessionSetup(encoding=music_pb2.OGG_OPUS,
+                                                            opus_bitrate=96_000)
+    # The fake's chunks are whatever bytes it sends: the file is them, in order.
+    expected = b"".join(chunk_samples(i).tobytes() for i in range(2))
+    assert out.read_bytes() == expected

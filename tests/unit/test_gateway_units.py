@@ -10,7 +10,6 @@ import pytest
 from services.common.proto.mrt.v1 import generator_pb2, music_pb2
 from services.common.snapshots import snapshot_to_state, state_to_snapshot
 from services.generator.engine import SessionState
-from services.gateway.audio_encoding import encode_audio
 from services.gateway.generation_config import SamplingSettings, merge_config
 from services.gateway.generator_pool import GeneratorPool, NoCapacity, NoGenerator
 from services.gateway.prompts import PromptError, PromptLimits, mix_embeddings, resolve_prompts
@@ -86,14 +85,6 @@ def test_config_updates_merge_and_out_of_range_values_are_refused():
         with pytest.raises(ValueError):
             merge_config(settings, bad)
     assert settings.temperature == pytest.approx(1.1)  # the original is untouched
-
-
-def test_pcm_encodings_are_interleaved_little_endian():
-    samples = np.array([[0.5, -0.5], [1.5, -2.0]], np.float32)
-    s16 = np.frombuffer(encode_audio(samples, music_pb2.PCM_S16LE), "<i2")
-    assert s16.tolist() == [16384, -16384, 32767, -32767]
-    f32 = np.frombuffer(encode_audio(samples, music_pb2.PCM_F32LE), "<f4")
-    assert f32.tolist() == [0.5, -0.5, 1.5, -2.0]
 
 
 def test_snapshots_round_trip_and_bad_ones_are_refused():

@@ -11,8 +11,10 @@ class AudioEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PCM_S16LE: _ClassVar[AudioEncoding]
     PCM_F32LE: _ClassVar[AudioEncoding]
+    OGG_OPUS: _ClassVar[AudioEncoding]
 PCM_S16LE: AudioEncoding
 PCM_F32LE: AudioEncoding
+OGG_OPUS: AudioEncoding
 
 class StreamRequest(_message.Message):
     __slots__ = ("setup", "prompts", "config", "playback", "report")
@@ -29,12 +31,14 @@ class StreamRequest(_message.Message):
     def __init__(self, setup: _Optional[_Union[SessionSetup, _Mapping]] = ..., prompts: _Optional[_Union[PromptUpdate, _Mapping]] = ..., config: _Optional[_Union[GenerationConfig, _Mapping]] = ..., playback: _Optional[_Union[PlaybackControl, _Mapping]] = ..., report: _Optional[_Union[ClientReport, _Mapping]] = ...) -> None: ...
 
 class SessionSetup(_message.Message):
-    __slots__ = ("model", "encoding")
+    __slots__ = ("model", "encoding", "opus_bitrate")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
+    OPUS_BITRATE_FIELD_NUMBER: _ClassVar[int]
     model: str
     encoding: AudioEncoding
-    def __init__(self, model: _Optional[str] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ...) -> None: ...
+    opus_bitrate: int
+    def __init__(self, model: _Optional[str] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., opus_bitrate: _Optional[int] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("values",)
@@ -113,7 +117,7 @@ class StreamResponse(_message.Message):
     def __init__(self, started: _Optional[_Union[SessionStarted, _Mapping]] = ..., chunk: _Optional[_Union[AudioChunk, _Mapping]] = ..., prompt_status: _Optional[_Union[PromptStatus, _Mapping]] = ..., warning: _Optional[_Union[Warning, _Mapping]] = ...) -> None: ...
 
 class SessionStarted(_message.Message):
-    __slots__ = ("session_id", "model", "sample_rate", "channels", "chunk_seconds", "encoding", "buffer_ahead_seconds")
+    __slots__ = ("session_id", "model", "sample_rate", "channels", "chunk_seconds", "encoding", "buffer_ahead_seconds", "opus_bitrate")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +125,7 @@ class SessionStarted(_message.Message):
     CHUNK_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     BUFFER_AHEAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    OPUS_BITRATE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     model: str
     sample_rate: int
@@ -128,7 +133,8 @@ class SessionStarted(_message.Message):
     chunk_seconds: float
     encoding: AudioEncoding
     buffer_ahead_seconds: float
-    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., chunk_seconds: _Optional[float] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., buffer_ahead_seconds: _Optional[float] = ...) -> None: ...
+    opus_bitrate: int
+    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., chunk_seconds: _Optional[float] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., buffer_ahead_seconds: _Optional[float] = ..., opus_bitrate: _Optional[int] = ...) -> None: ...
 
 class AudioChunk(_message.Message):
     __slots__ = ("sequence", "data", "start_seconds", "duration_seconds", "prompt_version", "config_version")
