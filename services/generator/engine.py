@@ -61,6 +61,8 @@ class ChunkJob:
     state: SessionState
     style_embedding: np.ndarray | None  # float32[768]; None = unconditioned
     sampling: SamplingParams
+    # Audio to encode into the context first (a `context_audio.ContextAudio`); None = none.
+    context_audio: object | None = None
 
 
 @dataclasses.dataclass
@@ -73,6 +75,7 @@ class ChunkEngine(abc.ABC):
     """A model that generates the next chunk for a batch of sessions."""
 
     name: str
+    supports_audio_input = False  # whether jobs may carry context audio
 
     @abc.abstractmethod
     def generate(self, jobs: Sequence[ChunkJob]) -> list[ChunkOutput]:

@@ -19,7 +19,9 @@ from services.common import model_facts as facts
 from services.common.assets import AssetStore
 from services.generator.engine import (ChunkEngine, ChunkJob, ChunkOutput, SamplingParams,
                                         SessionState)
+from services.generator.context_audio import write_context_audio
 from services.generator.model import spectrostream, tokens
+from services.generator.model.codec_encoder import SpectroStreamEncoder
 from services.generator.model.crossfade import crossfade_chunks, frames_to_decode
 from services.generator.model.spectrostream import SpectroStreamDecoder
 from services.generator.model.style_tokens import STYLE_QUANTIZER_ASSET, StyleQuantizer
@@ -38,9 +40,9 @@ CHECKPOINT_ARCHIVES = {
 }
 # What the generator loads besides the checkpoint.
 GENERATOR_ASSETS = [spectrostream.DECODER_ASSET, spectrostream.QUANTIZER_ASSET,
-                    STYLE_QUANTIZER_ASSET]
+                    spectrostream.ENCODER_ASSET, STYLE_QUANTIZER_ASSET]
 # Everything a model needs across the cluster (the embedder's MusicCoCa and vocabulary, the
-# codec encoder for completeness): what `mrt assets download --model <name>` fetches.
+# codec encoder for audio input): what `mrt assets download --model <name>` fetches.
 _SHARED_UPSTREAM_ASSETS = [
     spectrostream.ENCODER_ASSET,
     spectrostream.DECODER_ASSET,
@@ -59,13 +61,16 @@ MODEL_ASSET_PATHS: dict[str, list[str]] = {
 class MagentaRTEngine(ChunkEngine):
     """Generates the next 2 s chunk for a batch of sessions with one model."""
 
+    supports_audio_input = True
+
     def __init__(self, name: str, sampler, decoder: SpectroStreamDecoder,
-                 style_quantizer: StyleQuantizer):
+                 style_quantizer: StyleQuantizer, encoder: SpectroStreamEncoder):
         """`sampler` is a `sampling.TokenSampler` (or anything with its `sample` method)."""
         self.name = name
         self._sampler = sampler
         self._decoder = decoder
         self._style_quantizer = style_quantizer
+        self._encoder = encoder
 
     @classmethod
     def create(cls, model_name: str, store: AssetStore, *, checkpoint: Path | None = None,
@@ -109,11 +114,13 @@ class MagentaRTEngine(ChunkEngine):
             sampling.TokenSampler(config, params, batch_buckets=BATCH_BUCKETS),
             SpectroStreamDecoder.from_store(assets, batch_buckets=BATCH_BUCKETS),
             StyleQuantizer.load(assets.path(STYLE_QUANTIZER_ASSET)),
+            SpectroStreamEncoder.from_store(assets),
         )
 
     def generate(self, jobs: Sequence[ChunkJob]) -> list[ChunkOutput]:
         if not jobs:
             return []
+        jobs = write_context_audio(jobs, self._encoder)
         states = [job.state for job in jobs]
         context = np.stack([state.context_tokens for state in states])
         chunk_indices = np.array([state.chunk_index for state in states])

@@ -14,6 +14,7 @@ from prometheus_client import Counter, Gauge
 from services.common import model_facts as facts
 from services.common.proto.mrt.v1 import generator_pb2, generator_pb2_grpc
 from services.common.snapshots import snapshot_to_state, state_to_snapshot
+from services.generator.context_audio import ContextAudio
 from services.generator.engine import SamplingParams, SessionState
 from services.generator.scheduler import Scheduler
 from services.generator.sessions import ChunkResult, GeneratorSession
@@ -117,6 +118,10 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                      else SessionState.fresh())
             sampling = sampling_from_proto(open_msg.sampling)
             style = style_from_proto(open_msg.style)
+            initial_audio = None
+            if open_msg.initial_audio:
+                self._check_audio_input_supported()
+                initial_audio = ContextAudio.initial_audio(open_msg.initial_audio)
         except ValueError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
 
@@ -127,6 +132,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             style_embedding=style, style_version=open_msg.style.version,
             sampling_version=open_msg.sampling.version,
             deliver=lambda result: loop.call_soon_threadsafe(outbox.put_nowait, result))
+        if initial_audio is not None and not open_msg.HasField("resume_from"):
+            session.context_audio = initial_audio
         end_stream = asyncio.Event()
         self._streams[session.session_id] = end_stream
         self.scheduler.add(session)
@@ -140,7 +147,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             yield generator_pb2.GeneratorResponse(opened=generator_pb2.SessionOpened(
                 session_id=session.session_id, model=self.model_name,
                 sample_rate=facts.SAMPLE_RATE_HZ, channels=facts.CHANNELS,
-                chunk_seconds=facts.CHUNK_SECONDS, generator_id=self.generator_id))
+                chunk_seconds=facts.CHUNK_SECONDS, generator_id=self.generator_id,
+                audio_input_supported=self.scheduler.engine.supports_audio_input))
             while True:
                 result = await self._next_result(outbox, reader, end_stream)
                 if result is None:
@@ -205,10 +213,18 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 if not math.isfinite(request.demand.deadline_unix_s):
                     raise ValueError("demand.deadline_unix_s must be finite")
                 self.scheduler.demand(session_id, request.demand.deadline_unix_s)
+            elif kind == "inject":
+                self._check_audio_input_supported()
+                audio = ContextAudio.injected_mix(request.inject.mix)
+                self.scheduler.update(session_id, lambda s: setattr(s, "context_audio", audio))
             elif kind == "reset":
                 self.scheduler.update(session_id, lambda s: setattr(s, "reset_requested", True))
             else:
                 raise ValueError(f"unexpected message in a session stream: {kind}")
+
+    def _check_audio_input_supported(self) -> None:
+        if not self.scheduler.engine.supports_audio_input:
+            raise ValueError(f"model '{self.model_name}' does not take audio input")
 
     @staticmethod
     def _chunk_message(result: ChunkResult) -> generator_pb2.GeneratedChunk:

@@ -39,7 +39,13 @@ class GeneratorSession:
     deadline_unix_s: float | None = None  # the pending demand's deadline, None = no demand
     demanded_at_unix_s: float = 0.0
     closed: bool = False
+    context_audio: object | None = None  # a `context_audio.ContextAudio` for the next chunk
     opened_at_unix_s: float = dataclasses.field(default_factory=time.time)
+
+    def take_context_audio(self) -> object | None:
+        """The audio to encode into the context before the next chunk, once."""
+        audio, self.context_audio = self.context_audio, None
+        return audio
 
     def take_reset(self) -> None:
         """Apply a requested RESET_CONTEXT before the next chunk: forget the musical context."""
