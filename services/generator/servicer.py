@@ -118,10 +118,6 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                      else SessionState.fresh())
             sampling = sampling_from_proto(open_msg.sampling)
             style = style_from_proto(open_msg.style)
-            initial_audio = None
-            if open_msg.initial_audio:
-                self._check_audio_input_supported()
-                initial_audio = ContextAudio.initial_audio(open_msg.initial_audio)
         except ValueError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
 
@@ -132,8 +128,6 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             style_embedding=style, style_version=open_msg.style.version,
             sampling_version=open_msg.sampling.version,
             deliver=lambda result: loop.call_soon_threadsafe(outbox.put_nowait, result))
-        if initial_audio is not None and not open_msg.HasField("resume_from"):
-            session.context_audio = initial_audio
         end_stream = asyncio.Event()
         self._streams[session.session_id] = end_stream
         self.scheduler.add(session)
@@ -213,9 +207,10 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 if not math.isfinite(request.demand.deadline_unix_s):
                     raise ValueError("demand.deadline_unix_s must be finite")
                 self.scheduler.demand(session_id, request.demand.deadline_unix_s)
-            elif kind == "inject":
+            elif kind in ("inject", "prime"):
                 self._check_audio_input_supported()
-                audio = ContextAudio.injected_mix(request.inject.mix)
+                audio = (ContextAudio.injected_mix(request.inject.mix) if kind == "inject"
+                         else ContextAudio.initial_audio(request.prime.audio))
                 self.scheduler.update(session_id, lambda s: setattr(s, "context_audio", audio))
             elif kind == "reset":
                 self.scheduler.update(session_id, lambda s: setattr(s, "reset_requested", True))

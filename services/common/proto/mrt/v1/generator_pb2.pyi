@@ -39,20 +39,24 @@ class Sampling(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., guidance: _Optional[float] = ..., seed: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
 
 class OpenSession(_message.Message):
-    __slots__ = ("session_id", "model", "resume_from", "style", "sampling", "initial_audio")
+    __slots__ = ("session_id", "model", "resume_from", "style", "sampling")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     RESUME_FROM_FIELD_NUMBER: _ClassVar[int]
     STYLE_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
-    INITIAL_AUDIO_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     model: str
     resume_from: SessionSnapshot
     style: Style
     sampling: Sampling
-    initial_audio: bytes
-    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., resume_from: _Optional[_Union[SessionSnapshot, _Mapping]] = ..., style: _Optional[_Union[Style, _Mapping]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., initial_audio: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., resume_from: _Optional[_Union[SessionSnapshot, _Mapping]] = ..., style: _Optional[_Union[Style, _Mapping]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ...) -> None: ...
+
+class PrimeContext(_message.Message):
+    __slots__ = ("audio",)
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    audio: bytes
+    def __init__(self, audio: _Optional[bytes] = ...) -> None: ...
 
 class InjectAudio(_message.Message):
     __slots__ = ("mix",)
@@ -71,20 +75,22 @@ class ResetContext(_message.Message):
     def __init__(self) -> None: ...
 
 class GeneratorRequest(_message.Message):
-    __slots__ = ("open", "style", "sampling", "demand", "reset", "inject")
+    __slots__ = ("open", "style", "sampling", "demand", "reset", "inject", "prime")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     STYLE_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     DEMAND_FIELD_NUMBER: _ClassVar[int]
     RESET_FIELD_NUMBER: _ClassVar[int]
     INJECT_FIELD_NUMBER: _ClassVar[int]
+    PRIME_FIELD_NUMBER: _ClassVar[int]
     open: OpenSession
     style: Style
     sampling: Sampling
     demand: ChunkDemand
     reset: ResetContext
     inject: InjectAudio
-    def __init__(self, open: _Optional[_Union[OpenSession, _Mapping]] = ..., style: _Optional[_Union[Style, _Mapping]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., demand: _Optional[_Union[ChunkDemand, _Mapping]] = ..., reset: _Optional[_Union[ResetContext, _Mapping]] = ..., inject: _Optional[_Union[InjectAudio, _Mapping]] = ...) -> None: ...
+    prime: PrimeContext
+    def __init__(self, open: _Optional[_Union[OpenSession, _Mapping]] = ..., style: _Optional[_Union[Style, _Mapping]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., demand: _Optional[_Union[ChunkDemand, _Mapping]] = ..., reset: _Optional[_Union[ResetContext, _Mapping]] = ..., inject: _Optional[_Union[InjectAudio, _Mapping]] = ..., prime: _Optional[_Union[PrimeContext, _Mapping]] = ...) -> None: ...
 
 class SessionOpened(_message.Message):
     __slots__ = ("session_id", "model", "sample_rate", "channels", "chunk_seconds", "generator_id", "audio_input_supported")
