@@ -94,7 +94,7 @@ def placement_error(err: Exception) -> StreamEnded:
 class ListenerSession:
     def __init__(self, *, session_id: str, model: str, encoder: AudioEncoder,
                  settings: SessionSettings, pool: GeneratorPool, embedder: EmbedderClient,
-                 seed: int):
+                 seed: int, initial_audio: np.ndarray | None = None):
         self.session_id = session_id
         self.model = model
         self.encoder = encoder  # the listener's, whichever generator makes the audio

@@ -1,0 +1,134 @@
+"""Live audio input and initial_audio through the real services with the `tiny` model."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import soundfile
+
+from services.common.proto.mrt.v1 import music_pb2
+from tests.integration.conftest import metric, scrape, start_cluster
+from tests.streaming_client import StreamClient, chunk_audio
+
+SR = 48_000
+PLAY = music_pb2.PlaybackControl.PLAY
+
+
+@pytest.fixture(scope="module")
+def tiny_cluster(tmp_path_factory):
+    cluster = start_cluster(tmp_path_factory, model="tiny", embedder_model="mock", max_batch_size=2)
+    yield cluster
+    cluster.stop()
+
+
+def chord_wav(seconds: float, hz=(220.0, 330.0)) -> bytes:
+    t = np.arange(round(seconds * SR)) / SR
+    audio = np.stack([0.3 * np.sin(2 * np.pi * f * t) for f in hz], axis=1)
+    out = io.BytesIO()
+    soundfile.write(out, audio, SR, format="WAV", subtype="PCM_16")
+    return out.getvalue()
+
+
+def chord_pcm(seconds: float) -> bytes:
+    t = np.arange(round(seconds * SR)) / SR
+    audio = np.stack([0.3 * np.sin(2 * np.pi * 262 * t), 0.3 * np.sin(2 * np.pi * 392 * t)], 1)
+    return np.round(audio * 32767).astype("<i2").tobytes()
+
+
+def open_session(cluster, seed: int, initial_audio: bytes = b"") -> tuple[StreamClient, music_pb2.SessionStarted]:
+    client = StreamClient(cluster.gateway_address)
+    client.send(setup=music_pb2.SessionSetup(initial_audio=initial_audio))
+    started = client.expect("started").started
+    client.send(config=music_pb2.GenerationConfig(seed=seed))
+    return client, started
+
+
+def play(client: StreamClient, chunks: int) -> list[np.ndarray]:
+    client.playback(PLAY)
+    return [chunk_audio(chunk) for _, chunk in client.chunks(chunks, timeout_s=120)]
+
+
+def test_initial_audio_seeds_the_context_the_same_way_twice(tiny_cluster):
+    clip = chord_wav(4.0)
+    runs = []
+    for initial_audio in (clip, clip, b""):
+        client, started = open_session(tiny_cluster, seed=5, initial_audio=initial_audio)
+        assert started.audio_input_supported
+        runs.append(play(client, 2))
+        client.close()
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    assert not np.array_equal(runs[0][0], runs[2][0])  # the clip changed the music
+
+
+def test_live_input_changes_the_following_chunks_then_the_model_goes_on_alone(tiny_cluster):
+    gateway_metrics = f"http://127.0.0.1:{tiny_cluster.config.gateway_metrics_port}/metrics"
+    before = scrape(gateway_metrics)
+    alone, _ = open_session(tiny_cluster, seed=8)
+    jam, _ = open_session(tiny_cluster, seed=8)
+    # Four seconds of input from timeline position 0, sent ahead of time (as a file can be).
+    jam.send(audio_input=music_pb2.AudioInput(data=chord_pcm(4.0), encoding=music_pb2.PCM_S16LE,
+                                              sample_rate=SR, channels=2, start_seconds=0.0))
+    alone.playback(PLAY)
+    jam.playback(PLAY)
+    alone_audio, jam_audio = ([chunk_audio(c) for _, c in client.chunks(6, timeout_s=120)]
+                              for client in (alone, jam))
+    alone.close()
+    assert all(not np.array_equal(a, b) for a, b in zip(alone_audio, jam_audio))
+    after = scrape(gateway_metrics)
+    # Mixes go with the chunks whose 66-frame window holds input: those at 0, 2, 4 and 6 s.
+    assert metric(after, "mrt_gateway_audio_injections_total") - metric(
+        before, "mrt_gateway_audio_injections_total") == 4
+    assert metric(after, "mrt_gateway_audio_input_received_seconds_total") - metric(
+        before, "mrt_gateway_audio_input_received_seconds_total") == pytest.approx(4.0)
+
+    # Bad input gets a warning each, and the session keeps playing.
+    bad = [music_pb2.AudioInput(data=b"\0" * 8, encoding=music_pb2.PCM_S16LE, sample_rate=1000,
+                                channels=2),
+           music_pb2.AudioInput(data=b"\0" * 8, encoding=music_pb2.PCM_S16LE, sample_rate=SR,
+                                channels=5),
+           music_pb2.AudioInput(data=b"\0" * (2 * 1024 * 1024), encoding=music_pb2.PCM_S16LE,
+                                sample_rate=SR, channels=2)]
+    for message in bad:
+        jam.send(audio_input=message)
+    warnings = [jam.expect("warning", timeout_s=60).warning for _ in bad]
+    assert [w.code for w in warnings] == ["INVALID_AUDIO_INPUT"] * 3
+    assert "sample_rate" in warnings[0].message and "channels" in warnings[1].message
+    assert "limit" in warnings[2].message
+    # 20 s at once, faster than real time: the buffer keeps the newest, the rest is counted.
+    for piece in range(4):  # 5 s each, from timeline position 40 s on
+        jam.send(audio_input=music_pb2.AudioInput(
+            data=chord_pcm(5.0), encoding=music_pb2.PCM_S16LE, sample_rate=SR, channels=2,
+            **({"start_seconds": 40.0} if piece == 0 else {})))
+    assert jam.expect("warning", timeout_s=60).warning.code == "AUDIO_INPUT_DROPPED"
+    jam.chunks(1, timeout_s=60)
+    dropped = metric(scrape(gateway_metrics), "mrt_gateway_audio_input_dropped_seconds_total") - (
+        metric(before, "mrt_gateway_audio_input_dropped_seconds_total"))
+    assert dropped == pytest.approx(4.0, abs=0.01)  # 20 s into a 16 s buffer
+    jam.close()
+
+
+def test_a_model_without_audio_input_refuses_it_with_warnings(mock_cluster):
+    client = StreamClient(mock_cluster.gateway_address)
+    client.send(setup=music_pb2.SessionSetup(initial_audio=chord_wav(1.0)))
+    assert not client.expect("started").started.audio_input_supported
+    assert client.expect("warning").warning.code == "UNSUPPORTED"
+    client.send(audio_input=music_pb2.AudioInput(data=chord_pcm(0.5), encoding=music_pb2.PCM_S16LE,
+                                                 sample_rate=SR, channels=2))
+    assert client.expect("warning").warning.code == "UNSUPPORTED"
+    client.playback(PLAY)
+    client.chunks(1)
+    client.close()
+
+
+def test_undecodable_initial_audio_is_answered_and_the_session_plays(mock_cluster):
+    client = StreamClient(mock_cluster.gateway_address)
+    client.send(setup=music_pb2.SessionSetup(initial_audio=b"RIFF....WAVEnot really"))
+    client.expect("started")
+    warning = client.expect("warning").warning
+    assert warning.code == "INVALID_INITIAL_AUDIO" and "decoded" in warning.message
+    client.playback(PLAY)
+    client.chunks(1)
+    client.close()
