@@ -46,7 +46,6 @@ class InjectionSettings:
     feedback: float = facts.DEFAULT_INPUT_FEEDBACK
     gap_ms: float = facts.DEFAULT_INPUT_GAP_MS
     offset_ms: float = facts.DEFAULT_INPUT_OFFSET_MS
-    style_weight: float = facts.DEFAULT_INPUT_STYLE_WEIGHT
 
 
 def merge_injection_config(current: InjectionSettings,
@@ -56,8 +55,7 @@ def merge_injection_config(current: InjectionSettings,
     for field, attribute, (low, high) in (
             ("input_feedback", "feedback", facts.INPUT_FEEDBACK_RANGE),
             ("input_gap_ms", "gap_ms", facts.INPUT_GAP_MS_RANGE),
-            ("input_offset_ms", "offset_ms", facts.INPUT_OFFSET_MS_RANGE),
-            ("input_style_weight", "style_weight", facts.INPUT_STYLE_WEIGHT_RANGE)):
+            ("input_offset_ms", "offset_ms", facts.INPUT_OFFSET_MS_RANGE)):
         if update.HasField(field):
             value = getattr(update, field)
             if not (math.isfinite(value) and low <= value <= high):
@@ -68,7 +66,7 @@ def merge_injection_config(current: InjectionSettings,
 
 def uses_injection_fields(update: music_pb2.GenerationConfig) -> bool:
     return any(update.HasField(field) for field in (
-        "input_feedback", "input_gap_ms", "input_offset_ms", "input_style_weight"))
+        "input_feedback", "input_gap_ms", "input_offset_ms"))
 
 
 def gap_envelope(length: int, gap_samples: int) -> np.ndarray:
@@ -232,12 +230,6 @@ class AudioInjector:
         inputs *= gap_envelope(len(inputs), gap)[:, None]
         outputs, _ = self.outputs.read(window_start, window_end)
         return inputs + np.float32(self.settings.feedback) * outputs
-
-    def recent_input(self, seconds: float) -> np.ndarray | None:
-        """The newest ``seconds`` of input (float32[n, 2]), for the live style prompt."""
-        end = self.inputs.end
-        audio, any_input = self.inputs.read(end - round(seconds * facts.SAMPLE_RATE_HZ), end)
-        return audio if any_input else None
 
 
 def decode_initial_audio(data: bytes, max_bytes: int) -> np.ndarray:

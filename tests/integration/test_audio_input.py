@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+import subprocess
 
 import numpy as np
 import pytest
 import soundfile
 
 from services.common.proto.mrt.v1 import music_pb2
-from tests.integration.conftest import metric, scrape, start_cluster
+from tests.integration.conftest import MRT, metric, scrape, start_cluster
 from tests.streaming_client import StreamClient, chunk_audio
 
 SR = 48_000
@@ -132,3 +133,23 @@ def test_undecodable_initial_audio_is_answered_and_the_session_plays(mock_cluste
     client.playback(PLAY)
     client.chunks(1)
     client.close()
+
+
+def test_mrt_stream_plays_along_with_a_file_from_a_clip(tiny_cluster, tmp_path):
+    gateway_metrics = f"http://127.0.0.1:{tiny_cluster.config.gateway_metrics_port}/metrics"
+    before = scrape(gateway_metrics)
+    (tmp_path / "clip.wav").write_bytes(chord_wav(3.0, hz=(147.0, 220.0)))
+    (tmp_path / "live.wav").write_bytes(chord_wav(6.0))
+    out = tmp_path / "jam.wav"
+    run = subprocess.run(
+        [MRT, "stream", "--address", tiny_cluster.gateway_address, "--seconds", "6",
+         "--initial-audio", str(tmp_path / "clip.wav"), "--input-audio", str(tmp_path / "live.wav"),
+         "--input-gap-ms", "200", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    audio, rate = soundfile.read(out, dtype="float32")
+    assert rate == SR and audio.shape == (3 * 96_000, 2)
+    after = scrape(gateway_metrics)
+    assert metric(after, "mrt_gateway_audio_input_received_seconds_total") > metric(
+        before, "mrt_gateway_audio_input_received_seconds_total")
+    assert metric(after, "mrt_gateway_audio_injections_total") > metric(
+        before, "mrt_gateway_audio_injections_total")
