@@ -85,6 +85,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the newest input of each mix is silenced this long, 0-2000 ms")
     parser.add_argument("--input-offset-ms", type=float,
                         help="input is mixed with the output this much later, -2000-8000 ms")
+    parser.add_argument("--input-style-weight", type=float,
+                        help="weight of the newest 10 s of input as a style prompt, 0-10")
     parser.set_defaults(run=run, prompts=[])
 
 
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--opus-bitrate needs --encoding ogg_opus")
     config_fields = {name: getattr(args, name)
                      for name in ("temperature", "top_k", "guidance", "seed", "input_feedback",
-                                  "input_gap_ms", "input_offset_ms")
+                                  "input_gap_ms", "input_offset_ms", "input_style_weight")
                      if getattr(args, name) is not None}
     if args.input_lead_seconds < 0:
         raise UsageError("--input-lead-seconds must be >= 0")

@@ -46,6 +46,7 @@ class InjectionSettings:
     feedback: float = facts.DEFAULT_INPUT_FEEDBACK
     gap_ms: float = facts.DEFAULT_INPUT_GAP_MS
     offset_ms: float = facts.DEFAULT_INPUT_OFFSET_MS
+    style_weight: float = facts.DEFAULT_INPUT_STYLE_WEIGHT
 
 
 def merge_injection_config(current: InjectionSettings,
@@ -55,7 +56,8 @@ def merge_injection_config(current: InjectionSettings,
     for field, attribute, (low, high) in (
             ("input_feedback", "feedback", facts.INPUT_FEEDBACK_RANGE),
             ("input_gap_ms", "gap_ms", facts.INPUT_GAP_MS_RANGE),
-            ("input_offset_ms", "offset_ms", facts.INPUT_OFFSET_MS_RANGE)):
+            ("input_offset_ms", "offset_ms", facts.INPUT_OFFSET_MS_RANGE),
+            ("input_style_weight", "style_weight", facts.INPUT_STYLE_WEIGHT_RANGE)):
         if update.HasField(field):
             value = getattr(update, field)
             if not (math.isfinite(value) and low <= value <= high):
@@ -66,7 +68,7 @@ def merge_injection_config(current: InjectionSettings,
 
 def uses_injection_fields(update: music_pb2.GenerationConfig) -> bool:
     return any(update.HasField(field) for field in (
-        "input_feedback", "input_gap_ms", "input_offset_ms"))
+        "input_feedback", "input_gap_ms", "input_offset_ms", "input_style_weight"))
 
 
 def gap_envelope(length: int, gap_samples: int) -> np.ndarray:
@@ -230,6 +232,32 @@ class AudioInjector:
         inputs *= gap_envelope(len(inputs), gap)[:, None]
         outputs, _ = self.outputs.read(window_start, window_end)
         return inputs + np.float32(self.settings.feedback) * outputs
+
+    def recent_input_wav(self) -> bytes | None:
+        """The newest 10 s of input as a 48 kHz stereo WAV (for the live style prompt); None
+        when that span holds no input."""
+        end = self.inputs.end
+        audio, any_input = self.inputs.read(
+            end - round(facts.INPUT_STYLE_SECONDS * facts.SAMPLE_RATE_HZ), end)
+        if not any_input:
+            return None
+        out = io.BytesIO()
+        soundfile.write(out, np.clip(audio, -1.0, 1.0), facts.SAMPLE_RATE_HZ, format="WAV",
+                        subtype="PCM_16")
+        return out.getvalue()
+
+
+def mix_live_style(prompt_style: np.ndarray | None, prompt_weight_total: float,
+                   input_embedding: np.ndarray | None, input_weight: float) -> np.ndarray | None:
+    """The prompts' mix with the live input's embedding joined at ``input_weight``:
+    (sum(w_i * e_i) + w_in * e_in) / (sum(w_i) + w_in)."""
+    if input_embedding is None or input_weight <= 0:
+        return prompt_style
+    if prompt_style is None or prompt_weight_total <= 0:
+        return np.asarray(input_embedding, np.float32)
+    mixed = (prompt_weight_total * prompt_style + input_weight * input_embedding) / (
+        prompt_weight_total + input_weight)
+    return np.asarray(mixed, np.float32)
 
 
 def decode_initial_audio(data: bytes, max_bytes: int) -> np.ndarray:

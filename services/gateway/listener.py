@@ -21,15 +21,16 @@ from prometheus_client import Counter, Histogram
 
 from services.common import model_facts as facts
 from services.common.metrics import LATENCY_BUCKETS_S
-from services.common.proto.mrt.v1 import generator_pb2, music_pb2
+from services.common.proto.mrt.v1 import embedder_pb2, generator_pb2, music_pb2
 from services.gateway.audio_injection import (AudioInjector, AudioInputRejected, InjectionSettings,
-                                              merge_injection_config, uses_injection_fields)
+                                              merge_injection_config, mix_live_style,
+                                              uses_injection_fields)
 from services.gateway.audio_encoding import AudioEncoder
-from services.gateway.embedder_client import BackendUnavailable, EmbedderClient
+from services.gateway.embedder_client import BackendUnavailable, EmbedderClient, PromptRejected
 from services.gateway.generation_config import SamplingSettings, merge_config
 from services.gateway.generator_link import GeneratorLink, LinkError
 from services.gateway.generator_pool import GeneratorPool, NoCapacity, NoGenerator
-from services.gateway.prompts import PromptError, PromptLimits, resolve_prompts
+from services.gateway.prompts import PromptError, PromptLimits, prompt_weight, resolve_prompts
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,11 @@ class ListenerSession:
         self.injector: AudioInjector | None = None
         self.generated_until_samples = 0  # timeline position where the next generated chunk starts
         self._last_input_warning: tuple[str, float] = ("", 0.0)
+        # The live style prompt: the prompts' own mix and weight, the input's latest embedding.
+        self.prompt_style: np.ndarray | None = None
+        self.prompt_weight_total = 0.0
+        self.input_embedding: np.ndarray | None = None
+        self._input_embedding_task: asyncio.Task | None = None
         # Generation.
         self.link: GeneratorLink | None = None
         self._link_reader: asyncio.Task | None = None
@@ -346,6 +352,27 @@ class ListenerSession:
             INJECTIONS.inc()
             await self._send_to_generator(generator_pb2.GeneratorRequest(
                 inject=generator_pb2.InjectAudio(mix=mix.astype("<f4").tobytes())))
+        if self.injection_settings.style_weight > 0 and (
+                self._input_embedding_task is None or self._input_embedding_task.done()):
+            wav = self.injector.recent_input_wav()
+            if wav is not None:  # embedded in the background: the pump does not wait for it
+                self._input_embedding_task = asyncio.create_task(self._embed_input(wav))
+
+    async def _embed_input(self, wav: bytes) -> None:
+        """Embed the newest input and let the next chunks use it as a style prompt."""
+        try:
+            self.input_embedding = await self.embedder.embed(embedder_pb2.EmbedRequest(audio=wav))
+        except (BackendUnavailable, PromptRejected) as err:
+            log.info("session %s: live input not embedded: %s", self.session_id, err)
+            return
+        await self._apply_style()
+
+    async def _apply_style(self) -> None:
+        """Send the style the generator should use now: the prompts, with the live input."""
+        self.style = mix_live_style(self.prompt_style, self.prompt_weight_total,
+                                    self.input_embedding, self.injection_settings.style_weight)
+        await self._send_to_generator(generator_pb2.GeneratorRequest(style=generator_pb2.Style(
+            embedding=[] if self.style is None else self.style.tolist(), version=self.prompt_version)))
 
     async def _add_audio_input(self, message: music_pb2.AudioInput) -> None:
         if not self.audio_input_supported:
@@ -412,11 +439,11 @@ class ListenerSession:
                 accepted=False, message=f"prompt update not applied, previous prompts kept: {err}",
                 version=self.prompt_version)))
             return
-        self.style = style
+        self.prompt_style = style
+        self.prompt_weight_total = sum(prompt_weight(p) for p in update.prompts if prompt_weight(p) > 0)
         self.prompt_version += 1
         self.prompt_received_at[self.prompt_version] = received_at
-        await self._send_to_generator(generator_pb2.GeneratorRequest(style=generator_pb2.Style(
-            embedding=[] if style is None else style.tolist(), version=self.prompt_version)))
+        await self._apply_style()
         await self._emit(music_pb2.StreamResponse(prompt_status=music_pb2.PromptStatus(
             accepted=True, version=self.prompt_version,
             message="unconditioned" if style is None else f"{len(update.prompts)} prompt(s) mixed")))
@@ -429,10 +456,13 @@ class ListenerSession:
             await self._emit(music_pb2.StreamResponse(warning=music_pb2.Warning(
                 code="INVALID_CONFIG", message=f"config refused, previous settings kept: {err}")))
             return
+        style_weight_changed = injection_settings.style_weight != self.injection_settings.style_weight
         self.sampling, self.injection_settings = sampling, injection_settings
         self.config_version += 1
         if self.injector is not None:
             self.injector.settings = self.injection_settings
+        if style_weight_changed and self.input_embedding is not None:
+            await self._apply_style()
         if uses_injection_fields(update) and not self.audio_input_supported:
             await self._warn_about_input("UNSUPPORTED", f"model '{self.model}' does not take audio "
                                          f"input; the input_* settings have no effect")
@@ -470,6 +500,8 @@ class ListenerSession:
         self._changed.set()
 
     async def close(self) -> None:
+        if self._input_embedding_task is not None:
+            self._input_embedding_task.cancel()
         self.closed = True
         self._changed.set()
         self._drop_link()

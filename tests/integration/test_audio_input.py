@@ -67,8 +67,11 @@ def test_initial_audio_seeds_the_context_the_same_way_twice(tiny_cluster):
 def test_live_input_changes_the_following_chunks_then_the_model_goes_on_alone(tiny_cluster):
     gateway_metrics = f"http://127.0.0.1:{tiny_cluster.config.gateway_metrics_port}/metrics"
     before = scrape(gateway_metrics)
+    embedder_metrics = f"http://127.0.0.1:{tiny_cluster.config.embedder_metrics_port}/metrics"
+    embeds_before = metric(scrape(embedder_metrics), "mrt_embedder_embed_seconds_count", source="audio")
     alone, _ = open_session(tiny_cluster, seed=8)
     jam, _ = open_session(tiny_cluster, seed=8)
+    jam.send(config=music_pb2.GenerationConfig(input_style_weight=0.5))  # and as a style prompt
     # Four seconds of input from timeline position 0, sent ahead of time (as a file can be).
     jam.send(audio_input=music_pb2.AudioInput(data=chord_pcm(4.0), encoding=music_pb2.PCM_S16LE,
                                               sample_rate=SR, channels=2, start_seconds=0.0))
@@ -84,6 +87,10 @@ def test_live_input_changes_the_following_chunks_then_the_model_goes_on_alone(ti
         before, "mrt_gateway_audio_injections_total") == 4
     assert metric(after, "mrt_gateway_audio_input_received_seconds_total") - metric(
         before, "mrt_gateway_audio_input_received_seconds_total") == pytest.approx(4.0)
+
+    # The live input was embedded as a style prompt along the way.
+    assert metric(scrape(embedder_metrics), "mrt_embedder_embed_seconds_count",
+                  source="audio") > embeds_before
 
     # Bad input gets a warning each, and the session keeps playing.
     bad = [music_pb2.AudioInput(data=b"\0" * 8, encoding=music_pb2.PCM_S16LE, sample_rate=1000,

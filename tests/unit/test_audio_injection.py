@@ -7,7 +7,7 @@ from services.common import model_facts as facts
 from services.common.proto.mrt.v1 import music_pb2
 from services.gateway.audio_injection import (AudioInjector, AudioInputRejected, InjectionSettings,
                                               TimelineAudio, decode_initial_audio,
-                                              merge_injection_config)
+                                              merge_injection_config, mix_live_style)
 
 SR, F, C = facts.SAMPLE_RATE_HZ, facts.SAMPLES_PER_FRAME, facts.CHUNK_SAMPLES
 MIX = facts.INJECTION_MIX_SAMPLES
@@ -142,3 +142,23 @@ def test_initial_audio_is_the_last_ten_seconds_at_48k_stereo(tmp_path):
     assert audio[SR:-SR, 0].min() > 0.18  # starts about 2 s into the ramp
     with pytest.raises(AudioInputRejected, match="could not be decoded"):
         decode_initial_audio(b"not audio at all", 1 << 24)
+
+
+def test_live_style_joins_the_prompt_mix_with_its_weight():
+    prompts, live = np.full(768, 1.0, np.float32), np.full(768, 4.0, np.float32)
+    # Prompts of total weight 3 mixed to `prompts`; the input at weight 1: (3 * 1 + 1 * 4) / 4.
+    np.testing.assert_allclose(mix_live_style(prompts, 3.0, live, 1.0), 1.75)
+    np.testing.assert_array_equal(mix_live_style(None, 0.0, live, 0.5), live)
+    assert mix_live_style(prompts, 3.0, live, 0.0) is prompts
+    assert mix_live_style(None, 0.0, None, 1.0) is None
+
+
+def test_recent_input_is_the_newest_ten_seconds_as_wav():
+    import io
+    import soundfile
+    injector = AudioInjector()
+    assert injector.recent_input_wav() is None
+    injector.add_input(music_pb2.AudioInput(data=pcm16(noise(12 * SR, 4)), encoding=music_pb2.PCM_S16LE,
+                                            sample_rate=SR, channels=2), 1 << 26)
+    audio, rate = soundfile.read(io.BytesIO(injector.recent_input_wav()))
+    assert rate == SR and audio.shape == (10 * SR, 2)

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12mrt/v1/music.proto\x12\x06mrt.v1\"\x96\x02\n\rStreamRequest\x12%\n\x05setup\x18\x01 \x01(\x0b\x32\x14.mrt.v1.SessionSetupH\x00\x12\'\n\x07prompts\x18\x02 \x01(\x0b\x32\x14.mrt.v1.PromptUpdateH\x00\x12*\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x18.mrt.v1.GenerationConfigH\x00\x12+\n\x08playback\x18\x04 \x01(\x0b\x32\x17.mrt.v1.PlaybackControlH\x00\x12&\n\x06report\x18\x05 \x01(\x0b\x32\x14.mrt.v1.ClientReportH\x00\x12)\n\x0b\x61udio_input\x18\x06 \x01(\x0b\x32\x12.mrt.v1.AudioInputH\x00\x42\t\n\x07request\"s\n\x0cSessionSetup\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x15.mrt.v1.AudioEncoding\x12\x14\n\x0copus_bitrate\x18\x03 \x01(\x05\x12\x15\n\rinitial_audio\x18\x04 \x01(\x0c\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\x83\x01\n\x0eWeightedPrompt\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x12&\n\tembedding\x18\x03 \x01(\x0b\x32\x11.mrt.v1.EmbeddingH\x00\x12\x13\n\x06weight\x18\x04 \x01(\x02H\x01\x88\x01\x01\x42\x08\n\x06sourceB\t\n\x07_weight\"7\n\x0cPromptUpdate\x12\'\n\x07prompts\x18\x01 \x03(\x0b\x32\x16.mrt.v1.WeightedPrompt\"\xa8\x02\n\x10GenerationConfig\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x15\n\x08guidance\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x03\x88\x01\x01\x12\x1b\n\x0einput_feedback\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x19\n\x0cinput_gap_ms\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1c\n\x0finput_offset_ms\x18\x07 \x01(\x02H\x06\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x0b\n\t_guidanceB\x07\n\x05_seedB\x11\n\x0f_input_feedbackB\x0f\n\r_input_gap_msB\x12\n\x10_input_offset_ms\"\x95\x01\n\x0fPlaybackControl\x12.\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1e.mrt.v1.PlaybackControl.Action\"R\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x08\n\x04PLAY\x10\x01\x12\t\n\x05PAUSE\x10\x02\x12\x08\n\x04STOP\x10\x03\x12\x11\n\rRESET_CONTEXT\x10\x04\"\x98\x01\n\nAudioInput\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\'\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x15.mrt.v1.AudioEncoding\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x04 \x01(\x05\x12\x1a\n\rstart_seconds\x18\x05 \x01(\x01H\x00\x88\x01\x01\x42\x10\n\x0e_start_seconds\"S\n\x0c\x43lientReport\x12\x16\n\x0eplayed_seconds\x18\x01 \x01(\x01\x12\x11\n\tunderruns\x18\x02 \x01(\r\x12\x18\n\x10\x62uffered_seconds\x18\x03 \x01(\x01\"\xbf\x01\n\x0eStreamResponse\x12)\n\x07started\x18\x01 \x01(\x0b\x32\x16.mrt.v1.SessionStartedH\x00\x12#\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x12.mrt.v1.AudioChunkH\x00\x12-\n\rprompt_status\x18\x03 \x01(\x0b\x32\x14.mrt.v1.PromptStatusH\x00\x12\"\n\x07warning\x18\x04 \x01(\x0b\x32\x0f.mrt.v1.WarningH\x00\x42\n\n\x08response\"\xed\x01\n\x0eSessionStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x04 \x01(\x05\x12\x15\n\rchunk_seconds\x18\x05 \x01(\x02\x12\'\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x15.mrt.v1.AudioEncoding\x12\x1c\n\x14\x62uffer_ahead_seconds\x18\x07 \x01(\x02\x12\x14\n\x0copus_bitrate\x18\x08 \x01(\x05\x12\x1d\n\x15\x61udio_input_supported\x18\t \x01(\x08\"\x8d\x01\n\nAudioChunk\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x15\n\rstart_seconds\x18\x03 \x01(\x01\x12\x18\n\x10\x64uration_seconds\x18\x04 \x01(\x01\x12\x16\n\x0eprompt_version\x18\x05 \x01(\x04\x12\x16\n\x0e\x63onfig_version\x18\x06 \x01(\x04\"Y\n\x0cPromptStatus\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x15\n\rprompt_errors\x18\x04 \x03(\t\"(\n\x07Warning\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\">\n\x11\x45mbedStyleRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x42\x08\n\x06source\"\'\n\x12\x45mbedStyleResponse\x12\x11\n\tembedding\x18\x01 \x03(\x02\"\x13\n\x11ListModelsRequest\"\x8f\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06loaded\x18\x02 \x01(\x08\x12\x11\n\tavailable\x18\x03 \x01(\x08\x12\x13\n\x0bsample_rate\x18\x04 \x01(\x05\x12\x15\n\rchunk_seconds\x18\x05 \x01(\x02\x12\x10\n\x08\x63hannels\x18\x06 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\"N\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.mrt.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t*;\n\rAudioEncoding\x12\r\n\tPCM_S16LE\x10\x00\x12\r\n\tPCM_F32LE\x10\x01\x12\x0c\n\x08OGG_OPUS\x10\x02\x32\xd8\x01\n\x0fMusicGeneration\x12;\n\x06Stream\x12\x15.mrt.v1.StreamRequest\x1a\x16.mrt.v1.StreamResponse(\x01\x30\x01\x12\x43\n\nEmbedStyle\x12\x19.mrt.v1.EmbedStyleRequest\x1a\x1a.mrt.v1.EmbedStyleResponse\x12\x43\n\nListModels\x12\x19.mrt.v1.ListModelsRequest\x1a\x1a.mrt.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12mrt/v1/music.proto\x12\x06mrt.v1\"\x96\x02\n\rStreamRequest\x12%\n\x05setup\x18\x01 \x01(\x0b\x32\x14.mrt.v1.SessionSetupH\x00\x12\'\n\x07prompts\x18\x02 \x01(\x0b\x32\x14.mrt.v1.PromptUpdateH\x00\x12*\n\x06\x63onfig\x18\x03 \x01(\x0b\x32\x18.mrt.v1.GenerationConfigH\x00\x12+\n\x08playback\x18\x04 \x01(\x0b\x32\x17.mrt.v1.PlaybackControlH\x00\x12&\n\x06report\x18\x05 \x01(\x0b\x32\x14.mrt.v1.ClientReportH\x00\x12)\n\x0b\x61udio_input\x18\x06 \x01(\x0b\x32\x12.mrt.v1.AudioInputH\x00\x42\t\n\x07request\"s\n\x0cSessionSetup\x12\r\n\x05model\x18\x01 \x01(\t\x12\'\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x15.mrt.v1.AudioEncoding\x12\x14\n\x0copus_bitrate\x18\x03 \x01(\x05\x12\x15\n\rinitial_audio\x18\x04 \x01(\x0c\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\x83\x01\n\x0eWeightedPrompt\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x12&\n\tembedding\x18\x03 \x01(\x0b\x32\x11.mrt.v1.EmbeddingH\x00\x12\x13\n\x06weight\x18\x04 \x01(\x02H\x01\x88\x01\x01\x42\x08\n\x06sourceB\t\n\x07_weight\"7\n\x0cPromptUpdate\x12\'\n\x07prompts\x18\x01 \x03(\x0b\x32\x16.mrt.v1.WeightedPrompt\"\xe0\x02\n\x10GenerationConfig\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x15\n\x08guidance\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x03\x88\x01\x01\x12\x1b\n\x0einput_feedback\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x19\n\x0cinput_gap_ms\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x1c\n\x0finput_offset_ms\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x1f\n\x12input_style_weight\x18\x08 \x01(\x02H\x07\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x0b\n\t_guidanceB\x07\n\x05_seedB\x11\n\x0f_input_feedbackB\x0f\n\r_input_gap_msB\x12\n\x10_input_offset_msB\x15\n\x13_input_style_weight\"\x95\x01\n\x0fPlaybackControl\x12.\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1e.mrt.v1.PlaybackControl.Action\"R\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x08\n\x04PLAY\x10\x01\x12\t\n\x05PAUSE\x10\x02\x12\x08\n\x04STOP\x10\x03\x12\x11\n\rRESET_CONTEXT\x10\x04\"\x98\x01\n\nAudioInput\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\'\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x15.mrt.v1.AudioEncoding\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x04 \x01(\x05\x12\x1a\n\rstart_seconds\x18\x05 \x01(\x01H\x00\x88\x01\x01\x42\x10\n\x0e_start_seconds\"S\n\x0c\x43lientReport\x12\x16\n\x0eplayed_seconds\x18\x01 \x01(\x01\x12\x11\n\tunderruns\x18\x02 \x01(\r\x12\x18\n\x10\x62uffered_seconds\x18\x03 \x01(\x01\"\xbf\x01\n\x0eStreamResponse\x12)\n\x07started\x18\x01 \x01(\x0b\x32\x16.mrt.v1.SessionStartedH\x00\x12#\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x12.mrt.v1.AudioChunkH\x00\x12-\n\rprompt_status\x18\x03 \x01(\x0b\x32\x14.mrt.v1.PromptStatusH\x00\x12\"\n\x07warning\x18\x04 \x01(\x0b\x32\x0f.mrt.v1.WarningH\x00\x42\n\n\x08response\"\xed\x01\n\x0eSessionStarted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x04 \x01(\x05\x12\x15\n\rchunk_seconds\x18\x05 \x01(\x02\x12\'\n\x08\x65ncoding\x18\x06 \x01(\x0e\x32\x15.mrt.v1.AudioEncoding\x12\x1c\n\x14\x62uffer_ahead_seconds\x18\x07 \x01(\x02\x12\x14\n\x0copus_bitrate\x18\x08 \x01(\x05\x12\x1d\n\x15\x61udio_input_supported\x18\t \x01(\x08\"\x8d\x01\n\nAudioChunk\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x15\n\rstart_seconds\x18\x03 \x01(\x01\x12\x18\n\x10\x64uration_seconds\x18\x04 \x01(\x01\x12\x16\n\x0eprompt_version\x18\x05 \x01(\x04\x12\x16\n\x0e\x63onfig_version\x18\x06 \x01(\x04\"Y\n\x0cPromptStatus\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x15\n\rprompt_errors\x18\x04 \x03(\t\"(\n\x07Warning\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\">\n\x11\x45mbedStyleRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x0f\n\x05\x61udio\x18\x02 \x01(\x0cH\x00\x42\x08\n\x06source\"\'\n\x12\x45mbedStyleResponse\x12\x11\n\tembedding\x18\x01 \x03(\x02\"\x13\n\x11ListModelsRequest\"\x8f\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06loaded\x18\x02 \x01(\x08\x12\x11\n\tavailable\x18\x03 \x01(\x08\x12\x13\n\x0bsample_rate\x18\x04 \x01(\x05\x12\x15\n\rchunk_seconds\x18\x05 \x01(\x02\x12\x10\n\x08\x63hannels\x18\x06 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\"N\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.mrt.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t*;\n\rAudioEncoding\x12\r\n\tPCM_S16LE\x10\x00\x12\r\n\tPCM_F32LE\x10\x01\x12\x0c\n\x08OGG_OPUS\x10\x02\x32\xd8\x01\n\x0fMusicGeneration\x12;\n\x06Stream\x12\x15.mrt.v1.StreamRequest\x1a\x16.mrt.v1.StreamResponse(\x01\x30\x01\x12\x43\n\nEmbedStyle\x12\x19.mrt.v1.EmbedStyleRequest\x1a\x1a.mrt.v1.EmbedStyleResponse\x12\x43\n\nListModels\x12\x19.mrt.v1.ListModelsRequest\x1a\x1a.mrt.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mrt.v1.music_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDIOENCODING']._serialized_start=2402
-  _globals['_AUDIOENCODING']._serialized_end=2461
+  _globals['_AUDIOENCODING']._serialized_start=2458
+  _globals['_AUDIOENCODING']._serialized_end=2517
   _globals['_STREAMREQUEST']._serialized_start=31
   _globals['_STREAMREQUEST']._serialized_end=309
   _globals['_SESSIONSETUP']._serialized_start=311
@@ -44,35 +44,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROMPTUPDATE']._serialized_start=591
   _globals['_PROMPTUPDATE']._serialized_end=646
   _globals['_GENERATIONCONFIG']._serialized_start=649
-  _globals['_GENERATIONCONFIG']._serialized_end=945
-  _globals['_PLAYBACKCONTROL']._serialized_start=948
-  _globals['_PLAYBACKCONTROL']._serialized_end=1097
-  _globals['_PLAYBACKCONTROL_ACTION']._serialized_start=1015
-  _globals['_PLAYBACKCONTROL_ACTION']._serialized_end=1097
-  _globals['_AUDIOINPUT']._serialized_start=1100
-  _globals['_AUDIOINPUT']._serialized_end=1252
-  _globals['_CLIENTREPORT']._serialized_start=1254
-  _globals['_CLIENTREPORT']._serialized_end=1337
-  _globals['_STREAMRESPONSE']._serialized_start=1340
-  _globals['_STREAMRESPONSE']._serialized_end=1531
-  _globals['_SESSIONSTARTED']._serialized_start=1534
-  _globals['_SESSIONSTARTED']._serialized_end=1771
-  _globals['_AUDIOCHUNK']._serialized_start=1774
-  _globals['_AUDIOCHUNK']._serialized_end=1915
-  _globals['_PROMPTSTATUS']._serialized_start=1917
-  _globals['_PROMPTSTATUS']._serialized_end=2006
-  _globals['_WARNING']._serialized_start=2008
-  _globals['_WARNING']._serialized_end=2048
-  _globals['_EMBEDSTYLEREQUEST']._serialized_start=2050
-  _globals['_EMBEDSTYLEREQUEST']._serialized_end=2112
-  _globals['_EMBEDSTYLERESPONSE']._serialized_start=2114
-  _globals['_EMBEDSTYLERESPONSE']._serialized_end=2153
-  _globals['_LISTMODELSREQUEST']._serialized_start=2155
-  _globals['_LISTMODELSREQUEST']._serialized_end=2174
-  _globals['_MODELINFO']._serialized_start=2177
-  _globals['_MODELINFO']._serialized_end=2320
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2322
-  _globals['_LISTMODELSRESPONSE']._serialized_end=2400
-  _globals['_MUSICGENERATION']._serialized_start=2464
-  _globals['_MUSICGENERATION']._serialized_end=2680
+  _globals['_GENERATIONCONFIG']._serialized_end=1001
+  _globals['_PLAYBACKCONTROL']._serialized_start=1004
+  _globals['_PLAYBACKCONTROL']._serialized_end=1153
+  _globals['_PLAYBACKCONTROL_ACTION']._serialized_start=1071
+  _globals['_PLAYBACKCONTROL_ACTION']._serialized_end=1153
+  _globals['_AUDIOINPUT']._serialized_start=1156
+  _globals['_AUDIOINPUT']._serialized_end=1308
+  _globals['_CLIENTREPORT']._serialized_start=1310
+  _globals['_CLIENTREPORT']._serialized_end=1393
+  _globals['_STREAMRESPONSE']._serialized_start=1396
+  _globals['_STREAMRESPONSE']._serialized_end=1587
+  _globals['_SESSIONSTARTED']._serialized_start=1590
+  _globals['_SESSIONSTARTED']._serialized_end=1827
+  _globals['_AUDIOCHUNK']._serialized_start=1830
+  _globals['_AUDIOCHUNK']._serialized_end=1971
+  _globals['_PROMPTSTATUS']._serialized_start=1973
+  _globals['_PROMPTSTATUS']._serialized_end=2062
+  _globals['_WARNING']._serialized_start=2064
+  _globals['_WARNING']._serialized_end=2104
+  _globals['_EMBEDSTYLEREQUEST']._serialized_start=2106
+  _globals['_EMBEDSTYLEREQUEST']._serialized_end=2168
+  _globals['_EMBEDSTYLERESPONSE']._serialized_start=2170
+  _globals['_EMBEDSTYLERESPONSE']._serialized_end=2209
+  _globals['_LISTMODELSREQUEST']._serialized_start=2211
+  _globals['_LISTMODELSREQUEST']._serialized_end=2230
+  _globals['_MODELINFO']._serialized_start=2233
+  _globals['_MODELINFO']._serialized_end=2376
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2378
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2456
+  _globals['_MUSICGENERATION']._serialized_start=2520
+  _globals['_MUSICGENERATION']._serialized_end=2736
 # @@protoc_insertion_point(module_scope)

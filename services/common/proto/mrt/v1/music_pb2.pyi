@@ -69,7 +69,7 @@ class PromptUpdate(_message.Message):
     def __init__(self, prompts: _Optional[_Iterable[_Union[WeightedPrompt, _Mapping]]] = ...) -> None: ...
 
 class GenerationConfig(_message.Message):
-    __slots__ = ("temperature", "top_k", "guidance", "seed", "input_feedback", "input_gap_ms", "input_offset_ms")
+    __slots__ = ("temperature", "top_k", "guidance", "seed", "input_feedback", "input_gap_ms", "input_offset_ms", "input_style_weight")
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class GenerationConfig(_message.Message):
     INPUT_FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     INPUT_GAP_MS_FIELD_NUMBER: _ClassVar[int]
     INPUT_OFFSET_MS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_STYLE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     temperature: float
     top_k: int
     guidance: float
@@ -84,7 +85,8 @@ class GenerationConfig(_message.Message):
     input_feedback: float
     input_gap_ms: float
     input_offset_ms: float
-    def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., guidance: _Optional[float] = ..., seed: _Optional[int] = ..., input_feedback: _Optional[float] = ..., input_gap_ms: _Optional[float] = ..., input_offset_ms: _Optional[float] = ...) -> None: ...
+    input_style_weight: float
+    def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., guidance: _Optional[float] = ..., seed: _Optional[int] = ..., input_feedback: _Optional[float] = ..., input_gap_ms: _Optional[float] = ..., input_offset_ms: _Optional[float] = ..., input_style_weight: _Optional[float] = ...) -> None: ...
 
 class PlaybackControl(_message.Message):
     __slots__ = ("action",)
