@@ -44,12 +44,18 @@ class ContextAudio:
 
     @classmethod
     def initial_audio(cls, data: bytes) -> "ContextAudio":
-        """A session's initial audio from the wire: float32 stereo, 1 sample to 10 s."""
+        """A session's initial audio from the wire: float32 stereo, 1 sample to 10 s. It is
+        encoded behind silence, as 10 s (one compiled shape for every clip), and only the
+        clip's frames are written: its end lands on the newest context frame."""
         if not data or len(data) % (facts.CHANNELS * 4):
             raise ValueError("initial_audio must be whole float32 stereo samples")
         if len(data) > INITIAL_AUDIO_MAX_SAMPLES * facts.CHANNELS * 4:
             raise ValueError("initial_audio must be at most 10 s")
-        return cls(_finite_stereo(data, "initial_audio"), 0)
+        clip = _finite_stereo(data, "initial_audio")
+        padded = np.zeros((INITIAL_AUDIO_MAX_SAMPLES, facts.CHANNELS), np.float32)
+        padded[len(padded) - len(clip):] = clip
+        clip_frames = -(-len(clip) // facts.SAMPLES_PER_FRAME)
+        return cls(padded, facts.CONTEXT_FRAMES - clip_frames)
 
 
 def _finite_stereo(data: bytes, name: str) -> np.ndarray:

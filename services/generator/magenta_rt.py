@@ -19,7 +19,7 @@ from services.common import model_facts as facts
 from services.common.assets import AssetStore
 from services.generator.engine import (ChunkEngine, ChunkJob, ChunkOutput, SamplingParams,
                                         SessionState)
-from services.generator.context_audio import write_context_audio
+from services.generator.context_audio import INITIAL_AUDIO_MAX_SAMPLES, write_context_audio
 from services.generator.model import spectrostream, tokens
 from services.generator.model.codec_encoder import SpectroStreamEncoder
 from services.generator.model.crossfade import crossfade_chunks, frames_to_decode
@@ -153,11 +153,14 @@ class MagentaRTEngine(ChunkEngine):
         return style_tokens
 
     def warmup(self, max_batch_size: int) -> None:
-        """Compile sampling and decoding for every batch bucket up to `max_batch_size`."""
+        """Compile sampling and decoding for every batch bucket up to `max_batch_size`, and the
+        encoder for live-input mixes (any batch) and initial audio (one at a time)."""
         for bucket in BATCH_BUCKETS:
             self.generate([ChunkJob(SessionState.fresh(), None, SamplingParams())] * bucket)
             if bucket >= max_batch_size:
                 break
+        self._encoder.warmup(max_batch_size, facts.INJECTION_MIX_SAMPLES)
+        self._encoder.warmup(1, INITIAL_AUDIO_MAX_SAMPLES)
 
 
 def chunk_seeds(jobs: Sequence[ChunkJob]) -> np.ndarray:

@@ -102,7 +102,8 @@ def test_initial_audio_fills_the_end_of_a_fresh_context(engine, tiny_store):
                    context_audio=ContextAudio.initial_audio(clip.astype("<f4").tobytes()))
     engine._sampler.encoder_tokens.clear()
     (output,) = engine.generate([job])
-    expected = tensorflow_codes(tiny_store, clip)  # 3 s = 75 frames
+    behind_silence = np.concatenate([np.zeros((7 * facts.SAMPLE_RATE_HZ, 2), np.float32), clip])
+    expected = tensorflow_codes(tiny_store, behind_silence)[-75:]  # 3 s = 75 frames
     context = output.state.context_tokens
     np.testing.assert_array_equal(context[-50 - 75:-50], expected)
     assert np.all(context[:-50 - 75] == -1)  # never generated: MASK for the model

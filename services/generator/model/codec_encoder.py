@@ -76,6 +76,7 @@ class SpectroStreamEncoder:
             return residual_quantize(embeddings, codebooks)
 
         self._audio_to_codes = jax.jit(audio_to_codes)
+        self._compiled: set[tuple[int, int]] = set()  # (padded batch, samples) shapes run so far
 
     @classmethod
     def load(cls, quantizer_dir: Path, encoder_dir: Path,
@@ -102,4 +103,16 @@ class SpectroStreamEncoder:
         # The converted graph was traced at one shape; other batch and sample counts are valid.
         with tf2jax.override_config("strict_shape_check", False):
             codes = self._audio_to_codes(self._params, self._codebooks, padded)
+        self._compiled.add(padded.shape[:2])
         return np.asarray(codes[:batch_size], np.int32)
+
+    def warmup(self, max_batch_size: int, samples: int) -> None:
+        """Compile every padded batch size up to `max_batch_size` for `samples`-long audio
+        (shapes already run are skipped), so no session waits for a compilation."""
+        size = 1
+        while True:
+            if (size, samples) not in self._compiled:
+                self.encode(np.zeros((size, samples, facts.CHANNELS), np.float32))
+            if size >= max_batch_size:
+                return
+            size *= 2
