@@ -1,0 +1,64 @@
+// The player page in Debian's headless Chromium (driven by playwright-core; no browser is
+// downloaded): MRT_PLAYER_URL (the web service), MRT_API_KEY, MRT_OUT_DIR (screenshot).
+// tests/integration/test_web.py starts the cluster and runs this file with `node --test`.
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { test } from "node:test";
+
+import { chromium } from "playwright-core";
+
+const { MRT_PLAYER_URL, MRT_API_KEY, MRT_OUT_DIR } = process.env;
+const CHROMIUM = process.env.MRT_CHROMIUM ?? "/usr/bin/chromium";
+const CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update",
+                        "--disable-sync"];
+
+test("the player plays chunks, and a slider move reaches the session", async () => {
+  const profile = mkdtempSync(join(tmpdir(), "mrt-chromium-"));
+  const browser = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM, headless: true, args: CHROMIUM_FLAGS,
+    viewport: { width: 1100, height: 820 },
+  });
+  try {
+    const page = await browser.newPage();
+    const errors = [];
+    page.on("console", (message) => {
+      if (message.type() === "error") errors.push(message.text());
+    });
+    page.on("pageerror", (error) => errors.push(String(error)));
+    await page.goto(`${MRT_PLAYER_URL}?key=${encodeURIComponent(MRT_API_KEY)}`);
+    await page.click("#play");
+    await page.waitForFunction(() => window.mrtPlayer.chunks >= 2, null, { timeout: 90_000 });
+    const playing = await page.evaluate(() => ({
+      scheduled: window.mrtPlayer.scheduled,
+      aheadS: window.mrtPlayer.nextStartS - window.mrtPlayer.audio.currentTime,
+      state: window.mrtPlayer.audio.state,
+      status: document.getElementById("status").textContent,
+    }));
+    assert.ok(playing.scheduled >= 2, `scheduled ${playing.scheduled} chunks`);
+    assert.ok(playing.aheadS > 0, "audio is queued ahead of the playhead");
+    assert.equal(playing.state, "running");
+    assert.equal(playing.status, "connected");
+
+    await page.locator("#temperature").fill("2.5");
+    await page.waitForFunction(
+      () => window.mrtPlayer.lastSourceMetadata?.musicGenerationConfig?.temperature === 2.5,
+      null, { timeout: 60_000 });
+    assert.match(await page.textContent("#now-playing"), /temperature 2\.5/);
+    await page.waitForFunction(
+      () => Number(document.getElementById("buffer-seconds").textContent) > 0, null,
+      { timeout: 10_000 });
+    if (MRT_OUT_DIR) await page.screenshot({ path: join(MRT_OUT_DIR, "player.png") });
+
+    await page.click("#pause");
+    await page.waitForFunction(() => window.mrtPlayer.audio.state === "suspended");
+    await page.click("#stop");
+    assert.equal(await page.evaluate(() => window.mrtPlayer.sources.size), 0);
+    assert.deepEqual(errors, []);
+  } finally {
+    await browser.close();
+    rmSync(profile, { recursive: true, force: true });
+  }
+});
