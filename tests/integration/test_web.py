@@ -199,7 +199,7 @@ def test_the_js_sdk_the_node_client_and_the_browser_player(web, tmp_path):
                MRT_TLS_CA=str(web.ca_file),
                MRT_WEB_URL=web.cluster.web_url,
                MRT_PLAYER_URL=f"http://{web.plain_web.address}/",
-               MRT_OUT_DIR=str(tmp_path))
+               MRT_OUT_DIR=os.environ.get("MRT_WEB_TEST_OUT_DIR", str(tmp_path)))
     tests = [PROJECT_ROOT / "clients/node/test/client.test.mjs",
              PROJECT_ROOT / "tests/js/lyria_sdk.test.mjs",
              PROJECT_ROOT / "tests/js/player.test.mjs"]

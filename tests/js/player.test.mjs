@@ -28,6 +28,9 @@ test("the player plays chunks, and a slider move reaches the session", async () 
       if (message.type() === "error") errors.push(message.text());
     });
     page.on("pageerror", (error) => errors.push(String(error)));
+    page.on("response", (response) => {
+      if (response.status() >= 400) errors.push(`${response.status()} ${response.url()}`);
+    });
     await page.goto(`${MRT_PLAYER_URL}?key=${encodeURIComponent(MRT_API_KEY)}`);
     await page.click("#play");
     await page.waitForFunction(() => window.mrtPlayer.chunks >= 2, null, { timeout: 90_000 });
