@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Install the command-line tools the deployment tests (tests/deploy) need on a Debian machine:
+# Install the command-line tools the tests need on a Debian machine:
 #   promtool  - Debian's `prometheus` package (checks and unit-tests the alert rules)
+#   chromium  - Debian's browser, driven headless by the web player's test (Playwright never
+#               downloads one of its own)
+#   node, npm - the Node.js client and the JavaScript tests (Node 20 or newer; Debian's package
+#               only where none is installed)
 #   kubectl   - with kustomize v5 inside (renders deploy/k8s). The project's machine image ships
 #               one (Google Cloud SDK's package); Debian's own kubernetes-client is too old
 #               (kustomize v2, no Components). Where none is usable, take the official kubectl
@@ -44,9 +48,14 @@ PY
   hash -r
 }
 
-if ! command -v promtool >/dev/null; then
+apt_packages=()
+command -v promtool >/dev/null || apt_packages+=(prometheus)
+command -v chromium >/dev/null || apt_packages+=(chromium)
+command -v node >/dev/null || apt_packages+=(nodejs)
+command -v npm >/dev/null || apt_packages+=(npm)
+if [ ${#apt_packages[@]} -gt 0 ]; then
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
 fi
 
 if ! command -v kubectl >/dev/null || [ "$(kustomize_major)" -lt 5 ]; then
@@ -54,4 +63,6 @@ if ! command -v kubectl >/dev/null || [ "$(kustomize_major)" -lt 5 ]; then
 fi
 
 promtool --version | head -n 1
+chromium --version
+echo "node $(node --version)"
 kubectl version --client | grep -i kustomize
