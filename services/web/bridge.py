@@ -123,19 +123,21 @@ class Bridge:
         except lyria.ProtocolError as err:
             outcome, code, reason = "invalid_message", err.code, err.reason
         SESSIONS_ENDED.labels(outcome).inc()
+        if self.socket.closed:
+            log.info("session ended (%s): %s", outcome, reason or "the client closed the socket")
+            return
         if code != lyria.CLOSE_NORMAL:
-            log.info("closing session: %d %s", code, reason)
-        if not self.socket.closed:
-            await self.socket.close(code=code, message=lyria.close_reason(reason).encode())
+            log.info("closing session with %d: %s", code, reason)
+        await self.socket.close(code=code, message=lyria.close_reason(reason).encode())
 
     async def _next_client_message(self) -> tuple[str, Any] | None:
         """The next client frame, parsed; None when the client has closed the socket."""
         message = await self.socket.receive()
         if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
             return None
-        if message.type == WSMsgType.ERROR:
-            raise SessionEnded(lyria.CLOSE_TOO_BIG, lyria.close_reason(
-                f"bad frame: {self.socket.exception()}"), "invalid_message")
+        if message.type == WSMsgType.ERROR:  # aiohttp has closed with the code that fits (1009)
+            raise SessionEnded(self.socket.close_code or lyria.CLOSE_INVALID_PAYLOAD,
+                               f"bad frame: {self.socket.exception()}", "invalid_message")
         if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
             raise lyria.ProtocolError(f"unexpected frame type {message.type.name}")
         kind, value = lyria.parse_client_message(message.data)

@@ -47,7 +47,6 @@ _PROMPT_ERROR = re.compile(r"prompts\[(\d+)\]: (.*)", re.S)
 CLOSE_NORMAL = 1000
 CLOSE_INVALID_PAYLOAD = 1007  # a malformed or out-of-order message, an unknown model
 CLOSE_POLICY = 1008  # a missing, unknown or revoked API key
-CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN_LATER = 1013  # no generator with room, the backend unreachable
 _MAX_CLOSE_REASON_BYTES = 123  # a close frame's payload is at most 125 bytes
