@@ -108,7 +108,7 @@ class Bridge:
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.rpc_timeout_s = rpc_timeout_s
         self.versions = _Versions()
-        self._requests: asyncio.Queue[music_pb2.StreamRequest | None] = asyncio.Queue()
+        self._requests: asyncio.Queue[music_pb2.StreamRequest] = asyncio.Queue()
 
     async def _send(self, message: dict[str, Any]) -> None:
         await self.socket.send_str(json.dumps(message))
@@ -164,9 +164,10 @@ class Bridge:
         client = asyncio.create_task(self._forward_client_messages())
         try:
             done, _ = await asyncio.wait({responses, client}, return_when=asyncio.FIRST_COMPLETED)
-            if client in done and client.exception() is None:
-                return "cancelled"  # the client closed the socket
-            return (next(iter(done))).result()
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()
+            return responses.result() if responses in done else "cancelled"  # client closed
         finally:
             call.cancel()
             for task in (responses, client):
@@ -174,8 +175,9 @@ class Bridge:
             await asyncio.gather(responses, client, return_exceptions=True)
 
     async def _request_iterator(self):
-        while (request := await self._requests.get()) is not None:
-            yield request
+        """The call's requests: open until the call is cancelled (the session's end)."""
+        while True:
+            yield await self._requests.get()
 
     async def _forward_client_messages(self) -> None:
         while (message := await self._next_client_message()) is not None:

@@ -29,6 +29,8 @@ from services.cli.launcher import (GATEWAY, Cluster, ClusterConfig, ClusterTLS, 
 from tests.certificates import CertificateAuthority
 from tests.integration.conftest import metric, scrape
 
+pytestmark = pytest.mark.filterwarnings("ignore:Realtime music generation is experimental")
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "lyria-test-key-5d1e9c0b7a3f"
 FRAMES_PER_CHUNK = 96_000  # 2 s at 48 kHz
