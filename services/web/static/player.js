@@ -38,7 +38,7 @@ function addPromptRow({ text = "", audio = null, weight = 1.0 }) {
   const textInput = row.querySelector(".prompt-text");
   const weightInput = row.querySelector(".prompt-weight");
   const weightValue = row.querySelector(".prompt-weight-value");
-  textInput.value = audio ? `🎵 ${audio.name}` : text;
+  textInput.value = audio ? `audio file: ${audio.name}` : text;
   textInput.disabled = Boolean(audio);
   row.audio = audio;
   weightInput.value = weight;
