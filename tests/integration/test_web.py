@@ -9,11 +9,11 @@ test (Chromium trusts no test CA).
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -137,7 +137,6 @@ def test_the_python_sdk_runs_the_lyria_flow_over_tls(web, monkeypatch):
 def _raw_session(web: WebCluster, *, key: str | None = API_KEY, query_key: bool = False):
     """A WebSocket to the endpoint with the library the Python SDK uses, for what the SDK's
     typed messages do not show (warnings, close codes)."""
-    import ssl
     context = ssl.create_default_context(cafile=str(web.ca_file))
     url = web.wss_url + (f"?key={key}" if query_key and key else "")
     headers = {"x-goog-api-key": key} if key and not query_key else {}
