@@ -86,6 +86,10 @@ test("the player plays chunks, and slider moves and an audio prompt reach the se
     await page.waitForFunction(() => window.mrtPlayer.audio.state === "suspended");
     await page.click("#stop");
     assert.equal(await page.evaluate(() => window.mrtPlayer.sources.size), 0);
+    const chunksBefore = await page.evaluate(() => window.mrtPlayer.chunks);
+    await page.click("#play"); // after Stop, Play starts afresh on the same connection
+    await page.waitForFunction((before) => window.mrtPlayer.chunks > before &&
+      window.mrtPlayer.audio.state === "running", chunksBefore, { timeout: 60_000 });
     assert.deepEqual(errors, []);
   } finally {
     await browser.close();
