@@ -51,7 +51,7 @@ def _ended_by_rpc_error(err: grpc.RpcError) -> SessionEnded:
                         f"{code.name}: {details or 'no details'}", code.name.lower())
 
 
-class _Versions:
+class ChunkSources:
     """What the client sent as each version, for chunks' ``sourceMetadata``.
 
     Prompt versions are the gateway's (from its PromptStatus answers, which come in the order
@@ -107,7 +107,7 @@ class Bridge:
         self.stub = stub
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.rpc_timeout_s = rpc_timeout_s
-        self.versions = _Versions()
+        self.sources = ChunkSources()
         self._requests: asyncio.Queue[music_pb2.StreamRequest] = asyncio.Queue()
 
     async def _send(self, message: dict[str, Any]) -> None:
@@ -186,14 +186,14 @@ class Bridge:
                 raise lyria.ProtocolError("setup may only be sent once, first")
             if kind == "clientContent":
                 update = lyria.prompts_request(value)
-                self.versions.prompts_sent(update)
+                self.sources.prompts_sent(update)
                 self._requests.put_nowait(update.request)
             elif kind == "musicGenerationConfig":
                 update = lyria.config_request(value)
                 if update.unsupported:
                     WARNINGS_SENT.labels("unsupported_field").inc()
                     await self._send(lyria.unsupported_warning(update.unsupported))
-                self.versions.config_sent(update)
+                self.sources.config_sent(update)
                 self._requests.put_nowait(update.request)
             else:
                 self._requests.put_nowait(lyria.playback_request(value))
@@ -214,16 +214,16 @@ class Bridge:
             await self._send(lyria.setup_complete())
         elif kind == "chunk":
             await self._send(lyria.audio_message(
-                response.chunk, self.versions.source_metadata(response.chunk)))
+                response.chunk, self.sources.source_metadata(response.chunk)))
             CHUNKS_SENT.inc()
         elif kind == "prompt_status":
             status = response.prompt_status
-            texts = self.versions.prompts_answered(status)
+            texts = self.sources.prompts_answered(status)
             for message in lyria.prompt_status_messages(status, texts):
                 WARNINGS_SENT.labels("filtered_prompt").inc()
                 await self._send(message)
         elif kind == "warning":
             if response.warning.code == "INVALID_CONFIG":
-                self.versions.config_refused()
+                self.sources.config_refused()
             WARNINGS_SENT.labels(response.warning.code.lower() or "warning").inc()
             await self._send(lyria.warning_message(response.warning))
