@@ -62,7 +62,13 @@ if ! command -v kubectl >/dev/null || [ "$(kustomize_major)" -lt 5 ]; then
   install_kubectl_from_pypi
 fi
 
+node_major=$(node --version | sed 's/^v\([0-9]*\).*/\1/')
+if [ "$node_major" -lt 20 ]; then
+  echo "Node.js $(node --version) is too old: the JavaScript tests need Node.js 20 or newer" >&2
+  exit 1
+fi
+
 promtool --version | head -n 1
-chromium --version
+chromium --version 2>/dev/null
 echo "node $(node --version)"
 kubectl version --client | grep -i kustomize
