@@ -5,8 +5,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PROTO_OUT := services/common/proto
 PROTOS := $(wildcard protos/mrt/v1/*.proto)
+# Node.js packages: the gRPC client, and the web service's JavaScript tests (official Lyria SDK,
+# headless browser). `npm ci` installs exactly the lock file; again only when it changes.
+NODE_PACKAGES := clients/node tests/js
+NODE_STAMPS := $(addsuffix /node_modules/.installed-stamp,$(NODE_PACKAGES))
 
-.PHONY: setup run test test-fast bench protos protos-check lint images system-deps clean
+.PHONY: setup run test test-fast bench protos protos-check lint images system-deps node-deps clean
 
 setup: $(STAMP)
 
@@ -19,14 +23,22 @@ $(STAMP): pyproject.toml requirements.lock
 run: setup
 	$(VENV)/bin/mrt up $(ARGS)
 
-# Command-line tools the deployment tests need (promtool, kubectl with kustomize); idempotent.
+# Command-line tools the tests need (promtool, kubectl with kustomize, Node.js, Chromium);
+# idempotent.
 system-deps:
 	bash scripts/ci_system_deps.sh
 
-test: setup protos-check system-deps
+node-deps: $(NODE_STAMPS)
+
+# The browser test drives Debian's chromium: Playwright must not download a browser of its own.
+%/node_modules/.installed-stamp: %/package.json %/package-lock.json
+	cd $* && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: setup protos-check system-deps node-deps
 	$(PY) -m pytest -q -ra
 
-test-fast: setup
+test-fast: setup node-deps
 	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
@@ -55,4 +67,4 @@ lint: setup
 	$(PY) -m compileall -q services bench tests
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache $(addsuffix /node_modules,$(NODE_PACKAGES))

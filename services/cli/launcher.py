@@ -1,4 +1,5 @@
-"""Runs a local cluster (embedder, generators, gateway) as child processes on loopback.
+"""Runs a local cluster (embedder, generators, gateway, and optionally the web service) as child
+processes on loopback.
 
 `mrt up`, the integration tests and the load benchmark all start clusters through `Cluster`:
 
@@ -22,10 +23,12 @@ import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Callable, Sequence, TextIO
 
@@ -35,9 +38,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import services
 from services.common.security import load_channel_credentials
 
-EMBEDDER, GENERATOR, GATEWAY = "embedder", "generator", "gateway"
+EMBEDDER, GENERATOR, GATEWAY, WEB = "embedder", "generator", "gateway", "web"
 _SERVICE_MODULES = {EMBEDDER: "services.embedder", GENERATOR: "services.generator",
-                    GATEWAY: "services.gateway"}
+                    GATEWAY: "services.gateway", WEB: "services.web"}
 _PROJECT_ROOT = Path(services.__file__).resolve().parent.parent
 _LOG_TAIL_LINES = 200
 _HEALTH_POLL_INTERVAL_S = 0.2
@@ -90,12 +93,13 @@ def _host_port(host: str, port: int) -> str:
 class ServiceSpec:
     """One service process: its name, where it listens, and the command that starts it."""
 
-    name: str  # "embedder", "generator-0", "gateway"
-    role: str  # EMBEDDER, GENERATOR or GATEWAY
+    name: str  # "embedder", "generator-0", "gateway", "web"
+    role: str  # EMBEDDER, GENERATOR, GATEWAY or WEB
     host: str
     port: int
-    metrics_port: int
+    metrics_port: int  # the web service serves /metrics on its own (HTTP) port
     argv: tuple[str, ...]
+    http_scheme: str = "http"  # of the metrics endpoint (and the web service's port)
 
     @property
     def address(self) -> str:
@@ -103,7 +107,7 @@ class ServiceSpec:
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{_host_port(self.host, self.metrics_port)}/metrics"
+        return f"{self.http_scheme}://{_host_port(self.host, self.metrics_port)}/metrics"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +150,17 @@ class ClusterTLS:
         SecurityConfigError (a ValueError) for a file that is missing or holds no PEM."""
         return load_channel_credentials(self.trusted_ca_file, *self.client_identity())
 
+    def ssl_context(self) -> ssl.SSLContext:
+        """The same, for HTTPS (the web service's health check); ValueError for a bad file."""
+        try:
+            context = ssl.create_default_context(cafile=str(self.trusted_ca_file))
+            cert_file, key_file = self.client_identity()
+            if cert_file is not None:
+                context.load_cert_chain(cert_file, key_file)
+        except (OSError, ssl.SSLError) as err:
+            raise ValueError(f"cannot load the cluster's TLS files: {err}") from None
+        return context
+
 
 @dataclasses.dataclass(frozen=True)
 class ClusterConfig:
@@ -162,6 +177,7 @@ class ClusterConfig:
     gateway_metrics_port: int = 9091
     embedder_metrics_port: int = 9092
     generator_metrics_port: int = 9093
+    web_port: int | None = None  # the web service's HTTP port; None: no web service
     generators: int = 1
     model: str = "tiny"
     embedder_model: str = "tiny"
@@ -186,7 +202,10 @@ class ClusterConfig:
             raise ValueError(f"need at least one generator, got {self.generators}")
         users: dict[int, str] = {}
         for spec in self._unchecked_specs():
-            for port, what in ((spec.port, spec.name), (spec.metrics_port, f"{spec.name} metrics")):
+            ports = [(spec.port, spec.name)]
+            if spec.metrics_port != spec.port:
+                ports.append((spec.metrics_port, f"{spec.name} metrics"))
+            for port, what in ports:
                 if not 0 < port < 65536:
                     raise ValueError(f"{what} port {port} is outside 1..65535")
                 if port in users:
@@ -194,7 +213,7 @@ class ClusterConfig:
                 users[port] = what
 
     def service_specs(self) -> list[ServiceSpec]:
-        """The services in start order: embedder, generator-0..N-1, gateway."""
+        """The services in start order: embedder, generator-0..N-1, gateway, web."""
         self.validate()
         return self._unchecked_specs()
 
@@ -204,6 +223,8 @@ class ClusterConfig:
         counts = {"gateway_port": 1, "embedder_port": 1, "generator_port": n,
                   "gateway_metrics_port": 1, "embedder_metrics_port": 1,
                   "generator_metrics_port": n}
+        if self.web_port is not None:
+            counts["web_port"] = 1
         return dataclasses.replace(self, **_free_port_blocks(self.host, counts))
 
     def _unchecked_specs(self) -> list[ServiceSpec]:
@@ -223,12 +244,18 @@ class ClusterConfig:
             embedder_address=_host_port(self.host, self.embedder_port),
             generator_addresses=generator_addresses,
             buffer_ahead_seconds=self.buffer_ahead_seconds, **server_tls, **backend_tls))
+        if self.web_port is not None:
+            spec = self._spec(WEB, WEB, self.web_port, self.web_port,
+                              gateway_address=_host_port(self.host, self.gateway_port),
+                              **server_tls, **backend_tls)
+            specs.append(dataclasses.replace(spec, http_scheme="https" if self.tls else "http"))
         return specs
 
     def _spec(self, name: str, role: str, port: int, metrics_port: int,
               **flags: object) -> ServiceSpec:
-        argv = [self.python, "-m", _SERVICE_MODULES[role],
-                "--port", str(port), "--metrics-port", str(metrics_port)]
+        argv = [self.python, "-m", _SERVICE_MODULES[role], "--port", str(port)]
+        if metrics_port != port:
+            argv += ["--metrics-port", str(metrics_port)]
         for key, value in flags.items():
             if value is not None:
                 argv += ["--" + key.replace("_", "-"), str(value)]
@@ -297,11 +324,14 @@ class ServiceProcess:
 
     def __init__(self, spec: ServiceSpec, *, log_dir: Path | None = None,
                  console: TextIO | None = None, console_lock: threading.Lock | None = None,
-                 health_credentials: grpc.ChannelCredentials | None = None):
+                 health_credentials: grpc.ChannelCredentials | None = None,
+                 health_ssl_context: ssl.SSLContext | None = None):
         """Output goes to <log_dir>/<name>.log if log_dir is set, else to console (or stderr).
-        Health checks connect with `health_credentials` (TLS), or in plaintext when None."""
+        Health checks connect with `health_credentials` (TLS), or in plaintext when None; the
+        web service's HTTP check with `health_ssl_context`."""
         self.spec = spec
         self._health_credentials = health_credentials
+        self._health_ssl_context = health_ssl_context
         self._log_path = Path(log_dir) / f"{spec.name}.log" if log_dir is not None else None
         self._console = console
         self._console_lock = console_lock or threading.Lock()
@@ -408,7 +438,10 @@ class ServiceProcess:
             self._health_channel = None
 
     def check_health(self, timeout_s: float = 1.0) -> bool:
-        """True when the standard gRPC health check (service "") answers SERVING."""
+        """True when the standard gRPC health check (service "") answers SERVING; for the web
+        service, when its /healthz answers 200."""
+        if self.spec.role == WEB:
+            return self._check_http_health(timeout_s)
         if self._health_channel is None:
             self._health_channel = (
                 grpc.insecure_channel(self.address, options=_HEALTH_CHANNEL_OPTIONS)
@@ -426,6 +459,17 @@ class ServiceProcess:
         self.last_health_error = None if serving else (
             f"status {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}")
         return serving
+
+    def _check_http_health(self, timeout_s: float) -> bool:
+        url = f"{self.spec.http_scheme}://{self.address}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s,
+                                        context=self._health_ssl_context) as reply:
+                self.last_health_error = None
+                return reply.status == 200
+        except OSError as err:  # URLError and HTTPError (a status other than 2xx) included
+            self.last_health_error = str(err)
+            return False
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines the process wrote (stdout and stderr together)."""
@@ -506,10 +550,13 @@ class Cluster:
         that cannot be read)."""
         self.config = config or ClusterConfig()
         lock = threading.Lock()
-        health_credentials = self.config.tls.channel_credentials() if self.config.tls else None
+        tls = self.config.tls
+        health_credentials = tls.channel_credentials() if tls else None
+        health_ssl_context = tls.ssl_context() if tls else None
         self.services: list[ServiceProcess] = [
             ServiceProcess(spec, log_dir=self.config.log_dir, console=console, console_lock=lock,
-                           health_credentials=health_credentials)
+                           health_credentials=health_credentials,
+                           health_ssl_context=health_ssl_context)
             for spec in (self.config.service_specs() if specs is None else specs)]
 
     # -- where things are ------------------------------------------------------------------
@@ -536,6 +583,15 @@ class Cluster:
         return self.generators[index]
 
     @property
+    def web(self) -> ServiceProcess:
+        return self._only(WEB)
+
+    @property
+    def web_url(self) -> str:
+        """The player page (the Lyria endpoint's base URL), e.g. ``http://127.0.0.1:8080/``."""
+        return f"{self.web.spec.http_scheme}://{self.web.address}/"
+
+    @property
     def gateway_address(self) -> str:
         return self.gateway.address
 
@@ -555,7 +611,8 @@ class Cluster:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> "Cluster":
-        """Start every service (embedder, generators, gateway) without waiting for readiness."""
+        """Start every service (embedder, generators, gateway, web) without waiting for
+        readiness."""
         if self.config.log_dir is not None:
             Path(self.config.log_dir).mkdir(parents=True, exist_ok=True)
         try:

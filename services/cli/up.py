@@ -1,4 +1,5 @@
-"""``mrt up``: run embedder, generator(s) and gateway on loopback until Ctrl-C (``make run``)."""
+"""``mrt up``: run embedder, generator(s), gateway and web service on loopback until Ctrl-C
+(``make run``)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ from services.cli.options import add_env_option
 from services.common.security import optional_path
 
 _DEFAULTS = ClusterConfig()
+DEFAULT_WEB_PORT = 8080
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "up", help="run a local cluster until Ctrl-C",
-        description="Start the embedder, the generator(s) and the gateway as separate processes "
+        description="Start the embedder, the generator(s), the gateway and the web service "
+                    "(Lyria RealTime WebSocket endpoint and browser player) as separate processes "
                     "on loopback, wait until each is healthy, and stop them all on Ctrl-C / "
                     "SIGTERM or as soon as one of them fails.")
     add_env_option(parser, "--host", default=_DEFAULTS.host,
@@ -38,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_env_option(parser, "--generator-metrics-port", type=int,
                    default=_DEFAULTS.generator_metrics_port,
                    help="first generator's Prometheus port; generator i uses this + i")
+    add_env_option(parser, "--web-port", type=int, default=DEFAULT_WEB_PORT,
+                   help="web service HTTP port: player page, Lyria WebSocket endpoint, /metrics "
+                        "(0: no web service)")
     add_env_option(parser, "--generators", type=int, default=_DEFAULTS.generators,
                    help="number of generator processes")
     add_env_option(parser, "--model", default=_DEFAULTS.model, help="generator model")
@@ -87,7 +93,8 @@ def config_from_args(args: argparse.Namespace) -> ClusterConfig:
         host=args.host, gateway_port=args.gateway_port, embedder_port=args.embedder_port,
         generator_port=args.generator_port, gateway_metrics_port=args.gateway_metrics_port,
         embedder_metrics_port=args.embedder_metrics_port,
-        generator_metrics_port=args.generator_metrics_port, generators=args.generators,
+        generator_metrics_port=args.generator_metrics_port, web_port=args.web_port or None,
+        generators=args.generators,
         model=args.model, embedder_model=args.embedder_model, assets_dir=args.assets_dir,
         max_batch_size=args.max_batch_size, buffer_ahead_seconds=args.buffer_ahead_seconds,
         log_dir=args.log_dir, ready_timeout_s=args.ready_timeout_s, tls=tls_from_args(args))
@@ -125,10 +132,17 @@ def _describe_endpoints(cluster: Cluster) -> str:
     for process in [cluster.gateway, cluster.embedder, *cluster.generators]:
         lines.append(f"  {process.name:<{width}}  grpc {process.address:<21}  "
                      f"metrics {process.metrics_url}")
+    has_web = cluster.config.web_port is not None
+    if has_web:
+        lines.append(f"  {cluster.web.name:<{width}}  http {cluster.web.address:<21}  "
+                     f"metrics {cluster.web.metrics_url}")
     tls = cluster.config.tls
     tls_option = f" --tls-ca {tls.trusted_ca_file}" if tls else ""
     lines.append(f"Try: mrt stream --address {cluster.gateway_address}{tls_option} "
                  f'--prompt "synthwave" --seconds 20 --out synthwave.wav')
+    if has_web:
+        lines.append(f"Player: open {cluster.web_url} in a browser (Lyria RealTime SDKs: "
+                     f"base URL {cluster.web_url})")
     lines.append("Ctrl-C stops the cluster.")
     return "\n".join(lines)
 

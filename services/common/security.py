@@ -66,17 +66,18 @@ def add_server_tls_flags(parser: argparse.ArgumentParser) -> None:
              help="PEM CA bundle; when set, clients must present a certificate it signed (mTLS)")
 
 
-def add_internal_tls_flags(parser: argparse.ArgumentParser) -> None:
-    """The gateway's flags for TLS on its channels to the embedder and the generators."""
+def add_internal_tls_flags(parser: argparse.ArgumentParser,
+                           peers: str = "the embedder and generators") -> None:
+    """The flags for TLS on a service's channels to the services behind it (``peers``: the
+    gateway's embedder and generators, the web service's gateway)."""
     add_flag(parser, "--internal-tls-ca-file", type=optional_path,
-             help="PEM CA bundle trusted for the embedder's and generators' certificates; "
-                  "enables TLS to them")
+             help=f"PEM CA bundle trusted for the certificates of {peers}; enables TLS to them")
     add_flag(parser, "--internal-tls-cert-file", type=optional_path,
-             help="PEM client certificate (chain) presented to the embedder and generators")
+             help=f"PEM client certificate (chain) presented to {peers}")
     add_flag(parser, "--internal-tls-key-file", type=optional_path,
              help="PEM private key of --internal-tls-cert-file")
     add_flag(parser, "--internal-tls-server-name", default="",
-             help="name the embedder's and generators' certificates are checked against "
+             help=f"name the certificates of {peers} are checked against "
                   "(default: the address dialled)")
 
 

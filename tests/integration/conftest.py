@@ -68,7 +68,8 @@ def run_mrt_up(ports: ClusterConfig, *options: str, env: dict[str, str] | None =
          "--embedder-port", str(ports.embedder_port), "--generator-port", str(ports.generator_port),
          "--gateway-metrics-port", str(ports.gateway_metrics_port),
          "--embedder-metrics-port", str(ports.embedder_metrics_port),
-         "--generator-metrics-port", str(ports.generator_metrics_port), *options],
+         "--generator-metrics-port", str(ports.generator_metrics_port),
+         "--web-port", str(ports.web_port or 0), *options],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     output = []
     deadline = time.time() + timeout_s

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import urllib.request
 
 import numpy as np
 import psutil
@@ -17,7 +18,7 @@ from tests.integration.conftest import MRT, run_mrt_up
 
 @pytest.mark.slow
 def test_mrt_up_serves_the_default_model_and_mrt_stream_writes_a_wav(tmp_path, tmp_path_factory):
-    ports = ClusterConfig().with_free_ports()
+    ports = ClusterConfig(web_port=8080).with_free_ports()
     up, output = run_mrt_up(
         ports, "--log-dir", str(tmp_path / "logs"),
         env=dict(os.environ, MRT_ASSETS_DIR=str(tmp_path_factory.getbasetemp() / "assets")))
@@ -26,8 +27,11 @@ def test_mrt_up_serves_the_default_model_and_mrt_stream_writes_a_wav(tmp_path, t
         assert any("mrt cluster ready" in line for line in output), "".join(output)
         assert any(f"metrics http://127.0.0.1:{ports.gateway_metrics_port}/metrics" in line
                    for line in output)
+        player_url = f"http://127.0.0.1:{ports.web_port}/"
+        assert any(f"Player: open {player_url}" in line for line in output)
+        assert b"<html" in urllib.request.urlopen(player_url, timeout=5).read()
         children = psutil.Process(up.pid).children(recursive=True)
-        assert len(children) >= 3
+        assert len(children) >= 4
 
         wav = tmp_path / "synthwave.wav"
         stream = subprocess.run(

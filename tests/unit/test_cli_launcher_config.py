@@ -167,3 +167,33 @@ def test_up_refuses_an_unreadable_certificate(tmp_path, capsys):
     assert main(["up", "--tls-cert-file", str(tmp_path / "missing.crt"),
                  "--tls-key-file", str(tmp_path / "missing.key")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_the_web_service_serves_metrics_on_its_own_port_and_reaches_the_gateway():
+    config = ClusterConfig(web_port=8080)
+    web = config.service_specs()[-1]
+    assert web.name == "web" and web.port == web.metrics_port == 8080
+    assert list(web.argv[1:]) == ["-m", "services.web", "--port", "8080",
+                                  "--gateway-address", "127.0.0.1:50051"]
+    assert web.metrics_url == "http://127.0.0.1:8080/metrics"
+    assert Cluster(config).web_url == "http://127.0.0.1:8080/"
+    assert "web" not in _argv_by_name(ClusterConfig())  # only when asked for
+
+
+def test_with_tls_the_web_service_serves_https_and_trusts_the_clusters_ca():
+    tls = ClusterTLS(cert_file=Path("/pki/server.crt"), key_file=Path("/pki/server.key"),
+                     ca_file=Path("/pki/ca.crt"))
+    config = ClusterConfig(web_port=8443, tls=tls)
+    argv = _argv_by_name(config)["web"]
+    assert _flag(argv, "--tls-cert-file") == "/pki/server.crt"
+    assert _flag(argv, "--internal-tls-ca-file") == "/pki/ca.crt"
+    assert config.service_specs()[-1].metrics_url == "https://127.0.0.1:8443/metrics"
+
+
+def test_the_web_port_is_checked_like_the_others_and_mrt_up_sets_it():
+    with pytest.raises(ValueError, match="port 9091 is used by both gateway metrics and web"):
+        ClusterConfig(web_port=9091).service_specs()
+    config = ClusterConfig(web_port=8080).with_free_ports()
+    assert config.web_port not in (8080, config.gateway_port, config.gateway_metrics_port)
+    assert config_from_args(build_parser().parse_args(["up"])).web_port == 8080
+    assert config_from_args(build_parser().parse_args(["up", "--web-port", "0"])).web_port is None

@@ -223,7 +223,8 @@ def _start_mrt_up(dummy_python, *args):
             "--generator-port", str(ports.generator_port),
             "--gateway-metrics-port", str(ports.gateway_metrics_port),
             "--embedder-metrics-port", str(ports.embedder_metrics_port),
-            "--generator-metrics-port", str(ports.generator_metrics_port), *args]
+            "--generator-metrics-port", str(ports.generator_metrics_port),
+            "--web-port", "0", *args]  # the stand-in serves gRPC health only, not HTTP
     process = subprocess.Popen([sys.executable, "-c", driver, str(dummy_python), *argv],
                                cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
