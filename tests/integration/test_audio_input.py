@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -19,7 +20,9 @@ PLAY = music_pb2.PlaybackControl.PLAY
 
 @pytest.fixture(scope="module")
 def tiny_cluster(tmp_path_factory):
-    cluster = start_cluster(tmp_path_factory, model="tiny", embedder_model="mock", max_batch_size=2)
+    """Two tiny generators (one is killed mid-jam), the mock embedder and the gateway."""
+    cluster = start_cluster(tmp_path_factory, model="tiny", embedder_model="mock", max_batch_size=2,
+                            generators=2)
     yield cluster
     cluster.stop()
 
@@ -160,3 +163,38 @@ def test_mrt_stream_plays_along_with_a_file_from_a_clip(tiny_cluster, tmp_path):
         before, "mrt_gateway_audio_input_received_seconds_total")
     assert metric(after, "mrt_gateway_audio_injections_total") > metric(
         before, "mrt_gateway_audio_injections_total")
+
+
+def test_a_jam_moved_to_another_generator_keeps_its_context_and_its_mixing(tiny_cluster):
+    """The snapshot carries the injected context and the gateway keeps mixing, so a jam whose
+    generator is killed sounds exactly like the same jam left alone."""
+    def start_jam() -> StreamClient:
+        client, _ = open_session(tiny_cluster, seed=21)
+        for piece in range(2):  # 8 s of input from position 0, in two messages under the limit
+            client.send(audio_input=music_pb2.AudioInput(
+                data=chord_pcm(4.0), encoding=music_pb2.PCM_S16LE, sample_rate=SR, channels=2,
+                **({"start_seconds": 0.0} if piece == 0 else {})))
+        client.playback(PLAY)
+        return client
+
+    reference = start_jam()
+    expected = [chunk_audio(chunk) for _, chunk in reference.chunks(5, timeout_s=120)]
+    reference.close()
+    jam = start_jam()
+    received = [chunk_audio(chunk) for _, chunk in jam.chunks(2, timeout_s=120)]
+    holding = []
+    deadline = time.time() + 30
+    while len(holding) != 1 and time.time() < deadline:  # the reference's session has ended
+        holding = [i for i, g in enumerate(tiny_cluster.generators)
+                   if metric(scrape(g.metrics_url), "mrt_generator_active_sessions") > 0]
+    assert len(holding) == 1
+    try:
+        tiny_cluster.generator_process(holding[0]).kill()  # SIGKILL, mid-jam
+        received += [chunk_audio(chunk) for _, chunk in jam.chunks(3, timeout_s=120)]
+        assert any(message.WhichOneof("response") == "warning"
+                   and message.warning.code == "SESSION_MIGRATED" for _, message in jam.received)
+        for got, want in zip(received, expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+    finally:
+        jam.close()
+        tiny_cluster.restart_generator(holding[0])
