@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from services.common import model_facts as facts
+
+if TYPE_CHECKING:  # context_audio imports this module
+    from services.generator.context_audio import ContextAudio
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +64,7 @@ class ChunkJob:
     state: SessionState
     style_embedding: np.ndarray | None  # float32[768]; None = unconditioned
     sampling: SamplingParams
-    # Audio to encode into the context first (a `context_audio.ContextAudio`); None = none.
-    context_audio: object | None = None
+    context_audio: "ContextAudio | None" = None  # audio to encode into the context first
 
 
 @dataclasses.dataclass

@@ -8,6 +8,7 @@ from typing import Callable
 
 import numpy as np
 
+from services.generator.context_audio import ContextAudio
 from services.generator.engine import ChunkOutput, SamplingParams, SessionState
 
 
@@ -39,10 +40,10 @@ class GeneratorSession:
     deadline_unix_s: float | None = None  # the pending demand's deadline, None = no demand
     demanded_at_unix_s: float = 0.0
     closed: bool = False
-    context_audio: object | None = None  # a `context_audio.ContextAudio` for the next chunk
+    context_audio: ContextAudio | None = None  # encoded into the context before the next chunk
     opened_at_unix_s: float = dataclasses.field(default_factory=time.time)
 
-    def take_context_audio(self) -> object | None:
+    def take_context_audio(self) -> ContextAudio | None:
         """The audio to encode into the context before the next chunk, once."""
         audio, self.context_audio = self.context_audio, None
         return audio
