@@ -42,9 +42,9 @@ def first_jobs(batch_size: int, seed: int = 0) -> list[ChunkJob]:
 def with_injection(jobs: list[ChunkJob], seed: int = 0) -> list[ChunkJob]:
     """The jobs, each carrying a live-input mix to encode into its context first."""
     rng = np.random.default_rng(seed)
-    return [dataclasses.replace(job, context_audio=ContextAudio(
+    return [dataclasses.replace(job, context_audio=(ContextAudio(
         (0.1 * rng.standard_normal((facts.INJECTION_MIX_SAMPLES, facts.CHANNELS))).astype(np.float32),
-        facts.INJECTION_EDGE_FRAMES)) for job in jobs]
+        facts.INJECTION_EDGE_FRAMES, is_mix=True),)) for job in jobs]
 
 
 def time_step(engine: ChunkEngine, jobs: list[ChunkJob]) -> tuple[float, list[ChunkJob]]:

@@ -32,6 +32,7 @@ class ContextAudio:
 
     audio: np.ndarray
     dropped_frames: int
+    is_mix: bool = False  # a live-input mix (a newer one replaces it), not initial audio
 
     @classmethod
     def injected_mix(cls, data: bytes) -> "ContextAudio":
@@ -40,7 +41,7 @@ class ContextAudio:
         if len(data) != expected:
             raise ValueError(f"inject.mix must be {expected} bytes (66 frames of float32 stereo), "
                              f"got {len(data)}")
-        return cls(_finite_stereo(data, "inject.mix"), facts.INJECTION_EDGE_FRAMES)
+        return cls(_finite_stereo(data, "inject.mix"), facts.INJECTION_EDGE_FRAMES, is_mix=True)
 
     @classmethod
     def initial_audio(cls, data: bytes) -> "ContextAudio":
@@ -66,24 +67,29 @@ def _finite_stereo(data: bytes, name: str) -> np.ndarray:
 
 
 def write_context_audio(jobs: Sequence[ChunkJob], encoder) -> list[ChunkJob]:
-    """The jobs with their context audio encoded into their contexts (others unchanged).
+    """The jobs with their context audio encoded into their contexts, in the order it came
+    (initial audio, then a mix); jobs without any are unchanged.
 
     ``encoder``: a `codec_encoder.SpectroStreamEncoder` (anything with its `encode`)."""
     jobs = list(jobs)
-    by_length: dict[int, list[int]] = {}
-    for row, job in enumerate(jobs):
-        if job.context_audio is not None:
-            by_length.setdefault(len(job.context_audio.audio), []).append(row)
-    for rows in by_length.values():
-        started = time.perf_counter()
-        codes = encoder.encode(np.stack([jobs[row].context_audio.audio for row in rows]))
-        ENCODE_SECONDS.observe(time.perf_counter() - started)
-        for row, row_codes in zip(rows, codes):
-            job = jobs[row]
-            written = row_codes[job.context_audio.dropped_frames:][-facts.CONTEXT_FRAMES:]
-            context = job.state.context_tokens.copy()
-            context[len(context) - len(written):] = written
-            jobs[row] = dataclasses.replace(
-                job, state=dataclasses.replace(job.state, context_tokens=context),
-                context_audio=None)
-    return jobs
+    step = 0
+    while True:  # one round per position in the jobs' queues; one encoder pass per length
+        by_length: dict[int, list[int]] = {}
+        for row, job in enumerate(jobs):
+            if step < len(job.context_audio):
+                by_length.setdefault(len(job.context_audio[step].audio), []).append(row)
+        if not by_length:
+            break
+        for rows in by_length.values():
+            started = time.perf_counter()
+            codes = encoder.encode(np.stack([jobs[row].context_audio[step].audio for row in rows]))
+            ENCODE_SECONDS.observe(time.perf_counter() - started)
+            for row, row_codes in zip(rows, codes):
+                job = jobs[row]
+                written = row_codes[job.context_audio[step].dropped_frames:][-facts.CONTEXT_FRAMES:]
+                context = job.state.context_tokens.copy()
+                context[len(context) - len(written):] = written
+                jobs[row] = dataclasses.replace(
+                    job, state=dataclasses.replace(job.state, context_tokens=context))
+        step += 1
+    return [dataclasses.replace(job, context_audio=()) if job.context_audio else job for job in jobs]

@@ -64,7 +64,8 @@ class ChunkJob:
     state: SessionState
     style_embedding: np.ndarray | None  # float32[768]; None = unconditioned
     sampling: SamplingParams
-    context_audio: "ContextAudio | None" = None  # audio to encode into the context first
+    # Audio to encode into the context first, in order (initial audio, a live-input mix).
+    context_audio: "tuple[ContextAudio, ...]" = ()
 
 
 @dataclasses.dataclass

@@ -211,7 +211,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 self._check_audio_input_supported()
                 audio = (ContextAudio.injected_mix(request.inject.mix) if kind == "inject"
                          else ContextAudio.initial_audio(request.prime.audio))
-                self.scheduler.update(session_id, lambda s: setattr(s, "context_audio", audio))
+                self.scheduler.update(session_id, lambda s: s.add_context_audio(audio))
             elif kind == "reset":
                 self.scheduler.update(session_id, lambda s: setattr(s, "reset_requested", True))
             else:

@@ -15,6 +15,7 @@ from services.generator.model import spectrostream, tiny_assets, tokens
 from services.generator.model.codec_encoder import SpectroStreamEncoder
 from services.generator.model.spectrostream import SpectroStreamDecoder, import_tensorflow_cpu_only
 from services.generator.model.style_tokens import STYLE_QUANTIZER_ASSET, StyleQuantizer
+from services.generator.sessions import GeneratorSession
 
 
 class RecordingSampler:
@@ -70,7 +71,7 @@ def test_injected_mix_overwrites_the_last_58_frames_with_its_encoding(engine, ti
     before = previous_state()
     plain = ChunkJob(previous_state(), None, SamplingParams(seed=1))
     injected = ChunkJob(before, None, SamplingParams(seed=1),
-                        context_audio=ContextAudio.injected_mix(mix.astype("<f4").tobytes()))
+                        context_audio=(ContextAudio.injected_mix(mix.astype("<f4").tobytes()),))
     engine._sampler.encoder_tokens.clear()
     outputs = engine.generate([plain, injected])  # one batch: with and without injection
 
@@ -99,7 +100,7 @@ def test_injected_mix_overwrites_the_last_58_frames_with_its_encoding(engine, ti
 def test_initial_audio_fills_the_end_of_a_fresh_context(engine, tiny_store):
     clip = chord(3.0, hz=(196.0, 294.0))
     job = ChunkJob(SessionState.fresh(), None, SamplingParams(seed=2),
-                   context_audio=ContextAudio.initial_audio(clip.astype("<f4").tobytes()))
+                   context_audio=(ContextAudio.initial_audio(clip.astype("<f4").tobytes()),))
     engine._sampler.encoder_tokens.clear()
     (output,) = engine.generate([job])
     behind_silence = np.concatenate([np.zeros((7 * facts.SAMPLE_RATE_HZ, 2), np.float32), clip])
@@ -107,6 +108,23 @@ def test_initial_audio_fills_the_end_of_a_fresh_context(engine, tiny_store):
     context = output.state.context_tokens
     np.testing.assert_array_equal(context[-50 - 75:-50], expected)
     assert np.all(context[:-50 - 75] == -1)  # never generated: MASK for the model
+
+
+def test_initial_audio_then_a_mix_are_both_written_in_order(engine, tiny_store):
+    session = GeneratorSession(session_id="s", state=SessionState.fresh(),
+                               sampling=SamplingParams(seed=3), deliver=lambda result: None)
+    clip = chord(10.0, hz=(196.0, 294.0))
+    mixes = [chord(facts.INJECTION_MIX_SAMPLES / facts.SAMPLE_RATE_HZ, hz=hz)
+             for hz in ((220.0, 330.0), (247.0, 370.0))]
+    session.add_context_audio(ContextAudio.initial_audio(clip.astype("<f4").tobytes()))
+    for mix in mixes:  # the second mix replaces the first, the initial audio stays
+        session.add_context_audio(ContextAudio.injected_mix(mix.astype("<f4").tobytes()))
+    job = ChunkJob(session.state, None, session.sampling, context_audio=session.take_context_audio())
+    assert len(job.context_audio) == 2 and session.context_audio == ()
+    (output,) = engine.generate([job])
+    context = output.state.context_tokens[:-facts.CHUNK_FRAMES]  # before the new chunk
+    np.testing.assert_array_equal(context[:-58], tensorflow_codes(tiny_store, clip)[50:-58])
+    np.testing.assert_array_equal(context[-58:], tensorflow_codes(tiny_store, mixes[1])[8:])
 
 
 @pytest.mark.parametrize("make, data, why", [
