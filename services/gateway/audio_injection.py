@@ -32,7 +32,10 @@ INPUT_SAMPLE_RATE_RANGE_HZ = (8_000, 192_000)
 INPUT_CHANNELS = (1, 2)
 _BYTES_PER_SAMPLE = {music_pb2.PCM_S16LE: 2, music_pb2.PCM_F32LE: 4}
 INITIAL_AUDIO_FORMATS = ("WAV", "WAVEX", "MP3", "OGG")  # libsndfile's format names
-INITIAL_AUDIO_MAX_SECONDS_READ = 600.0  # longer files are refused (only the last 10 s are used)
+# Files whose length is unknown (or that cannot seek) are decoded from the start up to this long;
+# the last 10 s of what was decoded are used.
+INITIAL_AUDIO_MAX_SECONDS_READ = 600.0
+_UNKNOWN_LENGTH_FRAMES = 2 ** 62  # what libsndfile reports for a stream without a length
 
 
 class AudioInputRejected(ValueError):
@@ -277,8 +280,13 @@ def decode_initial_audio(data: bytes, max_bytes: int) -> np.ndarray:
                                          f"{audio.samplerate} Hz; accepted: 1-8 channels, "
                                          f"{low}-{high} Hz")
             sample_rate = audio.samplerate
-            samples = audio.read(frames=math.ceil(INITIAL_AUDIO_MAX_SECONDS_READ * sample_rate),
-                                 dtype="float32", always_2d=True)
+            wanted = math.ceil(facts.INITIAL_AUDIO_SECONDS * sample_rate)
+            if 0 < audio.frames < _UNKNOWN_LENGTH_FRAMES and audio.seekable():
+                audio.seek(max(0, audio.frames - wanted))  # decode only the last 10 s
+                samples = audio.read(frames=wanted, dtype="float32", always_2d=True)
+            else:
+                samples = audio.read(frames=math.ceil(INITIAL_AUDIO_MAX_SECONDS_READ * sample_rate),
+                                     dtype="float32", always_2d=True)
     except soundfile.SoundFileError as err:
         raise AudioInputRejected(
             f"initial_audio could not be decoded: {getattr(err, 'error_string', err)}") from None
@@ -286,7 +294,7 @@ def decode_initial_audio(data: bytes, max_bytes: int) -> np.ndarray:
         raise AudioInputRejected("initial_audio decodes to no samples")
     if not np.all(np.isfinite(samples)):
         raise AudioInputRejected("initial_audio holds non-finite samples")
-    samples = samples[-math.ceil(facts.INITIAL_AUDIO_SECONDS * sample_rate):]
+    samples = samples[-wanted:]
     if samples.shape[1] == 1:
         samples = np.repeat(samples, facts.CHANNELS, axis=1)
     elif samples.shape[1] > facts.CHANNELS:  # more than stereo: keep the first two

@@ -80,8 +80,9 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
             initial_audio, initial_audio_warning = None, None
             if setup.initial_audio:
                 try:
-                    initial_audio = decode_initial_audio(
-                        setup.initial_audio, self.settings.prompt_limits.max_audio_bytes)
+                    initial_audio = await asyncio.to_thread(  # decoding takes a while
+                        decode_initial_audio, setup.initial_audio,
+                        self.settings.prompt_limits.max_audio_bytes)
                 except AudioInputRejected as err:
                     initial_audio_warning = music_pb2.Warning(
                         code="INVALID_INITIAL_AUDIO",
