@@ -55,11 +55,14 @@ def play(client: StreamClient, chunks: int) -> list[np.ndarray]:
 
 
 def test_initial_audio_seeds_the_context_the_same_way_twice(tiny_cluster):
+    """The same clip, prompts and seed give the same audio; without the clip it differs."""
     clip = chord_wav(4.0)
     runs = []
     for initial_audio in (clip, clip, b""):
         client, started = open_session(tiny_cluster, seed=5, initial_audio=initial_audio)
         assert started.audio_input_supported
+        client.prompts(music_pb2.WeightedPrompt(text="slow dub"))
+        assert client.expect("prompt_status").prompt_status.accepted
         runs.append(play(client, 2))
         client.close()
     np.testing.assert_array_equal(runs[0][0], runs[1][0])
