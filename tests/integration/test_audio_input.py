@@ -201,3 +201,47 @@ def test_a_jam_moved_to_another_generator_keeps_its_context_and_its_mixing(tiny_
     finally:
         jam.close()
         tiny_cluster.restart_generator(holding[0])
+
+
+def test_the_generator_writes_a_mix_s_encoding_over_the_last_58_context_frames(
+        tiny_cluster, tmp_path_factory):
+    """Through the generator's own API: the snapshot after an injected chunk holds the tiny
+    codec's encoding of the mix (computed in TensorFlow here) where upstream writes it."""
+    import queue
+
+    import grpc
+
+    from services.common.assets import AssetStore
+    from services.common.proto.mrt.v1 import generator_pb2, generator_pb2_grpc
+    from services.generator.model import tiny_assets
+    from tests.codec_reference import tensorflow_codes
+
+    requests: queue.Queue = queue.Queue()
+    channel = grpc.insecure_channel(tiny_cluster.generators[0].spec.address)
+    responses = generator_pb2_grpc.GeneratorStub(channel).Session(iter(requests.get, None))
+    try:
+        requests.put(generator_pb2.GeneratorRequest(open=generator_pb2.OpenSession(
+            session_id="mix-check", sampling=generator_pb2.Sampling(
+                temperature=1.1, top_k=40, guidance=5.0, seed=4))))
+        assert next(responses).opened.audio_input_supported
+
+        def chunk_after(*updates) -> np.ndarray:
+            for update in updates:
+                requests.put(update)
+            requests.put(generator_pb2.GeneratorRequest(
+                demand=generator_pb2.ChunkDemand(deadline_unix_s=time.time())))
+            snapshot = next(responses).chunk.snapshot
+            return np.frombuffer(snapshot.context_tokens, "<i4").reshape(250, 16)
+
+        before = chunk_after()
+        t = np.arange(126_720) / SR
+        mix = np.stack([0.3 * np.sin(2 * np.pi * 220 * t), 0.2 * np.sin(2 * np.pi * 330 * t)], 1)
+        after = chunk_after(generator_pb2.GeneratorRequest(
+            inject=generator_pb2.InjectAudio(mix=mix.astype("<f4").tobytes())))
+    finally:
+        requests.put(None)
+        channel.close()
+    store = tiny_assets.ensure_tiny_assets(AssetStore(tmp_path_factory.getbasetemp() / "assets"))
+    expected = tensorflow_codes(store, mix)[8:]  # 66 frames encoded, the first 8 thrown away
+    np.testing.assert_array_equal(after[-50 - 58:-50], expected)  # then moved by the new chunk
+    np.testing.assert_array_equal(after[:-50 - 58], before[50:-58])  # the rest untouched

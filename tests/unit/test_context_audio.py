@@ -11,11 +11,12 @@ from services.common.assets import AssetStore
 from services.generator.context_audio import ContextAudio
 from services.generator.engine import ChunkJob, SamplingParams, SessionState
 from services.generator.magenta_rt import MagentaRTEngine
-from services.generator.model import spectrostream, tiny_assets, tokens
+from services.generator.model import tiny_assets, tokens
 from services.generator.model.codec_encoder import SpectroStreamEncoder
-from services.generator.model.spectrostream import SpectroStreamDecoder, import_tensorflow_cpu_only
+from services.generator.model.spectrostream import SpectroStreamDecoder
 from services.generator.model.style_tokens import STYLE_QUANTIZER_ASSET, StyleQuantizer
 from services.generator.sessions import GeneratorSession
+from tests.codec_reference import tensorflow_codes
 
 
 class RecordingSampler:
@@ -41,16 +42,6 @@ def engine(tiny_store):
         "tiny", RecordingSampler(), SpectroStreamDecoder.from_store(tiny_store, batch_buckets=(1, 2, 4)),
         StyleQuantizer.load(tiny_store.path(STYLE_QUANTIZER_ASSET)),
         SpectroStreamEncoder.from_store(tiny_store))
-
-
-def tensorflow_codes(store: AssetStore, audio: np.ndarray) -> np.ndarray:
-    """int32[frames, 16]: the SavedModels' own encoding of float32[T, 2] audio."""
-    tf = import_tensorflow_cpu_only()
-    encoder = tf.saved_model.load(str(store.path(spectrostream.ENCODER_ASSET)))
-    quantizer = tf.saved_model.load(str(store.path(spectrostream.QUANTIZER_ASSET)))
-    embeddings = encoder(tf.constant(audio[None]))
-    codes, _ = quantizer.inference_encoding_with_tf_function(embeddings, num_quantizers=16)
-    return np.transpose(codes.numpy()[:, 0], (1, 0))
 
 
 def chord(seconds: float, hz=(220.0, 330.0)) -> np.ndarray:
