@@ -61,16 +61,16 @@ MODEL_ASSET_PATHS: dict[str, list[str]] = {
 class MagentaRTEngine(ChunkEngine):
     """Generates the next 2 s chunk for a batch of sessions with one model."""
 
-    supports_audio_input = True
-
     def __init__(self, name: str, sampler, decoder: SpectroStreamDecoder,
-                 style_quantizer: StyleQuantizer, encoder: SpectroStreamEncoder):
-        """`sampler` is a `sampling.TokenSampler` (or anything with its `sample` method)."""
+                 style_quantizer: StyleQuantizer, encoder: SpectroStreamEncoder | None):
+        """`sampler` is a `sampling.TokenSampler` (or anything with its `sample` method);
+        without an `encoder` the engine takes no audio input."""
         self.name = name
         self._sampler = sampler
         self._decoder = decoder
         self._style_quantizer = style_quantizer
         self._encoder = encoder
+        self.supports_audio_input = encoder is not None
 
     @classmethod
     def create(cls, model_name: str, store: AssetStore, *, checkpoint: Path | None = None,
@@ -109,12 +109,16 @@ class MagentaRTEngine(ChunkEngine):
         else:
             params = convert.load_checkpoint(Path(checkpoint), config)
         log.info("loading %s codec and style quantizer", model_name)
+        encoder = SpectroStreamEncoder.from_store(assets)
+        if not encoder.matches_quantizer(assets.path(spectrostream.QUANTIZER_ASSET)):
+            log.error("the codec quantizer's own encoding differs from ours: audio input is off")
+            encoder = None
         return cls(
             model_name,
             sampling.TokenSampler(config, params, batch_buckets=BATCH_BUCKETS),
             SpectroStreamDecoder.from_store(assets, batch_buckets=BATCH_BUCKETS),
             StyleQuantizer.load(assets.path(STYLE_QUANTIZER_ASSET)),
-            SpectroStreamEncoder.from_store(assets),
+            encoder,
         )
 
     def generate(self, jobs: Sequence[ChunkJob]) -> list[ChunkOutput]:
@@ -159,8 +163,9 @@ class MagentaRTEngine(ChunkEngine):
             self.generate([ChunkJob(SessionState.fresh(), None, SamplingParams())] * bucket)
             if bucket >= max_batch_size:
                 break
-        self._encoder.warmup(max_batch_size, facts.INJECTION_MIX_SAMPLES)
-        self._encoder.warmup(1, INITIAL_AUDIO_MAX_SAMPLES)
+        if self._encoder is not None:
+            self._encoder.warmup(max_batch_size, facts.INJECTION_MIX_SAMPLES)
+            self._encoder.warmup(1, INITIAL_AUDIO_MAX_SAMPLES)
 
 
 def chunk_seeds(jobs: Sequence[ChunkJob]) -> np.ndarray:

@@ -11,8 +11,8 @@ from services.common.assets import AssetStore
 from services.generator.context_audio import ContextAudio
 from services.generator.engine import ChunkJob, SamplingParams, SessionState
 from services.generator.magenta_rt import MagentaRTEngine
-from services.generator.model import tiny_assets, tokens
-from services.generator.model.codec_encoder import SpectroStreamEncoder
+from services.generator.model import spectrostream, tiny_assets, tokens
+from services.generator.model.codec_encoder import SpectroStreamEncoder, convert_encoder
 from services.generator.model.spectrostream import SpectroStreamDecoder
 from services.generator.model.style_tokens import STYLE_QUANTIZER_ASSET, StyleQuantizer
 from services.generator.sessions import GeneratorSession
@@ -128,3 +128,12 @@ def test_initial_audio_then_a_mix_are_both_written_in_order(engine, tiny_store):
 def test_bad_context_audio_is_refused(make, data, why):
     with pytest.raises(ValueError, match=why):
         make(data)
+
+
+def test_the_engine_checks_its_quantization_against_the_quantizer_savedmodel(tiny_store):
+    quantizer_dir = tiny_store.path(spectrostream.QUANTIZER_ASSET)
+    assert SpectroStreamEncoder.from_store(tiny_store).matches_quantizer(quantizer_dir)
+    shifted = SpectroStreamEncoder(  # codebooks one level off: not what the quantizer does
+        tiny_assets.tiny_codec_codebooks()[1:17],
+        *convert_encoder(tiny_store.path(spectrostream.ENCODER_ASSET)))
+    assert not shifted.matches_quantizer(quantizer_dir)

@@ -85,6 +85,18 @@ class SpectroStreamEncoder:
         encoder_fn, encoder_params = convert_encoder(encoder_dir)
         return cls(load_codec_codebooks(quantizer_dir, levels), encoder_fn, encoder_params)
 
+    def matches_quantizer(self, quantizer_dir: Path, frames: int = 32, seed: int = 0) -> bool:
+        """Whether our quantization gives the codes the quantizer SavedModel's own encoding
+        function gives, on random embeddings (a load-time check of the real assets)."""
+        tf = import_tensorflow_cpu_only()
+        quantizer = tf.saved_model.load(str(quantizer_dir))
+        embeddings = np.random.default_rng(seed).standard_normal(
+            (1, frames, CODEC_EMBEDDING_DIM)).astype(np.float32)
+        reference, _ = quantizer.inference_encoding_with_tf_function(
+            tf.constant(embeddings), num_quantizers=self.levels)
+        ours = residual_quantize(jnp.asarray(embeddings), self._codebooks)
+        return bool(np.array_equal(np.transpose(reference.numpy(), (1, 2, 0)), np.asarray(ours)))
+
     @classmethod
     def from_store(cls, store: AssetStore, **kwargs) -> "SpectroStreamEncoder":
         """Load from an asset store laid out like the upstream repository."""
