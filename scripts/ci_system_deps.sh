@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install the command-line tools the deployment tests (tests/deploy) need on a Debian machine:
 #   promtool  - Debian's `prometheus` package (checks and unit-tests the alert rules)
+#   buildah, mmdebstrap - Debian packages: build the service images without a Docker engine, from
+#               a base made of the machine's Debian packages (tests/deploy/test_image_containers.py)
 #   kubectl   - with kustomize v5 inside (renders deploy/k8s). The project's machine image ships
 #               one (Google Cloud SDK's package); Debian's own kubernetes-client is too old
 #               (kustomize v2, no Components). Where none is usable, take the official kubectl
@@ -44,9 +46,14 @@ PY
   hash -r
 }
 
-if ! command -v promtool >/dev/null; then
+declare -A APT_PACKAGE_OF=([promtool]=prometheus [buildah]=buildah [mmdebstrap]=mmdebstrap)
+missing=()
+for command in "${!APT_PACKAGE_OF[@]}"; do
+  command -v "$command" >/dev/null || missing+=("${APT_PACKAGE_OF[$command]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 if ! command -v kubectl >/dev/null || [ "$(kustomize_major)" -lt 5 ]; then
@@ -54,4 +61,6 @@ if ! command -v kubectl >/dev/null || [ "$(kustomize_major)" -lt 5 ]; then
 fi
 
 promtool --version | head -n 1
+buildah --version
+mmdebstrap --version
 kubectl version --client | grep -i kustomize
