@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -63,7 +64,7 @@ def image_name(service: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def storage() -> Storage:
+def storage() -> Iterator[Storage]:
     missing = [tool for tool in ("buildah", "mmdebstrap") if shutil.which(tool) is None]
     if missing:
         pytest.skip(f"{' and '.join(missing)} not installed: the image test builds with buildah "
@@ -123,8 +124,6 @@ def images(storage: Storage, tmp_path_factory) -> dict[str, Image]:
         built[service] = Image(image_name(service), image_size_bytes(storage, image_name(service)),
                                seconds, container, rootfs)
     return built
-
-
 
 
 @pytest.mark.parametrize("service", SERVICES)
