@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # The gateway: the public gRPC streaming API. Build from the repository root (`make images`):
 #   docker build -f deploy/docker/gateway.Dockerfile -t mrt-gateway:VERSION .
+# The base: a Debian bookworm with Python 3.11; `make base-image` makes one without a registry.
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 
 FROM ${PYTHON_IMAGE} AS build

@@ -5,6 +5,7 @@
 #     -t mrt-generator:VERSION-cuda12 .
 # ACCELERATOR: cpu (default), cuda12 (NVIDIA; CUDA comes from pip wheels, the driver from the
 # node) or tpu (Cloud TPU). The image also runs `mrt assets download` for the assets Job.
+# The base: a Debian bookworm with Python 3.11; `make base-image` makes one without a registry.
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 
 FROM ${PYTHON_IMAGE} AS build
