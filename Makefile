@@ -45,7 +45,6 @@ REGISTRY ?=
 ACCELERATOR ?= cpu
 IMAGES ?= gateway embedder generator
 PYTHON_IMAGE ?=
-BASE_IMAGE := localhost/mrt-python:3.11-bookworm
 
 # Container images, one per service (the generator per accelerator), built with Docker or, where
 # no Docker engine answers, with buildah. PYTHON_IMAGE replaces the pinned python:3.11-slim base.
@@ -56,7 +55,7 @@ images:
 # A Debian bookworm base with Python 3.11 made from this machine's apt sources (no registry):
 # `make base-image && make images PYTHON_IMAGE=localhost/mrt-python:3.11-bookworm`.
 base-image:
-	bash scripts/images.sh base $(BASE_IMAGE)
+	bash scripts/images.sh base
 
 lint: setup
 	$(PY) -m compileall -q services bench tests

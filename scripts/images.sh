@@ -71,7 +71,7 @@ make_base() {  # IMAGE
   command -v mmdebstrap >/dev/null || die "mmdebstrap is not installed (Debian: apt-get install mmdebstrap)"
   sources=$(debian_sources)
   tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' RETURN
+  trap 'rm -rf "$tmp"' EXIT
   echo "making $image from the Debian bookworm packages of $sources"
   # minbase: apt, dpkg, coreutils and useradd (passwd); bookworm's python3 is Python 3.11.
   mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates \
