@@ -62,7 +62,7 @@ debian_sources() {
 }
 
 make_base() {  # IMAGE
-  local tool image=$1 sources tmp container
+  local tool image=$1 sources container
   tool=$(container_tool)
   if image_exists "$tool" "$image"; then
     echo "base image $image is already there ($tool); remove it to make it again"
@@ -70,7 +70,7 @@ make_base() {  # IMAGE
   fi
   command -v mmdebstrap >/dev/null || die "mmdebstrap is not installed (Debian: apt-get install mmdebstrap)"
   sources=$(debian_sources)
-  tmp=$(mktemp -d)
+  tmp=$(mktemp -d)  # not local: the EXIT trap reads it after this function returns
   trap 'rm -rf "$tmp"' EXIT
   echo "making $image from the Debian bookworm packages of $sources"
   # minbase: apt, dpkg, coreutils and useradd (passwd); bookworm's python3 is Python 3.11.
