@@ -32,6 +32,8 @@ BASE_IMAGE = "localhost/mrt-python:3.11-bookworm"
 BUILD_TIMEOUT_S = 1800
 CONTAINER_ASSETS_DIR = "/assets"
 TEST_FILE_PREFIXES = ("test_", "conftest")
+# The large frameworks an image must not carry: the gateway serves no model, the embedder's is TensorFlow.
+NOT_CARRIED = {"gateway": ("tensorflow", "jax", "jaxlib"), "embedder": ("jax", "jaxlib"), "generator": ()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,8 +147,8 @@ def test_image_runs_as_non_root_and_carries_no_tests_or_caches(images, storage, 
     assert not (site_packages / "tests").exists()
     assert not list((image.rootfs / "var/lib/apt/lists").glob("*Packages*")), "apt lists"
     assert not list((image.rootfs / "var/cache/apt/archives").glob("*.deb")), "apt downloads"
-    if service == "gateway":  # the gateway serves no model: no TensorFlow, no JAX
-        assert not [p for p in ("tensorflow", "jax", "jaxlib") if (site_packages / p).exists()]
+    carried = [package for package in NOT_CARRIED[service] if (site_packages / package).exists()]
+    assert not carried, f"the {service} image carries {carried}"
 
 
 def container_spec(storage: Storage, image: Image, assets: Path, spec: ServiceSpec) -> ServiceSpec:
