@@ -10,7 +10,7 @@ PROTOS := $(wildcard protos/mrt/v1/*.proto)
 NODE_PACKAGES := clients/node tests/js
 NODE_STAMPS := $(addsuffix /node_modules/.installed-stamp,$(NODE_PACKAGES))
 
-.PHONY: setup run test test-fast bench protos protos-check lint images system-deps node-deps clean
+.PHONY: setup run test test-fast bench protos protos-check lint images base-image system-deps node-deps clean
 
 setup: $(STAMP)
 
@@ -55,13 +55,19 @@ protos-check: setup
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 REGISTRY ?=
 ACCELERATOR ?= cpu
+IMAGES ?= gateway embedder generator
+PYTHON_IMAGE ?=
 
-# Container images (needs a Docker engine): one per service; the generator per accelerator.
+# Container images, one per service (the generator per accelerator), built with Docker or, where
+# no Docker engine answers, with buildah. PYTHON_IMAGE replaces the pinned python:3.11-slim base.
 images:
-	docker build -f deploy/docker/gateway.Dockerfile -t $(REGISTRY)mrt-gateway:$(VERSION) .
-	docker build -f deploy/docker/embedder.Dockerfile -t $(REGISTRY)mrt-embedder:$(VERSION) .
-	docker build -f deploy/docker/generator.Dockerfile --build-arg ACCELERATOR=$(ACCELERATOR) \
-	  -t $(REGISTRY)mrt-generator:$(VERSION)-$(ACCELERATOR) .
+	VERSION=$(VERSION) REGISTRY=$(REGISTRY) ACCELERATOR=$(ACCELERATOR) PYTHON_IMAGE=$(PYTHON_IMAGE) \
+	  bash scripts/images.sh build $(IMAGES)
+
+# A Debian bookworm base with Python 3.11 made from this machine's apt sources (no registry):
+# `make base-image && make images PYTHON_IMAGE=localhost/mrt-python:3.11-bookworm`.
+base-image:
+	bash scripts/images.sh base
 
 lint: setup
 	$(PY) -m compileall -q services bench tests

@@ -6,6 +6,8 @@
 #               downloads one of its own)
 #   node, npm - the Node.js client and the JavaScript tests (Node 20 or newer; Debian's package
 #               only where none is installed)
+#   buildah, mmdebstrap - Debian packages: build the service images without a Docker engine, from
+#               a base made of the machine's Debian packages (tests/deploy/test_image_containers.py)
 #   kubectl   - with kustomize v5 inside (renders deploy/k8s). The project's machine image ships
 #               one (Google Cloud SDK's package); Debian's own kubernetes-client is too old
 #               (kustomize v2, no Components). Where none is usable, take the official kubectl
@@ -49,15 +51,15 @@ PY
   hash -r
 }
 
-apt_packages=()
-command -v promtool >/dev/null || apt_packages+=(prometheus)
-command -v ffmpeg >/dev/null || apt_packages+=(ffmpeg)
-command -v chromium >/dev/null || apt_packages+=(chromium)
-command -v node >/dev/null || apt_packages+=(nodejs)
-command -v npm >/dev/null || apt_packages+=(npm)
-if [ ${#apt_packages[@]} -gt 0 ]; then
+declare -A APT_PACKAGE_OF=([promtool]=prometheus [ffmpeg]=ffmpeg [chromium]=chromium [node]=nodejs
+                          [npm]=npm [buildah]=buildah [mmdebstrap]=mmdebstrap)
+missing=()
+for command in "${!APT_PACKAGE_OF[@]}"; do
+  command -v "$command" >/dev/null || missing+=("${APT_PACKAGE_OF[$command]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 if ! command -v kubectl >/dev/null || [ "$(kustomize_major)" -lt 5 ]; then
@@ -74,4 +76,6 @@ promtool --version | head -n 1
 ffmpeg -version | head -n 1
 chromium --version 2>/dev/null
 echo "node $(node --version)"
+buildah --version
+mmdebstrap --version
 kubectl version --client | grep -i kustomize

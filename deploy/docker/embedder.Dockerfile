@@ -1,17 +1,21 @@
 # syntax=docker/dockerfile:1
 # The embedder: text / audio -> style embedding, CPU only. Build from the repository root (`make images`):
 #   docker build -f deploy/docker/embedder.Dockerfile -t mrt-embedder:VERSION .
+# The base: a Debian bookworm with Python 3.11; `make base-image` makes one without a registry.
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 
 FROM ${PYTHON_IMAGE} AS build
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
-RUN python -m venv /opt/venv
+# pip trusts the system's certificates (where a build host may mount its own, e.g. a proxy's) and
+# keeps downloads in a cache mount: shared by the builds of every image, carried by none.
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+RUN python3 -m venv /opt/venv
 # Dependencies first (a layer that changes only with the lock), then the project itself.
 COPY requirements.lock deploy/docker/requirements/embedder.txt /tmp/requirements/
-RUN /opt/venv/bin/pip install --no-cache-dir -c /tmp/requirements/requirements.lock -r /tmp/requirements/embedder.txt
+RUN --mount=type=cache,target=/root/.cache/pip \
+    /opt/venv/bin/pip install -c /tmp/requirements/requirements.lock -r /tmp/requirements/embedder.txt
 COPY pyproject.toml /src/
 COPY services /src/services
-RUN /opt/venv/bin/pip install --no-cache-dir --no-deps /src
+RUN --mount=type=cache,target=/root/.cache/pip /opt/venv/bin/pip install --no-deps /src
 
 FROM ${PYTHON_IMAGE}
 RUN useradd --uid 10001 --user-group --no-create-home --home-dir /tmp --shell /usr/sbin/nologin mrt

@@ -5,24 +5,28 @@
 #     -t mrt-generator:VERSION-cuda12 .
 # ACCELERATOR: cpu (default), cuda12 (NVIDIA; CUDA comes from pip wheels, the driver from the
 # node) or tpu (Cloud TPU). The image also runs `mrt assets download` for the assets Job.
+# The base: a Debian bookworm with Python 3.11; `make base-image` makes one without a registry.
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 
 FROM ${PYTHON_IMAGE} AS build
 ARG ACCELERATOR=cpu
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
-RUN python -m venv /opt/venv
+# pip trusts the system's certificates (where a build host may mount its own, e.g. a proxy's) and
+# keeps downloads in a cache mount: shared by the builds of every image, carried by none.
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+RUN python3 -m venv /opt/venv
 # Dependencies first (a layer that changes only with the lock), then the project itself.
 COPY requirements.lock deploy/docker/requirements/generator*.txt /tmp/requirements/
-RUN case "$ACCELERATOR" in \
+RUN --mount=type=cache,target=/root/.cache/pip \
+    case "$ACCELERATOR" in \
       cpu) runtime="" ;; \
       cuda12|tpu) runtime="/tmp/requirements/generator-$ACCELERATOR.txt" ;; \
       *) echo "ACCELERATOR must be cpu, cuda12 or tpu, not '$ACCELERATOR'" >&2; exit 1 ;; \
     esac \
- && /opt/venv/bin/pip install --no-cache-dir -c /tmp/requirements/requirements.lock \
+ && /opt/venv/bin/pip install -c /tmp/requirements/requirements.lock \
       -r /tmp/requirements/generator.txt ${runtime:+-r "$runtime"}
 COPY pyproject.toml /src/
 COPY services /src/services
-RUN /opt/venv/bin/pip install --no-cache-dir --no-deps /src
+RUN --mount=type=cache,target=/root/.cache/pip /opt/venv/bin/pip install --no-deps /src
 
 FROM ${PYTHON_IMAGE}
 RUN useradd --uid 10001 --user-group --no-create-home --home-dir /tmp --shell /usr/sbin/nologin mrt
