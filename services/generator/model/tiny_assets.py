@@ -66,7 +66,7 @@ LEAKAGE_REGULARIZATION = 1e-3
 LEVEL_CLIP = 0.002  # levels and pans are kept inside (0.002, 0.998) before inverting sigmoids
 PAN_MIN_LEVEL = 0.1  # quieter notes are panned towards the middle
 PAN_CLIP = 0.1
-EMBEDDING_SCALE = 0.2  # the encoder's embedding length relative to the decoder's (16)
+EMBEDDING_SCALE = 0.2  # unit-RMS embeddings (length 16) scaled to the codebook vectors' lengths
 
 # Codebook vectors have a fixed length per level (so nearest neighbour = largest dot product
 # with the residual, whatever the input scale), shrinking with depth like a trained RVQ. They
