@@ -23,6 +23,7 @@ import psutil
 from bench import report
 from services.common import model_facts as facts
 from services.common.assets import AssetStore
+from services.generator.context_audio import ContextAudio
 from services.generator.engine import ChunkEngine, ChunkJob, SamplingParams, SessionState
 from services.generator.models import create_engine
 
@@ -36,6 +37,14 @@ def first_jobs(batch_size: int, seed: int = 0) -> list[ChunkJob]:
         jobs.append(ChunkJob(state=SessionState.fresh(), style_embedding=style / np.linalg.norm(style),
                              sampling=SamplingParams(seed=seed + row)))
     return jobs
+
+
+def with_injection(jobs: list[ChunkJob], seed: int = 0) -> list[ChunkJob]:
+    """The jobs, each carrying a live-input mix to encode into its context first."""
+    rng = np.random.default_rng(seed)
+    return [dataclasses.replace(job, context_audio=(ContextAudio(
+        (0.1 * rng.standard_normal((facts.INJECTION_MIX_SAMPLES, facts.CHANNELS))).astype(np.float32),
+        facts.INJECTION_EDGE_FRAMES, is_mix=True),)) for job in jobs]
 
 
 def time_step(engine: ChunkEngine, jobs: list[ChunkJob]) -> tuple[float, list[ChunkJob]]:
@@ -59,10 +68,19 @@ def measure_batch_size(engine: ChunkEngine, batch_size: int, repeats: int) -> di
         seconds, jobs = time_step(engine, jobs)
         times.append(seconds)
     median_s = statistics.median(times)
-    return {"batch_size": batch_size, "warmup_s": warmup_s, "seconds": times,
-            "median_s": median_s, "seconds_per_session_chunk": median_s / batch_size,
-            "real_time_factor": batch_size * facts.CHUNK_SECONDS / median_s,
-            "realtime_sessions": realtime_sessions(batch_size, median_s)}
+    row = {"batch_size": batch_size, "warmup_s": warmup_s, "seconds": times,
+           "median_s": median_s, "seconds_per_session_chunk": median_s / batch_size,
+           "real_time_factor": batch_size * facts.CHUNK_SECONDS / median_s,
+           "realtime_sessions": realtime_sessions(batch_size, median_s)}
+    if engine.supports_audio_input:  # the same steps with every session playing along
+        _, jobs = time_step(engine, with_injection(jobs))  # compiles the encoder's shape
+        injected = []
+        for repeat in range(repeats):
+            seconds, jobs = time_step(engine, with_injection(jobs, seed=repeat))
+            injected.append(seconds)
+        row["injected_median_s"] = statistics.median(injected)
+        row["injection_extra_s_per_session"] = (row["injected_median_s"] - median_s) / batch_size
+    return row
 
 
 def device_description() -> str:
@@ -90,7 +108,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"  batch {size:>3}: {row['median_s']:.4f} s per batched chunk "
               f"(warm-up {row['warmup_s']:.2f} s), {row['seconds_per_session_chunk']:.4f} s per "
               f"session, RTF {row['real_time_factor']:.2f}, "
-              f"{row['realtime_sessions']} sessions in real time", flush=True)
+              f"{row['realtime_sessions']} sessions in real time"
+              + (f"; with audio input {row['injected_median_s']:.4f} s "
+                 f"(+{row['injection_extra_s_per_session']:.4f} s per session)"
+                 if "injected_median_s" in row else ""), flush=True)
     results = {
         "kind": "generator", "model": label, "dtype": args.dtype,
         "random_weights": args.random_weights,
@@ -106,8 +127,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def markdown(results: dict[str, Any], json_path: Path) -> str:
+    injection = all("injected_median_s" in r for r in results["batch_sizes"])
     rows = [[r["batch_size"], report.fmt(r["median_s"], 4), report.fmt(r["seconds_per_session_chunk"], 4),
              report.fmt(r["real_time_factor"], 2), r["realtime_sessions"], report.fmt(r["warmup_s"], 2)]
+            + ([report.fmt(r["injected_median_s"], 4),
+                report.fmt(r["injection_extra_s_per_session"], 4)] if injection else [])
             for r in results["batch_sizes"]]
     return "\n".join([
         f"### Generator, model `{results['model']}` ({results['dtype']}, {results['device']})",
@@ -120,7 +144,10 @@ def markdown(results: dict[str, Any], json_path: Path) -> str:
            "share of the time is the tiny one's." if results.get("random_weights") else ""),
         "",
         report.markdown_table(["batch size", "s per batched chunk", "s per session-chunk", "RTF",
-                               "sessions in real time", "warm-up s"], rows),
+                               "sessions in real time", "warm-up s"]
+                              + (["s per batched chunk, all with audio input",
+                                  "audio input: extra s per session-chunk"] if injection else []),
+                              rows),
         "",
         f"Data: `{report.relative(json_path)}`.",
     ])

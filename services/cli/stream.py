@@ -18,6 +18,7 @@ from typing import Iterator, Sequence, TextIO
 
 from services.cli.connection import add_connection_options, call_metadata, open_channel
 from services.cli.options import CommandFailed, UsageError, positive_float, user_input_type
+from services.cli.live_input import InputStreamer, read_input_file
 from services.cli.prompts import audio_prompt, text_prompt
 from services.cli.wavfile import OpusFileWriter, WavWriter
 from services.common.proto.mrt.v1 import music_pb2, music_pb2_grpc
@@ -68,6 +69,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-k", type=int, help="top-k cut, 0-1024 (0: none)")
     parser.add_argument("--guidance", type=float, help="classifier-free guidance weight, 0-10")
     parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--initial-audio", type=Path, metavar="FILE",
+                        help="a wav / mp3 / ogg file whose last 10 s seed the context: the music "
+                             "continues from it")
+    parser.add_argument("--input-audio", type=Path, metavar="FILE",
+                        help="a wav / mp3 / ogg file streamed as live input in real time; the "
+                             "model plays along with it")
+    parser.add_argument("--input-lead-seconds", type=float, default=4.0,
+                        help="how far ahead of playback --input-audio is sent (default 4; a file "
+                             "can be early, so the model hears it with the output it meets; 0 "
+                             "sends it like a live microphone)")
+    parser.add_argument("--input-feedback", type=float,
+                        help="share of the model's own output mixed with the input, 0-1")
+    parser.add_argument("--input-gap-ms", type=float,
+                        help="the newest input of each mix is silenced this long, 0-2000 ms")
+    parser.add_argument("--input-offset-ms", type=float,
+                        help="input is mixed with the output this much later, -2000-8000 ms")
+    parser.add_argument("--input-style-weight", type=float,
+                        help="weight of the newest 10 s of input as a style prompt, 0-10")
     parser.set_defaults(run=run, prompts=[])
 
 
@@ -77,13 +96,21 @@ def run(args: argparse.Namespace) -> int:
     if args.opus_bitrate and args.encoding != "ogg_opus":
         raise UsageError("--opus-bitrate needs --encoding ogg_opus")
     config_fields = {name: getattr(args, name)
-                     for name in ("temperature", "top_k", "guidance", "seed")
+                     for name in ("temperature", "top_k", "guidance", "seed", "input_feedback",
+                                  "input_gap_ms", "input_offset_ms", "input_style_weight")
                      if getattr(args, name) is not None}
+    if args.input_lead_seconds < 0:
+        raise UsageError("--input-lead-seconds must be >= 0")
+    initial_audio = _read_file(args.initial_audio, "--initial-audio") if args.initial_audio else b""
+    input_audio = (read_input_file(_read_file(args.input_audio, "--input-audio"))
+                   if args.input_audio else None)
     with open_channel(args) as channel:
         summary = stream_to_file(
             music_pb2_grpc.MusicGenerationStub(channel), seconds=args.seconds, out_path=args.out,
             setup=music_pb2.SessionSetup(model=args.model, encoding=ENCODINGS[args.encoding],
-                                         opus_bitrate=args.opus_bitrate),
+                                         opus_bitrate=args.opus_bitrate,
+                                         initial_audio=initial_audio),
+            input_audio=input_audio, input_lead_s=args.input_lead_seconds,
             prompts=args.prompts,
             config=music_pb2.GenerationConfig(**config_fields) if config_fields else None,
             metadata=call_metadata(args.api_key))
@@ -92,6 +119,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {summary.seconds:.2f} s ({summary.chunks} chunks) of session "
           f"{summary.session_id} to {args.out}{first_audio}", file=sys.stderr)
     return 0
+
+
+def _read_file(path: Path, flag: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise UsageError(f"{flag} {path}: {err.strerror}") from None
 
 
 class _RequestQueue:
@@ -146,12 +180,15 @@ def stream_to_file(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
                   prompts: Sequence[music_pb2.WeightedPrompt] = (),
                   config: music_pb2.GenerationConfig | None = None,
                   metadata: Sequence[tuple[str, str]] = (),
-                  progress_out: TextIO | None = None) -> StreamSummary:
+                  progress_out: TextIO | None = None, input_audio=None,
+                  input_lead_s: float = 4.0) -> StreamSummary:
     """Record `seconds` of a new session (rounded up to whole chunks) into `out_path`: a WAV
     for PCM_S16LE, the Ogg Opus stream itself for OGG_OPUS (`setup.encoding`).
 
     Sends setup, prompts (if any), config (if any) and PLAY, then writes chunks as they come;
     progress, warnings and prompt status go to `progress_out` (default: stderr).
+    `input_audio` (float32[n, 2] at 48 kHz) is streamed as live input in real time from the
+    first chunk on, `input_lead_s` ahead of playback.
     Raises grpc.RpcError when the call fails and StreamFailed when the server breaks the
     protocol; audio received before a failure stays in the file.
     """
@@ -168,6 +205,8 @@ def stream_to_file(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
     call_started_s = time.monotonic()
     call = stub.Stream(iter(requests), metadata=tuple(metadata))
     started: music_pb2.SessionStarted | None = None
+    streamer = (InputStreamer(input_audio, requests.put, lead_s=input_lead_s)
+                if input_audio is not None else None)
     writer: WavWriter | OpusFileWriter | None = None
     session_id, planned_chunks, chunks = "", 0, 0
     first_audio_s: float | None = None
@@ -201,6 +240,8 @@ def stream_to_file(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
                 chunks += 1
                 if first_audio_s is None:
                     first_audio_s = time.monotonic() - call_started_s
+                    if streamer is not None:
+                        streamer.start()
                 progress.update(f"chunk {chunks}/{planned_chunks}  "
                                 f"{writer.seconds_written:.1f}/{seconds:g} s received  "
                                 f"first audio after {first_audio_s:.2f} s")
@@ -220,6 +261,8 @@ def stream_to_file(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
         raise
     finally:
         progress.finish()
+        if streamer is not None:
+            streamer.stop()
         requests.close()
         call.cancel()
         if writer is not None:

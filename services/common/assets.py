@@ -3,7 +3,7 @@
 Layout under the assets directory (``--assets-dir`` / ``MRT_ASSETS_DIR``) mirrors the upstream
 repository ``google/magenta-realtime``, so a directory made with ``mrt assets download`` and a
 plain ``huggingface-cli download`` both work. The project's own ``tiny`` assets live under
-``<assets_dir>/tiny/`` in the same layout and are built locally, never downloaded.
+``<assets_dir>/tiny-v2/`` in the same layout and are built locally, never downloaded.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 HF_REPO_ID = "google/magenta-realtime"
 DEFAULT_ASSETS_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mrt" / "assets"
-TINY_SUBDIR = "tiny"
+TINY_SUBDIR = "tiny-v2"  # v2: the codec encoder inverts the decoder
 
 log = logging.getLogger(__name__)
 

@@ -43,3 +43,21 @@ GUIDANCE_RANGE = (0.0, 10.0)
 
 AUDIO_PROMPT_SECONDS = 10.0  # audio prompts: the first 10 s are used
 STYLE_AUDIO_SAMPLE_RATE_HZ = 16_000
+
+# Audio injection: live input and initial_audio written into the context (docs/model.md).
+INJECTION_PREFIX_FRAMES = 16  # frames encoded in front of the chunk-long mix
+INJECTION_EDGE_FRAMES = 8  # of those, dropped after encoding (the encoder's left-edge artefacts)
+INJECTION_MIX_FRAMES = CHUNK_FRAMES + INJECTION_PREFIX_FRAMES  # 66
+INJECTION_MIX_SAMPLES = INJECTION_MIX_FRAMES * SAMPLES_PER_FRAME  # 126 720
+INJECTION_WRITTEN_FRAMES = INJECTION_MIX_FRAMES - INJECTION_EDGE_FRAMES  # 58: the last 58 context frames
+INPUT_GAP_RAMP_SAMPLES = 100  # the input fades out linearly over this many samples into the gap
+INITIAL_AUDIO_SECONDS = 10.0  # initial_audio: the last 10 s seed the context
+DEFAULT_INPUT_FEEDBACK = 0.95
+DEFAULT_INPUT_GAP_MS = 0.0
+DEFAULT_INPUT_OFFSET_MS = 0.0
+DEFAULT_INPUT_STYLE_WEIGHT = 0.0
+INPUT_FEEDBACK_RANGE = (0.0, 1.0)
+INPUT_GAP_MS_RANGE = (0.0, 2000.0)
+INPUT_OFFSET_MS_RANGE = (-2000.0, 8000.0)
+INPUT_STYLE_WEIGHT_RANGE = (0.0, 10.0)
+INPUT_STYLE_SECONDS = 10.0  # the live style prompt embeds the newest 10 s of input

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
              help="longest text prompt accepted")
     add_flag(parser, "--max-audio-bytes", default=PromptLimits().max_audio_bytes, type=int,
              help="largest audio prompt accepted")
+    add_flag(parser, "--max-audio-input-message-bytes", default=1024 * 1024, type=int,
+             help="largest audio_input message accepted (larger ones are refused with a warning)")
     add_api_key_flags(parser)
     add_server_tls_flags(parser)
     add_internal_tls_flags(parser)
@@ -75,7 +77,8 @@ async def serve(args: argparse.Namespace) -> None:
         buffer_ahead_seconds=args.buffer_ahead_seconds, open_timeout_s=args.backend_timeout_s,
         slow_client_timeout_s=args.slow_client_timeout_s,
         prompt_limits=PromptLimits(max_prompts=args.max_prompts, max_text_chars=args.max_text_chars,
-                                   max_audio_bytes=args.max_audio_bytes))
+                                   max_audio_bytes=args.max_audio_bytes),
+        max_audio_input_message_bytes=args.max_audio_input_message_bytes)
     servicer = MusicGenerationServicer(pool=pool, embedder=embedder, settings=settings,
                                        default_model=args.default_model)
     service = Service.from_flags("gateway", args, public_service,

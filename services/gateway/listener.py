@@ -21,13 +21,16 @@ from prometheus_client import Counter, Histogram
 
 from services.common import model_facts as facts
 from services.common.metrics import LATENCY_BUCKETS_S
-from services.common.proto.mrt.v1 import generator_pb2, music_pb2
+from services.common.proto.mrt.v1 import embedder_pb2, generator_pb2, music_pb2
+from services.gateway.audio_injection import (AudioInjector, AudioInputRejected, InjectionSettings,
+                                              merge_injection_config, mix_live_style,
+                                              uses_injection_fields)
 from services.gateway.audio_encoding import AudioEncoder
-from services.gateway.embedder_client import BackendUnavailable, EmbedderClient
+from services.gateway.embedder_client import BackendUnavailable, EmbedderClient, PromptRejected
 from services.gateway.generation_config import SamplingSettings, merge_config
 from services.gateway.generator_link import GeneratorLink, LinkError
 from services.gateway.generator_pool import GeneratorPool, NoCapacity, NoGenerator
-from services.gateway.prompts import PromptError, PromptLimits, resolve_prompts
+from services.gateway.prompts import PromptError, PromptLimits, prompt_weight, resolve_prompts
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +47,19 @@ LATENESS = Histogram("mrt_gateway_chunk_lateness_seconds",
 PROMPT_TO_AUDIO = Histogram("mrt_gateway_prompt_to_audio_seconds",
                             "From a prompt update to the first chunk sent with it",
                             buckets=LATENCY_BUCKETS_S)
+AUDIO_INPUT_RECEIVED = Counter("mrt_gateway_audio_input_received_seconds_total",
+                               "Seconds of live audio input received from clients")
+AUDIO_INPUT_DROPPED = Counter("mrt_gateway_audio_input_dropped_seconds_total",
+                              "Seconds of live audio input refused or dropped before it was mixed")
+INJECTIONS = Counter("mrt_gateway_audio_injections_total",
+                     "Mixes of live input and model output sent to be written into a context")
 MIGRATED = Counter("mrt_gateway_sessions_migrated_total",
                    "Sessions resumed on another generator, by reason", ["reason"])
 
 # Messages queued for a client before the session waits for it to read (about 8 s of audio).
 OUTBOX_MESSAGES = 4
+# The same audio-input warning is repeated at most this often (a live stream sends many messages).
+AUDIO_INPUT_WARNING_INTERVAL_S = 5.0
 # A chunk this close to its need time still counts as in time (scheduling jitter).
 UNDERRUN_TOLERANCE_S = 0.02
 
@@ -59,6 +70,7 @@ class SessionSettings:
     open_timeout_s: float
     slow_client_timeout_s: float
     prompt_limits: PromptLimits
+    max_audio_input_message_bytes: int = 1024 * 1024
 
 
 class StreamEnded(Exception):
@@ -83,7 +95,7 @@ def placement_error(err: Exception) -> StreamEnded:
 class ListenerSession:
     def __init__(self, *, session_id: str, model: str, encoder: AudioEncoder,
                  settings: SessionSettings, pool: GeneratorPool, embedder: EmbedderClient,
-                 seed: int):
+                 seed: int, initial_audio: np.ndarray | None = None):
         self.session_id = session_id
         self.model = model
         self.encoder = encoder  # the listener's, whichever generator makes the audio
@@ -95,8 +107,21 @@ class ListenerSession:
         self.style: np.ndarray | None = None
         self.prompt_version = 0
         self.sampling = SamplingSettings(seed=seed)
+        self.injection_settings = InjectionSettings()
         self.config_version = 0
         self.snapshot: generator_pb2.SessionSnapshot | None = None
+        # Audio input (audio_injection.py): the clip that seeds a fresh context, and the
+        # input / output history, made on the first audio_input message.
+        self.initial_audio = initial_audio
+        self.audio_input_supported = False
+        self.injector: AudioInjector | None = None
+        self.generated_until_samples = 0  # timeline position where the next generated chunk starts
+        self._last_input_warning: tuple[str, float] = ("", 0.0)
+        # The live style prompt: the prompts' own mix and weight, the input's latest embedding.
+        self.prompt_style: np.ndarray | None = None
+        self.prompt_weight_total = 0.0
+        self.input_embedding: np.ndarray | None = None
+        self._input_embedding_task: asyncio.Task | None = None
         # Generation.
         self.link: GeneratorLink | None = None
         self._link_reader: asyncio.Task | None = None
@@ -155,7 +180,11 @@ class ListenerSession:
             tried.add(endpoint.address)
             link = GeneratorLink(endpoint)
             try:
-                await link.open(self._open_request(), self.settings.open_timeout_s)
+                opened = await link.open(self._open_request(), self.settings.open_timeout_s)
+                self.audio_input_supported = opened.audio_input_supported
+                if self.snapshot is None and self.initial_audio is not None and self.audio_input_supported:
+                    await link.send(generator_pb2.GeneratorRequest(prime=generator_pb2.PrimeContext(
+                        audio=self.initial_audio.astype("<f4").tobytes())))
             except LinkError as err:
                 link.close()
                 log.info("session %s: generator %s refused: %s", self.session_id, endpoint.address, err)
@@ -181,6 +210,7 @@ class ListenerSession:
             while True:
                 chunk = await link.read_chunk()
                 self.snapshot = chunk.snapshot
+                self._record_output(chunk)
                 self.received.append(chunk)
                 self.demand_outstanding = False
                 self._changed.set()
@@ -298,10 +328,80 @@ class ListenerSession:
             await self._send_chunk(self.received.popleft())
         if not self.demand_outstanding:
             self.demand_outstanding = True
+            await self._inject_input()
             deadline = self._release_time(self.next_position_s)
             await self._send_to_generator(generator_pb2.GeneratorRequest(
                 demand=generator_pb2.ChunkDemand(deadline_unix_s=deadline)))
         return None
+
+    # --- live audio input -------------------------------------------------------------------------
+    def _record_output(self, chunk: generator_pb2.GeneratedChunk) -> None:
+        """Keep the model's output for mixing with input, at its place on the timeline."""
+        audio = np.frombuffer(chunk.audio, "<f4").reshape(-1, facts.CHANNELS)
+        if self.injector is not None:
+            tail = np.frombuffer(chunk.snapshot.crossfade_tail, "<f4").reshape(-1, facts.CHANNELS)
+            self.injector.add_output(self.generated_until_samples, audio, tail)
+        self.generated_until_samples += len(audio)
+
+    async def _inject_input(self) -> None:
+        """Before demanding a chunk: send the mix of recent input and output, if any input."""
+        if self.injector is None or not self.audio_input_supported:
+            return
+        mix = self.injector.mix_for_chunk(self.generated_until_samples)
+        if mix is not None:
+            INJECTIONS.inc()
+            await self._send_to_generator(generator_pb2.GeneratorRequest(
+                inject=generator_pb2.InjectAudio(mix=mix.astype("<f4").tobytes())))
+        if self.injection_settings.style_weight > 0 and (
+                self._input_embedding_task is None or self._input_embedding_task.done()):
+            wav = self.injector.recent_input_wav()
+            if wav is not None:  # embedded in the background: the pump does not wait for it
+                self._input_embedding_task = asyncio.create_task(self._embed_input(wav))
+
+    async def _embed_input(self, wav: bytes) -> None:
+        """Embed the newest input and let the next chunks use it as a style prompt."""
+        try:
+            self.input_embedding = await self.embedder.embed(embedder_pb2.EmbedRequest(audio=wav))
+        except (BackendUnavailable, PromptRejected) as err:
+            log.info("session %s: live input not embedded: %s", self.session_id, err)
+            return
+        await self._apply_style()
+
+    async def _apply_style(self) -> None:
+        """Send the style the generator should use now: the prompts, with the live input."""
+        self.style = mix_live_style(self.prompt_style, self.prompt_weight_total,
+                                    self.input_embedding, self.injection_settings.style_weight)
+        await self._send_to_generator(generator_pb2.GeneratorRequest(style=generator_pb2.Style(
+            embedding=[] if self.style is None else self.style.tolist(), version=self.prompt_version)))
+
+    async def _add_audio_input(self, message: music_pb2.AudioInput) -> None:
+        if not self.audio_input_supported:
+            await self._warn_about_input("UNSUPPORTED", f"model '{self.model}' does not take audio "
+                                         f"input; audio_input is ignored")
+            return
+        if self.injector is None:
+            self.injector = AudioInjector()
+            self.injector.settings = self.injection_settings
+        try:
+            receipt = self.injector.add_input(message, self.settings.max_audio_input_message_bytes)
+        except AudioInputRejected as err:
+            await self._warn_about_input("INVALID_AUDIO_INPUT", f"audio_input refused: {err}")
+            return
+        AUDIO_INPUT_RECEIVED.inc(receipt.received_s)
+        if receipt.dropped_s > 0:
+            AUDIO_INPUT_DROPPED.inc(receipt.dropped_s)
+            await self._warn_about_input(
+                "AUDIO_INPUT_DROPPED", "audio input arrives faster than real time (or too late): "
+                "the oldest input was dropped before it could be mixed")
+
+    async def _warn_about_input(self, code: str, message: str) -> None:
+        """A warning, but the same one at most every few seconds: input streams are chatty."""
+        last_message, last_at = self._last_input_warning
+        now = time.monotonic()
+        if message == last_message and now - last_at < AUDIO_INPUT_WARNING_INTERVAL_S:
+            return
+        self._last_input_warning = (message, now)
+        await self._emit(music_pb2.StreamResponse(warning=music_pb2.Warning(code=code, message=message)))
 
     # --- client messages ---------------------------------------------------------------------------
     async def handle(self, request: music_pb2.StreamRequest) -> None:
@@ -317,9 +417,12 @@ class ListenerSession:
             await self._playback(request.playback.action)
         elif kind == "report":
             CLIENT_UNDERRUNS.inc(request.report.underruns)
+        elif kind == "audio_input":
+            await self._add_audio_input(request.audio_input)
         else:
             raise StreamEnded(grpc.StatusCode.INVALID_ARGUMENT,
-                              "empty StreamRequest: set one of setup, prompts, config, playback, report")
+                              "empty StreamRequest: set one of setup, prompts, config, playback, report, "
+                              "audio_input")
         self._changed.set()
 
     async def _update_prompts(self, update: music_pb2.PromptUpdate) -> None:
@@ -336,23 +439,33 @@ class ListenerSession:
                 accepted=False, message=f"prompt update not applied, previous prompts kept: {err}",
                 version=self.prompt_version)))
             return
-        self.style = style
+        self.prompt_style = style
+        self.prompt_weight_total = sum(prompt_weight(p) for p in update.prompts if prompt_weight(p) > 0)
         self.prompt_version += 1
         self.prompt_received_at[self.prompt_version] = received_at
-        await self._send_to_generator(generator_pb2.GeneratorRequest(style=generator_pb2.Style(
-            embedding=[] if style is None else style.tolist(), version=self.prompt_version)))
+        await self._apply_style()
         await self._emit(music_pb2.StreamResponse(prompt_status=music_pb2.PromptStatus(
             accepted=True, version=self.prompt_version,
             message="unconditioned" if style is None else f"{len(update.prompts)} prompt(s) mixed")))
 
     async def _update_config(self, update: music_pb2.GenerationConfig) -> None:
         try:
-            self.sampling = merge_config(self.sampling, update)
+            sampling = merge_config(self.sampling, update)
+            injection_settings = merge_injection_config(self.injection_settings, update)
         except ValueError as err:
             await self._emit(music_pb2.StreamResponse(warning=music_pb2.Warning(
                 code="INVALID_CONFIG", message=f"config refused, previous settings kept: {err}")))
             return
+        style_weight_changed = injection_settings.style_weight != self.injection_settings.style_weight
+        self.sampling, self.injection_settings = sampling, injection_settings
         self.config_version += 1
+        if self.injector is not None:
+            self.injector.settings = self.injection_settings
+        if style_weight_changed and self.input_embedding is not None:
+            await self._apply_style()
+        if uses_injection_fields(update) and not self.audio_input_supported:
+            await self._warn_about_input("UNSUPPORTED", f"model '{self.model}' does not take audio "
+                                         f"input; the input_* settings have no effect")
         await self._send_to_generator(generator_pb2.GeneratorRequest(sampling=self._sampling_message()))
 
     async def _playback(self, action: int) -> None:
@@ -367,7 +480,10 @@ class ListenerSession:
         elif action == Action.STOP:
             self.playing = False
             self.anchor = None
+            self.generated_until_samples -= facts.CHUNK_SAMPLES * len(self.received)
             self.received.clear()
+            if self.injector is not None:
+                self.injector.restart_output()
             self.snapshot = None  # PLAY after STOP starts from a fresh context
             self._drop_link()
         elif action == Action.RESET_CONTEXT:
@@ -384,6 +500,8 @@ class ListenerSession:
         self._changed.set()
 
     async def close(self) -> None:
+        if self._input_embedding_task is not None:
+            self._input_embedding_task.cancel()
         self.closed = True
         self._changed.set()
         self._drop_link()

@@ -15,6 +15,7 @@ from services.common import model_facts as facts
 from services.common.models import LOCAL_MODELS, MODEL_DESCRIPTIONS
 from services.common.proto.mrt.v1 import embedder_pb2, music_pb2, music_pb2_grpc
 from services.gateway.audio_encoding import AudioEncoder, make_encoder
+from services.gateway.audio_injection import AudioInputRejected, decode_initial_audio
 from services.gateway.embedder_client import BackendUnavailable, EmbedderClient, PromptRejected
 from services.gateway.generator_pool import GeneratorPool
 from services.gateway.listener import ClientTooSlow, ListenerSession, SessionSettings, StreamEnded
@@ -76,10 +77,20 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
             setup = first.setup
             encoder = _audio_encoder(setup)
             model = self._resolve_model(setup.model)
+            initial_audio, initial_audio_warning = None, None
+            if setup.initial_audio:
+                try:
+                    initial_audio = await asyncio.to_thread(  # decoding takes a while
+                        decode_initial_audio, setup.initial_audio,
+                        self.settings.prompt_limits.max_audio_bytes)
+                except AudioInputRejected as err:
+                    initial_audio_warning = music_pb2.Warning(
+                        code="INVALID_INITIAL_AUDIO",
+                        message=f"{err}; the session starts without it")
             session = ListenerSession(
                 session_id=uuid.uuid4().hex, model=model, encoder=encoder,
                 settings=self.settings, pool=self.pool, embedder=self.embedder,
-                seed=secrets.randbits(31))
+                seed=secrets.randbits(31), initial_audio=initial_audio)
             await session.connect()
             STARTED.labels(model).inc()
             log.info("session %s started (model %s, peer %s)", session.session_id, model, context.peer())
@@ -87,7 +98,14 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
                 session_id=session.session_id, model=model, sample_rate=facts.SAMPLE_RATE_HZ,
                 channels=facts.CHANNELS, chunk_seconds=facts.CHUNK_SECONDS, encoding=setup.encoding,
                 buffer_ahead_seconds=self.settings.buffer_ahead_seconds,
-                opus_bitrate=encoder.bitrate_bps if setup.encoding == music_pb2.OGG_OPUS else 0))
+                opus_bitrate=encoder.bitrate_bps if setup.encoding == music_pb2.OGG_OPUS else 0,
+                audio_input_supported=session.audio_input_supported))
+            if initial_audio is not None and not session.audio_input_supported:
+                initial_audio_warning = music_pb2.Warning(
+                    code="UNSUPPORTED", message=f"model '{model}' does not take audio input; "
+                                                f"initial_audio is ignored")
+            if initial_audio_warning is not None:
+                yield music_pb2.StreamResponse(warning=initial_audio_warning)
             tasks = [asyncio.create_task(session.read_client(requests)),
                      asyncio.create_task(session.pump())]
             for task in tasks:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from services.common import model_facts as facts
+
+if TYPE_CHECKING:  # context_audio imports this module
+    from services.generator.context_audio import ContextAudio
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +64,8 @@ class ChunkJob:
     state: SessionState
     style_embedding: np.ndarray | None  # float32[768]; None = unconditioned
     sampling: SamplingParams
+    # Audio to encode into the context first, in order (initial audio, a live-input mix).
+    context_audio: "tuple[ContextAudio, ...]" = ()
 
 
 @dataclasses.dataclass
@@ -73,6 +78,7 @@ class ChunkEngine(abc.ABC):
     """A model that generates the next chunk for a batch of sessions."""
 
     name: str
+    supports_audio_input = False  # whether jobs may carry context audio
 
     @abc.abstractmethod
     def generate(self, jobs: Sequence[ChunkJob]) -> list[ChunkOutput]:

@@ -19,7 +19,9 @@ from services.common import model_facts as facts
 from services.common.assets import AssetStore
 from services.generator.engine import (ChunkEngine, ChunkJob, ChunkOutput, SamplingParams,
                                         SessionState)
+from services.generator.context_audio import INITIAL_AUDIO_MAX_SAMPLES, write_context_audio
 from services.generator.model import spectrostream, tokens
+from services.generator.model.codec_encoder import SpectroStreamEncoder
 from services.generator.model.crossfade import crossfade_chunks, frames_to_decode
 from services.generator.model.spectrostream import SpectroStreamDecoder
 from services.generator.model.style_tokens import STYLE_QUANTIZER_ASSET, StyleQuantizer
@@ -38,9 +40,9 @@ CHECKPOINT_ARCHIVES = {
 }
 # What the generator loads besides the checkpoint.
 GENERATOR_ASSETS = [spectrostream.DECODER_ASSET, spectrostream.QUANTIZER_ASSET,
-                    STYLE_QUANTIZER_ASSET]
+                    spectrostream.ENCODER_ASSET, STYLE_QUANTIZER_ASSET]
 # Everything a model needs across the cluster (the embedder's MusicCoCa and vocabulary, the
-# codec encoder for completeness): what `mrt assets download --model <name>` fetches.
+# codec encoder for audio input): what `mrt assets download --model <name>` fetches.
 _SHARED_UPSTREAM_ASSETS = [
     spectrostream.ENCODER_ASSET,
     spectrostream.DECODER_ASSET,
@@ -60,12 +62,15 @@ class MagentaRTEngine(ChunkEngine):
     """Generates the next 2 s chunk for a batch of sessions with one model."""
 
     def __init__(self, name: str, sampler, decoder: SpectroStreamDecoder,
-                 style_quantizer: StyleQuantizer):
-        """`sampler` is a `sampling.TokenSampler` (or anything with its `sample` method)."""
+                 style_quantizer: StyleQuantizer, encoder: SpectroStreamEncoder | None):
+        """`sampler` is a `sampling.TokenSampler` (or anything with its `sample` method);
+        without an `encoder` the engine takes no audio input."""
         self.name = name
         self._sampler = sampler
         self._decoder = decoder
         self._style_quantizer = style_quantizer
+        self._encoder = encoder
+        self.supports_audio_input = encoder is not None
 
     @classmethod
     def create(cls, model_name: str, store: AssetStore, *, checkpoint: Path | None = None,
@@ -104,16 +109,22 @@ class MagentaRTEngine(ChunkEngine):
         else:
             params = convert.load_checkpoint(Path(checkpoint), config)
         log.info("loading %s codec and style quantizer", model_name)
+        encoder = SpectroStreamEncoder.from_store(assets)
+        if not encoder.matches_quantizer(assets.path(spectrostream.QUANTIZER_ASSET)):
+            log.error("the codec quantizer's own encoding differs from ours: audio input is off")
+            encoder = None
         return cls(
             model_name,
             sampling.TokenSampler(config, params, batch_buckets=BATCH_BUCKETS),
             SpectroStreamDecoder.from_store(assets, batch_buckets=BATCH_BUCKETS),
             StyleQuantizer.load(assets.path(STYLE_QUANTIZER_ASSET)),
+            encoder,
         )
 
     def generate(self, jobs: Sequence[ChunkJob]) -> list[ChunkOutput]:
         if not jobs:
             return []
+        jobs = write_context_audio(jobs, self._encoder)
         states = [job.state for job in jobs]
         context = np.stack([state.context_tokens for state in states])
         chunk_indices = np.array([state.chunk_index for state in states])
@@ -146,11 +157,15 @@ class MagentaRTEngine(ChunkEngine):
         return style_tokens
 
     def warmup(self, max_batch_size: int) -> None:
-        """Compile sampling and decoding for every batch bucket up to `max_batch_size`."""
+        """Compile sampling and decoding for every batch bucket up to `max_batch_size`, and the
+        encoder for live-input mixes (any batch) and initial audio (one at a time)."""
         for bucket in BATCH_BUCKETS:
             self.generate([ChunkJob(SessionState.fresh(), None, SamplingParams())] * bucket)
             if bucket >= max_batch_size:
                 break
+        if self._encoder is not None:
+            self._encoder.warmup(max_batch_size, facts.INJECTION_MIX_SAMPLES)
+            self._encoder.warmup(1, INITIAL_AUDIO_MAX_SAMPLES)
 
 
 def chunk_seeds(jobs: Sequence[ChunkJob]) -> np.ndarray:

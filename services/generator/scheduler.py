@@ -207,7 +207,8 @@ class Scheduler:
     def _run_batch(self, batch: list[GeneratorSession]) -> None:
         started_unix = self.clock()
         with self._cond:
-            jobs = [ChunkJob(state=s.state, style_embedding=s.style_embedding, sampling=s.sampling)
+            jobs = [ChunkJob(state=s.state, style_embedding=s.style_embedding, sampling=s.sampling,
+                             context_audio=s.take_context_audio())
                     for s in batch]
             versions = [(s.style_version, s.sampling_version) for s in batch]
             waits = [max(0.0, started_unix - max(s.demanded_at_unix_s, self._due_at(s, len(batch))))

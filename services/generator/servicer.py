@@ -14,6 +14,7 @@ from prometheus_client import Counter, Gauge
 from services.common import model_facts as facts
 from services.common.proto.mrt.v1 import generator_pb2, generator_pb2_grpc
 from services.common.snapshots import snapshot_to_state, state_to_snapshot
+from services.generator.context_audio import ContextAudio
 from services.generator.engine import SamplingParams, SessionState
 from services.generator.scheduler import Scheduler
 from services.generator.sessions import ChunkResult, GeneratorSession
@@ -140,7 +141,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             yield generator_pb2.GeneratorResponse(opened=generator_pb2.SessionOpened(
                 session_id=session.session_id, model=self.model_name,
                 sample_rate=facts.SAMPLE_RATE_HZ, channels=facts.CHANNELS,
-                chunk_seconds=facts.CHUNK_SECONDS, generator_id=self.generator_id))
+                chunk_seconds=facts.CHUNK_SECONDS, generator_id=self.generator_id,
+                audio_input_supported=self.scheduler.engine.supports_audio_input))
             while True:
                 result = await self._next_result(outbox, reader, end_stream)
                 if result is None:
@@ -205,10 +207,19 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 if not math.isfinite(request.demand.deadline_unix_s):
                     raise ValueError("demand.deadline_unix_s must be finite")
                 self.scheduler.demand(session_id, request.demand.deadline_unix_s)
+            elif kind in ("inject", "prime"):
+                self._check_audio_input_supported()
+                audio = (ContextAudio.injected_mix(request.inject.mix) if kind == "inject"
+                         else ContextAudio.initial_audio(request.prime.audio))
+                self.scheduler.update(session_id, lambda s: s.add_context_audio(audio))
             elif kind == "reset":
                 self.scheduler.update(session_id, lambda s: setattr(s, "reset_requested", True))
             else:
                 raise ValueError(f"unexpected message in a session stream: {kind}")
+
+    def _check_audio_input_supported(self) -> None:
+        if not self.scheduler.engine.supports_audio_input:
+            raise ValueError(f"model '{self.model_name}' does not take audio input")
 
     @staticmethod
     def _chunk_message(result: ChunkResult) -> generator_pb2.GeneratedChunk:

@@ -8,6 +8,7 @@ from typing import Callable
 
 import numpy as np
 
+from services.generator.context_audio import ContextAudio
 from services.generator.engine import ChunkOutput, SamplingParams, SessionState
 
 
@@ -39,7 +40,20 @@ class GeneratorSession:
     deadline_unix_s: float | None = None  # the pending demand's deadline, None = no demand
     demanded_at_unix_s: float = 0.0
     closed: bool = False
+    # Encoded into the context before the next chunk, in order; a newer mix replaces an older one.
+    context_audio: tuple[ContextAudio, ...] = ()
     opened_at_unix_s: float = dataclasses.field(default_factory=time.time)
+
+    def add_context_audio(self, audio: ContextAudio) -> None:
+        """Queue audio for the next chunk; a live-input mix replaces a mix not yet used."""
+        kept = tuple(queued for queued in self.context_audio
+                     if not (queued.is_mix and audio.is_mix))
+        self.context_audio = kept + (audio,)
+
+    def take_context_audio(self) -> tuple[ContextAudio, ...]:
+        """The audio to encode into the context before the next chunk, once."""
+        audio, self.context_audio = self.context_audio, ()
+        return audio
 
     def take_reset(self) -> None:
         """Apply a requested RESET_CONTEXT before the next chunk: forget the musical context."""

@@ -9,6 +9,7 @@ from services.common import model_facts as facts
 from services.common.assets import AssetMissingError, AssetStore
 from services.generator.engine import ChunkJob, SamplingParams, SessionState
 from services.generator.model import tiny_assets
+from services.generator.model.codec_encoder import SpectroStreamEncoder
 from services.generator.model.spectrostream import SpectroStreamDecoder
 from services.generator.model.style_tokens import STYLE_QUANTIZER_ASSET, StyleQuantizer
 from services.generator import magenta_rt
@@ -53,7 +54,8 @@ def sampler():
 @pytest.fixture
 def engine(tiny_store, decoder, sampler):
     quantizer = StyleQuantizer.load(tiny_store.path(STYLE_QUANTIZER_ASSET))
-    return MagentaRTEngine("tiny", sampler, decoder, quantizer)
+    return MagentaRTEngine("tiny", sampler, decoder, quantizer,
+                           SpectroStreamEncoder.from_store(tiny_store))
 
 
 STYLE = np.random.default_rng(9).standard_normal(768).astype(np.float32)

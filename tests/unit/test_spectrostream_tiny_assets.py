@@ -118,3 +118,22 @@ def test_a_failed_build_leaves_nothing_behind(tmp_path):
     with pytest.raises(RuntimeError):
         tiny_assets.build_directory_once(tmp_path / "asset", fill_and_fail)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_encoding_then_decoding_gives_back_the_notes_played(tiny_store):
+    """The tiny encoder inverts the synthesizer: a chord of scale notes, panned, comes back."""
+    from services.generator.model.codec_encoder import SpectroStreamEncoder
+
+    encoder = SpectroStreamEncoder.from_store(tiny_store)
+    decoder = spectrostream.SpectroStreamDecoder.from_store(tiny_store, batch_buckets=(1,))
+    notes_hz = tiny_assets._note_half_hertz()[[5, 9, 12]] / 2.0  # three notes of the scale
+    t = np.arange(2 * facts.CHUNK_SAMPLES) / facts.SAMPLE_RATE_HZ
+    left = sum(0.15 * np.sin(2 * np.pi * hz * t) for hz in notes_hz[:2])
+    right = sum(0.15 * np.sin(2 * np.pi * hz * t) for hz in notes_hz[1:])
+    played = np.stack([left, right], axis=1)[None].astype(np.float32)
+
+    decoded = decoder.decode(encoder.encode(played))[0, facts.CHUNK_SAMPLES // 2:-facts.CHUNK_SAMPLES // 2]
+    for channel, expected in ((0, notes_hz[:2]), (1, notes_hz[1:])):
+        power = np.abs(np.fft.rfft(decoded[:, channel])) ** 2  # 2 s: 0.5 Hz bins
+        strongest = np.sort(np.argsort(power)[-2:] / 2.0)
+        np.testing.assert_allclose(strongest, expected, atol=1.0)

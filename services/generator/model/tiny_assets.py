@@ -12,6 +12,14 @@ sound like an evolving pad rather than noise. Every partial is a multiple of 0.5
 oscillators repeat exactly every 2 s (one chunk hop): the frame decoded at the end of one chunk
 and again at the start of the next starts in the same phase, and the crossfade joins cleanly.
 
+The tiny codec's encoder inverts that synthesizer, so that encoding audio and decoding the
+codes gives back its notes: it estimates each note's level in each channel from the amplitudes
+of the note's partials (a least-squares fit through the analysis window's leakage), turns level
+and pan into the logits the decoder would need, and solves for an embedding that produces them.
+The codebooks live in the subspace the decoder reads (the span of its note and pan kernels, plus
+one direction that sets the embedding's overall scale), so 16 quantizer levels reproduce what
+the encoder wrote.
+
 Builds are idempotent and safe when processes race: each SavedModel is written into a temporary
 directory beside its target and renamed into place; the loser of a race discards its copy.
 """
@@ -51,15 +59,21 @@ ENVELOPE_DECAY_PER_FRAME = 0.7  # amplitude smoothing over the last few frames
 ENVELOPE_FRAMES = 6
 OUTPUT_GAIN = 0.3  # before tanh, which keeps the output inside (-1, 1)
 
-# Analysis of the tiny codec encoder: log magnitudes of mid and side in log-spaced bands.
-ANALYSIS_BANDS = spectrostream.CODEC_EMBEDDING_DIM // 2
-ANALYSIS_LOWEST_HZ = 30.0
-ANALYSIS_HIGHEST_HZ = 16_000.0
+# Analysis of the tiny codec encoder: each frame is read through a Hann window four frames long
+# centred on it (fine enough to separate the lowest notes), after undoing the output tanh.
+ANALYSIS_FRAMES = 4
+LEAKAGE_REGULARIZATION = 1e-3
+LEVEL_CLIP = 0.002  # levels and pans are kept inside (0.002, 0.998) before inverting sigmoids
+PAN_MIN_LEVEL = 0.1  # quieter notes are panned towards the middle
+PAN_CLIP = 0.1
+EMBEDDING_SCALE = 0.2  # unit-RMS embeddings (length 16) scaled to the codebook vectors' lengths
 
 # Codebook vectors have a fixed length per level (so nearest neighbour = largest dot product
-# with the residual, whatever the input scale), shrinking with depth like a trained RVQ.
+# with the residual, whatever the input scale), shrinking with depth like a trained RVQ. They
+# lie in the span of the decoder's kernels plus one scale direction weighted this much.
 CODEC_CODE_NORM = 1.0
-CODEC_NORM_DECAY = 0.7
+CODEC_NORM_DECAY = 0.85
+SCALE_DIRECTION_WEIGHT = 6.0
 STYLE_CODE_NORM = 0.5
 STYLE_NORM_DECAY = 0.8
 
@@ -85,11 +99,36 @@ def ensure_tiny_style_quantizer(root: Path) -> None:
 
 
 @functools.cache
+def synth_kernels() -> tuple[np.ndarray, np.ndarray]:
+    """The decoder's note and pan kernels, float32[256, NOTES] each (embedding -> logits)."""
+    dim = spectrostream.CODEC_EMBEDDING_DIM
+    # Unit-RMS input times N(0, 1/dim) weights -> ~N(0, 1) logits.
+    kernels = np.random.default_rng(CODEC_SEED + 1).standard_normal((2, dim, NOTES)) / np.sqrt(dim)
+    return kernels[0].astype(np.float32), kernels[1].astype(np.float32)
+
+
+@functools.cache
+def _decoder_subspace() -> tuple[np.ndarray, np.ndarray]:
+    """(orthonormal basis float64[256, 2 * NOTES] of the kernels' span, a unit vector outside it)."""
+    basis, _ = np.linalg.qr(np.concatenate(synth_kernels(), axis=1).astype(np.float64))
+    scale_direction = np.random.default_rng(CODEC_SEED + 2).standard_normal(basis.shape[0])
+    scale_direction -= basis @ (basis.T @ scale_direction)
+    return basis, scale_direction / np.linalg.norm(scale_direction)
+
+
+@functools.cache
 def tiny_codec_codebooks() -> np.ndarray:
     """The tiny codec's codebooks, float32[64, 1024, 256] (what the quantizer asset holds)."""
-    return _fixed_norm_codebooks(
-        np.random.default_rng(CODEC_SEED), spectrostream.CODEC_RVQ_DEPTH,
-        spectrostream.CODEC_EMBEDDING_DIM, CODEC_CODE_NORM, CODEC_NORM_DECAY)
+    basis, scale_direction = _decoder_subspace()
+    rng = np.random.default_rng(CODEC_SEED)
+    levels, size = spectrostream.CODEC_RVQ_DEPTH, facts.CODEBOOK_SIZE
+    vectors = (rng.standard_normal((levels, size, basis.shape[1])) @ basis.T
+               + SCALE_DIRECTION_WEIGHT * rng.standard_normal((levels, size, 1)) * scale_direction)
+    vectors /= np.linalg.norm(vectors, axis=-1, keepdims=True)
+    vectors *= CODEC_CODE_NORM * CODEC_NORM_DECAY ** np.arange(levels)[:, None, None]
+    vectors = vectors.astype(np.float32)
+    vectors.flags.writeable = False  # cached: shared by every caller
+    return vectors
 
 
 @functools.cache
@@ -188,17 +227,15 @@ def _note_wavetable() -> np.ndarray:
 def _save_codec_decoder(directory: Path) -> None:
     tf = import_tensorflow_cpu_only()
     dim, frame = spectrostream.CODEC_EMBEDDING_DIM, facts.SAMPLES_PER_FRAME
-    rng = np.random.default_rng(CODEC_SEED + 1)
     envelope_taps = ENVELOPE_DECAY_PER_FRAME ** np.arange(ENVELOPE_FRAMES)
     envelope_taps /= envelope_taps.sum()
 
     class AdditiveSynthDecoder(tf.Module):
         def __init__(self):
             super().__init__()
-            # Unit-RMS input times N(0, 1/dim) weights -> ~N(0, 1) logits.
-            kernels = rng.standard_normal((2, dim, NOTES)) / np.sqrt(dim)
-            self.note_kernel = tf.Variable(kernels[0].astype(np.float32), name="note_kernel")
-            self.pan_kernel = tf.Variable(kernels[1].astype(np.float32), name="pan_kernel")
+            note_kernel, pan_kernel = synth_kernels()
+            self.note_kernel = tf.Variable(note_kernel, name="note_kernel")
+            self.pan_kernel = tf.Variable(pan_kernel, name="pan_kernel")
             self.wavetable = tf.Variable(_note_wavetable(), name="wavetable")
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, dim], tf.float32)])
@@ -230,34 +267,91 @@ def _save_codec_decoder(directory: Path) -> None:
     tf.saved_model.save(AdditiveSynthDecoder(), str(directory))
 
 
+def _analysis_partials_hz() -> np.ndarray:
+    """Every partial of every note, ascending; partials closer than 2 Hz (a rounded scale note
+    and another note's harmonic) are one: no 160 ms window tells them apart."""
+    partials = np.sort((_note_half_hertz()[:, None] * np.arange(1, HARMONICS + 1)).ravel() / 2.0)
+    merged = [partials[0]]
+    for hz in partials[1:]:
+        if hz - merged[-1] >= 2.0:
+            merged.append(hz)
+    return np.array(merged)
+
+
+def _encoder_constants() -> dict[str, np.ndarray]:
+    """What the encoder graph multiplies by: analysis bases, leakage inverse, note fit, kernels."""
+    window_samples = ANALYSIS_FRAMES * facts.SAMPLES_PER_FRAME
+    partial_hz = _analysis_partials_hz()
+    # Time centred on the window, so a partial's response to another is real: W(f_q - f_p).
+    t = (np.arange(window_samples) - (window_samples - 1) / 2) / facts.SAMPLE_RATE_HZ
+    window = np.hanning(window_samples)
+    cos_basis = window[:, None] * np.cos(2 * np.pi * t[:, None] * partial_hz)
+    sin_basis = window[:, None] * np.sin(2 * np.pi * t[:, None] * partial_hz)
+    # A partial of amplitude a at f_q projects a/2 * W(f_q - f_p) onto partial p.
+    difference = partial_hz[None, :] - partial_hz[:, None]
+    leakage = 0.5 * (window[None, None, :] * np.cos(2 * np.pi * difference[..., None] * t)).sum(-1)
+    unleak = np.linalg.solve(leakage.T @ leakage + LEAKAGE_REGULARIZATION * np.eye(len(partial_hz)),
+                             leakage.T).T  # [partials (measured), partials (true)]
+    # Partial amplitudes of the notes sounding at unit level: note n's harmonic h has 1/h.
+    note_partials = np.zeros((NOTES, len(partial_hz)))
+    for note, half_hz in enumerate(_note_half_hertz()):
+        for harmonic in range(1, HARMONICS + 1):
+            nearest = np.abs(partial_hz - half_hz * harmonic / 2.0).argmin()
+            note_partials[note, nearest] += 1 / harmonic
+    basis, scale_direction = _decoder_subspace()
+    kernels = np.concatenate(synth_kernels(), axis=1).astype(np.float64)
+    return {name: value.astype(np.float32) for name, value in dict(
+        cos_basis=cos_basis, sin_basis=sin_basis, unleak=unleak,
+        partials_to_notes=np.linalg.pinv(note_partials),  # [partials, NOTES]
+        logits_to_embedding=np.linalg.pinv(kernels.T).T,  # [2 NOTES, 256]
+        scale_direction=scale_direction).items()}
+
+
 def _save_codec_encoder(directory: Path) -> None:
     tf = import_tensorflow_cpu_only()
-    frame = facts.SAMPLES_PER_FRAME
-    band_hz = np.geomspace(ANALYSIS_LOWEST_HZ, ANALYSIS_HIGHEST_HZ, ANALYSIS_BANDS)
-    t = np.arange(frame) / facts.SAMPLE_RATE_HZ
-    window = np.hanning(frame)[:, None]
-    cos_basis = (window * np.cos(2 * np.pi * t[:, None] * band_hz)).astype(np.float32)
-    sin_basis = (window * np.sin(2 * np.pi * t[:, None] * band_hz)).astype(np.float32)
+    frame, dim = facts.SAMPLES_PER_FRAME, spectrostream.CODEC_EMBEDDING_DIM
+    constants = _encoder_constants()
+    before = (ANALYSIS_FRAMES - 1) * frame // 2  # window centred on each frame
 
-    class SpectralAnalysisEncoder(tf.Module):
+    def logit(p):
+        p = tf.clip_by_value(p, LEVEL_CLIP, 1.0 - LEVEL_CLIP)
+        return tf.math.log(p) - tf.math.log(1.0 - p)
+
+    class SynthAnalysisEncoder(tf.Module):
         def __init__(self):
             super().__init__()
-            self.cos_basis = tf.Variable(cos_basis, name="cos_basis")
-            self.sin_basis = tf.Variable(sin_basis, name="sin_basis")
+            for name, value in constants.items():
+                setattr(self, name, tf.Variable(value, name=name))
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, facts.CHANNELS], tf.float32)])
         def __call__(self, samples):
-            batch, length = tf.shape(samples)[0], tf.shape(samples)[1]
-            samples = tf.pad(samples, [[0, 0], [0, (-length) % frame], [0, 0]])
-            frames = tf.reshape(samples, [batch, -1, frame, facts.CHANNELS])
-            mid_side = tf.stack([frames[..., 0] + frames[..., 1],
-                                 frames[..., 0] - frames[..., 1]], axis=-2) * 0.5
-            magnitude = tf.sqrt(tf.square(mid_side @ self.cos_basis)
-                                + tf.square(mid_side @ self.sin_basis))  # [B, S, 2, bands]
-            return tf.reshape(tf.math.log(1e-4 + magnitude),
-                              [batch, -1, spectrostream.CODEC_EMBEDDING_DIM])
+            length = tf.shape(samples)[1]
+            frames = (length + frame - 1) // frame
+            # Undo the decoder's output tanh, then one window per frame, per channel.
+            linear = tf.atanh(tf.clip_by_value(samples, -0.999, 0.999)) / OUTPUT_GAIN
+            padded = tf.pad(linear, [[0, 0], [before, frames * frame - length
+                                              + ANALYSIS_FRAMES * frame - before - frame], [0, 0]])
+            windows = tf.signal.frame(tf.transpose(padded, [0, 2, 1]), ANALYSIS_FRAMES * frame,
+                                      frame)[:, :, :frames]  # [B, 2, S, window]
+            measured_re = windows @ self.cos_basis
+            measured_im = windows @ self.sin_basis
+            amplitude = tf.sqrt(tf.square(measured_re @ self.unleak)
+                                + tf.square(measured_im @ self.unleak) + 1e-12)
+            levels = tf.nn.relu(amplitude @ self.partials_to_notes)  # [B, 2, S, NOTES]
+            left, right = levels[:, 0], levels[:, 1]
+            loudness = tf.sqrt(tf.square(left) + tf.square(right))
+            # Pan in (0, 1); a note too quiet to place sits in the middle.
+            pan = tf.atan2(right, left) / (np.pi / 2)
+            pan = 0.5 + (pan - 0.5) * tf.minimum(1.0, loudness / PAN_MIN_LEVEL)
+            pan = tf.clip_by_value(pan, PAN_CLIP, 1.0 - PAN_CLIP)
+            logits = tf.concat([NOTE_THRESHOLD + logit(loudness) / NOTE_SHARPNESS, logit(pan)], -1)
+            # The embedding whose unit-RMS form gives these logits: the kernels' pseudo-inverse,
+            # plus the scale direction (which no logit reads) to make its RMS exactly 1.
+            core = logits @ self.logits_to_embedding
+            spare = tf.sqrt(tf.nn.relu(float(dim) - tf.reduce_sum(tf.square(core), -1, keepdims=True)))
+            return EMBEDDING_SCALE * (core + spare * self.scale_direction)
 
-    tf.saved_model.save(SpectralAnalysisEncoder(), str(directory))
+    tf.saved_model.save(SynthAnalysisEncoder(), str(directory))
 
 
 def _save_style_quantizer(directory: Path) -> None:

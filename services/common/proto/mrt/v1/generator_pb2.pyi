@@ -52,6 +52,18 @@ class OpenSession(_message.Message):
     sampling: Sampling
     def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., resume_from: _Optional[_Union[SessionSnapshot, _Mapping]] = ..., style: _Optional[_Union[Style, _Mapping]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ...) -> None: ...
 
+class PrimeContext(_message.Message):
+    __slots__ = ("audio",)
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    audio: bytes
+    def __init__(self, audio: _Optional[bytes] = ...) -> None: ...
+
+class InjectAudio(_message.Message):
+    __slots__ = ("mix",)
+    MIX_FIELD_NUMBER: _ClassVar[int]
+    mix: bytes
+    def __init__(self, mix: _Optional[bytes] = ...) -> None: ...
+
 class ChunkDemand(_message.Message):
     __slots__ = ("deadline_unix_s",)
     DEADLINE_UNIX_S_FIELD_NUMBER: _ClassVar[int]
@@ -63,34 +75,40 @@ class ResetContext(_message.Message):
     def __init__(self) -> None: ...
 
 class GeneratorRequest(_message.Message):
-    __slots__ = ("open", "style", "sampling", "demand", "reset")
+    __slots__ = ("open", "style", "sampling", "demand", "reset", "inject", "prime")
     OPEN_FIELD_NUMBER: _ClassVar[int]
     STYLE_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     DEMAND_FIELD_NUMBER: _ClassVar[int]
     RESET_FIELD_NUMBER: _ClassVar[int]
+    INJECT_FIELD_NUMBER: _ClassVar[int]
+    PRIME_FIELD_NUMBER: _ClassVar[int]
     open: OpenSession
     style: Style
     sampling: Sampling
     demand: ChunkDemand
     reset: ResetContext
-    def __init__(self, open: _Optional[_Union[OpenSession, _Mapping]] = ..., style: _Optional[_Union[Style, _Mapping]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., demand: _Optional[_Union[ChunkDemand, _Mapping]] = ..., reset: _Optional[_Union[ResetContext, _Mapping]] = ...) -> None: ...
+    inject: InjectAudio
+    prime: PrimeContext
+    def __init__(self, open: _Optional[_Union[OpenSession, _Mapping]] = ..., style: _Optional[_Union[Style, _Mapping]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., demand: _Optional[_Union[ChunkDemand, _Mapping]] = ..., reset: _Optional[_Union[ResetContext, _Mapping]] = ..., inject: _Optional[_Union[InjectAudio, _Mapping]] = ..., prime: _Optional[_Union[PrimeContext, _Mapping]] = ...) -> None: ...
 
 class SessionOpened(_message.Message):
-    __slots__ = ("session_id", "model", "sample_rate", "channels", "chunk_seconds", "generator_id")
+    __slots__ = ("session_id", "model", "sample_rate", "channels", "chunk_seconds", "generator_id", "audio_input_supported")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SECONDS_FIELD_NUMBER: _ClassVar[int]
     GENERATOR_ID_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_INPUT_SUPPORTED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     model: str
     sample_rate: int
     channels: int
     chunk_seconds: float
     generator_id: str
-    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., chunk_seconds: _Optional[float] = ..., generator_id: _Optional[str] = ...) -> None: ...
+    audio_input_supported: bool
+    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., chunk_seconds: _Optional[float] = ..., generator_id: _Optional[str] = ..., audio_input_supported: _Optional[bool] = ...) -> None: ...
 
 class GeneratedChunk(_message.Message):
     __slots__ = ("chunk_index", "audio", "snapshot", "style_version", "sampling_version", "queue_wait_seconds", "generation_seconds", "batch_size")

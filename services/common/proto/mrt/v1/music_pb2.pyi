@@ -17,28 +17,32 @@ PCM_F32LE: AudioEncoding
 OGG_OPUS: AudioEncoding
 
 class StreamRequest(_message.Message):
-    __slots__ = ("setup", "prompts", "config", "playback", "report")
+    __slots__ = ("setup", "prompts", "config", "playback", "report", "audio_input")
     SETUP_FIELD_NUMBER: _ClassVar[int]
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     PLAYBACK_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_INPUT_FIELD_NUMBER: _ClassVar[int]
     setup: SessionSetup
     prompts: PromptUpdate
     config: GenerationConfig
     playback: PlaybackControl
     report: ClientReport
-    def __init__(self, setup: _Optional[_Union[SessionSetup, _Mapping]] = ..., prompts: _Optional[_Union[PromptUpdate, _Mapping]] = ..., config: _Optional[_Union[GenerationConfig, _Mapping]] = ..., playback: _Optional[_Union[PlaybackControl, _Mapping]] = ..., report: _Optional[_Union[ClientReport, _Mapping]] = ...) -> None: ...
+    audio_input: AudioInput
+    def __init__(self, setup: _Optional[_Union[SessionSetup, _Mapping]] = ..., prompts: _Optional[_Union[PromptUpdate, _Mapping]] = ..., config: _Optional[_Union[GenerationConfig, _Mapping]] = ..., playback: _Optional[_Union[PlaybackControl, _Mapping]] = ..., report: _Optional[_Union[ClientReport, _Mapping]] = ..., audio_input: _Optional[_Union[AudioInput, _Mapping]] = ...) -> None: ...
 
 class SessionSetup(_message.Message):
-    __slots__ = ("model", "encoding", "opus_bitrate")
+    __slots__ = ("model", "encoding", "opus_bitrate", "initial_audio")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     OPUS_BITRATE_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_AUDIO_FIELD_NUMBER: _ClassVar[int]
     model: str
     encoding: AudioEncoding
     opus_bitrate: int
-    def __init__(self, model: _Optional[str] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., opus_bitrate: _Optional[int] = ...) -> None: ...
+    initial_audio: bytes
+    def __init__(self, model: _Optional[str] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., opus_bitrate: _Optional[int] = ..., initial_audio: _Optional[bytes] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("values",)
@@ -65,16 +69,24 @@ class PromptUpdate(_message.Message):
     def __init__(self, prompts: _Optional[_Iterable[_Union[WeightedPrompt, _Mapping]]] = ...) -> None: ...
 
 class GenerationConfig(_message.Message):
-    __slots__ = ("temperature", "top_k", "guidance", "seed")
+    __slots__ = ("temperature", "top_k", "guidance", "seed", "input_feedback", "input_gap_ms", "input_offset_ms", "input_style_weight")
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    INPUT_GAP_MS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_OFFSET_MS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_STYLE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     temperature: float
     top_k: int
     guidance: float
     seed: int
-    def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., guidance: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    input_feedback: float
+    input_gap_ms: float
+    input_offset_ms: float
+    input_style_weight: float
+    def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., guidance: _Optional[float] = ..., seed: _Optional[int] = ..., input_feedback: _Optional[float] = ..., input_gap_ms: _Optional[float] = ..., input_offset_ms: _Optional[float] = ..., input_style_weight: _Optional[float] = ...) -> None: ...
 
 class PlaybackControl(_message.Message):
     __slots__ = ("action",)
@@ -93,6 +105,20 @@ class PlaybackControl(_message.Message):
     ACTION_FIELD_NUMBER: _ClassVar[int]
     action: PlaybackControl.Action
     def __init__(self, action: _Optional[_Union[PlaybackControl.Action, str]] = ...) -> None: ...
+
+class AudioInput(_message.Message):
+    __slots__ = ("data", "encoding", "sample_rate", "channels", "start_seconds")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    START_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    encoding: AudioEncoding
+    sample_rate: int
+    channels: int
+    start_seconds: float
+    def __init__(self, data: _Optional[bytes] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., start_seconds: _Optional[float] = ...) -> None: ...
 
 class ClientReport(_message.Message):
     __slots__ = ("played_seconds", "underruns", "buffered_seconds")
@@ -117,7 +143,7 @@ class StreamResponse(_message.Message):
     def __init__(self, started: _Optional[_Union[SessionStarted, _Mapping]] = ..., chunk: _Optional[_Union[AudioChunk, _Mapping]] = ..., prompt_status: _Optional[_Union[PromptStatus, _Mapping]] = ..., warning: _Optional[_Union[Warning, _Mapping]] = ...) -> None: ...
 
 class SessionStarted(_message.Message):
-    __slots__ = ("session_id", "model", "sample_rate", "channels", "chunk_seconds", "encoding", "buffer_ahead_seconds", "opus_bitrate")
+    __slots__ = ("session_id", "model", "sample_rate", "channels", "chunk_seconds", "encoding", "buffer_ahead_seconds", "opus_bitrate", "audio_input_supported")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +152,7 @@ class SessionStarted(_message.Message):
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     BUFFER_AHEAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     OPUS_BITRATE_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_INPUT_SUPPORTED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     model: str
     sample_rate: int
@@ -134,7 +161,8 @@ class SessionStarted(_message.Message):
     encoding: AudioEncoding
     buffer_ahead_seconds: float
     opus_bitrate: int
-    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., chunk_seconds: _Optional[float] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., buffer_ahead_seconds: _Optional[float] = ..., opus_bitrate: _Optional[int] = ...) -> None: ...
+    audio_input_supported: bool
+    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., chunk_seconds: _Optional[float] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., buffer_ahead_seconds: _Optional[float] = ..., opus_bitrate: _Optional[int] = ..., audio_input_supported: _Optional[bool] = ...) -> None: ...
 
 class AudioChunk(_message.Message):
     __slots__ = ("sequence", "data", "start_seconds", "duration_seconds", "prompt_version", "config_version")
