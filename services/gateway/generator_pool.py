@@ -127,9 +127,7 @@ class GeneratorPool:
             elif address in addresses and endpoint.leaving:
                 log.info("generator %s is back in discovery", address)
                 endpoint.leaving = False
-            if endpoint.leaving and endpoint.links == 0:
-                log.info("generator %s closed (no session uses it)", address)
-                await self.endpoints.pop(address).channel.close()
+        await self._close_unused_leaving()
         for new in addresses - set(self.endpoints):
             log.info("generator %s found", new)
             self.endpoints[new] = self._connect(new)
@@ -139,6 +137,13 @@ class GeneratorPool:
         FREE_SLOTS.set(sum(max(0, e.free_slots) for e in healthy if not e.load.draining))
         GENERATORS.labels("healthy").set(len(healthy))
         GENERATORS.labels("unhealthy").set(len(self.endpoints) - len(healthy))
+
+    async def _close_unused_leaving(self) -> None:
+        """Close the channels of generators that left discovery once no session uses them."""
+        for address, endpoint in list(self.endpoints.items()):
+            if endpoint.leaving and endpoint.links == 0:
+                log.info("generator %s closed (no session uses it)", address)
+                await self.endpoints.pop(address).channel.close()
 
     async def _poll(self, endpoint: GeneratorEndpoint) -> None:
         try:
