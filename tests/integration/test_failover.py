@@ -15,7 +15,8 @@ import pytest
 from bench.player import Player
 from services.common.proto.mrt.v1 import music_pb2
 from tests.integration.conftest import metric, scrape, start_cluster, wait_for_open_sessions
-from tests.mock_audio import assert_same_audio, mock_session_audio
+from bench.mock_reference import mock_session_audio
+from tests.mock_audio import assert_same_audio
 from tests.streaming_client import Listener
 
 IDLE_RELEASE_S = 2

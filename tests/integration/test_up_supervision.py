@@ -14,7 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.cli.launcher import ClusterConfig
 from services.common.proto.mrt.v1 import music_pb2
 from tests.integration.conftest import metric, run_mrt_up, scrape
-from tests.mock_audio import assert_same_audio, mock_session_audio
+from bench.mock_reference import mock_session_audio
+from tests.mock_audio import assert_same_audio
 from tests.streaming_client import Listener
 
 
