@@ -250,7 +250,11 @@ class ListenerSession:
                 await link.send(generator_pb2.GeneratorRequest(sampling=self._sampling_message()))
             if self.reset_pending:
                 self.reset_pending = False
-                await link.send(generator_pb2.GeneratorRequest(reset=generator_pb2.ResetContext()))
+                try:
+                    await link.send(generator_pb2.GeneratorRequest(reset=generator_pb2.ResetContext()))
+                except LinkError:
+                    self.reset_pending = True  # for the generator the session moves to next
+                    raise
 
     async def _place_in_background(self, reason: str | None, exclude: set[str]) -> None:
         """Open the session on a generator and install it, while the pump goes on releasing
