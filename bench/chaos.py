@@ -158,8 +158,8 @@ class ChaosListener:
 class Disruptor:
     """Disrupts one generator at a time and waits for the cluster to recover."""
 
-    def __init__(self, cluster: Cluster, rng: random.Random, began: float, stop_seconds: float):
-        self.cluster, self.rng, self.began, self.stop_seconds = cluster, rng, began, stop_seconds
+    def __init__(self, cluster: Cluster, rng: random.Random, began: float):
+        self.cluster, self.rng, self.began = cluster, rng, began
         self.events: list[Event] = []
 
     def disrupt(self) -> Event:
@@ -216,7 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             max_workers=1, mp_context=multiprocessing.get_context("spawn"))
         supervisor = Supervisor(cluster.services, log=lambda m: print(f"  supervisor: {m}",
                                                                       flush=True))
-        disruptor = Disruptor(cluster, rng, began, args.stop_seconds)
+        disruptor = Disruptor(cluster, rng, began)
         pids = {p.name: p.pid for p in (cluster.gateway, cluster.embedder)}
         with ProcessSampler(pids, args.sample_every_s) as sampler:
             sessions_future = streaming.submit(run_listeners, cluster.gateway_address,

@@ -67,6 +67,7 @@ class GeneratorEndpoint:
     links: int = 0  # session streams open on the channel
     leaving: bool = False  # gone from discovery: no new sessions, closed once links is 0
     missed_deadlines: int = 0  # chunk deadlines missed since its last delivered chunk
+    suspect: bool = False  # missed too many deadlines: no placement until a poll answers
 
     @property
     def free_slots(self) -> int:
@@ -152,6 +153,7 @@ class GeneratorPool:
             if not endpoint.healthy:
                 log.info("generator %s is up: %s", endpoint.address, endpoint.load.generator_id)
             endpoint.healthy = True
+            endpoint.suspect = False
             endpoint.placed_since_poll = 0
         except grpc.aio.AioRpcError as err:
             if endpoint.healthy:
@@ -189,10 +191,10 @@ class GeneratorPool:
     def missed_deadline(self, endpoint: GeneratorEndpoint) -> None:
         """A chunk demanded from ``endpoint`` did not arrive in time."""
         endpoint.missed_deadlines += 1
-        if endpoint.missed_deadlines >= MISSED_DEADLINES_UNHEALTHY and endpoint.healthy:
+        if endpoint.missed_deadlines >= MISSED_DEADLINES_UNHEALTHY and not endpoint.suspect:
             log.warning("generator %s missed %d chunk deadlines; no placement on it until it "
                         "answers again", endpoint.address, endpoint.missed_deadlines)
-            endpoint.healthy = False
+            endpoint.suspect = True
 
     @staticmethod
     def delivered(endpoint: GeneratorEndpoint) -> None:
@@ -204,7 +206,8 @@ class GeneratorPool:
 
         Raises NoGenerator when none serves ``model``, NoCapacity when all of those are full."""
         serving = [e for e in self.endpoints.values()
-                   if e.healthy and not e.leaving and not e.load.draining and e.load.model == model
+                   if e.healthy and not e.suspect and not e.leaving and not e.load.draining
+                   and e.load.model == model
                    and e.address not in exclude]
         if not serving:
             raise NoGenerator(f"no healthy generator serves model '{model}'")
