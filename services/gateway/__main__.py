@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from services.common.config import add_flag, add_service_flags
@@ -17,6 +18,8 @@ from services.gateway.generator_pool import GeneratorPool
 from services.gateway.listener import SessionSettings
 from services.gateway.prompts import PromptLimits
 from services.gateway.servicer import MusicGenerationServicer
+
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    if args.chunk_timeout_s >= args.buffer_ahead_seconds:
+        log.warning("--chunk-timeout-s %g is not below --buffer-ahead-seconds %g: listeners will "
+                    "hear silence while a session moves off a hung generator",
+                    args.chunk_timeout_s, args.buffer_ahead_seconds)
     public_service = music_pb2.DESCRIPTOR.services_by_name["MusicGeneration"].full_name
     interceptors = api_key_interceptors_from_flags(args, public_service)
     server_credentials = server_credentials_from_flags(args)
