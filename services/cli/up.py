@@ -1,4 +1,5 @@
-"""``mrt up``: run embedder, generator(s) and gateway on loopback until Ctrl-C (``make run``)."""
+"""``mrt up``: run embedder, generator(s) and gateway on loopback, restarting any that dies,
+until Ctrl-C (``make run``)."""
 
 from __future__ import annotations
 

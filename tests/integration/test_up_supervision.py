@@ -53,7 +53,9 @@ def test_mrt_up_restarts_a_killed_generator_while_its_sessions_play_on(tmp_path,
     up, output = run_mrt_up(
         ports, "--generators", "2", "--model", "mock", "--embedder-model", "mock",
         "--log-dir", str(tmp_path / "logs"),
-        env=dict(os.environ, MRT_ASSETS_DIR=str(tmp_path_factory.getbasetemp() / "assets")))
+        # The same capacity on both generators: a new session goes to the one with fewer.
+        env=dict(os.environ, MRT_ASSETS_DIR=str(tmp_path_factory.getbasetemp() / "assets"),
+                 MRT_CAPACITY_SESSIONS="8"))
     gateway = f"127.0.0.1:{ports.gateway_port}"
     metrics = [f"http://127.0.0.1:{ports.generator_metrics_port + i}/metrics" for i in range(2)]
     listeners: list[Listener] = []
