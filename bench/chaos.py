@@ -100,7 +100,8 @@ class ChaosListener:
         requests: asyncio.Queue = asyncio.Queue()
         for request in (music_pb2.StreamRequest(setup=music_pb2.SessionSetup(
                             encoding=music_pb2.PCM_F32LE)),
-                        music_pb2.StreamRequest(config=music_pb2.GenerationConfig(seed=record.seed)),
+                        music_pb2.StreamRequest(config=music_pb2.GenerationConfig(
+                            seed=record.seed)),
                         music_pb2.StreamRequest(playback=music_pb2.PlaybackControl(
                             action=music_pb2.PlaybackControl.PLAY))):
             requests.put_nowait(request)
@@ -176,7 +177,8 @@ class Disruptor:
         os.kill(self.cluster.service(event.generator).pid, signal.SIGCONT)
 
     def all_serving(self) -> bool:
-        if not all(p.is_running() and p.check_health(timeout_s=0.5) for p in self.cluster.generators):
+        generators = self.cluster.generators
+        if not all(p.is_running() and p.check_health(timeout_s=0.5) for p in generators):
             return False
         gateway = prometheus.scrape(self.cluster.gateway.metrics_url)
         healthy = prometheus.value(gateway, "mrt_gateway_generators", state="healthy")
@@ -293,7 +295,8 @@ def summarize(args, machine, sessions, events, sampler, leftover, restarts) -> d
             by_session[id(session)] = by_session.get(id(session), 0.0) + stall.seconds
         per_event.append({**dataclasses.asdict(event),
                           "silence_total_s": round(sum(st.seconds for _, st in stalls), 3),
-                          "silence_max_per_listener_s": round(max(by_session.values(), default=0.0), 3)})
+                          "silence_max_per_listener_s": round(max(by_session.values(),
+                                                                  default=0.0), 3)})
     before_first = [stall for s in sessions for stall in s.stalls
                     if not events or stall.began_s < events[0].at_s]
     memory = {name: [round(sample.rss_bytes / MIB, 2) for sample in series]

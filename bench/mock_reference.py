@@ -33,7 +33,8 @@ class MockReference:
         return output.audio
 
 
-def mock_session_audio(seed: int, chunks: int, *, reset_before: int | None = None) -> list[np.ndarray]:
+def mock_session_audio(seed: int, chunks: int, *,
+                       reset_before: int | None = None) -> list[np.ndarray]:
     """The first ``chunks`` chunks of the reference session; with ``reset_before``,
     RESET_CONTEXT was applied before that chunk."""
     reference = MockReference(seed)

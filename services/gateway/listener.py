@@ -143,7 +143,8 @@ class ListenerSession:
         self._placement: asyncio.Task | None = None  # opening the session on a generator
         self.demand_outstanding = False
         self.demand_overdue_at: float | None = None  # when the outstanding demand times out
-        self.received: collections.deque[generator_pb2.GeneratedChunk | MigrationNotice] = collections.deque()
+        self.received: collections.deque[generator_pb2.GeneratedChunk | MigrationNotice] = \
+            collections.deque()
         # Playback and the listener's timeline.
         self.playing = False
         self.idle_since: float | None = time.time()  # paused / never played since then
@@ -458,10 +459,11 @@ class ListenerSession:
             item = self.received[0]
             if isinstance(item, MigrationNotice):
                 self.received.popleft()
+                what = MoveReason.WARNINGS[item.reason]
                 await self._emit(music_pb2.StreamResponse(warning=music_pb2.Warning(
                     code="SESSION_MIGRATED",
-                    message=f"the generator serving this session {MoveReason.WARNINGS[item.reason]}; "
-                            f"the session resumed on another generator from its last state")))
+                    message=f"the generator serving this session {what}; the session resumed "
+                            f"on another generator from its last state")))
                 continue
             release = self._release_time(self.next_position_s)
             if time.time() < release:
