@@ -239,3 +239,24 @@ def test_an_idle_session_gives_its_slot_back_and_play_resumes_from_its_snapshot(
             pump.cancel()
             await session.close()
     asyncio.run(scenario())
+
+
+def test_a_session_never_played_gives_its_slot_back_and_play_places_it_afresh():
+    async def scenario():
+        generators = Generators()
+        session = make_session(generators)
+        session.settings = SessionSettings(**{**session.settings.__dict__, "idle_release_s": 0.05})
+        await session.connect()
+        pump = asyncio.create_task(session.pump())
+        try:
+            (first,) = generators.links["a:1"]
+            await until(lambda: first.closed)
+            Action = music_pb2.PlaybackControl
+            await session.handle(music_pb2.StreamRequest(playback=Action(action=Action.PLAY)))
+            assert (await next_message(session)).chunk.sequence == 0
+            second = generators.links["a:1"][1]
+            assert not second.opened_with.HasField("resume_from") and first.kinds() == []
+        finally:
+            pump.cancel()
+            await session.close()
+    asyncio.run(scenario())
