@@ -473,10 +473,12 @@ class ListenerSession:
 
     async def _demand(self) -> None:
         deadline = self._release_time(self.next_position_s)
-        if await self._send_to_generator(generator_pb2.GeneratorRequest(
+        # Outstanding before the send: the chunk may arrive (and clear it) before it returns.
+        self.demand_outstanding = True
+        self.demand_overdue_at = max(deadline, time.time()) + self.settings.chunk_timeout_s
+        if not await self._send_to_generator(generator_pb2.GeneratorRequest(
                 demand=generator_pb2.ChunkDemand(deadline_unix_s=deadline))):
-            self.demand_outstanding = True
-            self.demand_overdue_at = max(deadline, time.time()) + self.settings.chunk_timeout_s
+            self.demand_outstanding, self.demand_overdue_at = False, None
 
     def _release_if_idle(self) -> float | None:
         """Give the generator slot back once paused / unplayed for ``idle_release_s``; the

@@ -57,6 +57,7 @@ class FakeLink:
                 snapshot=generator_pb2.SessionSnapshot(chunk_index=self.next_index + 1),
                 style_version=self.style_version))
             self.next_index += 1
+            await asyncio.sleep(0.01)  # the chunk may well arrive before the send returns
 
     async def read_chunk(self):
         if self.delivered == self.fail_after:
@@ -256,6 +257,24 @@ def test_a_session_never_played_gives_its_slot_back_and_play_places_it_afresh():
             assert (await next_message(session)).chunk.sequence == 0
             second = generators.links["a:1"][1]
             assert not second.opened_with.HasField("resume_from") and first.kinds() == []
+        finally:
+            pump.cancel()
+            await session.close()
+    asyncio.run(scenario())
+
+
+def test_a_chunk_that_arrives_before_its_demand_is_sent_does_not_stall_the_session():
+    async def scenario():
+        generators = Generators()
+        session = make_session(generators)
+        await session.connect()
+        await session.handle(music_pb2.StreamRequest(playback=music_pb2.PlaybackControl(
+            action=music_pb2.PlaybackControl.PLAY)))
+        pump = asyncio.create_task(session.pump())
+        try:
+            sequences = [(await next_message(session)).chunk.sequence for _ in range(5)]
+            assert sequences == [0, 1, 2, 3, 4]
+            assert generators.links["b:1"] == []  # no move: a:1 was never late
         finally:
             pump.cancel()
             await session.close()
