@@ -31,6 +31,8 @@ class GeneratorLink:
     def __init__(self, endpoint: GeneratorEndpoint):
         self.endpoint = endpoint
         self.call = endpoint.stub.Session()
+        # One write at a time: the session's updates and its demands are sent from two tasks.
+        self._writing = asyncio.Lock()
         self._closed = False
         endpoint.links += 1
 
@@ -51,7 +53,8 @@ class GeneratorLink:
 
     async def send(self, request: generator_pb2.GeneratorRequest) -> None:
         try:
-            await self.call.write(request)
+            async with self._writing:
+                await self.call.write(request)
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as err:
             raise LinkError(grpc.StatusCode.UNAVAILABLE, f"generator stream closed: {err}") from None
 
