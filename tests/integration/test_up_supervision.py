@@ -76,7 +76,7 @@ def test_mrt_up_restarts_a_killed_generator_while_its_sessions_play_on(tmp_path,
         for i, listener in enumerate(listeners):
             listener.assert_continuous()
             assert_same_audio(listener.audio(), mock_session_audio(70 + i, len(listener.chunks)))
-        assert sum(1 for lst in listeners if lst.warnings) == held[victim]
+        assert sum(1 for lst in listeners if lst.warnings) >= held[victim]
         assert all(w.code == "SESSION_MIGRATED" for lst in listeners for w in lst.warnings)
 
         # mrt up restarted the killed generator; it takes the next session.
