@@ -4,6 +4,7 @@
   python -m bench generator          seconds per chunk and real-time factor by batch size
   python -m bench soak --minutes 10  sessions coming and going; do the processes stay flat?
   python -m bench encoding           bandwidth and gateway CPU per listener, by audio encoding
+  python -m bench chaos --minutes 10 generators killed, hung and drained under listeners
   python -m bench all                generator, load and a short soak
 
 Results go to bench/results/ (JSON, PNG) and to docs/benchmarks.md.
@@ -18,7 +19,7 @@ from services.common.models import MODEL_NAMES
 
 from bench import report
 
-SUBCOMMANDS = ("load", "generator", "soak", "encoding", "all")
+SUBCOMMANDS = ("load", "generator", "soak", "encoding", "chaos", "all")
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -128,12 +129,35 @@ def add_soak_options(parser: argparse.ArgumentParser, default_minutes: float) ->
                        help="seed of the random session scripts (default 0)")
 
 
+def add_chaos_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("chaos")
+    group.add_argument("--minutes", type=float, default=10.0,
+                       help="how long listeners stream while generators are disrupted "
+                            "(default 10)")
+    group.add_argument("--generators", type=int, default=3, help="generators (default 3)")
+    group.add_argument("--listeners", type=int, default=6,
+                       help="listeners streaming throughout (default 6)")
+    group.add_argument("--stop-seconds", type=float, default=8.0,
+                       help="how long a stopped (SIGSTOP) generator stays hung (default 8)")
+    group.add_argument("--min-pause-s", type=float, default=5.0,
+                       help="shortest pause between recovery and the next disruption (default 5)")
+    group.add_argument("--max-pause-s", type=float, default=15.0,
+                       help="longest pause between recovery and the next disruption (default 15)")
+    group.add_argument("--sample-every-s", type=float, default=5.0,
+                       help="how often the gateway's and embedder's memory is sampled (default 5)")
+    group.add_argument("--rss-tolerance", type=float, default=0.05,
+                       help="RSS growth allowed, as a fraction of the second quarter's median "
+                            "(default 0.05)")
+    group.add_argument("--seed", type=int, default=0,
+                       help="seed of the disruptions' choice and timing (default 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command",
-                                       metavar="{load,generator,soak,encoding,all}")
+                                       metavar="{load,generator,soak,encoding,chaos,all}")
     load = subparsers.add_parser("load", help="the load benchmark (the default)",
                                  description="How many concurrent listeners one generator keeps "
                                              "in real time, with batching and without.")
@@ -146,13 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
     encoding = subparsers.add_parser("encoding", help="bandwidth and CPU by audio encoding",
                                      description="Bytes per second and the gateway's CPU per "
                                                  "listener for each audio encoding, in process.")
+    chaos = subparsers.add_parser("chaos", help="generators killed, hung and drained under load",
+                                  description="Listeners stream while generators are killed, "
+                                              "stopped and continued, and drained at random: "
+                                              "sessions lost, silence, chunks duplicated or "
+                                              "skipped, memory. --model defaults to mock here.")
     everything = subparsers.add_parser("all", help="generator, load and a short soak",
                                        description="The generator micro-benchmark, the load "
                                                    "benchmark and a short soak, in that order.")
-    for sub in (load, generator, soak, encoding, everything):
+    for sub in (load, generator, soak, encoding, chaos, everything):
         add_common_options(sub)
-    for sub in (load, soak, everything):
+    for sub in (load, soak, chaos, everything):
         add_cluster_options(sub)
+    chaos.set_defaults(model="mock")  # its audio can be checked chunk by chunk
+    add_chaos_options(chaos)
     add_load_options(load)
     add_load_options(everything)
     add_generator_options(generator)
@@ -176,7 +207,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # Imported here so that --help answers without loading gRPC clients or models.
-    from bench import encoding, generator_speed, load, soak
+    from bench import chaos, encoding, generator_speed, load, soak
     from services.cli.launcher import ClusterError
     try:
         if args.command in ("generator", "all"):
@@ -187,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             soak.run(args)
         if args.command == "encoding":
             encoding.run(args)
+        if args.command == "chaos":
+            chaos.run(args)
     except ClusterError as err:  # a service failed to start or died: its log says why
         print(f"python -m bench: the cluster failed: {err}", file=sys.stderr)
         return 1

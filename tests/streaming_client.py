@@ -120,15 +120,25 @@ def chunk_audio(chunk: music_pb2.AudioChunk, encoding: int = music_pb2.PCM_S16LE
 
 
 class Listener:
-    """Streams in the background and keeps every message."""
+    """Streams in the background and keeps every message, in order, with its arrival time.
 
-    def __init__(self, address: str, prompt: str):
+    ``prompt`` None streams unconditioned; ``seed`` fixes the session's seed (so its audio can
+    be predicted); ``encoding`` PCM_F32LE gives the generator's samples exactly."""
+
+    def __init__(self, address: str, prompt: str | None = None, *, seed: int | None = None,
+                 encoding: int = music_pb2.PCM_S16LE):
+        self.encoding = encoding
         self.client = StreamClient(address)
-        self.client.setup()
-        self.client.prompts(music_pb2.WeightedPrompt(text=prompt))
+        self.started = self.client.setup(encoding=encoding)
+        if seed is not None:
+            self.client.send(config=music_pb2.GenerationConfig(seed=seed))
+        if prompt is not None:
+            self.client.prompts(music_pb2.WeightedPrompt(text=prompt))
         self.client.playback(music_pb2.PlaybackControl.PLAY)
         self.chunks: list[music_pb2.AudioChunk] = []
+        self.arrivals_s: list[float] = []  # when each chunk arrived (time.time())
         self.warnings: list[music_pb2.Warning] = []
+        self.events: list[tuple[str, object]] = []  # ("chunk" | "warning" | "prompt_status", msg)
         self.failure: Exception | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -140,9 +150,12 @@ class Listener:
                 message = self.client.recv(timeout_s=15)
                 kind = message.WhichOneof("response") if message else None
                 if kind == "chunk":
+                    self.arrivals_s.append(self.client.received[-1][0])
                     self.chunks.append(message.chunk)
                 elif kind == "warning":
                     self.warnings.append(message.warning)
+                if kind is not None:
+                    self.events.append((kind, getattr(message, kind)))
         except Exception as err:  # asserted on by the tests
             if not self._stop.is_set():
                 self.failure = err
@@ -159,6 +172,16 @@ class Listener:
         self._stop.set()
         self.client.close()
         self._thread.join(timeout=20)
+
+    def audio(self) -> list[np.ndarray]:
+        """Each chunk's samples, float32[frames, 2]."""
+        return [chunk_audio(c, self.encoding) for c in self.chunks]
+
+    def chunks_after_warning(self, code: str) -> list[music_pb2.AudioChunk]:
+        """The chunks that arrived after the first warning with ``code``."""
+        kinds = [(kind, message) for kind, message in self.events]
+        first = next(i for i, (kind, m) in enumerate(kinds) if kind == "warning" and m.code == code)
+        return [m for kind, m in kinds[first:] if kind == "chunk"]
 
     def assert_continuous(self) -> None:
         assert self.failure is None, self.failure

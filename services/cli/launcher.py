@@ -70,7 +70,7 @@ class ServiceExitedError(ClusterError):
     """A service process exited while it was expected to run."""
 
     def __init__(self, service: str, returncode: int, log_tail: str = ""):
-        super().__init__(service, f"exited unexpectedly with {_describe_returncode(returncode)}",
+        super().__init__(service, f"exited unexpectedly with {describe_returncode(returncode)}",
                          log_tail)
         self.returncode = returncode
 
@@ -79,7 +79,8 @@ class ServiceNotReadyError(ClusterError):
     """A service did not answer its health check with SERVING in time."""
 
 
-def _describe_returncode(returncode: int) -> str:
+def describe_returncode(returncode: int) -> str:
+    """'exit code 3' or 'signal SIGKILL'."""
     if returncode < 0:
         return f"signal {signal.Signals(-returncode).name}"
     return f"exit code {returncode}"
@@ -633,12 +634,6 @@ class Cluster:
         for process in self.services:
             if process.exited_unexpectedly():
                 raise ServiceExitedError(process.name, process.returncode, process.log_tail())
-
-    def wait_for_failure(self, poll_interval_s: float = 0.5) -> None:
-        """Block while all services run; raise ServiceExitedError when one ends on its own."""
-        while True:
-            self.check_running()
-            time.sleep(poll_interval_s)
 
     def restart_generator(self, index: int, *, wait_ready: bool = True) -> ServiceProcess:
         """Stop generator `index` (if it runs) and start it again on the same ports.

@@ -1,5 +1,5 @@
-"""``mrt up``: run embedder, generator(s), gateway and web service on loopback until Ctrl-C
-(``make run``)."""
+"""``mrt up``: run embedder, generator(s), gateway and web service on loopback, restarting any
+that dies, until Ctrl-C (``make run``)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Iterator
 
 from services.cli.launcher import Cluster, ClusterConfig, ClusterError, ClusterTLS
 from services.cli.options import add_env_option
+from services.cli.supervision import Supervisor
 from services.common.security import optional_path
 
 _DEFAULTS = ClusterConfig()
@@ -24,8 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "up", help="run a local cluster until Ctrl-C",
         description="Start the embedder, the generator(s), the gateway and the web service "
                     "(Lyria RealTime WebSocket endpoint and browser player) as separate processes "
-                    "on loopback, wait until each is healthy, and stop them all on Ctrl-C / "
-                    "SIGTERM or as soon as one of them fails.")
+                    "on loopback, wait until each is healthy, restart any that dies (with "
+                    "back-off, like Kubernetes) while the others keep serving, and stop them "
+                    "all on Ctrl-C / SIGTERM.")
     add_env_option(parser, "--host", default=_DEFAULTS.host,
                    help="address the services are reached on")
     add_env_option(parser, "--gateway-port", type=int, default=_DEFAULTS.gateway_port,
@@ -114,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
             cluster.start()
             cluster.wait_ready()
             print(_describe_endpoints(cluster), flush=True)
-            cluster.wait_for_failure()
+            Supervisor(cluster.services, log=_say).run()
         except ClusterError as err:
             print(f"mrt up: {err}", file=sys.stderr)
             return 1
@@ -124,6 +126,10 @@ def run(args: argparse.Namespace) -> int:
         finally:
             _ignore_stop_signals()  # a second Ctrl-C must not cut the shutdown short
             cluster.stop()
+
+
+def _say(message: str) -> None:
+    print(f"mrt up: {message}", file=sys.stderr, flush=True)
 
 
 def _describe_endpoints(cluster: Cluster) -> str:

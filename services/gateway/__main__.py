@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from services.common.config import add_flag, add_service_flags
@@ -17,6 +18,8 @@ from services.gateway.generator_pool import GeneratorPool
 from services.gateway.listener import SessionSettings
 from services.gateway.prompts import PromptLimits
 from services.gateway.servicer import MusicGenerationServicer
+
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
              help="deadline for embedder calls and generator session opens")
     add_flag(parser, "--slow-client-timeout-s", default=10.0, type=float,
              help="a client that reads nothing for this long is disconnected")
+    add_flag(parser, "--chunk-timeout-s", default=1.0, type=float,
+             help="a chunk this late against its deadline moves the session to another "
+                  "generator; keep it below --buffer-ahead-seconds so the listener's buffer "
+                  "covers the move")
+    add_flag(parser, "--idle-release-s", default=60.0, type=float,
+             help="a session paused (or never played) this long gives its generator slot back; "
+                  "PLAY places it again from its last state")
+    add_flag(parser, "--reconnect-window-s", default=30.0, type=float,
+             help="how long a session whose generator was lost looks for another before it ends")
     add_flag(parser, "--max-prompts", default=PromptLimits().max_prompts, type=int,
              help="most prompts in one update")
     add_flag(parser, "--max-text-chars", default=PromptLimits().max_text_chars, type=int,
@@ -55,10 +67,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.buffer_ahead_seconds < 0:
         parser.error("--buffer-ahead-seconds must be >= 0")
+    for flag in ("chunk_timeout_s", "idle_release_s", "reconnect_window_s"):
+        if not getattr(args, flag) > 0:
+            parser.error(f"--{flag.replace('_', '-')} must be > 0")
     return args
 
 
 async def serve(args: argparse.Namespace) -> None:
+    if args.chunk_timeout_s >= args.buffer_ahead_seconds:
+        log.warning("--chunk-timeout-s %g is not below --buffer-ahead-seconds %g: listeners will "
+                    "hear silence while a session moves off a hung generator",
+                    args.chunk_timeout_s, args.buffer_ahead_seconds)
     public_service = music_pb2.DESCRIPTOR.services_by_name["MusicGeneration"].full_name
     interceptors = api_key_interceptors_from_flags(args, public_service)
     server_credentials = server_credentials_from_flags(args)
@@ -75,7 +94,9 @@ async def serve(args: argparse.Namespace) -> None:
                               tls_server_name=args.internal_tls_server_name or None)
     settings = SessionSettings(
         buffer_ahead_seconds=args.buffer_ahead_seconds, open_timeout_s=args.backend_timeout_s,
-        slow_client_timeout_s=args.slow_client_timeout_s,
+        slow_client_timeout_s=args.slow_client_timeout_s, chunk_timeout_s=args.chunk_timeout_s,
+        idle_release_s=args.idle_release_s, reconnect_window_s=args.reconnect_window_s,
+        reconnect_interval_s=args.load_poll_interval_s,
         prompt_limits=PromptLimits(max_prompts=args.max_prompts, max_text_chars=args.max_text_chars,
                                    max_audio_bytes=args.max_audio_bytes),
         max_audio_input_message_bytes=args.max_audio_input_message_bytes)

@@ -5,6 +5,11 @@ entries, where an entry ``dns:///name:port`` is re-resolved periodically (a Kube
 Service returns one address per ready pod), so pods coming and going are followed. Each
 generator's LoadReport is polled; a new session goes to the healthy, non-draining generator
 serving the requested model with the most free slots.
+
+A generator that leaves the DNS answer is *leaving*: it takes no new sessions, its sessions
+move elsewhere at their next chunk boundary (like a drain), and its channel is closed once no
+session stream uses it. A generator that misses several chunk deadlines in a row is unhealthy
+for placement until it answers a load poll again.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ FREE_SLOTS = Gauge("mrt_gateway_generator_capacity_free_slots",
 GENERATORS = Gauge("mrt_gateway_generators", "Generators known, by health", ["state"])
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+# Chunk deadlines missed in a row (over all its sessions) before a generator is unhealthy.
+MISSED_DEADLINES_UNHEALTHY = 3
 
 
 class NoCapacity(RuntimeError):
@@ -56,6 +64,10 @@ class GeneratorEndpoint:
     load: generator_pb2.LoadReport | None = None
     healthy: bool = False
     placed_since_poll: int = 0  # sessions placed since the last load report
+    links: int = 0  # session streams open on the channel
+    leaving: bool = False  # gone from discovery: no new sessions, closed once links is 0
+    missed_deadlines: int = 0  # chunk deadlines missed since its last delivered chunk
+    suspect: bool = False  # missed too many deadlines: no placement until a poll answers
 
     @property
     def free_slots(self) -> int:
@@ -107,18 +119,32 @@ class GeneratorPool:
             await self._refresh()
 
     async def _refresh(self) -> None:
-        addresses = await self.discover()
-        for gone in set(self.endpoints) - set(addresses):
-            log.info("generator %s left", gone)
-            await self.endpoints.pop(gone).channel.close()
-        for new in set(addresses) - set(self.endpoints):
+        addresses = set(await self.discover())
+        for address, endpoint in list(self.endpoints.items()):
+            if address not in addresses and not endpoint.leaving:
+                log.info("generator %s left discovery; its %d session(s) move at their next "
+                         "chunk boundary", address, endpoint.links)
+                endpoint.leaving = True
+            elif address in addresses and endpoint.leaving:
+                log.info("generator %s is back in discovery", address)
+                endpoint.leaving = False
+        await self._close_unused_leaving()
+        for new in addresses - set(self.endpoints):
             log.info("generator %s found", new)
             self.endpoints[new] = self._connect(new)
-        await asyncio.gather(*(self._poll(e) for e in list(self.endpoints.values())))
-        healthy = [e for e in self.endpoints.values() if e.healthy]
+        await asyncio.gather(*(self._poll(e) for e in list(self.endpoints.values())
+                               if not e.leaving))
+        healthy = [e for e in self.endpoints.values() if e.healthy and not e.leaving]
         FREE_SLOTS.set(sum(max(0, e.free_slots) for e in healthy if not e.load.draining))
         GENERATORS.labels("healthy").set(len(healthy))
         GENERATORS.labels("unhealthy").set(len(self.endpoints) - len(healthy))
+
+    async def _close_unused_leaving(self) -> None:
+        """Close the channels of generators that left discovery once no session uses them."""
+        for address, endpoint in list(self.endpoints.items()):
+            if endpoint.leaving and endpoint.links == 0:
+                log.info("generator %s closed (no session uses it)", address)
+                await self.endpoints.pop(address).channel.close()
 
     async def _poll(self, endpoint: GeneratorEndpoint) -> None:
         try:
@@ -127,6 +153,7 @@ class GeneratorPool:
             if not endpoint.healthy:
                 log.info("generator %s is up: %s", endpoint.address, endpoint.load.generator_id)
             endpoint.healthy = True
+            endpoint.suspect = False
             endpoint.placed_since_poll = 0
         except grpc.aio.AioRpcError as err:
             if endpoint.healthy:
@@ -153,19 +180,34 @@ class GeneratorPool:
 
     # --- placement ---------------------------------------------------------------------------------
     def models(self) -> set[str]:
-        return {e.load.model for e in self.endpoints.values() if e.healthy}
+        return {e.load.model for e in self.endpoints.values() if e.healthy and not e.leaving}
 
     def mark_unhealthy(self, address: str) -> None:
+        """No placement on ``address`` until it answers a load poll again."""
         endpoint = self.endpoints.get(address)
         if endpoint is not None:
             endpoint.healthy = False
+
+    def missed_deadline(self, endpoint: GeneratorEndpoint) -> None:
+        """A chunk demanded from ``endpoint`` did not arrive in time."""
+        endpoint.missed_deadlines += 1
+        if endpoint.missed_deadlines >= MISSED_DEADLINES_UNHEALTHY and not endpoint.suspect:
+            log.warning("generator %s missed %d chunk deadlines; no placement on it until it "
+                        "answers again", endpoint.address, endpoint.missed_deadlines)
+            endpoint.suspect = True
+
+    @staticmethod
+    def delivered(endpoint: GeneratorEndpoint) -> None:
+        """A chunk arrived from ``endpoint``: it is generating again."""
+        endpoint.missed_deadlines = 0
 
     def candidates(self, model: str, exclude: set[str] = frozenset()) -> list[GeneratorEndpoint]:
         """Generators to try for a new session, most headroom first.
 
         Raises NoGenerator when none serves ``model``, NoCapacity when all of those are full."""
         serving = [e for e in self.endpoints.values()
-                   if e.healthy and not e.load.draining and e.load.model == model
+                   if e.healthy and not e.suspect and not e.leaving and not e.load.draining
+                   and e.load.model == model
                    and e.address not in exclude]
         if not serving:
             raise NoGenerator(f"no healthy generator serves model '{model}'")
@@ -173,6 +215,14 @@ class GeneratorPool:
         if not with_room:
             raise NoCapacity(f"all {len(serving)} generators serving '{model}' are at capacity")
         return sorted(with_room, key=lambda e: (-e.free_slots, e.load.active_sessions, e.address))
+
+    def has_room_elsewhere(self, model: str, address: str) -> bool:
+        """Whether a generator other than ``address`` could take a session of ``model`` now."""
+        try:
+            self.candidates(model, exclude={address})
+        except (NoCapacity, NoGenerator):
+            return False
+        return True
 
     def placed(self, endpoint: GeneratorEndpoint) -> None:
         """Count a placement until the next load report includes it."""

@@ -5,6 +5,14 @@ sampling settings and the last state snapshot the generator returned. Audio is r
 the listener's timeline: chunk n is needed ``n * 2 s`` after the first chunk after PLAY was
 sent, and is sent ``buffer_ahead_seconds`` before that; a chunk sent after it was needed is a
 buffer underrun (the listener's player ran dry), and the timeline shifts by the gap.
+
+Moving a session to another generator (the generator failed, drains, left discovery, or missed
+a chunk deadline by more than ``chunk_timeout_s``) happens in the background: chunks already
+received keep being released on time meanwhile, and the listener is warned
+(``SESSION_MIGRATED``) just before the first chunk made by the new generator. Updates that
+arrive while a session is being opened reach the new generator before its first demand. A
+session paused (or never played) for ``idle_release_s`` gives its generator slot back and is
+placed again, from its snapshot, on PLAY.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import collections
 import dataclasses
 import logging
 import time
+from typing import Callable
 
 import grpc
 import numpy as np
@@ -29,7 +38,8 @@ from services.gateway.audio_encoding import AudioEncoder
 from services.gateway.embedder_client import BackendUnavailable, EmbedderClient, PromptRejected
 from services.gateway.generation_config import SamplingSettings, merge_config
 from services.gateway.generator_link import GeneratorLink, LinkError
-from services.gateway.generator_pool import GeneratorPool, NoCapacity, NoGenerator
+from services.gateway.generator_pool import (GeneratorEndpoint, GeneratorPool, NoCapacity,
+                                             NoGenerator)
 from services.gateway.prompts import PromptError, PromptLimits, prompt_weight, resolve_prompts
 
 log = logging.getLogger(__name__)
@@ -55,6 +65,8 @@ INJECTIONS = Counter("mrt_gateway_audio_injections_total",
                      "Mixes of live input and model output sent to be written into a context")
 MIGRATED = Counter("mrt_gateway_sessions_migrated_total",
                    "Sessions resumed on another generator, by reason", ["reason"])
+IDLE_RELEASED = Counter("mrt_gateway_idle_sessions_released_total",
+                        "Paused or unplayed sessions that gave their generator slot back")
 
 # Messages queued for a client before the session waits for it to read (about 8 s of audio).
 OUTBOX_MESSAGES = 4
@@ -71,6 +83,14 @@ class SessionSettings:
     slow_client_timeout_s: float
     prompt_limits: PromptLimits
     max_audio_input_message_bytes: int = 1024 * 1024
+    # A demanded chunk this late against its deadline moves the session to another generator.
+    chunk_timeout_s: float = 1.0
+    # A session paused (or never played) this long gives its generator slot back.
+    idle_release_s: float = 60.0
+    # How long a session that lost its generator keeps looking for another before it ends.
+    reconnect_window_s: float = 30.0
+    # How often a session looking for a generator tries again.
+    reconnect_interval_s: float = 1.0
 
 
 class StreamEnded(Exception):
@@ -86,6 +106,24 @@ class ClientTooSlow(StreamEnded):
     """The client stopped reading: its stream is ended so it holds nothing."""
 
 
+class MoveReason:
+    """Why a session moves to another generator (the ``reason`` label of the metric)."""
+
+    GENERATOR_LOST = "generator_lost"  # its stream failed
+    DRAIN = "drain"  # the generator drains, or left discovery
+    TIMEOUT = "chunk_timeout"  # a demanded chunk is overdue
+
+    WARNINGS = {GENERATOR_LOST: "was lost", DRAIN: "is draining",
+                TIMEOUT: "stopped delivering audio in time"}
+
+
+@dataclasses.dataclass(frozen=True)
+class MigrationNotice:
+    """Queued among received chunks: warn the listener just before the new generator's audio."""
+
+    reason: str
+
+
 def placement_error(err: Exception) -> StreamEnded:
     if isinstance(err, NoCapacity):
         return StreamEnded(grpc.StatusCode.RESOURCE_EXHAUSTED, f"no capacity: {err}")
@@ -95,13 +133,15 @@ def placement_error(err: Exception) -> StreamEnded:
 class ListenerSession:
     def __init__(self, *, session_id: str, model: str, encoder: AudioEncoder,
                  settings: SessionSettings, pool: GeneratorPool, embedder: EmbedderClient,
-                 seed: int, initial_audio: np.ndarray | None = None):
+                 seed: int, initial_audio: np.ndarray | None = None,
+                 open_link: Callable[[GeneratorEndpoint], GeneratorLink] = GeneratorLink):
         self.session_id = session_id
         self.model = model
         self.encoder = encoder  # the listener's, whichever generator makes the audio
         self.settings = settings
         self.pool = pool
         self.embedder = embedder
+        self.open_link = open_link
         self.outbound: asyncio.Queue[music_pb2.StreamResponse | None] = asyncio.Queue(maxsize=OUTBOX_MESSAGES)
         # What the generator needs to (re)open the session anywhere.
         self.style: np.ndarray | None = None
@@ -109,6 +149,7 @@ class ListenerSession:
         self.sampling = SamplingSettings(seed=seed)
         self.injection_settings = InjectionSettings()
         self.config_version = 0
+        self.reset_pending = False  # RESET_CONTEXT not yet handed to the generator making chunks
         self.snapshot: generator_pb2.SessionSnapshot | None = None
         # Audio input (audio_injection.py): the clip that seeds a fresh context, and the
         # input / output history, made on the first audio_input message.
@@ -125,10 +166,14 @@ class ListenerSession:
         # Generation.
         self.link: GeneratorLink | None = None
         self._link_reader: asyncio.Task | None = None
+        self._placement: asyncio.Task | None = None  # opening the session on a generator
         self.demand_outstanding = False
-        self.received: collections.deque[generator_pb2.GeneratedChunk] = collections.deque()
+        self.demand_overdue_at: float | None = None  # when the outstanding demand times out
+        self.received: collections.deque[generator_pb2.GeneratedChunk | MigrationNotice] = \
+            collections.deque()
         # Playback and the listener's timeline.
         self.playing = False
+        self.idle_since: float | None = time.time()  # paused / never played since then
         self.client_done = False
         self.next_sequence = 0
         self.next_position_s = 0.0
@@ -144,22 +189,31 @@ class ListenerSession:
     def _open_request(self) -> generator_pb2.OpenSession:
         request = generator_pb2.OpenSession(
             session_id=self.session_id, model=self.model,
-            style=generator_pb2.Style(embedding=[] if self.style is None else self.style.tolist(),
-                                      version=self.prompt_version),
-            sampling=self._sampling_message())
+            style=self._style_message(), sampling=self._sampling_message())
         if self.snapshot is not None:
             request.resume_from.CopyFrom(self.snapshot)
         return request
+
+    def _style_message(self) -> generator_pb2.Style:
+        return generator_pb2.Style(embedding=[] if self.style is None else self.style.tolist(),
+                                   version=self.prompt_version)
 
     def _sampling_message(self) -> generator_pb2.Sampling:
         return generator_pb2.Sampling(
             temperature=self.sampling.temperature, top_k=self.sampling.top_k,
             guidance=self.sampling.guidance, seed=self.sampling.seed, version=self.config_version)
 
-    async def connect(self, exclude: set[str] = frozenset()) -> None:
-        """Place the session on the generator with the most headroom (trying the next on refusal).
+    async def connect(self) -> None:
+        """Place the session for the first time (at setup).
 
         Raises StreamEnded: RESOURCE_EXHAUSTED when all are full, UNAVAILABLE when none is up."""
+        link, versions = await self._open_somewhere(exclude=set())
+        await self._catch_up(link, versions)
+        self._install(link)
+
+    async def _open_somewhere(self, exclude: set[str]) -> tuple[GeneratorLink, tuple[int, int]]:
+        """Open the session on the generator with the most headroom (trying the next on
+        refusal): the open link, and the (prompt, config) versions the generator was given."""
         tried = set(exclude)
         last_error: Exception | None = None
         refreshed = False
@@ -178,7 +232,8 @@ class ListenerSession:
                 raise placement_error(err) from None
             endpoint = candidates[0]
             tried.add(endpoint.address)
-            link = GeneratorLink(endpoint)
+            link = self.open_link(endpoint)
+            versions = (self.prompt_version, self.config_version)
             try:
                 opened = await link.open(self._open_request(), self.settings.open_timeout_s)
                 self.audio_input_supported = opened.audio_input_supported
@@ -191,28 +246,102 @@ class ListenerSession:
                 if err.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     last_error = NoCapacity(err.details)
                 else:
-                    self.pool.mark_unhealthy(endpoint.address)
+                    if not err.draining:
+                        self.pool.mark_unhealthy(endpoint.address)
                     last_error = NoGenerator(err.details)
                 continue
             if self.closed:  # the client left while the generator was opening the session
                 link.close()
                 raise StreamEnded(grpc.StatusCode.CANCELLED, "the session is closed")
             self.pool.placed(endpoint)
-            self.link = link
-            self.demand_outstanding = False
-            self._link_failure = None
-            self._link_reader = asyncio.create_task(self._read_link(link))
-            log.info("session %s placed on generator %s", self.session_id, endpoint.address)
-            return
+            return link, versions
+
+    def _install(self, link: GeneratorLink) -> None:
+        """Make ``link`` the session's generator stream."""
+        self.link = link
+        self.demand_outstanding = False
+        self.demand_overdue_at = None
+        self._link_failure = None
+        self._link_reader = asyncio.create_task(self._read_link(link))
+        log.info("session %s placed on generator %s", self.session_id, link.endpoint.address)
+
+    async def _catch_up(self, link: GeneratorLink, versions: tuple[int, int]) -> None:
+        """Hand ``link``'s generator what changed while it was opening the session (``versions``:
+        the prompt and config versions it was opened with), so no chunk is made with settings
+        older than the client was told. Returns with nothing left to hand over: the caller
+        installs the link before anything else can change."""
+        prompt_version, config_version = versions
+        while (self.prompt_version, self.config_version) != (prompt_version, config_version) \
+                or self.reset_pending:
+            if self.prompt_version != prompt_version:
+                prompt_version = self.prompt_version
+                await link.send(generator_pb2.GeneratorRequest(style=self._style_message()))
+            if self.config_version != config_version:
+                config_version = self.config_version
+                await link.send(generator_pb2.GeneratorRequest(sampling=self._sampling_message()))
+            if self.reset_pending:
+                self.reset_pending = False
+                try:
+                    await link.send(generator_pb2.GeneratorRequest(reset=generator_pb2.ResetContext()))
+                except LinkError:
+                    self.reset_pending = True  # for the generator the session moves to next
+                    raise
+
+    async def _place_in_background(self, reason: str | None, exclude: set[str]) -> None:
+        """Open the session on a generator and install it, while the pump goes on releasing
+        what was received. ``reason`` is why it moves (None: placed again on PLAY). A moving
+        session keeps trying for ``reconnect_window_s`` (a lost generator may be the only one
+        and come back); a session placed on PLAY ends at once when nothing can take it."""
+        give_up_at = time.time() + self.settings.reconnect_window_s
+        while True:
+            try:
+                link, versions = await self._open_somewhere(exclude)
+                break
+            except StreamEnded as err:
+                if reason is None or self.closed:
+                    raise
+                if time.time() >= give_up_at:
+                    raise StreamEnded(grpc.StatusCode.UNAVAILABLE,
+                                      f"generator lost and no other could take the session: "
+                                      f"{err.details}") from None
+                log.info("session %s: no generator to move to yet (%s); trying again",
+                         self.session_id, err.details)
+                exclude = set()  # the lost generator is unhealthy until it answers again
+                await asyncio.sleep(self.settings.reconnect_interval_s)
+        try:
+            await self._catch_up(link, versions)
+        except LinkError as err:  # failed at once: its reader will report it
+            log.info("session %s: update not delivered on open: %s", self.session_id, err)
+        self._install(link)
+        if reason is not None:
+            MIGRATED.labels(reason).inc()
+            self.received.append(MigrationNotice(reason))
+
+    def _start_placement(self, reason: str | None, exclude: set[str] = frozenset()) -> None:
+        self._placement = asyncio.create_task(self._place_in_background(reason, set(exclude)))
+        self._placement.add_done_callback(lambda _: self._changed.set())
+
+    def _move(self, reason: str, why: str) -> None:
+        """Leave the current generator and resume from the last snapshot on another one."""
+        failed = self.link.endpoint.address if self.link is not None else ""
+        log.warning("session %s: leaving generator %s (%s: %s); resuming elsewhere from chunk %d",
+                    self.session_id, failed, reason, why,
+                    self.snapshot.chunk_index if self.snapshot is not None else 0)
+        self._drop_link()
+        self._start_placement(reason, exclude={failed} if failed else set())
 
     async def _read_link(self, link: GeneratorLink) -> None:
         try:
             while True:
                 chunk = await link.read_chunk()
+                if link is not self.link:  # a chunk from a generator the session left
+                    return
+                self.pool.delivered(link.endpoint)
                 self.snapshot = chunk.snapshot
                 self._record_output(chunk)
                 self.received.append(chunk)
                 self.demand_outstanding = False
+                self.demand_overdue_at = None
                 self._changed.set()
         except LinkError as err:
             if link is self.link:
@@ -224,33 +353,25 @@ class ListenerSession:
             self._link_reader.cancel()
         if self.link is not None:
             self.link.close()
-        self.link, self._link_reader, self.demand_outstanding = None, None, False
+        self.link, self._link_reader, self._link_failure = None, None, None
+        self.demand_outstanding, self.demand_overdue_at = False, None
 
-    async def _migrate(self, failure: LinkError) -> None:
-        failed = self.link.endpoint.address if self.link else ""
-        reason = "drain" if "draining" in failure.details else "generator_lost"
-        log.warning("session %s: generator %s failed (%s); resuming elsewhere", self.session_id,
-                    failed, failure)
-        self._drop_link()
-        if reason == "generator_lost":
-            self.pool.mark_unhealthy(failed)
+    def _cancel_placement(self) -> None:
+        if self._placement is not None:
+            self._placement.cancel()
+            self._placement = None
+
+    async def _send_to_generator(self, request: generator_pb2.GeneratorRequest) -> bool:
+        """Send to the generator making the session's chunks; False when there is none now (a
+        placement in progress hands it the latest settings)."""
+        if self.link is None:
+            return False
         try:
-            await self.connect(exclude={failed})
-        except StreamEnded as err:
-            raise StreamEnded(grpc.StatusCode.UNAVAILABLE,
-                              f"generator lost and no other could take the session: {err.details}") from None
-        MIGRATED.labels(reason).inc()
-        await self._emit(music_pb2.StreamResponse(warning=music_pb2.Warning(
-            code="SESSION_MIGRATED",
-            message=f"the generator serving this session {'is draining' if reason == 'drain' else 'was lost'}; "
-                    f"the session resumed on another generator from its last state")))
-
-    async def _send_to_generator(self, request: generator_pb2.GeneratorRequest) -> None:
-        if self.link is not None:
-            try:
-                await self.link.send(request)
-            except LinkError as err:  # the link reader sees the failure too; migrate there
-                log.info("session %s: update not delivered: %s", self.session_id, err)
+            await self.link.send(request)
+        except LinkError as err:  # the link reader sees the failure too; the move resends
+            log.info("session %s: update not delivered: %s", self.session_id, err)
+            return False
+        return True
 
     # --- the listener's timeline -------------------------------------------------------------------
     def _need_time(self, position_s: float) -> float | None:
@@ -301,37 +422,108 @@ class ListenerSession:
     # --- the pump: demand, receive, pace, send ---------------------------------------------------
     async def pump(self) -> None:
         """Run until the session ends normally; raises StreamEnded to end it with a status."""
-        while not self.closed:
-            self._changed.clear()
-            if self.client_done and not self.playing:
-                return
-            wake_at = await self._step()
-            timeout = None if wake_at is None else max(0.0, wake_at - time.time())
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
+        try:
+            while not self.closed:
+                self._changed.clear()
+                if self.client_done and not self.playing:
+                    return
+                wake_at = await self._step()
+                timeout = None if wake_at is None else max(0.0, wake_at - time.time())
+                try:
+                    await asyncio.wait_for(self._changed.wait(), timeout)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            self._cancel_placement()
 
     async def _step(self) -> float | None:
         """Do what can be done now; return when to look again (None: on the next change)."""
+        self._follow_generator()
+        wake_at = [await self._release_received()]
+        if self._placement is not None:
+            return _earliest(wake_at)  # the placement wakes the pump when it is done
+        if self.playing:
+            if self.link is None:
+                self._start_placement(reason=None)
+                return _earliest(wake_at)
+            if self.received:
+                return _earliest(wake_at)  # demand the next chunk once these are out
+            if not self.demand_outstanding:
+                await self._demand()
+            wake_at.append(self.demand_overdue_at)
+        elif self.link is not None:
+            wake_at.append(self._release_if_idle())
+        return _earliest(wake_at)
+
+    def _follow_generator(self) -> None:
+        """React to what happened to the generator: a failed stream, a finished placement, an
+        overdue chunk, a generator leaving discovery."""
         if self._link_failure is not None:
             failure, self._link_failure = self._link_failure, None
-            await self._migrate(failure)
-        if not self.playing:
-            return None
-        if self.link is None:
-            await self.connect()
-        while self.received:
+            if failure.draining:
+                self._move(MoveReason.DRAIN, "the generator is draining")
+            else:
+                self.pool.mark_unhealthy(self.link.endpoint.address)
+                self._move(MoveReason.GENERATOR_LOST, str(failure))
+        if self._placement is not None and self._placement.done():
+            placement, self._placement = self._placement, None
+            placement.result()  # raises StreamEnded when nothing could take the session
+        if self.link is None or self._placement is not None:
+            return
+        if self.demand_overdue_at is not None and time.time() >= self.demand_overdue_at:
+            endpoint = self.link.endpoint
+            self.pool.missed_deadline(endpoint)
+            if self.pool.has_room_elsewhere(self.model, endpoint.address):
+                self._move(MoveReason.TIMEOUT, f"no chunk {self.settings.chunk_timeout_s:g} s "
+                                               f"after its deadline")
+            else:  # nowhere better to go: keep waiting for this one
+                log.warning("session %s: generator %s is late and no other has room; waiting",
+                            self.session_id, endpoint.address)
+                self.demand_overdue_at = time.time() + self.settings.chunk_timeout_s
+        elif self.link.endpoint.leaving and not self.demand_outstanding:
+            self._move(MoveReason.DRAIN, "the generator left discovery")
+
+    async def _release_received(self) -> float | None:
+        """Send what is due of the received chunks (and migration notices, in their place);
+        return when the next one is due."""
+        while self.received and self.playing:
+            item = self.received[0]
+            if isinstance(item, MigrationNotice):
+                self.received.popleft()
+                what = MoveReason.WARNINGS[item.reason]
+                await self._emit(music_pb2.StreamResponse(warning=music_pb2.Warning(
+                    code="SESSION_MIGRATED",
+                    message=f"the generator serving this session {what}; the session resumed "
+                            f"on another generator from its last state")))
+                continue
             release = self._release_time(self.next_position_s)
             if time.time() < release:
                 return release
             await self._send_chunk(self.received.popleft())
-        if not self.demand_outstanding:
-            self.demand_outstanding = True
-            await self._inject_input()
-            deadline = self._release_time(self.next_position_s)
-            await self._send_to_generator(generator_pb2.GeneratorRequest(
-                demand=generator_pb2.ChunkDemand(deadline_unix_s=deadline)))
+        return None
+
+    async def _demand(self) -> None:
+        await self._inject_input()
+        deadline = self._release_time(self.next_position_s)
+        # Outstanding before the send: the chunk may arrive (and clear it) before it returns.
+        self.demand_outstanding = True
+        self.demand_overdue_at = max(deadline, time.time()) + self.settings.chunk_timeout_s
+        if not await self._send_to_generator(generator_pb2.GeneratorRequest(
+                demand=generator_pb2.ChunkDemand(deadline_unix_s=deadline))):
+            self.demand_outstanding, self.demand_overdue_at = False, None
+
+    def _release_if_idle(self) -> float | None:
+        """Give the generator slot back once paused / unplayed for ``idle_release_s``; the
+        snapshot and received chunks stay, and PLAY places the session again."""
+        if self.idle_since is None or self.demand_outstanding:
+            return None
+        release_at = self.idle_since + self.settings.idle_release_s
+        if time.time() < release_at:
+            return release_at
+        log.info("session %s idle for %.0f s: generator %s slot given back", self.session_id,
+                 time.time() - self.idle_since, self.link.endpoint.address)
+        IDLE_RELEASED.inc()
+        self._drop_link()
         return None
 
     # --- live audio input -------------------------------------------------------------------------
@@ -371,8 +563,7 @@ class ListenerSession:
         """Send the style the generator should use now: the prompts, with the live input."""
         self.style = mix_live_style(self.prompt_style, self.prompt_weight_total,
                                     self.input_embedding, self.injection_settings.style_weight)
-        await self._send_to_generator(generator_pb2.GeneratorRequest(style=generator_pb2.Style(
-            embedding=[] if self.style is None else self.style.tolist(), version=self.prompt_version)))
+        await self._send_to_generator(generator_pb2.GeneratorRequest(style=self._style_message()))
 
     async def _add_audio_input(self, message: music_pb2.AudioInput) -> None:
         if not self.audio_input_supported:
@@ -473,21 +664,28 @@ class ListenerSession:
         if action == Action.PLAY:
             if not self.playing:
                 self.playing = True
+                self.idle_since = None
                 self.play_requested_at = time.time()
         elif action == Action.PAUSE:
-            self.playing = False
+            if self.playing:
+                self.playing = False
+                self.idle_since = time.time()
             self.anchor = None
         elif action == Action.STOP:
             self.playing = False
+            self.idle_since = time.time()
             self.anchor = None
             self.generated_until_samples -= facts.CHUNK_SAMPLES * len(self.received)
             self.received.clear()
             if self.injector is not None:
                 self.injector.restart_output()
             self.snapshot = None  # PLAY after STOP starts from a fresh context
+            self.reset_pending = False
+            self._cancel_placement()
             self._drop_link()
         elif action == Action.RESET_CONTEXT:
-            await self._send_to_generator(generator_pb2.GeneratorRequest(reset=generator_pb2.ResetContext()))
+            self.reset_pending = not await self._send_to_generator(
+                generator_pb2.GeneratorRequest(reset=generator_pb2.ResetContext()))
         else:
             await self._emit(music_pb2.StreamResponse(warning=music_pb2.Warning(
                 code="INVALID_PLAYBACK", message=f"unknown playback action {action}; ignored")))
@@ -504,5 +702,11 @@ class ListenerSession:
             self._input_embedding_task.cancel()
         self.closed = True
         self._changed.set()
+        self._cancel_placement()
         self._drop_link()
         self.encoder.close()
+
+
+def _earliest(times: list[float | None]) -> float | None:
+    known = [t for t in times if t is not None]
+    return min(known) if known else None

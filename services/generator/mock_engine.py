@@ -1,10 +1,12 @@
 """`mock`: a test / development engine with no model behind it. Not music.
 
 It answers instantly with deterministic audio (a sine per channel, whose pitch follows a hash
-of the style embedding and seed) and maintains the session state exactly as the real engine
-does: 50 new codes per chunk appended to the context (here a hash of seed, chunk index and
+of the style embedding, the seed and the session's musical context, so each chunk's audio
+depends on the state it was made from, as a model's does; its phase follows the chunk index)
+and maintains the session state exactly as the real engine does: 50 new codes per chunk appended to the context (here a hash of seed, chunk index and
 style), the next crossfade tail from the same decode-and-crossfade step, and the chunk index.
-So services, snapshots and failover can be tested quickly and without model assets.
+So services, snapshots and failover can be tested quickly and without model assets, and a
+resume that ignored its snapshot (or a reset that kept the context) is heard in the audio.
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ class MockEngine(ChunkEngine):
 
     @staticmethod
     def frequencies_hz(job: ChunkJob) -> np.ndarray:
-        """float64[2]: the left and right pitch for the job's style and seed."""
-        note = LOWEST_MIDI_NOTE + _digest(job) % PITCH_CHOICES
+        """float64[2]: the left and right pitch for the job's style, seed and context."""
+        context = hashlib.blake2b(np.ascontiguousarray(job.state.context_tokens).tobytes(),
+                                  digest_size=8).digest()
+        note = LOWEST_MIDI_NOTE + (_digest(job) + int.from_bytes(context, "little")) % PITCH_CHOICES
         notes = np.array([note, note + RIGHT_CHANNEL_SEMITONES])
         return 440.0 * 2.0 ** ((notes - 69) / 12.0)
 

@@ -12,6 +12,7 @@ import numpy as np
 from prometheus_client import Counter, Gauge
 
 from services.common import model_facts as facts
+from services.common import session_end
 from services.common.proto.mrt.v1 import generator_pb2, generator_pb2_grpc
 from services.common.snapshots import snapshot_to_state, state_to_snapshot
 from services.generator.context_audio import ContextAudio
@@ -102,7 +103,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be `open`")
         open_msg = first.open
         if self.draining:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "generator is draining")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "generator is draining",
+                                session_end.reason_metadata(session_end.DRAINING))
         if open_msg.model and open_msg.model != self.model_name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"this generator serves model '{self.model_name}', not '{open_msg.model}'")
@@ -154,7 +156,8 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             if end_stream.is_set():
                 outcome = "drained"
                 await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                    "generator is draining; resume the session elsewhere")
+                                    "generator is draining; resume the session elsewhere",
+                                    session_end.reason_metadata(session_end.DRAINING))
             if reader.done() and reader.exception() is not None:
                 outcome = "invalid_argument"
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(reader.exception()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 import time
@@ -14,14 +15,24 @@ import pytest
 from services.cli.launcher import Cluster, ClusterConfig
 
 
-def start_cluster(tmp_path_factory, **overrides) -> Cluster:
+def start_cluster(tmp_path_factory, env: dict[str, str] | None = None, **overrides) -> Cluster:
+    """A cluster of `mock` services; ``env`` (e.g. ``MRT_*`` flags) is set for its processes."""
     config = ClusterConfig(model="mock", embedder_model="mock",
                            log_dir=tmp_path_factory.mktemp("logs"),
                            assets_dir=str(tmp_path_factory.getbasetemp() / "assets"),
                            ready_timeout_s=240)
     config = dataclasses.replace(config, **overrides).with_free_ports()
     cluster = Cluster(config)
-    cluster.__enter__()
+    saved = {key: os.environ.get(key) for key in env or {}}
+    os.environ.update(env or {})
+    try:
+        cluster.__enter__()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key)
+            else:
+                os.environ[key] = value
     return cluster
 
 
@@ -54,6 +65,28 @@ def metric(samples: dict[str, float], name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in rest for k, v in labels.items()):
             total += value
     return total
+
+
+def open_sessions(cluster: Cluster) -> tuple[float, list[float]]:
+    """Sessions open now: on the gateway, and on each generator."""
+    gateway = metric(scrape(cluster.metrics_urls["gateway"]), "mrt_gateway_active_sessions")
+    return gateway, [metric(scrape(g.metrics_url), "mrt_generator_active_sessions")
+                     for g in cluster.generators]
+
+
+def wait_for_open_sessions(cluster: Cluster, gateway: int, generators_total: int,
+                           timeout_s: float = 20) -> None:
+    """Wait until the gateway has ``gateway`` sessions open and the generators together
+    ``generators_total``; fails with the counts last seen."""
+    deadline = time.time() + timeout_s
+    while True:
+        seen_gateway, seen_generators = open_sessions(cluster)
+        if seen_gateway == gateway and sum(seen_generators) == generators_total:
+            return
+        if time.time() > deadline:
+            pytest.fail(f"expected {gateway} sessions on the gateway and {generators_total} on "
+                        f"the generators; have {seen_gateway:g} and {seen_generators}")
+        time.sleep(0.2)
 
 
 MRT = str(Path(sys.executable).parent / "mrt")

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 import grpc
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.common.proto.mrt.v1 import music_pb2, music_pb2_grpc
-from tests.integration.conftest import metric, scrape
+from tests.integration.conftest import wait_for_open_sessions
 from tests.streaming_client import StreamClient
 
 floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
@@ -80,19 +77,11 @@ def test_clients_cancelling_at_any_moment_leave_no_session_behind(mock_cluster):
             client.chunks(1)
     for client in clients:  # cancel mid-placement, mid-generation, mid-pacing
         client.close()
+    wait_for_open_sessions(mock_cluster, gateway=0, generators_total=0)
 
 
 def test_after_fuzzing_every_service_is_up_and_no_session_is_stuck(mock_cluster):
     mock_cluster.check_running()
-    deadline = time.time() + 15
-    while time.time() < deadline:
-        gateway = scrape(mock_cluster.metrics_urls["gateway"])
-        generator = scrape(mock_cluster.metrics_urls["generator-0"])
-        if (metric(gateway, "mrt_gateway_active_sessions") == 0
-                and metric(generator, "mrt_generator_active_sessions") == 0):
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail("sessions are left open after their streams ended")
+    wait_for_open_sessions(mock_cluster, gateway=0, generators_total=0)
     for process in mock_cluster.services:
         assert process.check_health(), process.name

@@ -77,7 +77,14 @@ def dummy_python(tmp_path, monkeypatch):
 
 
 def _records(tmp_path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((tmp_path / "records").glob("*.json"))]
+    """What each stand-in service recorded (a record still being written is left out)."""
+    records = []
+    for path in sorted((tmp_path / "records").glob("*.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except json.JSONDecodeError:
+            pass
+    return records
 
 
 def _is_gone(pid: int) -> bool:
@@ -258,20 +265,32 @@ def test_mrt_up_prints_endpoints_and_stops_cleanly_on_sigterm(dummy_python, tmp_
         "embedder.log", "gateway.log", "generator-0.log", "generator-1.log"]
 
 
-def test_mrt_up_exits_non_zero_when_a_service_dies(dummy_python, tmp_path):
+def test_mrt_up_restarts_a_service_that_dies_and_keeps_the_others(dummy_python, tmp_path):
     process, _ = _start_mrt_up(dummy_python)
     try:
         _read_until_ready(process)
-        records = {r["name"]: r["pid"] for r in _records(tmp_path)}
-        os.kill(records["generator-0"], signal.SIGKILL)
-        assert process.wait(PROCESS_WAIT_S) == 1
+        first = {r["name"]: r["pid"] for r in _records(tmp_path)}
+        os.kill(first["generator-0"], signal.SIGKILL)
+        deadline = time.monotonic() + PROCESS_WAIT_S
+        while len(_records(tmp_path)) < 5:  # the restarted generator-0 records itself
+            assert time.monotonic() < deadline, "generator-0 was not restarted"
+            assert process.poll() is None, "mrt up ended"
+            time.sleep(0.1)
+        restarted = [r["pid"] for r in _records(tmp_path)
+                     if r["name"] == "generator-0" and r["pid"] != first["generator-0"]]
+        others = [pid for name, pid in first.items() if name != "generator-0"]
+        assert len(restarted) == 1 and _wait_until_gone(others, timeout_s=0) == others
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        assert process.wait(PROCESS_WAIT_S) == 0
     finally:
         process.kill()
     stderr = process.stderr.read()
-    assert "mrt up: generator-0: exited unexpectedly with signal SIGKILL" in stderr
+    assert ("mrt up: generator-0 exited unexpectedly with signal SIGKILL; restarting it in 1 s"
+            in stderr)
+    assert "mrt up: generator-0 restarted" in stderr
     assert "[gateway] gateway listening on" in stderr  # console output, prefixed per service
     assert "Traceback" not in stderr
-    assert _wait_until_gone(list(records.values()), timeout_s=0) == []
+    assert _wait_until_gone([*first.values(), *restarted], timeout_s=0) == []
 
 
 def test_mrt_up_names_a_service_that_fails_to_start(dummy_python, monkeypatch):

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 
 from services.common import model_facts as facts
@@ -58,6 +60,21 @@ def test_pitch_follows_style_and_seed():
     audio = MockEngine().generate([job])[0].audio
     peak_hz = np.argmax(np.abs(np.fft.rfft(audio[:, 0]))) / 2.0
     assert abs(peak_hz - MockEngine.frequencies_hz(job)[0]) <= 1.0
+
+
+def test_audio_follows_the_context_and_the_chunk_index():
+    engine = MockEngine()
+    first = engine.generate([_job(seed=4)])[0]
+    after = _job(seed=4, state=first.state)
+    same_index_fresh_context = _job(seed=4, state=dataclasses.replace(
+        SessionState.fresh(), chunk_index=1, crossfade_tail=first.state.crossfade_tail))
+    assert not np.array_equal(MockEngine.frequencies_hz(after),
+                              MockEngine.frequencies_hz(same_index_fresh_context))
+    assert not np.array_equal(engine.generate([after])[0].audio,
+                              engine.generate([same_index_fresh_context])[0].audio)
+    # The same state gives the same chunk, wherever it is generated (what failover relies on).
+    np.testing.assert_array_equal(engine.generate([after])[0].audio,
+                                  MockEngine().generate([_job(seed=4, state=first.state)])[0].audio)
 
 
 def test_chunks_join_without_a_jump():
