@@ -17,8 +17,8 @@ import numpy as np
 
 from services.common import model_facts as facts
 from services.common.assets import AssetStore
-from services.generator.engine import (ChunkEngine, ChunkJob, ChunkOutput, SamplingParams,
-                                        SessionState)
+from services.generator.batch_buckets import batch_buckets
+from services.generator.engine import ChunkEngine, ChunkJob, ChunkOutput, SessionState
 from services.generator.model import spectrostream, tokens
 from services.generator.model.crossfade import crossfade_chunks, frames_to_decode
 from services.generator.model.spectrostream import SpectroStreamDecoder
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 MODEL_NAMES = ("tiny", "base", "large")
 TINY_PARAMS_SEED = 0
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 # Upstream t5x checkpoints: tar archives of a t5x checkpoint directory.
 CHECKPOINT_ARCHIVES = {
@@ -68,9 +67,10 @@ class MagentaRTEngine(ChunkEngine):
         self._style_quantizer = style_quantizer
 
     @classmethod
-    def create(cls, model_name: str, store: AssetStore, *, checkpoint: Path | None = None,
-               dtype: str | None = None, random_weights: bool = False) -> "MagentaRTEngine":
-        """Load a model by name.
+    def create(cls, model_name: str, store: AssetStore, *, max_batch_size: int,
+               checkpoint: Path | None = None, dtype: str | None = None,
+               random_weights: bool = False) -> "MagentaRTEngine":
+        """Load a model by name, compiled for batches of up to `max_batch_size` sessions.
 
         `tiny` builds its codec and style assets under the store's tiny root if missing and
         uses random depthformer weights from a fixed seed. `base` and `large` load upstream's
@@ -104,10 +104,11 @@ class MagentaRTEngine(ChunkEngine):
         else:
             params = convert.load_checkpoint(Path(checkpoint), config)
         log.info("loading %s codec and style quantizer", model_name)
+        buckets = batch_buckets(max_batch_size)
         return cls(
             model_name,
-            sampling.TokenSampler(config, params, batch_buckets=BATCH_BUCKETS),
-            SpectroStreamDecoder.from_store(assets, batch_buckets=BATCH_BUCKETS),
+            sampling.TokenSampler(config, params, batch_buckets=buckets),
+            SpectroStreamDecoder.from_store(assets, batch_buckets=buckets),
             StyleQuantizer.load(assets.path(STYLE_QUANTIZER_ASSET)),
         )
 
@@ -144,13 +145,6 @@ class MagentaRTEngine(ChunkEngine):
             embeddings = np.stack([jobs[row].style_embedding for row in styled])
             style_tokens[styled] = self._style_quantizer.tokens(embeddings)
         return style_tokens
-
-    def warmup(self, max_batch_size: int) -> None:
-        """Compile sampling and decoding for every batch bucket up to `max_batch_size`."""
-        for bucket in BATCH_BUCKETS:
-            self.generate([ChunkJob(SessionState.fresh(), None, SamplingParams())] * bucket)
-            if bucket >= max_batch_size:
-                break
 
 
 def chunk_seeds(jobs: Sequence[ChunkJob]) -> np.ndarray:

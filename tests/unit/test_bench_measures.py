@@ -152,10 +152,8 @@ def test_soak_scripts_stay_inside_the_session_and_always_resume_after_pause():
 
 
 def test_startup_capacity_prediction_from_the_generator_log():
-    log = ("2026-01-01 generator INFO services.generator.scheduler: warm-up done: 0.500 s per "
-           "batch of 1, 1.000 s per batch of 16; capacity 1000 sessions\n")
-    # 1.6 s of budget per chunk (80% of 2 s). Interpolated, a batch of 10 takes 0.8 s, so two
-    # of them fit: 20 sessions, more than one batch of 16 or three batches of 1.
+    log = ("2026-01-01 generator INFO services.generator.runner: warm-up done: 0.500 s per "
+           "batch of 1, 1.000 s per batch of 16; predicted capacity 20 sessions; admitting 1000\n")
     assert startup_capacity_prediction(log) == 20
     assert startup_capacity_prediction("no warm-up yet") is None
 

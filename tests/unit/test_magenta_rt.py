@@ -149,13 +149,13 @@ def test_empty_batch(engine):
 
 def test_unknown_model_is_refused(tmp_path):
     with pytest.raises(ValueError, match="tiny"):
-        MagentaRTEngine.create("huge", AssetStore(tmp_path))
+        MagentaRTEngine.create("huge", AssetStore(tmp_path), max_batch_size=1)
 
 
 @pytest.mark.parametrize("model", ["base", "large"])
 def test_missing_upstream_assets_say_how_to_get_them(tmp_path, model):
     with pytest.raises(AssetMissingError, match="mrt assets download"):
-        MagentaRTEngine.create(model, AssetStore(tmp_path))
+        MagentaRTEngine.create(model, AssetStore(tmp_path), max_batch_size=1)
 
 
 def test_random_weights_need_no_upstream_files(tmp_path, monkeypatch):
@@ -163,14 +163,15 @@ def test_random_weights_need_no_upstream_files(tmp_path, monkeypatch):
     depthformer shrunk here to the tiny size, to keep the test fast)."""
     from services.generator.model import configs
     monkeypatch.setitem(configs.CONFIGS, "base", configs.CONFIGS["tiny"])
-    engine = MagentaRTEngine.create("base", AssetStore(tmp_path), random_weights=True)
+    engine = MagentaRTEngine.create("base", AssetStore(tmp_path), max_batch_size=1,
+                                    random_weights=True)
     assert engine.name == "base"
     output = engine.generate([ChunkJob(SessionState.fresh(), None, SamplingParams(seed=3))])[0]
     assert output.audio.shape == (facts.CHUNK_SAMPLES, facts.CHANNELS)
     assert output.state.chunk_index == 1
     with pytest.raises(ValueError, match="exclude"):
-        MagentaRTEngine.create("base", AssetStore(tmp_path), random_weights=True,
-                               checkpoint=tmp_path / "checkpoint")
+        MagentaRTEngine.create("base", AssetStore(tmp_path), max_batch_size=1,
+                               random_weights=True, checkpoint=tmp_path / "checkpoint")
 
 
 def test_asset_table_names_the_upstream_paths():

@@ -12,7 +12,6 @@ whatever batch it is in.
 
 from __future__ import annotations
 
-import bisect
 import functools
 from typing import Sequence
 
@@ -22,12 +21,12 @@ import numpy as np
 from jax import lax
 
 from services.common import model_facts as facts
+from services.generator.batch_buckets import bucket_for
 from services.generator.model import tokens as token_layout
 from services.generator.model.configs import DepthformerConfig
 from services.generator.model.depthformer import (Depthformer, EncoderPasses, Params,
                                                   decode_chunk)
 
-DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 _BLOCK = 32  # inverse-CDF sampling goes through 32 blocks of 32 codes
 _VALUE_SPLIT_ROUNDS = 16  # top_k_threshold's rounds that split at the value midpoint
 
@@ -152,8 +151,8 @@ def prepare_params(config: DepthformerConfig, params: Params) -> Params:
 class TokenSampler:
     """Samples a chunk of codes for a batch of sessions with the depthformer."""
 
-    def __init__(self, config: DepthformerConfig, params: Params,
-                 batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS):
+    def __init__(self, config: DepthformerConfig, params: Params, batch_buckets: Sequence[int]):
+        """`batch_buckets`: the padded batch sizes (see `batch_buckets.batch_buckets`)."""
         if not batch_buckets or any(b < 1 for b in batch_buckets):
             raise ValueError(f"batch_buckets must be positive sizes, got {batch_buckets}")
         self.config = config
@@ -169,11 +168,7 @@ class TokenSampler:
 
     def bucket_for(self, batch_size: int) -> int:
         """The padded batch size a batch of `batch_size` sessions runs at."""
-        index = bisect.bisect_left(self.batch_buckets, batch_size)
-        if index == len(self.batch_buckets):
-            raise ValueError(f"batch of {batch_size} exceeds the largest bucket "
-                             f"{self.max_batch_size}")
-        return self.batch_buckets[index]
+        return bucket_for(batch_size, self.batch_buckets)
 
     def warmup(self, max_batch_size: int | None = None) -> None:
         """Compile the program of every bucket up to `max_batch_size` (default: all)."""
