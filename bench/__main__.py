@@ -16,6 +16,7 @@ import sys
 from services.common.models import MODEL_NAMES
 
 from bench import report
+from bench.cost_models import COST_MODELS
 
 SUBCOMMANDS = ("load", "generator", "soak", "all")
 
@@ -53,9 +54,15 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
                        help="with --address: the gateway's /metrics URL, for its underrun count")
     group.add_argument("--modes", default="batched,unbatched",
                        help="comma-separated: batched (--max-batch-size) and/or unbatched "
-                            "(max batch size 1); default both")
-    group.add_argument("--max-batch-size", type=int, default=16,
-                       help="the generator's --max-batch-size in the batched mode (default 16)")
+                            "(max batch size 1); default both (with --model sim: one batched "
+                            "mode per cost model)")
+    group.add_argument("--max-batch-size", type=int, default=None,
+                       help="the generator's --max-batch-size in the batched mode (default 16; "
+                            "256 with --model sim)")
+    group.add_argument("--cost-model", default=",".join(COST_MODELS),
+                       help="with --model sim: comma-separated cost models to measure, of "
+                            f"{', '.join(COST_MODELS)} (default all), each held against its "
+                            "bound N* = floor((2 s - a) / b)")
     group.add_argument("--capacity-sessions", type=int, default=1000,
                        help="the generator's --capacity-sessions: admit this many sessions so the "
                             "benchmark finds what it really holds (default 1000); 0 = let the "
@@ -68,10 +75,11 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ramp-seconds", type=float, default=2.0,
                        help="listeners connect evenly over this many seconds (default 2.0, one "
                             "chunk, so their deadlines are spread over a chunk period)")
-    group.add_argument("--start-sessions", type=int, default=1,
-                       help="first N tried; N then doubles until a trial fails (default 1)")
-    group.add_argument("--max-sessions", type=int, default=128,
-                       help="largest N tried (default 128)")
+    group.add_argument("--start-sessions", type=int, default=None,
+                       help="first N tried; N then doubles until a trial fails (default 1; "
+                            "with --model sim, 90%% of the cost model's N*)")
+    group.add_argument("--max-sessions", type=int, default=None,
+                       help="largest N tried (default 128; with --model sim, N*)")
     group.add_argument("--budget-minutes", type=float, default=10.0,
                        help="time budget of the search, per mode; no trial starts after it "
                             "(default 10)")
@@ -155,7 +163,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         argv = ["load", *argv]
     args = build_parser().parse_args(argv)
     if getattr(args, "embedder_model", "unset") is None:
-        args.embedder_model = "mock" if args.model == "mock" else "tiny"
+        args.embedder_model = "mock" if args.model in ("mock", "sim") else "tiny"
     return args
 
 

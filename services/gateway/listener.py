@@ -49,6 +49,10 @@ MIGRATED = Counter("mrt_gateway_sessions_migrated_total",
 
 # Messages queued for a client before the session waits for it to read (about 8 s of audio).
 OUTBOX_MESSAGES = 4
+# Chunks a session may hold, generated but not yet released, when it demands the next one.
+# With one, the generator gets a demand a whole chunk period before the chunk it holds is
+# released, so it can serve sessions of every phase in one batch per period.
+CHUNKS_HELD_AHEAD = 1
 # A chunk this close to its need time still counts as in time (scheduling jitter).
 UNDERRUN_TOLERANCE_S = 0.02
 
@@ -290,16 +294,17 @@ class ListenerSession:
             return None
         if self.link is None:
             await self.connect()
+        if not self.demand_outstanding and len(self.received) <= CHUNKS_HELD_AHEAD:
+            # The next chunk after those in hand, due when the timeline releases it.
+            self.demand_outstanding = True
+            position_s = self.next_position_s + len(self.received) * facts.CHUNK_SECONDS
+            await self._send_to_generator(generator_pb2.GeneratorRequest(
+                demand=generator_pb2.ChunkDemand(deadline_unix_s=self._release_time(position_s))))
         while self.received:
             release = self._release_time(self.next_position_s)
             if time.time() < release:
                 return release
             await self._send_chunk(self.received.popleft())
-        if not self.demand_outstanding:
-            self.demand_outstanding = True
-            deadline = self._release_time(self.next_position_s)
-            await self._send_to_generator(generator_pb2.GeneratorRequest(
-                demand=generator_pb2.ChunkDemand(deadline_unix_s=deadline)))
         return None
 
     # --- client messages ---------------------------------------------------------------------------

@@ -102,6 +102,34 @@ def test_listener_totals_and_the_held_verdict():
     assert not load.trial_held(load.summarize_listeners([fine, refused]), 2)
 
 
+def test_a_trial_whose_buffers_drain_steadily_does_not_hold():
+    steady = ListenerResult(open_s=0.01, chunks=32, lateness_s=[-1.95, -2.05] * 16)
+    # 0.05 s later every chunk: 1.5 s a minute, dry within two minutes, no underrun yet.
+    draining = ListenerResult(open_s=0.01, chunks=32,
+                              lateness_s=[-1.95 + 0.05 * i for i in range(32)])
+    assert load.summarize_listeners([steady])["lateness_trend_s_per_min"] == pytest.approx(
+        0.0, abs=0.05)
+    summary = load.summarize_listeners([draining])
+    assert summary["lateness_trend_s_per_min"] == pytest.approx(1.5)
+    assert summary["underruns"] == 0 and not load.trial_held(summary, 1)
+    assert load.trial_held(load.summarize_listeners([steady]), 1)
+
+
+def test_a_sim_search_runs_from_90_percent_of_the_bound_to_the_bound():
+    args = parse_args(["load", "--model", "sim", "--cost-model", "launch-bound"])
+    [mode] = load.modes(args)
+    assert mode.label == "launch-bound" and mode.max_batch_size == load.SIM_MAX_BATCH_SIZE
+    assert load.search_range(args, mode) == (63, 70)
+    assert mode.generator_flags() == ("--sim-batch-seconds", "0.6",
+                                      "--sim-session-seconds", "0.02")
+    assert args.embedder_model == "mock"
+    with pytest.raises(ValueError, match="unknown cost model"):
+        load.modes(parse_args(["load", "--model", "sim", "--cost-model", "gpu"]))
+    tiny = parse_args(["load"])
+    assert [m.max_batch_size for m in load.modes(tiny)] == [16, 1]
+    assert load.search_range(tiny, load.modes(tiny)[0]) == (1, 128)
+
+
 def test_listener_scripts_spread_connections_over_the_ramp():
     settings = load.LoadSettings(listen_s=20, ramp_s=2.0, max_sessions=8, start_sessions=1,
                                  budget_s=60, warmup_s=0, client_processes=1,
