@@ -49,10 +49,11 @@ MIGRATED = Counter("mrt_gateway_sessions_migrated_total",
 
 # Messages queued for a client before the session waits for it to read (about 8 s of audio).
 OUTBOX_MESSAGES = 4
-# Chunks a session may hold, generated but not yet released, when it demands the next one.
-# With one, the generator gets a demand a whole chunk period before the chunk it holds is
-# released, so it can serve sessions of every phase in one batch per period.
-CHUNKS_HELD_AHEAD = 1
+# Chunks a session keeps demanded or in hand (generated, not yet released). Demanding ahead
+# lets the generator serve sessions of every phase in one batch per chunk period: a session
+# served by one batch has its next demand there already. The generator still makes each
+# chunk at most about a period before its release.
+CHUNKS_AHEAD = 3
 # A chunk this close to its need time still counts as in time (scheduling jitter).
 UNDERRUN_TOLERANCE_S = 0.02
 
@@ -103,7 +104,7 @@ class ListenerSession:
         # Generation.
         self.link: GeneratorLink | None = None
         self._link_reader: asyncio.Task | None = None
-        self.demand_outstanding = False
+        self.demands_outstanding = 0
         self.received: collections.deque[generator_pb2.GeneratedChunk] = collections.deque()
         # Playback and the listener's timeline.
         self.playing = False
@@ -173,7 +174,7 @@ class ListenerSession:
                 raise StreamEnded(grpc.StatusCode.CANCELLED, "the session is closed")
             self.pool.placed(endpoint)
             self.link = link
-            self.demand_outstanding = False
+            self.demands_outstanding = 0
             self._link_failure = None
             self._link_reader = asyncio.create_task(self._read_link(link))
             log.info("session %s placed on generator %s", self.session_id, endpoint.address)
@@ -185,7 +186,7 @@ class ListenerSession:
                 chunk = await link.read_chunk()
                 self.snapshot = chunk.snapshot
                 self.received.append(chunk)
-                self.demand_outstanding = False
+                self.demands_outstanding = max(0, self.demands_outstanding - 1)
                 self._changed.set()
         except LinkError as err:
             if link is self.link:
@@ -197,7 +198,7 @@ class ListenerSession:
             self._link_reader.cancel()
         if self.link is not None:
             self.link.close()
-        self.link, self._link_reader, self.demand_outstanding = None, None, False
+        self.link, self._link_reader, self.demands_outstanding = None, None, 0
 
     async def _migrate(self, failure: LinkError) -> None:
         failed = self.link.endpoint.address if self.link else ""
@@ -234,7 +235,9 @@ class ListenerSession:
 
     def _release_time(self, position_s: float) -> float:
         need = self._need_time(position_s)
-        return time.time() if need is None else need - self.settings.buffer_ahead_seconds
+        if need is None:  # not playing yet: as if the next chunk were needed now
+            need = time.time() + position_s - self.next_position_s
+        return need - self.settings.buffer_ahead_seconds
 
     async def _send_chunk(self, chunk: generator_pb2.GeneratedChunk) -> None:
         now = time.time()
@@ -294,10 +297,11 @@ class ListenerSession:
             return None
         if self.link is None:
             await self.connect()
-        if not self.demand_outstanding and len(self.received) <= CHUNKS_HELD_AHEAD:
-            # The next chunk after those in hand, due when the timeline releases it.
-            self.demand_outstanding = True
-            position_s = self.next_position_s + len(self.received) * facts.CHUNK_SECONDS
+        while self.link is not None and len(self.received) + self.demands_outstanding < CHUNKS_AHEAD:
+            # The next chunk after those in hand and demanded, due when the timeline releases it.
+            ahead = len(self.received) + self.demands_outstanding
+            self.demands_outstanding += 1
+            position_s = self.next_position_s + ahead * facts.CHUNK_SECONDS
             await self._send_to_generator(generator_pb2.GeneratorRequest(
                 demand=generator_pb2.ChunkDemand(deadline_unix_s=self._release_time(position_s))))
         while self.received:

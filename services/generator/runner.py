@@ -104,6 +104,10 @@ class BatchRunner:
             return
         self.failures_in_a_row = 0
         self._last_finished_unix_s = finished = self.clock()
+        log.debug("batch of %d (bucket %d): started %.3f s after its plan, took %.3f s; "
+                  "deadlines %+.3f to %+.3f s from its end", plan.size, plan.bucket,
+                  started - plan.planned_at_unix_s, generation_s,
+                  min(plan.deadlines_unix_s) - finished, max(plan.deadlines_unix_s) - finished)
         self._running_since_unix_s = None
         self.recent_real_time_factor = plan.size * facts.CHUNK_SECONDS / max(generation_s, 1e-9)
         self._deliver_all(deliveries)

@@ -4,10 +4,14 @@ Each session with a pending demand has a deadline (when the gateway releases tha
 the listener). A session falls *due* one expected batch time (plus a margin) before its
 deadline, so the generator does not race far ahead of the listener and prompt changes are
 heard soon. When the most urgent session falls due, the scheduler plans one batch with it and
-every session whose deadline lies within one chunk period after it (earliest deadline first,
-up to ``max_batch_size``): sessions whose phases differ then share one batch per period
-instead of splitting the period between several batches, each paying the fixed cost of a
-batch. The scheduler only decides; `BatchRunner` executes the plans. Its clock is injected,
+every session that falls due within the next chunk period (earliest deadline first, up to
+``max_batch_size``): sessions whose phases differ then share one batch per period instead of
+splitting the period between several batches, each paying the fixed cost of a batch. A
+gateway demands a session's chunks ahead of need, so a session served by one batch
+usually has its next demand waiting already and can join the next batch (otherwise two
+groups of sessions running back to back would each pay the fixed cost forever). A session is
+in at most one batch at a time, as each chunk continues the state of the one before. The
+scheduler only decides; `BatchRunner` executes the plans. Its clock is injected,
 so the policy is tested without threads or sleeps.
 """
 
@@ -28,6 +32,8 @@ from services.generator.sessions import ChunkResult, GeneratorSession
 
 # A session falls due this long (plus the expected batch time) before its deadline.
 DUE_MARGIN_S = 0.25
+# Most demands a session may have pending (a gateway demands a few chunks ahead).
+MAX_PENDING_DEMANDS = 4
 # Smoothing of the per-bucket batch time estimates.
 EWMA_WEIGHT = 0.2
 # Assumed seconds of a batch before any was measured.
@@ -157,6 +163,7 @@ class Scheduler:
             session = self._sessions.pop(session_id, None)
             if session is not None:
                 session.closed = True
+                self._cond.notify_all()
 
     def set_style(self, session_id: str, embedding: np.ndarray | None, version: int) -> None:
         with self._cond:
@@ -175,24 +182,33 @@ class Scheduler:
                 session.reset_requested = True
 
     def demand(self, session_id: str, deadline_unix_s: float) -> None:
+        """One more chunk for the session, to be ready by ``deadline_unix_s``; ValueError when
+        it already has `MAX_PENDING_DEMANDS` pending."""
         with self._cond:
             if (session := self._sessions.get(session_id)) is not None:
-                session.deadline_unix_s = deadline_unix_s
-                session.demanded_at_unix_s = self.clock()
+                if len(session.demands) >= MAX_PENDING_DEMANDS:
+                    raise ValueError(f"at most {MAX_PENDING_DEMANDS} demands may be pending")
+                session.demands.append((deadline_unix_s, self.clock()))
                 self._cond.notify_all()
 
     # --- the policy ---------------------------------------------------------------------------
     def _waiting(self) -> list[GeneratorSession]:
-        """Sessions with a pending demand, most urgent first."""
-        return sorted((s for s in self._sessions.values() if s.deadline_unix_s is not None),
-                      key=lambda s: s.deadline_unix_s)
+        """Sessions with a pending demand and no batch in flight, most urgent first."""
+        return sorted((s for s in self._sessions.values() if s.demands and not s.in_flight),
+                      key=_next_deadline)
 
-    def _candidates(self, waiting: list[GeneratorSession]) -> list[GeneratorSession]:
-        """The batch the most urgent session would run in: every waiting session whose
-        deadline is within one chunk period of its deadline, up to the maximum size."""
-        assert waiting and waiting[0].deadline_unix_s is not None
-        window_end = waiting[0].deadline_unix_s + facts.CHUNK_SECONDS
-        return [s for s in waiting if s.deadline_unix_s < window_end][:self.max_batch_size]
+    def _lead_s(self, waiting: list[GeneratorSession]) -> float:
+        """How long before its deadline a session falls due: the expected batch time (of
+        every waiting session, up to the maximum) plus the margin."""
+        return (self.batch_times.expected_s(min(len(waiting), self.max_batch_size))
+                + DUE_MARGIN_S)
+
+    def _candidates(self, waiting: list[GeneratorSession], now: float) -> list[GeneratorSession]:
+        """The batch the most urgent session runs in: every waiting session that falls due
+        within one chunk period of it (or of now, when it is overdue), up to the maximum."""
+        window_end = (max(_next_deadline(waiting[0]), now + self._lead_s(waiting))
+                      + facts.CHUNK_SECONDS)
+        return [s for s in waiting if _next_deadline(s) < window_end][:self.max_batch_size]
 
     def _due_at(self, deadline_unix_s: float, batch_size: int) -> float:
         return deadline_unix_s - self.batch_times.expected_s(batch_size) - DUE_MARGIN_S
@@ -202,40 +218,41 @@ class Scheduler:
         with self._cond:
             return self._plan_locked(self.clock())
 
-    def _plan_locked(self, now: float) -> BatchPlan | None:
+    def _start_at(self) -> float | None:
+        """When the most urgent waiting session falls due (None: nothing waits)."""
         waiting = self._waiting()
         if not waiting:
             return None
-        batch = self._candidates(waiting)
-        due_at = self._due_at(batch[0].deadline_unix_s, len(batch))
-        if due_at > now:
+        return _next_deadline(waiting[0]) - self._lead_s(waiting)
+
+    def _plan_locked(self, now: float) -> BatchPlan | None:
+        start_at = self._start_at()
+        if start_at is None or start_at > now:
             return None
+        batch = self._candidates(self._waiting(), now)
         plan_id = next(self._plan_ids)
         self._in_flight[plan_id] = [_Planned(s, s.style_version, s.sampling_version)
                                     for s in batch]
+        demands = []
         for session in batch:
             session.take_reset()
+            session.in_flight = True
+            demands.append(session.demands.popleft())
         plan = BatchPlan(
             plan_id=plan_id, session_ids=tuple(s.session_id for s in batch),
             bucket=bucket_for(len(batch), self.buckets),
             jobs=tuple(ChunkJob(state=s.state, style_embedding=s.style_embedding,
                                 sampling=s.sampling) for s in batch),
             planned_at_unix_s=now,
-            deadlines_unix_s=tuple(s.deadline_unix_s for s in batch),
-            queue_waits_s=tuple(max(0.0, now - max(s.demanded_at_unix_s,
-                                                   self._due_at(s.deadline_unix_s, len(batch))))
-                                for s in batch))
-        for session in batch:
-            session.deadline_unix_s = None
+            deadlines_unix_s=tuple(deadline for deadline, _ in demands),
+            queue_waits_s=tuple(max(0.0, now - max(demanded_at, self._due_at(deadline, len(batch))))
+                                for deadline, demanded_at in demands))
         return plan
 
     def next_due_unix_s(self) -> float | None:
         """When the most urgent waiting session falls due (None: no demand pending)."""
         with self._cond:
-            waiting = self._waiting()
-            if not waiting:
-                return None
-            return self._due_at(waiting[0].deadline_unix_s, len(self._candidates(waiting)))
+            return self._start_at()
 
     def wait_for_plan(self) -> BatchPlan | None:
         """Block until a batch is due and return its plan; None once the scheduler is closed."""
@@ -245,11 +262,8 @@ class Scheduler:
                 plan = self._plan_locked(now)
                 if plan is not None:
                     return plan
-                waiting = self._waiting()
-                timeout = None if not waiting else max(
-                    0.001, self._due_at(waiting[0].deadline_unix_s,
-                                        len(self._candidates(waiting))) - now)
-                self._cond.wait(timeout)
+                start_at = self._start_at()
+                self._cond.wait(None if start_at is None else max(0.001, start_at - now))
             return None
 
     def close(self) -> None:
@@ -268,9 +282,11 @@ class Scheduler:
         self.batch_times.observe(plan.size, generation_s)
         deliveries = []
         with self._cond:
+            self._cond.notify_all()  # the batch's sessions may have more demands waiting
             for planned, output, wait_s in zip(self._in_flight.pop(plan.plan_id), outputs,
                                                plan.queue_waits_s):
                 session = planned.session
+                session.in_flight = False
                 if session.closed:
                     continue
                 session.state = output.state
@@ -285,6 +301,13 @@ class Scheduler:
         it elsewhere from the last snapshot); the sessions' states are unchanged."""
         with self._cond:
             planned = self._in_flight.pop(plan.plan_id, [])
+            for p in planned:
+                p.session.in_flight = False
+            self._cond.notify_all()
             return [Delivery(p.session.session_id, p.session.deliver,
                              ChunkResult(output=None, error=error))
                     for p in planned if not p.session.closed]
+
+
+def _next_deadline(session: GeneratorSession) -> float:
+    return session.demands[0][0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 from typing import Callable
@@ -36,8 +37,10 @@ class GeneratorSession:
     style_version: int = 0
     sampling_version: int = 0
     reset_requested: bool = False
-    deadline_unix_s: float | None = None  # the pending demand's deadline, None = no demand
-    demanded_at_unix_s: float = 0.0
+    # Pending demands in chunk order: (deadline, when it arrived), both unix seconds.
+    demands: collections.deque[tuple[float, float]] = dataclasses.field(
+        default_factory=collections.deque)
+    in_flight: bool = False  # a batch is making its next chunk
     closed: bool = False
     opened_at_unix_s: float = dataclasses.field(default_factory=time.time)
 

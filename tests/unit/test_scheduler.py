@@ -9,7 +9,8 @@ import pytest
 from services.common import model_facts as facts
 from services.generator.engine import ChunkEngine, ChunkOutput, SamplingParams, SessionState
 from services.generator.runner import FAILED_BATCHES_UNHEALTHY, BatchRunner
-from services.generator.scheduler import DUE_MARGIN_S, BatchTimeModel, Scheduler
+from services.generator.scheduler import (DUE_MARGIN_S, MAX_PENDING_DEMANDS, BatchTimeModel,
+                                          Scheduler)
 from services.generator.sessions import GeneratorSession
 
 
@@ -263,3 +264,34 @@ def _wait(predicate, timeout_s: float = 5.0) -> None:
             return
         pause.wait(0.005)
     raise AssertionError("the runner did not get there")
+
+
+def test_a_session_is_in_one_batch_at_a_time_and_its_next_demand_joins_the_next_batch():
+    clock = FakeClock()
+    scheduler = scheduler_with(clock, max_batch_size=8)
+    runner = BatchRunner(ScriptedEngine(clock, a=0.0, b=0.0), scheduler, clock=clock)
+    scheduler.add(make_session(0, []))
+    scheduler.add(make_session(1, []))
+    for offset in (0.0, 2.0):  # s0 demands two chunks ahead
+        scheduler.demand("s0", clock.now + offset)
+    first = scheduler.plan()
+    assert first is not None and first.session_ids == ("s0",)
+    scheduler.demand("s1", clock.now - 1.0)
+    second = scheduler.plan()  # s0's next chunk needs the state its batch in flight makes
+    assert second is not None and second.session_ids == ("s1",)
+    runner.run(first)
+    runner.run(second)
+    scheduler.demand("s1", clock.now + 1.0)
+    clock.now = scheduler.next_due_unix_s()
+    third = scheduler.plan()
+    assert third is not None and third.session_ids == ("s1", "s0")
+    assert third.jobs[1].state.chunk_index == 1  # continues from the first batch's chunk
+
+
+def test_pending_demands_per_session_are_bounded():
+    scheduler = scheduler_with(FakeClock())
+    scheduler.add(make_session(0, []))
+    for _ in range(MAX_PENDING_DEMANDS):
+        scheduler.demand("s0", 0.0)
+    with pytest.raises(ValueError, match="demands may be pending"):
+        scheduler.demand("s0", 0.0)
