@@ -18,7 +18,7 @@ from services.common.server import Service, service_main
 from services.generator.models import MODEL_NAMES, create_engine
 from services.generator.batch_buckets import LARGEST_BATCH_SIZE
 from services.generator.runner import DEFAULT_STALL_TIMEOUT_S, BatchRunner
-from services.generator.scheduler import Scheduler
+from services.generator.scheduler import DEFAULT_TARGET_UTILIZATION, Scheduler
 from services.generator.sim_engine import DEFAULT_BATCH_SECONDS, DEFAULT_SESSION_SECONDS, SimCost
 from services.generator.servicer import GeneratorServicer
 
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                   f"most {LARGEST_BATCH_SIZE})")
     add_flag(parser, "--capacity-sessions", default=0, type=int,
              help="sessions accepted before RESOURCE_EXHAUSTED (0 = measured at start-up)")
-    add_flag(parser, "--target-utilization", default=0.8, type=float,
+    add_flag(parser, "--target-utilization", default=DEFAULT_TARGET_UTILIZATION, type=float,
              help="fraction of real time the measured capacity may use")
     add_flag(parser, "--generator-id", default=f"{socket.gethostname()}-{os.getpid()}",
              help="name reported in load reports and logs")

@@ -36,6 +36,8 @@ DUE_MARGIN_S = 0.25
 MAX_PENDING_DEMANDS = 4
 # Smoothing of the per-bucket batch time estimates.
 EWMA_WEIGHT = 0.2
+# Default share of each chunk period the predicted capacity may use for batches.
+DEFAULT_TARGET_UTILIZATION = 0.9
 # Assumed seconds of a batch before any was measured.
 UNMEASURED_BATCH_S = 1.0
 
@@ -122,7 +124,8 @@ class Scheduler:
     Thread-safe: the servicer changes sessions from the event loop, the runner asks for plans
     and reports results from its own thread."""
 
-    def __init__(self, max_batch_size: int, *, target_utilization: float = 0.8,
+    def __init__(self, max_batch_size: int, *,
+                 target_utilization: float = DEFAULT_TARGET_UTILIZATION,
                  fixed_capacity: int = 0, clock: Callable[[], float] = time.time):
         self.buckets = batch_buckets(max_batch_size)
         self.max_batch_size = max_batch_size

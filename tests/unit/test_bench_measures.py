@@ -123,9 +123,11 @@ def test_a_sim_search_runs_from_90_percent_of_the_bound_to_the_bound():
     assert mode.generator_flags() == ("--sim-batch-seconds", "0.6",
                                       "--sim-session-seconds", "0.02")
     assert args.embedder_model == "mock"
+    assert (args.ramp_seconds, args.listen_seconds, args.warmup_seconds) == (30.0, 60.0, 0.0)
     with pytest.raises(ValueError, match="unknown cost model"):
         load.modes(parse_args(["load", "--model", "sim", "--cost-model", "gpu"]))
     tiny = parse_args(["load"])
+    assert (tiny.ramp_seconds, tiny.listen_seconds, tiny.warmup_seconds) == (2.0, 20.0, 20.0)
     assert [m.max_batch_size for m in load.modes(tiny)] == [16, 1]
     assert load.search_range(tiny, load.modes(tiny)[0]) == (1, 128)
 
