@@ -3,10 +3,12 @@ whether that thread is alive and making progress (the generator's health follows
 
 Nothing a batch does can end the thread: an engine error fails that batch's sessions (their
 gateway resumes them elsewhere from the last snapshot), and an error in a delivery or in the
-metrics is logged and the loop goes on. If the loop dies anyway, stalls (no batch finished for
-``stall_timeout_s`` while work is due), or every one of the last batches failed, `healthy()`
-turns False, the gRPC health check answers NOT_SERVING and a liveness probe restarts the
-process.
+metrics is logged and the loop goes on. After a failed batch the runner probes the engine
+with a throw-away batch of one: an engine that fails that too is broken, not the batch. If
+the loop dies anyway, stalls (no batch finished for ``stall_timeout_s`` while work is due),
+or the engine is broken, `healthy()` turns False, the gRPC health check answers NOT_SERVING
+and a liveness probe restarts the process. A broken engine is probed again every
+``probe_interval_s``, so one that recovers serves again.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ CAPACITY = Gauge("mrt_generator_capacity_sessions", "Sessions this generator kee
 # Default seconds without a finished batch, while work is due, before the runner counts as
 # stalled (ten chunk periods: far beyond any healthy batch).
 DEFAULT_STALL_TIMEOUT_S = 10 * facts.CHUNK_SECONDS
-# This many failed batches in a row (and none succeeding since) make the runner unhealthy.
-FAILED_BATCHES_UNHEALTHY = 3
+# Default seconds between probes of an engine found broken.
+DEFAULT_PROBE_INTERVAL_S = 10.0
 
 
 class BatchRunner:
@@ -53,13 +55,15 @@ class BatchRunner:
 
     def __init__(self, engine: ChunkEngine, scheduler: Scheduler, *,
                  stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
+                 probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S,
                  clock: Callable[[], float] = time.time):
         self.engine = engine
         self.scheduler = scheduler
         self.stall_timeout_s = stall_timeout_s
+        self.probe_interval_s = probe_interval_s
         self.clock = clock
         self.recent_real_time_factor = 0.0
-        self.failures_in_a_row = 0
+        self.engine_broken = False  # a batch and the probe after it both failed
         self._last_finished_unix_s = clock()
         self._running_since_unix_s: float | None = None  # the batch in flight's start
         self._thread: threading.Thread | None = None
@@ -76,16 +80,18 @@ class BatchRunner:
             self._thread.join(timeout=timeout_s)
 
     def _loop(self) -> None:
-        while True:
+        while not self.scheduler.closed:
             try:
-                plan = self.scheduler.wait_for_plan()
+                plan = self.scheduler.wait_for_plan(
+                    self.probe_interval_s if self.engine_broken else None)
             except Exception:  # a policy bug: log it and ask again rather than go silent
                 log.exception("planning a batch failed")
                 time.sleep(0.1)
                 continue
-            if plan is None:
-                return
-            self.run(plan)
+            if plan is not None:
+                self.run(plan)
+            elif self.engine_broken and not self.scheduler.closed:
+                self.probe()
 
     # --- one batch ----------------------------------------------------------------------------
     def run(self, plan: BatchPlan) -> None:
@@ -98,11 +104,11 @@ class BatchRunner:
         except Exception as err:  # a failed batch fails its sessions, not the generator
             log.exception("batch of %d failed", plan.size)
             FAILED_BATCHES.inc()
-            self.failures_in_a_row += 1
             self._last_finished_unix_s, self._running_since_unix_s = self.clock(), None
             self._deliver_all(self.scheduler.fail(plan, f"chunk generation failed: {err}"))
+            self.probe()
             return
-        self.failures_in_a_row = 0
+        self.engine_broken = False
         self._last_finished_unix_s = finished = self.clock()
         log.debug("batch of %d (bucket %d): started %.3f s after its plan, took %.3f s; "
                   "deadlines %+.3f to %+.3f s from its end", plan.size, plan.bucket,
@@ -115,6 +121,19 @@ class BatchRunner:
             self._record(plan, generation_s, finished)
         except Exception:
             log.exception("recording the metrics of a batch failed")
+
+    def probe(self) -> None:
+        """Run a throw-away batch of one: does the engine work at all?"""
+        try:
+            self.engine.warmup(1)
+        except Exception:
+            if not self.engine_broken:
+                log.exception("the engine fails a probe batch too: reporting NOT_SERVING")
+            self.engine_broken = True
+            return
+        if self.engine_broken:
+            log.info("the engine passes its probe batch again")
+        self.engine_broken = False
 
     def _deliver_all(self, deliveries: list[Delivery]) -> None:
         for delivery in deliveries:
@@ -136,10 +155,8 @@ class BatchRunner:
     # --- liveness -----------------------------------------------------------------------------
     def healthy(self) -> bool:
         """False when the loop died, a batch or due work waited past the stall timeout, or
-        the last batches all failed."""
-        if self._thread is None or not self._thread.is_alive():
-            return False
-        if self.failures_in_a_row >= FAILED_BATCHES_UNHEALTHY:
+        the engine is broken."""
+        if self._thread is None or not self._thread.is_alive() or self.engine_broken:
             return False
         now = self.clock()
         running_since = self._running_since_unix_s

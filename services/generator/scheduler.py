@@ -257,8 +257,10 @@ class Scheduler:
         with self._cond:
             return self._start_at()
 
-    def wait_for_plan(self) -> BatchPlan | None:
-        """Block until a batch is due and return its plan; None once the scheduler is closed."""
+    def wait_for_plan(self, timeout_s: float | None = None) -> BatchPlan | None:
+        """Block until a batch is due and return its plan; None after ``timeout_s`` (real
+        seconds) or once the scheduler is closed."""
+        give_up_at = None if timeout_s is None else time.monotonic() + timeout_s
         with self._cond:
             while not self._closed:
                 now = self.clock()
@@ -266,8 +268,17 @@ class Scheduler:
                 if plan is not None:
                     return plan
                 start_at = self._start_at()
-                self._cond.wait(None if start_at is None else max(0.001, start_at - now))
+                waits = [] if start_at is None else [max(0.001, start_at - now)]
+                if give_up_at is not None:
+                    if time.monotonic() >= give_up_at:
+                        return None
+                    waits.append(give_up_at - time.monotonic())
+                self._cond.wait(min(waits) if waits else None)
             return None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         """No more plans: wakes `wait_for_plan`, which returns None."""

@@ -8,7 +8,7 @@ import pytest
 
 from services.common import model_facts as facts
 from services.generator.engine import ChunkEngine, ChunkOutput, SamplingParams, SessionState
-from services.generator.runner import FAILED_BATCHES_UNHEALTHY, BatchRunner
+from services.generator.runner import BatchRunner
 from services.generator.scheduler import (DUE_MARGIN_S, MAX_PENDING_DEMANDS, BatchTimeModel,
                                           Scheduler)
 from services.generator.sessions import GeneratorSession
@@ -170,31 +170,49 @@ def test_a_raising_delivery_does_not_keep_the_others_from_their_chunks():
     assert len(results) == 1 and results[0].output is not None
 
 
-def test_the_runner_thread_survives_failures_and_health_follows_them():
+def test_the_runner_thread_survives_a_broken_engine_reports_it_and_sees_it_recover():
     clock = FakeClock()
     scheduler = scheduler_with(clock)
     engine = ScriptedEngine(clock)
     engine.failing = True
-    runner = BatchRunner(engine, scheduler, clock=clock)
+    runner = BatchRunner(engine, scheduler, probe_interval_s=0.01, clock=clock)
     assert not runner.healthy()  # not started
-    errors: list = []
-    scheduler.add(make_session(1, errors))
+    results: list = []
+    scheduler.add(make_session(1, results))
     runner.start()
     try:
         assert runner.healthy()
-        for count in range(1, FAILED_BATCHES_UNHEALTHY + 1):
-            errors_before = len(errors)
-            scheduler.demand("s1", clock.now)
-            _wait(lambda: len(errors) > errors_before)
-        assert all(r.error for r in errors) and not runner.healthy()
-        engine.failing = False
-        results_before = len(errors)
         scheduler.demand("s1", clock.now)
-        _wait(lambda: len(errors) > results_before)
-        assert errors[-1].output is not None and runner.healthy()
+        _wait(lambda: results)
+        assert "boom" in results[0].error
+        _wait(lambda: not runner.healthy())  # the probe batch after it failed too
+        engine.failing = False
+        _wait(runner.healthy)  # a later probe passes
+        scheduler.demand("s1", clock.now)
+        _wait(lambda: len(results) == 2)
+        assert results[1].output is not None and runner.healthy()
     finally:
         runner.stop()
     assert not runner.healthy()  # the loop has ended
+
+
+def test_a_batch_that_fails_alone_leaves_the_runner_healthy():
+    clock = FakeClock()
+    scheduler = scheduler_with(clock)
+
+    class PoisonedEngine(ScriptedEngine):
+        def generate(self, jobs):
+            if any(job.sampling.seed == 13 for job in jobs):
+                raise ValueError("a bad row")
+            return super().generate(jobs)
+    runner = BatchRunner(PoisonedEngine(clock), scheduler, clock=clock)
+    runner._thread = threading.current_thread()  # as if started
+    results: list = []
+    scheduler.add(make_session(13, results))
+    scheduler.demand("s13", clock.now)
+    runner.run(scheduler.plan())
+    assert "a bad row" in results[0].error
+    assert runner.healthy() and not runner.engine_broken
 
 
 def test_a_batch_that_never_finishes_makes_the_runner_unhealthy_after_the_stall_timeout():
