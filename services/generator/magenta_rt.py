@@ -17,6 +17,7 @@ import numpy as np
 
 from services.common import model_facts as facts
 from services.common.assets import AssetStore
+from services.common.lru import LruCache
 from services.generator.batch_buckets import batch_buckets
 from services.generator.engine import ChunkEngine, ChunkJob, ChunkOutput, SessionState
 from services.generator.model import spectrostream, tokens
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 MODEL_NAMES = ("tiny", "base", "large")
 TINY_PARAMS_SEED = 0
+# Style embeddings whose quantized tokens are kept: a session's style changes with its
+# prompts, not per chunk, so the quantizer runs once per change.
+STYLE_TOKEN_CACHE_ENTRIES = 4096
 
 # Upstream t5x checkpoints: tar archives of a t5x checkpoint directory.
 CHECKPOINT_ARCHIVES = {
@@ -65,6 +69,7 @@ class MagentaRTEngine(ChunkEngine):
         self._sampler = sampler
         self._decoder = decoder
         self._style_quantizer = style_quantizer
+        self._style_token_cache: LruCache[np.ndarray] = LruCache(STYLE_TOKEN_CACHE_ENTRIES)
 
     @classmethod
     def create(cls, model_name: str, store: AssetStore, *, max_batch_size: int,
@@ -138,12 +143,25 @@ class MagentaRTEngine(ChunkEngine):
         ]
 
     def style_tokens(self, jobs: Sequence[ChunkJob]) -> np.ndarray:
-        """int32[B, 6] raw style codes per job; -1 (no style) where a job has no embedding."""
+        """int32[B, 6] raw style codes per job; -1 (no style) where a job has no embedding.
+        Only embeddings not seen recently go through the quantizer."""
         style_tokens = np.full((len(jobs), facts.STYLE_RVQ_LEVELS), -1, np.int32)
-        styled = [row for row, job in enumerate(jobs) if job.style_embedding is not None]
-        if styled:
-            embeddings = np.stack([jobs[row].style_embedding for row in styled])
-            style_tokens[styled] = self._style_quantizer.tokens(embeddings)
+        unseen: dict[bytes, list[int]] = {}  # embedding bytes -> rows
+        for row, job in enumerate(jobs):
+            if job.style_embedding is None:
+                continue
+            key = np.asarray(job.style_embedding, np.float32).tobytes()
+            cached = self._style_token_cache.get(key)
+            if cached is None:
+                unseen.setdefault(key, []).append(row)
+            else:
+                style_tokens[row] = cached
+        if unseen:
+            embeddings = np.stack([np.frombuffer(key, np.float32) for key in unseen])
+            for (key, rows), codes in zip(unseen.items(),
+                                          self._style_quantizer.tokens(embeddings)):
+                self._style_token_cache.put(key, codes)
+                style_tokens[rows] = codes
         return style_tokens
 
 

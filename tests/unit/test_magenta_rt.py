@@ -200,3 +200,23 @@ def test_checkpoint_is_the_archive_or_its_unpacked_directory(tmp_path):
 def test_missing_checkpoint_raises_asset_missing(tmp_path):
     with pytest.raises(AssetMissingError, match="llm_large_x3047_c1860k.tar"):
         magenta_rt.checkpoint_path(AssetStore(tmp_path), "large")
+
+
+def test_the_style_quantizer_runs_once_per_style_not_per_chunk(engine, monkeypatch):
+    quantizer = engine._style_quantizer
+    quantized: list[int] = []
+    real_tokens = quantizer.tokens
+    monkeypatch.setattr(quantizer, "tokens",
+                        lambda embeddings: quantized.append(len(embeddings)) or real_tokens(embeddings))
+    other = np.random.default_rng(10).standard_normal(768).astype(np.float32)
+    first = engine.style_tokens([ChunkJob(SessionState.fresh(), STYLE, SamplingParams()),
+                                 ChunkJob(SessionState.fresh(), STYLE, SamplingParams()),
+                                 ChunkJob(SessionState.fresh(), None, SamplingParams())])
+    again = engine.style_tokens([ChunkJob(SessionState.fresh(), other, SamplingParams()),
+                                 ChunkJob(SessionState.fresh(), STYLE, SamplingParams())])
+    assert quantized == [1, 1]  # STYLE once (for two rows), then only the new style
+    np.testing.assert_array_equal(first[0], real_tokens(STYLE[None])[0])
+    np.testing.assert_array_equal(first[1], first[0])
+    assert np.all(first[2] == -1)
+    np.testing.assert_array_equal(again[1], first[0])
+    np.testing.assert_array_equal(again[0], real_tokens(other[None])[0])
