@@ -297,19 +297,24 @@ class ListenerSession:
             return None
         if self.link is None:
             await self.connect()
-        while self.link is not None and len(self.received) + self.demands_outstanding < CHUNKS_AHEAD:
-            # The next chunk after those in hand and demanded, due when the timeline releases it.
-            ahead = len(self.received) + self.demands_outstanding
-            self.demands_outstanding += 1
-            position_s = self.next_position_s + ahead * facts.CHUNK_SECONDS
-            await self._send_to_generator(generator_pb2.GeneratorRequest(
-                demand=generator_pb2.ChunkDemand(deadline_unix_s=self._release_time(position_s))))
+        await self._demand_ahead()
         while self.received:
             release = self._release_time(self.next_position_s)
             if time.time() < release:
                 return release
             await self._send_chunk(self.received.popleft())
+            await self._demand_ahead()
         return None
+
+    async def _demand_ahead(self) -> None:
+        """Demand chunks until `CHUNKS_AHEAD` are demanded or in hand, each due when the
+        timeline releases it."""
+        while self.link is not None and len(self.received) + self.demands_outstanding < CHUNKS_AHEAD:
+            ahead = len(self.received) + self.demands_outstanding
+            self.demands_outstanding += 1
+            position_s = self.next_position_s + ahead * facts.CHUNK_SECONDS
+            await self._send_to_generator(generator_pb2.GeneratorRequest(
+                demand=generator_pb2.ChunkDemand(deadline_unix_s=self._release_time(position_s))))
 
     # --- client messages ---------------------------------------------------------------------------
     async def handle(self, request: music_pb2.StreamRequest) -> None:
