@@ -22,7 +22,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import model_facts as facts
 from services.common.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS_S
-from services.generator.engine import ChunkEngine
+from services.generator.engine import ChunkEngine, fresh_job
 from services.generator.scheduler import BatchPlan, Delivery, Scheduler
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class BatchRunner:
     def probe(self) -> None:
         """Run a throw-away batch of one: does the engine work at all?"""
         try:
-            self.engine.warmup(1)
+            self.engine.generate([fresh_job()])
         except Exception:
             if not self.engine_broken:
                 log.exception("the engine fails a probe batch too: reporting NOT_SERVING")

@@ -87,6 +87,11 @@ class SimEngine(ChunkEngine):
             crossfade_tail=self._tail.copy(), chunk_index=job.state.chunk_index + 1))
             for job in jobs]
 
+    def warmup(self, batch_size: int) -> None:
+        """The start-up warm-up takes a batch's time and never fails: a failure drill
+        (``fail_batches``) fails the batches the generator serves, after it has started."""
+        self._sleep(self.cost.seconds(batch_size))
+
 
 def next_codes(job: ChunkJob) -> np.ndarray:
     """int32[50, 16] codes in [0, 1024): a cheap hash of the context's last frame, the style,

@@ -51,8 +51,11 @@ def test_the_state_advances_like_a_model_and_resume_equals_continuing():
         assert not np.array_equal(last, other.state.context_tokens[-facts.CHUNK_FRAMES:])
 
 
-def test_a_sim_engine_told_to_fail_raises_on_every_batch():
-    engine = SimEngine(fail_batches=True, sleep=lambda s: None)
+def test_a_sim_engine_told_to_fail_raises_on_every_batch_served_but_starts():
+    slept: list[float] = []
+    engine = SimEngine(fail_batches=True, sleep=slept.append)
+    engine.warmup(4)  # the generator's start-up
+    assert slept == [pytest.approx(0.3)]
     for _ in range(2):
         with pytest.raises(SimulatedBatchError):
             engine.generate([job(SessionState.fresh())])
