@@ -37,7 +37,7 @@ MAX_PENDING_DEMANDS = 4
 # Smoothing of the per-bucket batch time estimates.
 EWMA_WEIGHT = 0.2
 # Default share of each chunk period the predicted capacity may use for batches.
-DEFAULT_TARGET_UTILIZATION = 0.9
+DEFAULT_TARGET_UTILIZATION = 0.95
 # Assumed seconds of a batch before any was measured.
 UNMEASURED_BATCH_S = 1.0
 

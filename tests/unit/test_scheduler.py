@@ -258,9 +258,8 @@ def test_warm_up_times_single_batches_not_the_compilation_of_every_bucket():
     assert engine.compiled == set(scheduler.buckets)
     assert scheduler.batch_times.expected_s(1) == pytest.approx(0.2625)
     assert scheduler.batch_times.expected_s(16) == pytest.approx(0.45)
-    # 90% of a 2 s period: four batches of 14 (0.425 s each, interpolated between the timed
-    # 7 and 16) beat three of 16.
-    assert scheduler.predicted_capacity == 56
+    # 95% of a 2 s period: four batches of 16 (0.45 s each) fit.
+    assert scheduler.predicted_capacity == 64
 
 
 @pytest.mark.parametrize("seconds_by_size, expected", [
