@@ -46,6 +46,8 @@ SIM_MAX_BATCH_SIZE = 256
 LATENESS_TREND_LIMIT_S_PER_MIN = 0.2
 # Chunks at the start of each listener left out of the trend (they fill the buffer).
 TREND_SKIPPED_CHUNKS = 2
+# Listeners with fewer chunks after those are left out of the trend (too short to show one).
+TREND_MIN_CHUNKS = 10
 # The search's default range (without a cost model's bound to start from).
 DEFAULT_START_SESSIONS, DEFAULT_MAX_SESSIONS = 1, 128
 # With a cost model, the search starts at this fraction of N* (the target) and stops at N*.
@@ -137,10 +139,12 @@ def summarize_listeners(results: list[ListenerResult]) -> dict[str, Any]:
 
 def lateness_trend_s_per_min(results: list[ListenerResult]) -> float | None:
     """How fast chunk lateness grows over a trial, pooled over the listeners (seconds per
-    minute of listening; None with too few chunks). Steady playback is flat; a generator that
+    minute of listening; None when no listener got enough chunks to show a trend). Steady playback is flat; a generator that
     falls behind shows as a rising line long before a buffer runs dry."""
     xs, ys = [], []
     for r in results:
+        if len(r.lateness_s) < TREND_SKIPPED_CHUNKS + TREND_MIN_CHUNKS:
+            continue
         for index, lateness in enumerate(r.lateness_s[TREND_SKIPPED_CHUNKS:]):
             xs.append(index * facts.CHUNK_SECONDS / 60)
             ys.append(lateness)

@@ -113,6 +113,8 @@ def test_a_trial_whose_buffers_drain_steadily_does_not_hold():
     assert summary["lateness_trend_s_per_min"] == pytest.approx(1.5)
     assert summary["underruns"] == 0 and not load.trial_held(summary, 1)
     assert load.trial_held(load.summarize_listeners([steady]), 1)
+    short = ListenerResult(open_s=0.01, chunks=5, lateness_s=[-2.0, -1.9, -1.5, -1.2, -1.0])
+    assert load.summarize_listeners([short])["lateness_trend_s_per_min"] is None
 
 
 def test_a_sim_search_runs_from_90_percent_of_the_bound_to_the_bound():
