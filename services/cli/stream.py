@@ -187,8 +187,8 @@ def stream_to_file(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
 
     Sends setup, prompts (if any), config (if any) and PLAY, then writes chunks as they come;
     progress, warnings and prompt status go to `progress_out` (default: stderr).
-    `input_audio` (float32[n, 2] at 48 kHz) is streamed as live input in real time from the
-    first chunk on, `input_lead_s` ahead of playback.
+    `input_audio` (float32[n, 2] at 48 kHz) is streamed as live input in real time from
+    PLAY on, `input_lead_s` ahead of playback.
     Raises grpc.RpcError when the call fails and StreamFailed when the server breaks the
     protocol; audio received before a failure stays in the file.
     """
@@ -198,6 +198,12 @@ def stream_to_file(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
         requests.put(music_pb2.StreamRequest(prompts=music_pb2.PromptUpdate(prompts=prompts)))
     if config is not None:
         requests.put(music_pb2.StreamRequest(config=config))
+    # Live input starts with PLAY, its first piece just before it: the gateway then knows the
+    # session plays along before it demands the first chunks, and mixes input into them.
+    streamer = (InputStreamer(input_audio, requests.put, lead_s=input_lead_s)
+                if input_audio is not None else None)
+    if streamer is not None:
+        streamer.start()
     requests.put(music_pb2.StreamRequest(playback=music_pb2.PlaybackControl(
         action=music_pb2.PlaybackControl.PLAY)))
 
@@ -205,8 +211,6 @@ def stream_to_file(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
     call_started_s = time.monotonic()
     call = stub.Stream(iter(requests), metadata=tuple(metadata))
     started: music_pb2.SessionStarted | None = None
-    streamer = (InputStreamer(input_audio, requests.put, lead_s=input_lead_s)
-                if input_audio is not None else None)
     writer: WavWriter | OpusFileWriter | None = None
     session_id, planned_chunks, chunks = "", 0, 0
     first_audio_s: float | None = None
@@ -240,8 +244,6 @@ def stream_to_file(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
                 chunks += 1
                 if first_audio_s is None:
                     first_audio_s = time.monotonic() - call_started_s
-                    if streamer is not None:
-                        streamer.start()
                 progress.update(f"chunk {chunks}/{planned_chunks}  "
                                 f"{writer.seconds_written:.1f}/{seconds:g} s received  "
                                 f"first audio after {first_audio_s:.2f} s")

@@ -148,7 +148,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 session_id=session.session_id, model=self.model_name,
                 sample_rate=facts.SAMPLE_RATE_HZ, channels=facts.CHANNELS,
                 chunk_seconds=facts.CHUNK_SECONDS, generator_id=self.generator_id,
-                audio_input_supported=self.scheduler.engine.supports_audio_input))
+                audio_input_supported=self.runner.engine.supports_audio_input))
             while True:
                 result = await self._next_result(outbox, reader, end_stream)
                 if result is None:
@@ -219,7 +219,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 raise ValueError(f"unexpected message in a session stream: {kind}")
 
     def _check_audio_input_supported(self) -> None:
-        if not self.scheduler.engine.supports_audio_input:
+        if not self.runner.engine.supports_audio_input:
             raise ValueError(f"model '{self.model_name}' does not take audio input")
 
     @staticmethod
