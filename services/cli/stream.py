@@ -13,12 +13,13 @@ import math
 import queue
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence, TextIO
+from typing import TextIO
 
 from services.cli.connection import add_connection_options, call_metadata, open_channel
-from services.cli.options import CommandFailed, UsageError, positive_float, user_input_type
 from services.cli.live_input import InputStreamer, read_input_file
+from services.cli.options import CommandFailed, UsageError, positive_float, user_input_type
 from services.cli.prompts import audio_prompt, text_prompt
 from services.cli.wavfile import OpusFileWriter, WavWriter
 from services.common.proto.mrt.v1 import music_pb2, music_pb2_grpc

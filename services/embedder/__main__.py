@@ -8,8 +8,11 @@ import sys
 from services.common.assets import AssetMissingError, AssetStore
 from services.common.config import add_flag, add_service_flags, parse_bool
 from services.common.proto.mrt.v1 import embedder_pb2, embedder_pb2_grpc
-from services.common.security import (SecurityConfigError, add_server_tls_flags,
-                                      server_credentials_from_flags)
+from services.common.security import (
+    SecurityConfigError,
+    add_server_tls_flags,
+    server_credentials_from_flags,
+)
 from services.common.server import Service, service_main
 from services.embedder.audio_input import AudioLimits
 from services.embedder.models import MODEL_NAMES, create_style_model

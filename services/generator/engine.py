@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,7 +37,7 @@ class SessionState:
     chunk_index: int = 0
 
     @classmethod
-    def fresh(cls) -> "SessionState":
+    def fresh(cls) -> SessionState:
         return cls(
             context_tokens=np.full((facts.CONTEXT_FRAMES, facts.DECODER_RVQ_LEVELS), -1, np.int32),
             crossfade_tail=np.zeros((facts.CROSSFADE_SAMPLES, facts.CHANNELS), np.float32),
@@ -65,7 +66,7 @@ class ChunkJob:
     style_embedding: np.ndarray | None  # float32[768]; None = unconditioned
     sampling: SamplingParams
     # Audio to encode into the context first, in order (initial audio, a live-input mix).
-    context_audio: "tuple[ContextAudio, ...]" = ()
+    context_audio: tuple[ContextAudio, ...] = ()
 
 
 @dataclasses.dataclass

@@ -10,8 +10,8 @@ weights, from the asset store).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -79,7 +79,7 @@ class MagentaRTEngine(ChunkEngine):
     @classmethod
     def create(cls, model_name: str, store: AssetStore, *, max_batch_size: int,
                checkpoint: Path | None = None, dtype: str | None = None,
-               random_weights: bool = False) -> "MagentaRTEngine":
+               random_weights: bool = False) -> MagentaRTEngine:
         """Load a model by name, compiled for batches of up to `max_batch_size` sessions.
 
         `tiny` builds its codec and style assets under the store's tiny root if missing and
@@ -108,16 +108,17 @@ class MagentaRTEngine(ChunkEngine):
 
         config = configs.CONFIGS[model_name]
         if dtype is not None:
-            config = config.with_dtype(dtype)
+            config = config.with_dtype(configs.activation_dtype(dtype))
         if checkpoint is None:
             params = depthformer.init_params(config, seed=TINY_PARAMS_SEED)
         else:
             params = convert.load_checkpoint(Path(checkpoint), config)
         log.info("loading %s codec and style quantizer", model_name)
-        encoder = SpectroStreamEncoder.from_store(assets)
-        if not encoder.matches_quantizer(assets.path(spectrostream.QUANTIZER_ASSET)):
+        loaded = SpectroStreamEncoder.from_store(assets)
+        encoder = (loaded if loaded.matches_quantizer(assets.path(spectrostream.QUANTIZER_ASSET))
+                   else None)
+        if encoder is None:
             log.error("the codec quantizer's own encoding differs from ours: audio input is off")
-            encoder = None
         buckets = batch_buckets(max_batch_size)
         return cls(
             model_name,

@@ -12,7 +12,7 @@ resume that ignored its snapshot (or a reset that kept the context) is heard in 
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -7,13 +7,13 @@ import pytest
 
 from services.common import model_facts as facts
 from services.common.assets import AssetMissingError, AssetStore
+from services.generator import magenta_rt
 from services.generator.engine import ChunkJob, SamplingParams, SessionState
+from services.generator.magenta_rt import MagentaRTEngine
 from services.generator.model import tiny_assets
 from services.generator.model.codec_encoder import SpectroStreamEncoder
 from services.generator.model.spectrostream import SpectroStreamDecoder
 from services.generator.model.style_tokens import STYLE_QUANTIZER_ASSET, StyleQuantizer
-from services.generator import magenta_rt
-from services.generator.magenta_rt import MagentaRTEngine
 
 
 class RecordingSampler:

@@ -9,8 +9,12 @@ import pytest
 from services.common import model_facts as facts
 from services.generator.engine import ChunkEngine, ChunkOutput, SamplingParams, SessionState
 from services.generator.runner import BatchRunner
-from services.generator.scheduler import (DUE_MARGIN_S, MAX_PENDING_DEMANDS, BatchTimeModel,
-                                          Scheduler)
+from services.generator.scheduler import (
+    DUE_MARGIN_S,
+    MAX_PENDING_DEMANDS,
+    BatchTimeModel,
+    Scheduler,
+)
 from services.generator.sessions import GeneratorSession
 
 

@@ -31,8 +31,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -298,7 +298,7 @@ def _encoder_constants() -> dict[str, np.ndarray]:
         for harmonic in range(1, HARMONICS + 1):
             nearest = np.abs(partial_hz - half_hz * harmonic / 2.0).argmin()
             note_partials[note, nearest] += 1 / harmonic
-    basis, scale_direction = _decoder_subspace()
+    _, scale_direction = _decoder_subspace()
     kernels = np.concatenate(synth_kernels(), axis=1).astype(np.float64)
     return {name: value.astype(np.float32) for name, value in dict(
         cos_basis=cos_basis, sin_basis=sin_basis, unleak=unleak,
