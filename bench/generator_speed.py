@@ -23,8 +23,9 @@ import psutil
 from bench import report
 from services.common import model_facts as facts
 from services.common.assets import AssetStore
+from services.common.session_state import SessionState
 from services.generator.context_audio import ContextAudio
-from services.generator.engine import ChunkEngine, ChunkJob, SamplingParams, SessionState
+from services.generator.engine import ChunkEngine, ChunkJob, SamplingParams
 from services.generator.models import create_engine
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.generator.engine import ChunkJob, SamplingParams, SessionState
+from services.common.session_state import SessionState
+from services.generator.engine import ChunkJob, SamplingParams
 from services.generator.mock_engine import MockEngine
 from services.generator.sessions import GeneratorSession
 

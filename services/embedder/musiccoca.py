@@ -63,7 +63,6 @@ TEXT_PAD_ID = 0
 
 CLIP_SAMPLES = round(AUDIO_PROMPT_SECONDS * STYLE_AUDIO_SAMPLE_RATE_HZ)  # 160 000
 
-MODEL_NAMES = ("tiny", "musiccoca")
 DEFAULT_INTRA_OP_THREADS = 2
 
 
@@ -142,7 +141,7 @@ class MusicCoCaModel(StyleModel):
                     f"({SAVEDMODEL_RELPATH}, {VOCAB_RELPATH}). {error} For tests and offline "
                     f"use, the 'tiny' model needs no download.") from error
         else:
-            raise ValueError(f"unknown style model {model_name!r}; known: {', '.join(MODEL_NAMES)}")
+            raise ValueError(f"unknown style model {model_name!r}; known: tiny, musiccoca")
         return cls(model_name, saved_model_dir, vocab_path, intra_op_threads=intra_op_threads)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:

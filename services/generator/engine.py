@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from services.common import model_facts as facts
+from services.common.session_state import SessionState
 
 if TYPE_CHECKING:  # context_audio imports this module
     from services.generator.context_audio import ContextAudio
@@ -26,38 +27,6 @@ class SamplingParams:
     top_k: int = facts.DEFAULT_TOP_K
     guidance: float = facts.DEFAULT_GUIDANCE
     seed: int = 0
-
-
-@dataclasses.dataclass
-class SessionState:
-    """The whole state of a session between chunks (about 31 KB), see docs/model.md."""
-
-    context_tokens: np.ndarray  # int32[250, 16]; -1 = not generated yet
-    crossfade_tail: np.ndarray  # float32[1920, 2]
-    chunk_index: int = 0
-
-    @classmethod
-    def fresh(cls) -> SessionState:
-        return cls(
-            context_tokens=np.full((facts.CONTEXT_FRAMES, facts.DECODER_RVQ_LEVELS), -1, np.int32),
-            crossfade_tail=np.zeros((facts.CROSSFADE_SAMPLES, facts.CHANNELS), np.float32),
-            chunk_index=0,
-        )
-
-    def validate(self) -> None:
-        """Raise ValueError when the arrays are not what a snapshot must hold."""
-        if self.context_tokens.shape != (facts.CONTEXT_FRAMES, facts.DECODER_RVQ_LEVELS):
-            raise ValueError(f"context_tokens must be [250, 16], got {self.context_tokens.shape}")
-        if self.context_tokens.dtype != np.int32:
-            raise ValueError("context_tokens must be int32")
-        if np.any((self.context_tokens < -1) | (self.context_tokens >= facts.CODEBOOK_SIZE)):
-            raise ValueError("context_tokens must be codes in [0, 1024) or -1")
-        if self.crossfade_tail.shape != (facts.CROSSFADE_SAMPLES, facts.CHANNELS):
-            raise ValueError(f"crossfade_tail must be [1920, 2], got {self.crossfade_tail.shape}")
-        if not np.all(np.isfinite(self.crossfade_tail)):
-            raise ValueError("crossfade_tail must be finite")
-        if self.chunk_index < 0:
-            raise ValueError("chunk_index must be >= 0")
 
 
 @dataclasses.dataclass

@@ -18,9 +18,11 @@ import numpy as np
 from services.common import model_facts as facts
 from services.common.assets import AssetStore
 from services.common.lru import LruCache
+from services.common.models import MAGENTA_RT_MODELS
+from services.common.session_state import SessionState
 from services.generator.batch_buckets import batch_buckets
 from services.generator.context_audio import INITIAL_AUDIO_MAX_SAMPLES, write_context_audio
-from services.generator.engine import ChunkEngine, ChunkJob, ChunkOutput, SessionState
+from services.generator.engine import ChunkEngine, ChunkJob, ChunkOutput
 from services.generator.model import spectrostream, tokens
 from services.generator.model.codec_encoder import SpectroStreamEncoder
 from services.generator.model.crossfade import crossfade_chunks, frames_to_decode
@@ -30,7 +32,6 @@ from services.generator.model.tiny_assets import ensure_tiny_assets
 
 log = logging.getLogger(__name__)
 
-MODEL_NAMES = ("tiny", "base", "large")
 TINY_PARAMS_SEED = 0
 # Style embeddings whose quantized tokens are kept: a session's style changes with its
 # prompts, not per chunk, so the quantizer runs once per change.
@@ -91,8 +92,8 @@ class MagentaRTEngine(ChunkEngine):
         upstream files are not (the music is noise, and the codec's cost is the tiny one's).
         `dtype` is the activation dtype; None keeps the size's own.
         """
-        if model_name not in MODEL_NAMES:
-            raise ValueError(f"unknown model {model_name!r}; choose one of {MODEL_NAMES}")
+        if model_name not in MAGENTA_RT_MODELS:
+            raise ValueError(f"unknown model {model_name!r}; choose one of {MAGENTA_RT_MODELS}")
         if random_weights and checkpoint is not None:
             raise ValueError("random weights and a checkpoint exclude each other")
         if model_name == "tiny" or random_weights:

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from services.common import model_facts as facts
-from services.generator.engine import ChunkEngine, ChunkJob, ChunkOutput, SessionState
+from services.common.session_state import SessionState
+from services.generator.engine import ChunkEngine, ChunkJob, ChunkOutput
 from services.generator.model.crossfade import crossfade_chunks
 
 LOWEST_MIDI_NOTE = 48  # C3

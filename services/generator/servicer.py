@@ -14,9 +14,10 @@ from prometheus_client import Counter, Gauge
 from services.common import model_facts as facts
 from services.common import session_end
 from services.common.proto.mrt.v1 import generator_pb2, generator_pb2_grpc
+from services.common.session_state import SessionState
 from services.common.snapshots import snapshot_to_state, state_to_snapshot
 from services.generator.context_audio import ContextAudio
-from services.generator.engine import SamplingParams, SessionState
+from services.generator.engine import SamplingParams
 from services.generator.runner import BatchRunner
 from services.generator.scheduler import Scheduler
 from services.generator.sessions import ChunkResult, GeneratorSession

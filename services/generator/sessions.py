@@ -9,8 +9,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from services.common.session_state import SessionState
 from services.generator.context_audio import ContextAudio
-from services.generator.engine import ChunkOutput, SamplingParams, SessionState
+from services.generator.engine import ChunkOutput, SamplingParams
 
 
 @dataclasses.dataclass

@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from services.common import model_facts as facts
-from services.generator.engine import ChunkEngine, ChunkJob, ChunkOutput, SessionState
+from services.common.session_state import SessionState
+from services.generator.engine import ChunkEngine, ChunkJob, ChunkOutput
 
 DEFAULT_BATCH_SECONDS = 0.25
 DEFAULT_SESSION_SECONDS = 0.0125

@@ -8,8 +8,9 @@ import pytest
 
 from services.common import model_facts as facts
 from services.common.assets import AssetStore
+from services.common.session_state import SessionState
 from services.generator.context_audio import ContextAudio
-from services.generator.engine import ChunkJob, SamplingParams, SessionState
+from services.generator.engine import ChunkJob, SamplingParams
 from services.generator.magenta_rt import MagentaRTEngine
 from services.generator.model import spectrostream, tiny_assets, tokens
 from services.generator.model.codec_encoder import SpectroStreamEncoder, convert_encoder

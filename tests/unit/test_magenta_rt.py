@@ -7,8 +7,9 @@ import pytest
 
 from services.common import model_facts as facts
 from services.common.assets import AssetMissingError, AssetStore
+from services.common.session_state import SessionState
 from services.generator import magenta_rt
-from services.generator.engine import ChunkJob, SamplingParams, SessionState
+from services.generator.engine import ChunkJob, SamplingParams
 from services.generator.magenta_rt import MagentaRTEngine
 from services.generator.model import tiny_assets
 from services.generator.model.codec_encoder import SpectroStreamEncoder

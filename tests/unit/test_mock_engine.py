@@ -3,7 +3,8 @@ import dataclasses
 import numpy as np
 
 from services.common import model_facts as facts
-from services.generator.engine import ChunkJob, SamplingParams, SessionState
+from services.common.session_state import SessionState
+from services.generator.engine import ChunkJob, SamplingParams
 from services.generator.mock_engine import MockEngine
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from services.common import model_facts as facts
-from services.generator.engine import ChunkEngine, ChunkOutput, SamplingParams, SessionState
+from services.common.session_state import SessionState
+from services.generator.engine import ChunkEngine, ChunkOutput, SamplingParams
 from services.generator.runner import BatchRunner
 from services.generator.scheduler import (
     DUE_MARGIN_S,

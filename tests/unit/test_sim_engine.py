@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from services.common import model_facts as facts
-from services.generator.engine import ChunkJob, SamplingParams, SessionState
+from services.common.session_state import SessionState
+from services.generator.engine import ChunkJob, SamplingParams
 from services.generator.sim_engine import SimCost, SimEngine, SimulatedBatchError
 
 

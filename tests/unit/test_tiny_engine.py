@@ -5,7 +5,8 @@ import pytest
 
 from services.common import model_facts as facts
 from services.common.assets import AssetStore
-from services.generator.engine import ChunkJob, SamplingParams, SessionState
+from services.common.session_state import SessionState
+from services.generator.engine import ChunkJob, SamplingParams
 from services.generator.models import create_engine
 
 

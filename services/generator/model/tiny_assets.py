@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from services.common import model_facts as facts
-from services.common.assets import AssetStore
+from services.common.assets import AssetStore, move_into_place
 from services.generator.model import spectrostream
 from services.generator.model.spectrostream import import_tensorflow_cpu_only
 from services.generator.model.style_tokens import SAVED_VARIABLE_ORDER, STYLE_QUANTIZER_ASSET
@@ -161,11 +160,7 @@ def build_directory_once(target: Path, fill: Callable[[Path], None]) -> None:
     try:
         log.info("building %s", target)
         fill(tmp_dir)
-        try:
-            os.rename(tmp_dir, target)
-        except OSError:
-            if not target.exists():  # a real failure, not a lost race
-                raise
+        move_into_place(tmp_dir, target)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
