@@ -32,6 +32,7 @@ from prometheus_client import Counter, Histogram
 from services.common import model_facts as facts
 from services.common.metrics import LATENCY_BUCKETS_S
 from services.common.proto.mrt.v1 import embedder_pb2, generator_pb2, music_pb2
+from services.common.sampling import SamplingSettings
 from services.gateway.audio_encoding import AudioEncoder
 from services.gateway.audio_injection import (
     AudioInjector,
@@ -42,7 +43,7 @@ from services.gateway.audio_injection import (
     uses_injection_fields,
 )
 from services.gateway.embedder_client import BackendUnavailable, EmbedderClient, PromptRejected
-from services.gateway.generation_config import SamplingSettings, merge_config
+from services.gateway.generation_config import merge_config
 from services.gateway.generator_link import GeneratorLink, LinkError
 from services.gateway.generator_pool import (
     GeneratorEndpoint,

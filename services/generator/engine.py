@@ -14,26 +14,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from services.common import model_facts as facts
+from services.common.sampling import SamplingSettings
 from services.common.session_state import SessionState
 
 if TYPE_CHECKING:  # context_audio imports this module
     from services.generator.context_audio import ContextAudio
 
 
-@dataclasses.dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = facts.DEFAULT_TEMPERATURE
-    top_k: int = facts.DEFAULT_TOP_K
-    guidance: float = facts.DEFAULT_GUIDANCE
-    seed: int = 0
-
-
 @dataclasses.dataclass
 class ChunkJob:
     state: SessionState
     style_embedding: np.ndarray | None  # float32[768]; None = unconditioned
-    sampling: SamplingParams
+    sampling: SamplingSettings
     # Audio to encode into the context first, in order (initial audio, a live-input mix).
     context_audio: tuple[ContextAudio, ...] = ()
 
@@ -61,4 +53,4 @@ class ChunkEngine(abc.ABC):
 
 def fresh_job() -> ChunkJob:
     """A fresh session with default settings: what warm-ups and probes generate."""
-    return ChunkJob(state=SessionState.fresh(), style_embedding=None, sampling=SamplingParams())
+    return ChunkJob(state=SessionState.fresh(), style_embedding=None, sampling=SamplingSettings())

@@ -182,8 +182,8 @@ class MagentaRTEngine(ChunkEngine):
         the live-input mixes of that many sessions and for an initial clip."""
         super().warmup(batch_size)
         if self._encoder is not None:
-            self._encoder.warmup(batch_size, facts.INJECTION_MIX_SAMPLES)
-            self._encoder.warmup(1, INITIAL_AUDIO_MAX_SAMPLES)
+            self._encoder.compile_batches(batch_size, facts.INJECTION_MIX_SAMPLES)
+            self._encoder.compile_batches(1, INITIAL_AUDIO_MAX_SAMPLES)
 
 
 def chunk_seeds(jobs: Sequence[ChunkJob]) -> np.ndarray:

@@ -122,7 +122,7 @@ class SpectroStreamEncoder:
         self._compiled.add(padded.shape[:2])
         return np.asarray(codes[:batch_size], np.int32)
 
-    def warmup(self, max_batch_size: int, samples: int) -> None:
+    def compile_batches(self, max_batch_size: int, samples: int) -> None:
         """Compile every padded batch size up to `max_batch_size` for `samples`-long audio
         (shapes already run are skipped), so no session waits for a compilation."""
         size = 1

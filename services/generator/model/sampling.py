@@ -194,15 +194,6 @@ class TokenSampler:
         """The padded batch size a batch of `batch_size` sessions runs at."""
         return bucket_for(batch_size, self.batch_buckets)
 
-    def warmup(self, max_batch_size: int | None = None) -> None:
-        """Compile the program of every bucket up to `max_batch_size` (default: all)."""
-        limit = self.max_batch_size if max_batch_size is None else max_batch_size
-        for bucket in self.batch_buckets:
-            if bucket <= limit:
-                self.sample(np.full((bucket, facts.ENCODER_INPUT_TOKENS), facts.MASK_TOKEN),
-                            np.zeros(bucket), np.zeros(bucket), np.zeros(bucket),
-                            np.zeros(bucket))
-
     def sample(self, encoder_tokens: np.ndarray, temperature: np.ndarray, top_k: np.ndarray,
                guidance: np.ndarray, seeds: np.ndarray,
                uncond_tokens: np.ndarray | None = None) -> np.ndarray:

@@ -136,13 +136,6 @@ class SpectroStreamDecoder:
         audio = self._run(padded)
         return np.asarray(audio[:batch_size], np.float32)
 
-    def warmup(self, max_batch_size: int, frames: int = facts.CHUNK_FRAMES + 1) -> None:
-        """Compile the program of every bucket up to `max_batch_size` for `frames` frames."""
-        for bucket in self.batch_buckets:
-            self._run(np.zeros((bucket, frames, self.levels), np.int32))
-            if bucket >= max_batch_size:
-                break
-
     def _run(self, codes: np.ndarray) -> jax.Array:
         import tf2jax
 
