@@ -20,8 +20,12 @@ def cluster_with_a_failing_generator(tmp_path_factory):
     config = ClusterConfig(model="sim", embedder_model="mock", generators=2,
                            log_dir=tmp_path_factory.mktemp("logs"), ready_timeout_s=240
                            ).with_free_ports()
-    specs = [dataclasses.replace(spec, argv=spec.argv + ("--sim-fail-batches", "true"))
-             if spec.name == FAILING else spec for spec in config.service_specs()]
+    # Equal, fixed capacities: placement then breaks the tie by address, so the first session
+    # goes to FAILING (predicted capacities differ by a session or two from run to run).
+    fixed = ("--capacity-sessions", "50")
+    specs = [dataclasses.replace(spec, argv=spec.argv + fixed + (
+                 ("--sim-fail-batches", "true") if spec.name == FAILING else ()))
+             if spec.name.startswith("generator") else spec for spec in config.service_specs()]
     cluster = Cluster(config, specs=specs)
     cluster.__enter__()
     yield cluster
@@ -32,6 +36,10 @@ def test_sessions_leave_a_generator_that_fails_every_batch_and_it_reports_not_se
         cluster_with_a_failing_generator):
     cluster = cluster_with_a_failing_generator
     failing = cluster.service(FAILING)
+    deadline = time.time() + 30  # the gateway polls its generators' load: both must be known
+    while metric(scrape(cluster.metrics_urls["gateway"]), "mrt_gateway_generators",
+                 state="healthy") < 2 and time.time() < deadline:
+        time.sleep(0.25)
     listeners = [Listener(cluster.gateway_address, f"liveness {i}") for i in range(3)]
     try:
         for listener in listeners:
