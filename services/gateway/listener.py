@@ -254,6 +254,7 @@ class ListenerSession:
             raise StreamEnded(grpc.StatusCode.ABORTED, "this session continues on a newer stream")
         if self.reconnect_requested and not self._reconnect_told:
             self._reconnect_told = True
+            await self.keeper.flush()  # the record says why the session moves before it does
             await self._emit(music_pb2.StreamResponse(warning=music_pb2.Warning(
                 code="RECONNECT", resume_token=self.keeper.token,
                 message="this gateway is shutting down: open a new stream with this resume_token "

@@ -97,6 +97,7 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
             owner_key = self._owner_key(context)
             if setup.resume_token:
                 session, keeper, initial_audio_warning = await self._resume(setup, owner_key)
+                resume_reason = "drain" if keeper.record.drain_requested else "stream_lost"
                 initial_audio = None
             else:
                 session, initial_audio, initial_audio_warning = await self._new_session(setup)
@@ -113,8 +114,7 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
             model = session.model
             encoding = keeper.record.encoding
             if setup.resume_token:
-                RESUMED.labels("drain" if keeper.record.drain_requested else "stream_lost").inc()
-                keeper.record.drain_requested = False
+                RESUMED.labels(resume_reason).inc()
             else:
                 STARTED.labels(model).inc()
             log.info("session %s %s (model %s, peer %s)", session.session_id,

@@ -243,7 +243,5 @@ def open_session_store(url: str, *, ttl_s: float, timeout_s: float) -> SessionSt
 
 def describe_store(url: str) -> str:
     """The URL without any password, for logs."""
-    parsed = urllib.parse.urlparse(url)
-    if parsed.password:
-        parsed = parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@"))
-    return parsed.geturl()
+    password = urllib.parse.urlparse(url).password
+    return url.replace(f":{password}@", ":***@") if password else url
