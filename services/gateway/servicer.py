@@ -56,6 +56,7 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
         self.api_keys_enabled = api_keys_enabled
         self.sessions: set[ListenerSession] = set()  # open streams, told to move on drain
         self.draining = False
+        self._sessions_changed = asyncio.Event()
 
     def _resolve_model(self, requested: str) -> str:
         """The model a session asks for, checked against what the generators serve."""
@@ -111,6 +112,8 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
             session.keeper = keeper
             await session.connect()
             self.sessions.add(session)
+            if self.draining:  # set up while the drain began: move it too
+                session.ask_to_reconnect()
             model = session.model
             encoding = keeper.record.encoding
             if setup.resume_token:
@@ -160,6 +163,7 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
                 task.cancel()
             if session is not None:
                 self.sessions.discard(session)
+                self._sessions_changed.set()
                 await session.close()
                 if outcome == "ok" and session.keeper is not None:
                     await session.keeper.forget()  # ended by the client: nothing to resume
@@ -247,12 +251,16 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
                  len(sessions), grace_s)
         for session in sessions:
             session.ask_to_reconnect()
-        deadline = asyncio.get_running_loop().time() + grace_s
-        while self.sessions and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.1)
-        if self.sessions:
+        try:
+            await asyncio.wait_for(self._all_sessions_closed(), grace_s)
+        except asyncio.TimeoutError:
             log.warning("drain grace of %.0f s over: %d session(s) had not moved; ending them",
                         grace_s, len(self.sessions))
+
+    async def _all_sessions_closed(self) -> None:
+        while self.sessions:
+            self._sessions_changed.clear()
+            await self._sessions_changed.wait()
 
     @staticmethod
     def _unstick_on_failure(handler: asyncio.Task, watchdogs: list[asyncio.TimerHandle],

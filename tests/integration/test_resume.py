@@ -5,6 +5,7 @@ Real processes: mock services, real gateways, a real ``redis-server`` on a free 
 
 from __future__ import annotations
 
+import socket
 import time
 
 import grpc
@@ -169,3 +170,25 @@ def test_a_listener_moves_to_the_other_gateway_without_gap_or_repeat(two_gateway
     finally:
         victim.stop()
         restart_until_serving(victim)
+
+
+def test_without_a_reachable_store_sessions_play_on_without_resume(tmp_path_factory):
+    with socket.socket() as sock:  # a port nobody listens on: the store is "down"
+        sock.bind(("127.0.0.1", 0))
+        dead_store = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+    cluster = start_cluster(tmp_path_factory, env={"MRT_SESSION_STORE": dead_store,
+                                                   "MRT_SESSION_STORE_TIMEOUT_S": "0.2"})
+    try:
+        client = StreamClient(cluster.gateway_address)
+        started = client.setup()
+        assert started.resume_token == ""  # no token that could not work
+        client.playback(PLAY)
+        warning = client.expect("warning").warning
+        assert warning.code == "RESUME_UNAVAILABLE"
+        chunks = [chunk for _, chunk in client.chunks(2)]
+        assert [c.sequence for c in chunks] == [0, 1]
+        client.close()
+        samples = scrape(cluster.metrics_urls["gateway"])
+        assert metric(samples, "mrt_gateway_session_store_errors_total", op="save") >= 1
+    finally:
+        cluster.stop()
