@@ -19,8 +19,12 @@ import sys
 from services.common.models import MODEL_NAMES
 
 from bench import report
+from bench.cost_models import COST_MODELS
 
 SUBCOMMANDS = ("load", "generator", "soak", "encoding", "chaos", "rolling", "all")
+# Load options whose default depends on the model: (name, default, default with sim).
+LOAD_DEFAULTS = (("listen_seconds", 20.0, 60.0), ("ramp_seconds", 2.0, 30.0),
+                 ("warmup_seconds", 20.0, 0.0))
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -56,9 +60,15 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
                        help="with --address: the gateway's /metrics URL, for its underrun count")
     group.add_argument("--modes", default="batched,unbatched",
                        help="comma-separated: batched (--max-batch-size) and/or unbatched "
-                            "(max batch size 1); default both")
-    group.add_argument("--max-batch-size", type=int, default=16,
-                       help="the generator's --max-batch-size in the batched mode (default 16)")
+                            "(max batch size 1); default both (with --model sim: one batched "
+                            "mode per cost model)")
+    group.add_argument("--max-batch-size", type=int, default=None,
+                       help="the generator's --max-batch-size in the batched mode (default 16; "
+                            "256 with --model sim)")
+    group.add_argument("--cost-model", default=",".join(COST_MODELS),
+                       help="with --model sim: comma-separated cost models to measure, of "
+                            f"{', '.join(COST_MODELS)} (default all), each held against its "
+                            "bound N* = floor((2 s - a) / b)")
     group.add_argument("--capacity-sessions", type=int, default=1000,
                        help="the generator's --capacity-sessions: admit this many sessions so the "
                             "benchmark finds what it really holds (default 1000); 0 = let the "
@@ -66,22 +76,27 @@ def add_load_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--buffer-ahead-seconds", type=float, default=2.0,
                        help="the gateway's --buffer-ahead-seconds: how far ahead of the player "
                             "chunks are sent (default 2.0)")
-    group.add_argument("--listen-seconds", type=float, default=20.0,
-                       help="how long each listener listens after PLAY, per trial (default 20)")
-    group.add_argument("--ramp-seconds", type=float, default=2.0,
+    group.add_argument("--listen-seconds", type=float, default=None,
+                       help="how long each listener listens after PLAY, per trial (default 20; "
+                            "60 with --model sim)")
+    group.add_argument("--ramp-seconds", type=float, default=None,
                        help="listeners connect evenly over this many seconds (default 2.0, one "
-                            "chunk, so their deadlines are spread over a chunk period)")
-    group.add_argument("--start-sessions", type=int, default=1,
-                       help="first N tried; N then doubles until a trial fails (default 1)")
-    group.add_argument("--max-sessions", type=int, default=128,
-                       help="largest N tried (default 128)")
+                            "chunk, so their deadlines are spread over a chunk period; 30 with "
+                            "--model sim: near N* a crowd arriving within one period needs "
+                            "more chunks at once than N* allows)")
+    group.add_argument("--start-sessions", type=int, default=None,
+                       help="first N tried; N then doubles until a trial fails (default 1; "
+                            "with --model sim, 90%% of the cost model's N*)")
+    group.add_argument("--max-sessions", type=int, default=None,
+                       help="largest N tried (default 128; with --model sim, N*)")
     group.add_argument("--budget-minutes", type=float, default=10.0,
                        help="time budget of the search, per mode; no trial starts after it "
                             "(default 10)")
-    group.add_argument("--warmup-seconds", type=float, default=20.0,
+    group.add_argument("--warmup-seconds", type=float, default=None,
                        help="before the search, one unjudged trial with a full batch of "
                             "listeners for this long, so the generator compiles its batch "
-                            "shapes first (default 20; 0 = none)")
+                            "shapes first (default 20; 0 = none, the default with --model sim, "
+                            "which compiles nothing)")
     group.add_argument("--client-processes", type=int, default=1,
                        help="spread the listeners over this many client processes (default 1; "
                             "raise it when the report says the client process was saturated)")
@@ -225,8 +240,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
         argv = ["load", *argv]
     args = build_parser().parse_args(argv)
+    sim = args.model == "sim"
+    for name, real_default, sim_default in LOAD_DEFAULTS:
+        if getattr(args, name, "unset") is None:
+            setattr(args, name, sim_default if sim else real_default)
     if getattr(args, "embedder_model", "unset") is None:
-        args.embedder_model = "mock" if args.model == "mock" else "tiny"
+        args.embedder_model = "mock" if args.model in ("mock", "sim") else "tiny"
     return args
 
 

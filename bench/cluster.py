@@ -18,12 +18,9 @@ import grpc
 from bench import prometheus
 from services.cli.launcher import GENERATOR, Cluster, ClusterConfig, ServiceSpec
 from services.common.proto.mrt.v1 import generator_pb2, generator_pb2_grpc
-from services.generator.scheduler import BatchTimeModel
 
-# What the generator logs once its warm-up has measured batch times (see its scheduler).
-_WARMUP_LINE = re.compile(r"warm-up done: ([\d.]+) s per batch of 1, ([\d.]+) s per batch of (\d+)")
-# The generator's default for --target-utilization, which the prediction uses.
-GENERATOR_TARGET_UTILIZATION = 0.8
+# What the generator logs once its warm-up has measured batch times (see its batch runner).
+_WARMUP_LINE = re.compile(r"warm-up done: .*predicted capacity (\d+) sessions")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,17 +119,10 @@ def settle(target: BenchTarget, timeout_s: float = 60.0, quiet_s: float = 3.0,
         time.sleep(poll_s)
 
 
-def startup_capacity_prediction(generator_log_text: str,
-                                target_utilization: float = GENERATOR_TARGET_UTILIZATION) -> int | None:
-    """The capacity the generator predicted from its warm-up batch times, recomputed from its log.
+def startup_capacity_prediction(generator_log_text: str) -> int | None:
+    """The capacity the generator predicted from its warm-up batch times, from its log.
 
     Needed when ``--capacity-sessions`` overrides the prediction: the generator then reports
     the override, not what it measured."""
     match = _WARMUP_LINE.search(generator_log_text)
-    if match is None:
-        return None
-    single_s, batch_s, batch_size = float(match[1]), float(match[2]), int(match[3])
-    model = BatchTimeModel(batch_size)
-    model.observe(1, single_s)
-    model.observe(batch_size, batch_s)
-    return max(1, model.capacity(target_utilization))
+    return None if match is None else int(match[1])

@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     label = args.model + ("-random-weights" if args.random_weights else "")
     print(f"[generator] building the {label} engine ({args.dtype})", flush=True)
     engine = create_engine(args.model, AssetStore(args.assets_dir), dtype=args.dtype,
+                           max_batch_size=max(batch_sizes),
                            random_weights=args.random_weights)
     load_s = time.monotonic() - began
     rows = []

@@ -7,12 +7,17 @@ need), what the generator did (batch sizes, generation time, real-time factor, f
 listener was admitted, got audio and heard no underrun. The search steps N up and bisects to
 the largest N that holds, once with batching and once with one session per batch, each on a
 freshly started cluster.
+
+A trial also fails when the listeners' buffers drain steadily (chunk lateness trending up by
+more than ``LATENESS_TREND_LIMIT_S_PER_MIN``), even if none ran dry before the trial ended.
+With ``--model sim`` each cost model is one mode, held against its bound N*.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,7 @@ from typing import Any
 import psutil
 
 from bench import plots, prometheus, report
+from bench.cost_models import parse_cost_models
 from bench.cluster import (BenchTarget, LocalClusterOptions, active_sessions, get_load, settle,
                            start_local_cluster, startup_capacity_prediction, target_of)
 from bench.listeners import ListenerPool, ListenerResult, ListenerScript
@@ -27,11 +33,25 @@ from bench.processes import MIB, ProcessSampler, sample_process
 from bench.search import find_largest_held
 from bench.stats import percentiles, slope
 from services.common import model_facts as facts
+from services.generator.sim_engine import SimCost
 
 # A client process this busy (CPU cores) may itself be what delays chunks.
 CLIENT_SATURATED_CORES = 0.8
 # The generator's own default for --max-batch-size (the warm-up size when it is not set here).
 DEFAULT_MAX_BATCH_SIZE = 16
+# With --model sim: room for every cost model's N* in one batch.
+SIM_MAX_BATCH_SIZE = 256
+# A trial whose chunk lateness grows faster than this does not hold: the listeners' 2 s of
+# buffer would run dry within ten minutes.
+LATENESS_TREND_LIMIT_S_PER_MIN = 0.2
+# Chunks at the start of each listener left out of the trend (they fill the buffer).
+TREND_SKIPPED_CHUNKS = 2
+# Listeners with fewer chunks after those are left out of the trend (too short to show one).
+TREND_MIN_CHUNKS = 10
+# The search's default range (without a cost model's bound to start from).
+DEFAULT_START_SESSIONS, DEFAULT_MAX_SESSIONS = 1, 128
+# With a cost model, the search starts at this fraction of N* (the target) and stops at N*.
+SIM_START_FRACTION = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +68,15 @@ class LoadSettings:
 
 @dataclasses.dataclass(frozen=True)
 class Mode:
-    label: str  # "batched" / "unbatched" / "as configured"
+    label: str  # "batched" / "unbatched" / "as configured" / a sim cost model's name
     max_batch_size: int | None  # None: not set by the benchmark
+    sim_cost: SimCost | None = None  # the cost model of a sim generator
+
+    def generator_flags(self) -> tuple[str, ...]:
+        if self.sim_cost is None:
+            return ()
+        return ("--sim-batch-seconds", str(self.sim_cost.batch_seconds),
+                "--sim-session-seconds", str(self.sim_cost.session_seconds))
 
 
 @dataclasses.dataclass
@@ -66,6 +93,7 @@ class Trial:
     chunks: int
     time_to_first_audio_s: dict[str, float | None]
     lateness_s: dict[str, float | None]  # arrival minus need; negative = still buffered
+    lateness_trend_s_per_min: float | None  # > 0: the listeners' buffers drain
     gateway_underruns: float | None
     batch_size_mean: float | None
     batch_size_counts: dict[str, float]
@@ -105,12 +133,29 @@ def summarize_listeners(results: list[ListenerResult]) -> dict[str, Any]:
         "time_to_first_audio_s": percentiles([r.time_to_first_audio_s for r in results
                                               if r.time_to_first_audio_s is not None]),
         "lateness_s": percentiles([x for r in results for x in r.lateness_s]),
+        "lateness_trend_s_per_min": lateness_trend_s_per_min(results),
     }
 
 
+def lateness_trend_s_per_min(results: list[ListenerResult]) -> float | None:
+    """How fast chunk lateness grows over a trial, pooled over the listeners (seconds per
+    minute of listening; None when no listener got enough chunks to show a trend). Steady playback is flat; a generator that
+    falls behind shows as a rising line long before a buffer runs dry."""
+    xs, ys = [], []
+    for r in results:
+        if len(r.lateness_s) < TREND_SKIPPED_CHUNKS + TREND_MIN_CHUNKS:
+            continue
+        for index, lateness in enumerate(r.lateness_s[TREND_SKIPPED_CHUNKS:]):
+            xs.append(index * facts.CHUNK_SECONDS / 60)
+            ys.append(lateness)
+    return slope(xs, ys)
+
+
 def trial_held(summary: dict[str, Any], sessions: int) -> bool:
+    trend = summary["lateness_trend_s_per_min"]
     return (summary["admitted"] == sessions and summary["refused"] == 0 and not summary["errors"]
-            and summary["no_audio"] == 0 and summary["underruns"] == 0)
+            and summary["no_audio"] == 0 and summary["underruns"] == 0
+            and (trend is None or trend <= LATENESS_TREND_LIMIT_S_PER_MIN))
 
 
 def generator_activity(before: prometheus.Samples, after: prometheus.Samples) -> dict[str, Any]:
@@ -161,6 +206,7 @@ def describe(trial: Trial) -> str:
     return (f"N={trial.sessions:<4} {'held ' if trial.held else 'FAILED'} underruns {trial.underruns}"
             f" refused {trial.refused} errors {sum(trial.errors.values())}"
             f" | lateness p50 {report.fmt(lateness['p50'])} s p99 {report.fmt(lateness['p99'])} s"
+            f" trend {report.fmt(trial.lateness_trend_s_per_min, 3)} s/min"
             f" | first audio p99 {report.fmt(ttfa['p99'])} s"
             f" | batch mean {report.fmt(trial.batch_size_mean, 1)}"
             f" RTF {report.fmt(trial.real_time_factor_trial, 1)}"
@@ -222,6 +268,10 @@ def measure(target: BenchTarget, mode: Mode, settings: LoadSettings, model: str,
         predicted = startup_capacity_prediction(target.generator_log.read_text())
     return {
         "mode": mode.label, "max_batch_size": mode.max_batch_size,
+        "sim_cost": None if mode.sim_cost is None else {
+            "batch_seconds": mode.sim_cost.batch_seconds,
+            "session_seconds": mode.sim_cost.session_seconds,
+            "held_sessions_bound": mode.sim_cost.held_sessions_bound()},
         "capacity_override": capacity_sessions,
         "predicted_capacity_at_startup": predicted,
         # What GetLoad says after the trials: the live prediction, or the override if set.
@@ -239,15 +289,33 @@ def measure(target: BenchTarget, mode: Mode, settings: LoadSettings, model: str,
 def modes(args: argparse.Namespace) -> list[Mode]:
     if args.address:
         return [Mode("as configured", None)]
-    chosen = {"batched": Mode("batched", args.max_batch_size), "unbatched": Mode("unbatched", 1)}
+    if args.model == "sim":
+        return [Mode(name, args.max_batch_size or SIM_MAX_BATCH_SIZE, cost)
+                for name, cost in parse_cost_models(args.cost_model).items()]
+    chosen = {"batched": Mode("batched", args.max_batch_size or DEFAULT_MAX_BATCH_SIZE),
+              "unbatched": Mode("unbatched", 1)}
     return [chosen[name] for name in args.modes.split(",")]
+
+
+def search_range(args: argparse.Namespace, mode: Mode) -> tuple[int, int]:
+    """(first N tried, largest N tried): the flags, else from the cost model's N*, else the
+    defaults."""
+    if mode.sim_cost is not None:
+        bound = max(1, mode.sim_cost.held_sessions_bound())
+        start, largest = math.ceil(SIM_START_FRACTION * bound), bound
+    else:
+        start, largest = DEFAULT_START_SESSIONS, DEFAULT_MAX_SESSIONS
+    largest = args.max_sessions or largest
+    return min(args.start_sessions or start, largest), largest
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The load benchmark for ``args`` (see ``python -m bench load --help``)."""
     settings = LoadSettings(
-        listen_s=args.listen_seconds, ramp_s=args.ramp_seconds, max_sessions=args.max_sessions,
-        start_sessions=args.start_sessions, budget_s=args.budget_minutes * 60,
+        listen_s=args.listen_seconds, ramp_s=args.ramp_seconds,
+        max_sessions=args.max_sessions or DEFAULT_MAX_SESSIONS,
+        start_sessions=args.start_sessions or DEFAULT_START_SESSIONS,
+        budget_s=args.budget_minutes * 60,
         warmup_s=args.warmup_seconds,
         client_processes=args.client_processes, sample_interval_s=args.sample_interval_s)
     results: dict[str, Any] = {
@@ -258,6 +326,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "modes": []}
     began = time.monotonic()
     for mode in modes(args):
+        start_sessions, max_sessions = search_range(args, mode)
+        mode_settings = dataclasses.replace(settings, start_sessions=start_sessions,
+                                            max_sessions=max_sessions)
         print(f"[load] {args.model}, {mode.label}"
               f"{'' if mode.max_batch_size is None else f' (max batch size {mode.max_batch_size})'}",
               flush=True)
@@ -266,17 +337,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                  generator_address=args.generator_address,
                                  generator_metrics_url=args.generator_metrics_url,
                                  gateway_metrics_url=args.gateway_metrics_url)
-            results["modes"].append(measure(target, mode, settings, args.model, None))
+            results["modes"].append(measure(target, mode, mode_settings, args.model, None))
             continue
         capacity = args.capacity_sessions or None
         cluster = start_local_cluster(LocalClusterOptions(
             model=args.model, embedder_model=args.embedder_model,
             max_batch_size=mode.max_batch_size, capacity_sessions=capacity,
             buffer_ahead_seconds=args.buffer_ahead_seconds, assets_dir=args.assets_dir,
-            generator_flags=("--dtype", args.dtype)))
+            generator_flags=("--dtype", args.dtype, *mode.generator_flags())))
         try:
             print(f"  cluster ready; service logs in {cluster.config.log_dir}", flush=True)
-            results["modes"].append(measure(target_of(cluster), mode, settings, args.model, capacity))
+            results["modes"].append(measure(target_of(cluster), mode, mode_settings, args.model,
+                                            capacity))
         finally:
             cluster.stop()
     results["runtime_s"] = round(time.monotonic() - began, 1)
@@ -325,6 +397,13 @@ def markdown(results: dict[str, Any], json_path: Path, png_path: Path) -> str:
     lines.append(report.markdown_table(
         ["mode", "max batch", "largest N held (0 underruns)", "generator's prediction",
          "admission limit", "trials", "client saturated"], summary_rows))
+    sim_rows = [cost_model_row(m) for m in results["modes"] if m.get("sim_cost")]
+    if sim_rows:
+        lines += ["", "Held against the bound N* = floor((2 s - a) / b) of each cost model "
+                      "(a chunk costs a + b x batch size seconds):", "",
+                  report.markdown_table(
+                      ["cost model", "a s", "b s", "N*", "held", "held / N*",
+                       "generator's prediction", "prediction / held"], sim_rows)]
     for m in results["modes"]:
         if m["idle_rss_mib"]:
             growth = m["rss_growth_mib_per_session"]
@@ -345,6 +424,7 @@ def markdown(results: dict[str, Any], json_path: Path, png_path: Path) -> str:
                          t["refused"], sum(t["errors"].values()),
                          report.fmt(t["time_to_first_audio_s"]["p99"]),
                          report.fmt(t["lateness_s"]["p50"]), report.fmt(t["lateness_s"]["p99"]),
+                         report.fmt(t.get("lateness_trend_s_per_min"), 3),
                          report.fmt(t["batch_size_mean"], 1),
                          report.fmt(t["real_time_factor_trial"], 1), procs or "-",
                          "+".join(f"{c:.2f}" for c in t["client_cpu_cores"]),
@@ -352,12 +432,20 @@ def markdown(results: dict[str, Any], json_path: Path, png_path: Path) -> str:
                          else t["generator_sessions_left_open"]])
     lines.append(report.markdown_table(
         ["mode", "N", "held", "underruns", "refused", "errors", "first audio p99 s",
-         "lateness p50 s", "lateness p99 s", "batch mean", "RTF", "CPU / RSS per service",
+         "lateness p50 s", "lateness p99 s", "lateness trend s/min", "batch mean", "RTF", "CPU / RSS per service",
          "client CPU", "left open"], rows))
     lines += ["", f"Data: `{report.relative(json_path)}`; plot: `{report.relative(png_path)}`.",
               "", f"![load, {results['model']}]({report.link_from_docs(png_path)})"]
     return "\n".join(lines)
 
+
+
+def cost_model_row(mode_result: dict[str, Any]) -> list[Any]:
+    cost, held, predicted = mode_result["sim_cost"], mode_result["largest_held"], prediction(mode_result)
+    bound = cost["held_sessions_bound"]
+    return [mode_result["mode"], f"{cost['batch_seconds']:g}", f"{cost['session_seconds']:g}",
+            bound, held, f"{held / bound:.0%}" if bound else "-", predicted or "-",
+            f"{predicted / held:.2f}" if predicted and held else "-"]
 
 
 def prediction(mode_result: dict[str, Any]) -> int | None:

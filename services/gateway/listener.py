@@ -74,6 +74,11 @@ IDLE_RELEASED = Counter("mrt_gateway_idle_sessions_released_total",
 OUTBOX_MESSAGES = 4
 # The same audio-input warning is repeated at most this often (a live stream sends many messages).
 AUDIO_INPUT_WARNING_INTERVAL_S = 5.0
+# Chunks a session keeps demanded or in hand (generated, not yet released). Demanding ahead
+# lets the generator serve sessions of every phase in one batch per chunk period: a session
+# served by one batch has its next demand there already. The generator still makes each
+# chunk at most about a period before its release.
+CHUNKS_AHEAD = 3
 # A chunk this close to its need time still counts as in time (scheduling jitter).
 UNDERRUN_TOLERANCE_S = 0.02
 
@@ -172,8 +177,10 @@ class ListenerSession:
         self.link: GeneratorLink | None = None
         self._link_reader: asyncio.Task | None = None
         self._placement: asyncio.Task | None = None  # opening the session on a generator
-        self.demand_outstanding = False
-        self.demand_overdue_at: float | None = None  # when the outstanding demand times out
+        # Deadlines of the chunks demanded and not yet received, oldest first, and when the
+        # oldest of them counts as overdue (the chunk watchdog).
+        self.demand_deadlines: collections.deque[float] = collections.deque()
+        self.demand_overdue_at: float | None = None
         self.received: collections.deque[generator_pb2.GeneratedChunk | MigrationNotice] = \
             collections.deque()
         # Playback and the listener's timeline.
@@ -229,13 +236,6 @@ class ListenerSession:
         if self.keeper is not None:
             self.fill_record(self.keeper.record)
             self.keeper.changed(point)
-
-    def _next_resume_point(self) -> ResumePoint:
-        """Where the chunk after those received so far would be made from."""
-        queued = sum(isinstance(item, generator_pb2.GeneratedChunk) for item in self.received)
-        return ResumePoint(sequence=self.next_sequence + queued,
-                           position_s=self.next_position_s + queued * facts.CHUNK_SECONDS,
-                           snapshot=b"" if self.snapshot is None else self.snapshot.SerializeToString())
 
     def ask_to_reconnect(self) -> None:
         """The gateway drains: the pump tells the client to resume elsewhere (RECONNECT)."""
@@ -340,7 +340,7 @@ class ListenerSession:
     def _install(self, link: GeneratorLink) -> None:
         """Make ``link`` the session's generator stream."""
         self.link = link
-        self.demand_outstanding = False
+        self.demand_deadlines.clear()
         self.demand_overdue_at = None
         self._link_failure = None
         self._link_reader = asyncio.create_task(self._read_link(link))
@@ -421,9 +421,7 @@ class ListenerSession:
                 self.snapshot = chunk.snapshot
                 self._record_output(chunk)
                 self.received.append(chunk)
-                self._remember(self._next_resume_point())
-                self.demand_outstanding = False
-                self.demand_overdue_at = None
+                self._received_demanded_chunk()
                 self._changed.set()
         except LinkError as err:
             if link is self.link:
@@ -436,7 +434,8 @@ class ListenerSession:
         if self.link is not None:
             self.link.close()
         self.link, self._link_reader, self._link_failure = None, None, None
-        self.demand_outstanding, self.demand_overdue_at = False, None
+        self.demand_deadlines.clear()
+        self.demand_overdue_at = None
 
     def _cancel_placement(self) -> None:
         if self._placement is not None:
@@ -464,7 +463,9 @@ class ListenerSession:
 
     def _release_time(self, position_s: float) -> float:
         need = self._need_time(position_s)
-        return time.time() if need is None else need - self.settings.buffer_ahead_seconds
+        if need is None:  # not playing yet: as if the next chunk were needed now
+            need = time.time() + position_s - self.next_position_s
+        return need - self.settings.buffer_ahead_seconds
 
     async def _send_chunk(self, chunk: generator_pb2.GeneratedChunk) -> None:
         now = time.time()
@@ -486,7 +487,10 @@ class ListenerSession:
             PROMPT_TO_AUDIO.observe(now - self.prompt_received_at.pop(version))
         audio = np.frombuffer(chunk.audio, "<f4").reshape(-1, facts.CHANNELS)
         duration_s = audio.shape[0] / facts.SAMPLE_RATE_HZ
-        if self.keeper is not None:  # the point after this chunk is stored before it leaves
+        if self.keeper is not None:  # where the session continues after this chunk: stored first
+            self._remember(ResumePoint(sequence=self.next_sequence + 1,
+                                       position_s=self.next_position_s + duration_s,
+                                       snapshot=chunk.snapshot.SerializeToString()))
             await self.keeper.flush()
         await self._emit(music_pb2.StreamResponse(chunk=music_pb2.AudioChunk(
             sequence=self.next_sequence, data=self.encoder.encode(audio),
@@ -531,10 +535,7 @@ class ListenerSession:
             if self.link is None:
                 self._start_placement(reason=None)
                 return _earliest(wake_at)
-            if self.received:
-                return _earliest(wake_at)  # demand the next chunk once these are out
-            if not self.demand_outstanding:
-                await self._demand()
+            await self._demand_ahead()
             wake_at.append(self.demand_overdue_at)
         elif self.link is not None:
             wake_at.append(self._release_if_idle())
@@ -565,7 +566,7 @@ class ListenerSession:
                 log.warning("session %s: generator %s is late and no other has room; waiting",
                             self.session_id, endpoint.address)
                 self.demand_overdue_at = time.time() + self.settings.chunk_timeout_s
-        elif self.link.endpoint.leaving and not self.demand_outstanding:
+        elif self.link.endpoint.leaving and not self.demand_deadlines:
             self._move(MoveReason.DRAIN, "the generator left discovery")
 
     async def _release_received(self) -> float | None:
@@ -587,20 +588,42 @@ class ListenerSession:
             await self._send_chunk(self.received.popleft())
         return None
 
-    async def _demand(self) -> None:
-        await self._inject_input()
-        deadline = self._release_time(self.next_position_s)
-        # Outstanding before the send: the chunk may arrive (and clear it) before it returns.
-        self.demand_outstanding = True
-        self.demand_overdue_at = max(deadline, time.time()) + self.settings.chunk_timeout_s
-        if not await self._send_to_generator(generator_pb2.GeneratorRequest(
-                demand=generator_pb2.ChunkDemand(deadline_unix_s=deadline))):
-            self.demand_outstanding, self.demand_overdue_at = False, None
+    async def _demand_ahead(self) -> None:
+        """Demand chunks until `CHUNKS_AHEAD` are demanded or in hand, each due when the
+        timeline releases it. A session playing along demands one at a time: the mix sent
+        before each demand needs the model's output up to that chunk."""
+        limit = 1 if self.injector is not None else CHUNKS_AHEAD
+        while self.link is not None:
+            ahead = self._chunks_in_hand() + len(self.demand_deadlines)
+            if ahead >= limit:
+                return
+            await self._inject_input()
+            deadline = self._release_time(self.next_position_s + ahead * facts.CHUNK_SECONDS)
+            # Outstanding before the send: the chunk may arrive (and clear it) before it returns.
+            self.demand_deadlines.append(deadline)
+            if self.demand_overdue_at is None:
+                self.demand_overdue_at = max(deadline, time.time()) + self.settings.chunk_timeout_s
+            if not await self._send_to_generator(generator_pb2.GeneratorRequest(
+                    demand=generator_pb2.ChunkDemand(deadline_unix_s=deadline))):
+                self.demand_deadlines.clear()
+                self.demand_overdue_at = None
+                return
+
+    def _received_demanded_chunk(self) -> None:
+        """A demanded chunk arrived: the watchdog now watches the next one, if any."""
+        if self.demand_deadlines:
+            self.demand_deadlines.popleft()
+        self.demand_overdue_at = (max(self.demand_deadlines[0], time.time())
+                                  + self.settings.chunk_timeout_s
+                                  if self.demand_deadlines else None)
+
+    def _chunks_in_hand(self) -> int:
+        return sum(1 for item in self.received if not isinstance(item, MigrationNotice))
 
     def _release_if_idle(self) -> float | None:
         """Give the generator slot back once paused / unplayed for ``idle_release_s``; the
         snapshot and received chunks stay, and PLAY places the session again."""
-        if self.idle_since is None or self.demand_outstanding:
+        if self.idle_since is None or self.demand_deadlines:
             return None
         release_at = self.idle_since + self.settings.idle_release_s
         if time.time() < release_at:
@@ -768,7 +791,7 @@ class ListenerSession:
                 self.injector.restart_output()
             self.snapshot = None  # PLAY after STOP starts from a fresh context
             self.reset_pending = False
-            self._remember(self._next_resume_point())
+            self._remember(ResumePoint(self.next_sequence, self.next_position_s))  # a fresh context
             self._cancel_placement()
             self._drop_link()
         elif action == Action.RESET_CONTEXT:

@@ -86,5 +86,9 @@ class ChunkEngine(abc.ABC):
 
     def warmup(self, batch_size: int) -> None:
         """Run one throw-away batch of ``batch_size`` fresh sessions (compiles that shape)."""
-        job = ChunkJob(state=SessionState.fresh(), style_embedding=None, sampling=SamplingParams())
-        self.generate([job] * batch_size)
+        self.generate([fresh_job()] * batch_size)
+
+
+def fresh_job() -> ChunkJob:
+    """A fresh session with default settings: what warm-ups and probes generate."""
+    return ChunkJob(state=SessionState.fresh(), style_embedding=None, sampling=SamplingParams())

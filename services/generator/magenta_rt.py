@@ -17,9 +17,10 @@ import numpy as np
 
 from services.common import model_facts as facts
 from services.common.assets import AssetStore
-from services.generator.engine import (ChunkEngine, ChunkJob, ChunkOutput, SamplingParams,
-                                        SessionState)
+from services.common.lru import LruCache
+from services.generator.batch_buckets import batch_buckets
 from services.generator.context_audio import INITIAL_AUDIO_MAX_SAMPLES, write_context_audio
+from services.generator.engine import ChunkEngine, ChunkJob, ChunkOutput, SessionState
 from services.generator.model import spectrostream, tokens
 from services.generator.model.codec_encoder import SpectroStreamEncoder
 from services.generator.model.crossfade import crossfade_chunks, frames_to_decode
@@ -31,7 +32,9 @@ log = logging.getLogger(__name__)
 
 MODEL_NAMES = ("tiny", "base", "large")
 TINY_PARAMS_SEED = 0
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# Style embeddings whose quantized tokens are kept: a session's style changes with its
+# prompts, not per chunk, so the quantizer runs once per change.
+STYLE_TOKEN_CACHE_ENTRIES = 4096
 
 # Upstream t5x checkpoints: tar archives of a t5x checkpoint directory.
 CHECKPOINT_ARCHIVES = {
@@ -71,11 +74,13 @@ class MagentaRTEngine(ChunkEngine):
         self._style_quantizer = style_quantizer
         self._encoder = encoder
         self.supports_audio_input = encoder is not None
+        self._style_token_cache: LruCache[np.ndarray] = LruCache(STYLE_TOKEN_CACHE_ENTRIES)
 
     @classmethod
-    def create(cls, model_name: str, store: AssetStore, *, checkpoint: Path | None = None,
-               dtype: str | None = None, random_weights: bool = False) -> "MagentaRTEngine":
-        """Load a model by name.
+    def create(cls, model_name: str, store: AssetStore, *, max_batch_size: int,
+               checkpoint: Path | None = None, dtype: str | None = None,
+               random_weights: bool = False) -> "MagentaRTEngine":
+        """Load a model by name, compiled for batches of up to `max_batch_size` sessions.
 
         `tiny` builds its codec and style assets under the store's tiny root if missing and
         uses random depthformer weights from a fixed seed. `base` and `large` load upstream's
@@ -113,10 +118,11 @@ class MagentaRTEngine(ChunkEngine):
         if not encoder.matches_quantizer(assets.path(spectrostream.QUANTIZER_ASSET)):
             log.error("the codec quantizer's own encoding differs from ours: audio input is off")
             encoder = None
+        buckets = batch_buckets(max_batch_size)
         return cls(
             model_name,
-            sampling.TokenSampler(config, params, batch_buckets=BATCH_BUCKETS),
-            SpectroStreamDecoder.from_store(assets, batch_buckets=BATCH_BUCKETS),
+            sampling.TokenSampler(config, params, batch_buckets=buckets),
+            SpectroStreamDecoder.from_store(assets, batch_buckets=buckets),
             StyleQuantizer.load(assets.path(STYLE_QUANTIZER_ASSET)),
             encoder,
         )
@@ -148,23 +154,33 @@ class MagentaRTEngine(ChunkEngine):
         ]
 
     def style_tokens(self, jobs: Sequence[ChunkJob]) -> np.ndarray:
-        """int32[B, 6] raw style codes per job; -1 (no style) where a job has no embedding."""
+        """int32[B, 6] raw style codes per job; -1 (no style) where a job has no embedding.
+        Only embeddings not seen recently go through the quantizer."""
         style_tokens = np.full((len(jobs), facts.STYLE_RVQ_LEVELS), -1, np.int32)
-        styled = [row for row, job in enumerate(jobs) if job.style_embedding is not None]
-        if styled:
-            embeddings = np.stack([jobs[row].style_embedding for row in styled])
-            style_tokens[styled] = self._style_quantizer.tokens(embeddings)
+        unseen: dict[bytes, list[int]] = {}  # embedding bytes -> rows
+        for row, job in enumerate(jobs):
+            if job.style_embedding is None:
+                continue
+            key = np.asarray(job.style_embedding, np.float32).tobytes()
+            cached = self._style_token_cache.get(key)
+            if cached is None:
+                unseen.setdefault(key, []).append(row)
+            else:
+                style_tokens[row] = cached
+        if unseen:
+            embeddings = np.stack([np.frombuffer(key, np.float32) for key in unseen])
+            for (key, rows), codes in zip(unseen.items(),
+                                          self._style_quantizer.tokens(embeddings)):
+                self._style_token_cache.put(key, codes)
+                style_tokens[rows] = codes
         return style_tokens
 
-    def warmup(self, max_batch_size: int) -> None:
-        """Compile sampling and decoding for every batch bucket up to `max_batch_size`, and the
-        encoder for live-input mixes (any batch) and initial audio (one at a time)."""
-        for bucket in BATCH_BUCKETS:
-            self.generate([ChunkJob(SessionState.fresh(), None, SamplingParams())] * bucket)
-            if bucket >= max_batch_size:
-                break
+    def warmup(self, batch_size: int) -> None:
+        """One throw-away batch of `batch_size` fresh sessions, and the encoder's programs for
+        the live-input mixes of that many sessions and for an initial clip."""
+        super().warmup(batch_size)
         if self._encoder is not None:
-            self._encoder.warmup(max_batch_size, facts.INJECTION_MIX_SAMPLES)
+            self._encoder.warmup(batch_size, facts.INJECTION_MIX_SAMPLES)
             self._encoder.warmup(1, INITIAL_AUDIO_MAX_SAMPLES)
 
 

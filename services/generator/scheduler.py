@@ -1,103 +1,144 @@
-"""Which sessions run together: earliest-deadline-first batches on one engine.
+"""Which sessions run together: the generator's batching policy, as plain batch plans.
 
-Each session with a pending demand has a deadline (when the gateway must release its next
-chunk). A session becomes *due* one expected batch time (plus a margin) before its deadline,
-so the generator never races far ahead of the listener and prompt changes are heard soon. The
-scheduler thread takes the due sessions in deadline order, tops the batch up with sessions
-that would fall due while it runs, up to ``max_batch_size``, and runs one batched chunk
-generation for all of them. Sessions joining or leaving wait for at most the batch in flight.
+Each session with a pending demand has a deadline (when the gateway releases that chunk to
+the listener). A session falls *due* one expected batch time (plus a margin) before its
+deadline, so the generator does not race far ahead of the listener and prompt changes are
+heard soon. When the most urgent session falls due, the scheduler plans one batch with it and
+every session that falls due within the next chunk period (earliest deadline first, up to
+``max_batch_size``): sessions whose phases differ then share one batch per period instead of
+splitting the period between several batches, each paying the fixed cost of a batch. A
+gateway demands a session's chunks ahead of need, so a session served by one batch
+usually has its next demand waiting already and can join the next batch (otherwise two
+groups of sessions running back to back would each pay the fixed cost forever). A session is
+in at most one batch at a time, as each chunk continues the state of the one before. The
+scheduler only decides; `BatchRunner` executes the plans. Its clock is injected,
+so the policy is tested without threads or sleeps.
 """
 
 from __future__ import annotations
 
-import logging
+import dataclasses
+import itertools
 import threading
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
-from prometheus_client import Counter, Gauge, Histogram
+import numpy as np
 
 from services.common import model_facts as facts
-from services.common.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS_S
-from services.generator.engine import ChunkEngine, ChunkJob
+from services.generator.batch_buckets import batch_buckets, bucket_for
+from services.generator.context_audio import ContextAudio
+from services.generator.engine import ChunkJob, ChunkOutput, SamplingParams
 from services.generator.sessions import ChunkResult, GeneratorSession
-
-log = logging.getLogger(__name__)
-
-BATCH_SECONDS = Histogram("mrt_generator_chunk_generation_seconds",
-                          "Wall time of one batched chunk generation", buckets=LATENCY_BUCKETS_S)
-QUEUE_WAIT = Histogram("mrt_generator_queue_wait_seconds",
-                       "Time a due session waited for its batch to start", buckets=LATENCY_BUCKETS_S)
-BATCH_SIZE = Histogram("mrt_generator_batch_size", "Sessions per batched generation",
-                       buckets=BATCH_SIZE_BUCKETS)
-REAL_TIME_FACTOR = Gauge("mrt_generator_real_time_factor",
-                         "Audio seconds generated per compute second, recent batches")
-CHUNKS = Counter("mrt_generator_chunks_generated_total", "Chunks generated")
-LATENESS = Histogram("mrt_generator_chunk_lateness_seconds",
-                     "How late a chunk was ready against its deadline (0 = on time)",
-                     buckets=LATENCY_BUCKETS_S)
-CAPACITY = Gauge("mrt_generator_capacity_sessions", "Sessions this generator keeps in real time")
 
 # A session falls due this long (plus the expected batch time) before its deadline.
 DUE_MARGIN_S = 0.25
-# Smoothing of the per-batch-size time estimates.
+# Most demands a session may have pending (a gateway demands a few chunks ahead).
+MAX_PENDING_DEMANDS = 4
+# Smoothing of the per-bucket batch time estimates.
 EWMA_WEIGHT = 0.2
+# Default share of each chunk period the predicted capacity may use for batches.
+DEFAULT_TARGET_UTILIZATION = 0.95
+# Assumed seconds of a batch before any was measured.
+UNMEASURED_BATCH_S = 1.0
 
 
 class BatchTimeModel:
-    """Expected seconds of one batch as a function of its size, learned from what ran."""
+    """Expected seconds of one batch as a function of its size, learned from what ran.
 
-    def __init__(self, max_batch_size: int):
-        self.max_batch_size = max_batch_size
+    Times are kept per bucket (a batch costs what its padded bucket costs) and interpolated
+    linearly between measured buckets."""
+
+    def __init__(self, buckets: Sequence[int]):
+        self.buckets = tuple(buckets)
         self._seconds: dict[int, float] = {}
 
     def observe(self, batch_size: int, seconds: float) -> None:
-        old = self._seconds.get(batch_size)
-        self._seconds[batch_size] = seconds if old is None else (
+        bucket = bucket_for(batch_size, self.buckets)
+        old = self._seconds.get(bucket)
+        self._seconds[bucket] = seconds if old is None else (
             (1 - EWMA_WEIGHT) * old + EWMA_WEIGHT * seconds)
 
     def expected_s(self, batch_size: int) -> float:
         if not self._seconds:
-            return 1.0
-        if batch_size in self._seconds:
-            return self._seconds[batch_size]
+            return UNMEASURED_BATCH_S
+        bucket = bucket_for(batch_size, self.buckets)
+        if bucket in self._seconds:
+            return self._seconds[bucket]
         sizes = sorted(self._seconds)
-        below = [s for s in sizes if s < batch_size]
-        above = [s for s in sizes if s > batch_size]
-        if below and above:  # linear between the nearest measured sizes
+        below = [s for s in sizes if s < bucket]
+        above = [s for s in sizes if s > bucket]
+        if below and above:  # linear between the nearest measured buckets
             lo, hi = below[-1], above[0]
-            frac = (batch_size - lo) / (hi - lo)
-            return self._seconds[lo] + frac * (self._seconds[hi] - self._seconds[lo])
-        nearest = below[-1] if below else above[0]
-        return self._seconds[nearest] * max(1.0, batch_size / nearest) if below else self._seconds[nearest]
+            return float(np.interp(bucket, [lo, hi], [self._seconds[lo], self._seconds[hi]]))
+        if below:  # past the largest measured: no cheaper per session than it
+            return self._seconds[below[-1]] * bucket / below[-1]
+        return self._seconds[above[0]]
 
     def capacity(self, utilization: float) -> int:
-        """Most sessions kept in real time when batches run back to back at ``utilization``."""
+        """Most sessions kept in real time when batches run back to back and take at most
+        ``utilization`` of each chunk period."""
         budget_s = facts.CHUNK_SECONDS * utilization
         best = 0
-        for size in range(1, self.max_batch_size + 1):
+        for size in range(1, self.buckets[-1] + 1):
             batches_per_chunk = int(budget_s // self.expected_s(size))
             best = max(best, batches_per_chunk * size)
         return best
 
 
-class Scheduler:
-    """Runs batched chunk generation for the sessions on this generator (one thread)."""
+@dataclasses.dataclass(frozen=True)
+class BatchPlan:
+    """One batch to run: which sessions, at which bucket, and the jobs taken from them."""
 
-    def __init__(self, engine: ChunkEngine, max_batch_size: int, *,
-                 target_utilization: float = 0.8, fixed_capacity: int = 0,
-                 clock: Callable[[], float] = time.time):
-        self.engine = engine
+    plan_id: int
+    session_ids: tuple[str, ...]
+    bucket: int
+    jobs: tuple[ChunkJob, ...]
+    planned_at_unix_s: float
+    deadlines_unix_s: tuple[float, ...]
+    queue_waits_s: tuple[float, ...]  # from falling due (or the demand, if later) to the plan
+
+    @property
+    def size(self) -> int:
+        return len(self.session_ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class Delivery:
+    """A result for one session's stream; `deliver` is the session's own callback."""
+
+    session_id: str
+    deliver: Callable[[ChunkResult], None]
+    result: ChunkResult
+
+
+@dataclasses.dataclass(frozen=True)
+class _Planned:
+    session: GeneratorSession
+    style_version: int
+    sampling_version: int
+
+
+class Scheduler:
+    """The sessions placed on this generator and the batching policy over them.
+
+    Thread-safe: the servicer changes sessions from the event loop, the runner asks for plans
+    and reports results from its own thread."""
+
+    def __init__(self, max_batch_size: int, *,
+                 target_utilization: float = DEFAULT_TARGET_UTILIZATION,
+                 fixed_capacity: int = 0, clock: Callable[[], float] = time.time):
+        self.buckets = batch_buckets(max_batch_size)
         self.max_batch_size = max_batch_size
         self.target_utilization = target_utilization
         self.fixed_capacity = fixed_capacity
         self.clock = clock
-        self.batch_times = BatchTimeModel(max_batch_size)
+        self.batch_times = BatchTimeModel(self.buckets)
         self._sessions: dict[str, GeneratorSession] = {}
+        self._in_flight: dict[int, list[_Planned]] = {}
+        self._plan_ids = itertools.count()
         self._cond = threading.Condition()
-        self._running = False
-        self._thread: threading.Thread | None = None
-        self._recent_rtf = 0.0
+        self._closed = False
 
     # --- state the servicer reads -------------------------------------------------------------
     @property
@@ -106,46 +147,15 @@ class Scheduler:
             return len(self._sessions)
 
     @property
-    def capacity(self) -> int:
-        if self.fixed_capacity:
-            return self.fixed_capacity
-        # Even a model slower than real time serves one listener (who will hear underruns).
+    def predicted_capacity(self) -> int:
+        """Sessions the measured batch times keep in real time. Even a model slower than real
+        time serves one listener (who will hear underruns)."""
         return max(1, self.batch_times.capacity(self.target_utilization))
 
     @property
-    def recent_real_time_factor(self) -> float:
-        return self._recent_rtf
-
-    # --- lifecycle ----------------------------------------------------------------------------
-    def warmup(self) -> None:
-        """Compile the engine and measure batch times, so capacity is known before serving."""
-        # Every power-of-two batch size up to the maximum: engines pad batches to such buckets,
-        # so no batch shape compiles while sessions wait for it.
-        sizes = sorted({1, self.max_batch_size,
-                        *(2 ** i for i in range(self.max_batch_size.bit_length())
-                          if 2 ** i <= self.max_batch_size)})
-        for size in sizes:
-            self.engine.warmup(size)  # compiles this batch shape
-        for size in sorted({1, self.max_batch_size}):
-            started = time.perf_counter()
-            self.engine.warmup(size)
-            self.batch_times.observe(size, time.perf_counter() - started)
-        CAPACITY.set(self.capacity)
-        log.info("warm-up done: %.3f s per batch of 1, %.3f s per batch of %d; capacity %d sessions",
-                 self.batch_times.expected_s(1), self.batch_times.expected_s(self.max_batch_size),
-                 self.max_batch_size, self.capacity)
-
-    def start(self) -> None:
-        self._running = True
-        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._running = False
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+    def capacity(self) -> int:
+        """Sessions admitted before RESOURCE_EXHAUSTED: the override, else the prediction."""
+        return self.fixed_capacity or self.predicted_capacity
 
     # --- session changes (called from the event loop) -----------------------------------------
     def add(self, session: GeneratorSession) -> None:
@@ -157,90 +167,169 @@ class Scheduler:
             session = self._sessions.pop(session_id, None)
             if session is not None:
                 session.closed = True
-
-    def update(self, session_id: str, change: Callable[[GeneratorSession], None]) -> None:
-        """Apply ``change`` to a session under the lock (style, sampling, reset, demand)."""
-        with self._cond:
-            session = self._sessions.get(session_id)
-            if session is not None:
-                change(session)
                 self._cond.notify_all()
 
-    def demand(self, session_id: str, deadline_unix_s: float) -> None:
-        def set_deadline(session: GeneratorSession) -> None:
-            session.deadline_unix_s = deadline_unix_s
-            session.demanded_at_unix_s = self.clock()
-        self.update(session_id, set_deadline)
-
-    # --- the batching loop ----------------------------------------------------------------------
-    def _due_at(self, session: GeneratorSession, batch_size: int) -> float:
-        assert session.deadline_unix_s is not None
-        return session.deadline_unix_s - self.batch_times.expected_s(batch_size) - DUE_MARGIN_S
-
-    def _next_batch(self) -> list[GeneratorSession] | None:
-        """Wait for due sessions and pick a batch (EDF). None when stopping."""
+    def set_style(self, session_id: str, embedding: np.ndarray | None, version: int) -> None:
         with self._cond:
-            while self._running:
-                waiting = sorted((s for s in self._sessions.values() if s.deadline_unix_s is not None),
-                                 key=lambda s: s.deadline_unix_s)
-                if not waiting:
-                    self._cond.wait()
-                    continue
+            if (session := self._sessions.get(session_id)) is not None:
+                session.style_embedding, session.style_version = embedding, version
+
+    def set_sampling(self, session_id: str, sampling: SamplingParams, version: int) -> None:
+        with self._cond:
+            if (session := self._sessions.get(session_id)) is not None:
+                session.sampling, session.sampling_version = sampling, version
+
+    def add_context_audio(self, session_id: str, audio: ContextAudio) -> None:
+        """Audio to write into the session's context before its next chunk (in order)."""
+        with self._cond:
+            if (session := self._sessions.get(session_id)) is not None:
+                session.add_context_audio(audio)
+
+    def request_reset(self, session_id: str) -> None:
+        """Forget the session's musical context before its next chunk (RESET_CONTEXT)."""
+        with self._cond:
+            if (session := self._sessions.get(session_id)) is not None:
+                session.reset_requested = True
+
+    def demand(self, session_id: str, deadline_unix_s: float) -> None:
+        """One more chunk for the session, to be ready by ``deadline_unix_s``; ValueError when
+        it already has `MAX_PENDING_DEMANDS` pending."""
+        with self._cond:
+            if (session := self._sessions.get(session_id)) is not None:
+                if len(session.demands) >= MAX_PENDING_DEMANDS:
+                    raise ValueError(f"at most {MAX_PENDING_DEMANDS} demands may be pending")
+                session.demands.append((deadline_unix_s, self.clock()))
+                self._cond.notify_all()
+
+    # --- the policy ---------------------------------------------------------------------------
+    def _waiting(self) -> list[GeneratorSession]:
+        """Sessions with a pending demand and no batch in flight, most urgent first."""
+        return sorted((s for s in self._sessions.values() if s.demands and not s.in_flight),
+                      key=_next_deadline)
+
+    def _lead_s(self, waiting: list[GeneratorSession]) -> float:
+        """How long before its deadline a session falls due: the expected batch time (of
+        every waiting session, up to the maximum) plus the margin."""
+        return (self.batch_times.expected_s(min(len(waiting), self.max_batch_size))
+                + DUE_MARGIN_S)
+
+    def _candidates(self, waiting: list[GeneratorSession], now: float) -> list[GeneratorSession]:
+        """The batch the most urgent session runs in: every waiting session that falls due
+        within one chunk period of it (or of now, when it is overdue), up to the maximum."""
+        window_end = (max(_next_deadline(waiting[0]), now + self._lead_s(waiting))
+                      + facts.CHUNK_SECONDS)
+        return [s for s in waiting if _next_deadline(s) < window_end][:self.max_batch_size]
+
+    def _due_at(self, deadline_unix_s: float, batch_size: int) -> float:
+        return deadline_unix_s - self.batch_times.expected_s(batch_size) - DUE_MARGIN_S
+
+    def plan(self) -> BatchPlan | None:
+        """The batch to run now, or None when no session is due yet."""
+        with self._cond:
+            return self._plan_locked(self.clock())
+
+    def _start_at(self) -> float | None:
+        """When the most urgent waiting session falls due (None: nothing waits)."""
+        waiting = self._waiting()
+        if not waiting:
+            return None
+        return _next_deadline(waiting[0]) - self._lead_s(waiting)
+
+    def _plan_locked(self, now: float) -> BatchPlan | None:
+        start_at = self._start_at()
+        if start_at is None or start_at > now:
+            return None
+        batch = self._candidates(self._waiting(), now)
+        plan_id = next(self._plan_ids)
+        self._in_flight[plan_id] = [_Planned(s, s.style_version, s.sampling_version)
+                                    for s in batch]
+        demands = []
+        for session in batch:
+            session.take_reset()
+            session.in_flight = True
+            demands.append(session.demands.popleft())
+        plan = BatchPlan(
+            plan_id=plan_id, session_ids=tuple(s.session_id for s in batch),
+            bucket=bucket_for(len(batch), self.buckets),
+            jobs=tuple(ChunkJob(state=s.state, style_embedding=s.style_embedding,
+                                sampling=s.sampling, context_audio=s.take_context_audio())
+                       for s in batch),
+            planned_at_unix_s=now,
+            deadlines_unix_s=tuple(deadline for deadline, _ in demands),
+            queue_waits_s=tuple(max(0.0, now - max(demanded_at, self._due_at(deadline, len(batch))))
+                                for deadline, demanded_at in demands))
+        return plan
+
+    def next_due_unix_s(self) -> float | None:
+        """When the most urgent waiting session falls due (None: no demand pending)."""
+        with self._cond:
+            return self._start_at()
+
+    def wait_for_plan(self, timeout_s: float | None = None) -> BatchPlan | None:
+        """Block until a batch is due and return its plan; None after ``timeout_s`` (real
+        seconds) or once the scheduler is closed."""
+        give_up_at = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cond:
+            while not self._closed:
                 now = self.clock()
-                size = min(len(waiting), self.max_batch_size)
-                horizon = now + self.batch_times.expected_s(size)
-                batch = [s for s in waiting if self._due_at(s, size) <= horizon][:self.max_batch_size]
-                if batch and self._due_at(batch[0], size) <= now:
-                    for session in batch:
-                        session.take_reset()
-                    return batch
-                self._cond.wait(timeout=max(0.001, self._due_at(waiting[0], size) - now))
+                plan = self._plan_locked(now)
+                if plan is not None:
+                    return plan
+                start_at = self._start_at()
+                waits = [] if start_at is None else [max(0.001, start_at - now)]
+                if give_up_at is not None:
+                    if time.monotonic() >= give_up_at:
+                        return None
+                    waits.append(give_up_at - time.monotonic())
+                self._cond.wait(min(waits) if waits else None)
             return None
 
-    def _loop(self) -> None:
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            self._run_batch(batch)
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
-    def _run_batch(self, batch: list[GeneratorSession]) -> None:
-        started_unix = self.clock()
+    def close(self) -> None:
+        """No more plans: wakes `wait_for_plan`, which returns None."""
         with self._cond:
-            jobs = [ChunkJob(state=s.state, style_embedding=s.style_embedding, sampling=s.sampling,
-                             context_audio=s.take_context_audio())
-                    for s in batch]
-            versions = [(s.style_version, s.sampling_version) for s in batch]
-            waits = [max(0.0, started_unix - max(s.demanded_at_unix_s, self._due_at(s, len(batch))))
-                     for s in batch]
-            deadlines = [s.deadline_unix_s for s in batch]
-            for session in batch:
-                session.deadline_unix_s = None
-        started = time.perf_counter()
-        try:
-            outputs = self.engine.generate(jobs)
-        except Exception as err:  # a failed batch fails its sessions, not the generator
-            log.exception("batch of %d failed", len(batch))
-            for session in batch:
-                session.deliver(ChunkResult(output=None, error=f"chunk generation failed: {err}"))
-            return
-        seconds = time.perf_counter() - started
-        self.batch_times.observe(len(batch), seconds)
-        self._recent_rtf = len(batch) * facts.CHUNK_SECONDS / max(seconds, 1e-9)
-        BATCH_SECONDS.observe(seconds)
-        BATCH_SIZE.observe(len(batch))
-        REAL_TIME_FACTOR.set(self._recent_rtf)
-        CAPACITY.set(self.capacity)
-        finished_unix = self.clock()
+            self._closed = True
+            self._cond.notify_all()
+
+    # --- results (called by the runner) -------------------------------------------------------
+    def complete(self, plan: BatchPlan, outputs: Sequence[ChunkOutput],
+                 generation_s: float) -> list[Delivery]:
+        """Record a finished batch: advance each still-open session's state and return what
+        to deliver to it."""
+        if len(outputs) != plan.size:
+            raise ValueError(f"the engine returned {len(outputs)} outputs for {plan.size} jobs")
+        self.batch_times.observe(plan.size, generation_s)
+        deliveries = []
         with self._cond:
-            for session, output, (style_v, sampling_v), wait_s, deadline in zip(
-                    batch, outputs, versions, waits, deadlines):
-                QUEUE_WAIT.observe(wait_s)
-                LATENESS.observe(max(0.0, finished_unix - (deadline or finished_unix)))
-                CHUNKS.inc()
+            self._cond.notify_all()  # the batch's sessions may have more demands waiting
+            for planned, output, wait_s in zip(self._in_flight.pop(plan.plan_id), outputs,
+                                               plan.queue_waits_s):
+                session = planned.session
+                session.in_flight = False
                 if session.closed:
                     continue
                 session.state = output.state
-                session.deliver(ChunkResult(
-                    output=output, style_version=style_v, sampling_version=sampling_v,
-                    queue_wait_s=wait_s, generation_s=seconds, batch_size=len(batch)))
+                deliveries.append(Delivery(session.session_id, session.deliver, ChunkResult(
+                    output=output, style_version=planned.style_version,
+                    sampling_version=planned.sampling_version, queue_wait_s=wait_s,
+                    generation_s=generation_s, batch_size=plan.size)))
+        return deliveries
+
+    def fail(self, plan: BatchPlan, error: str) -> list[Delivery]:
+        """Record a failed batch: each still-open session gets the error (its gateway resumes
+        it elsewhere from the last snapshot); the sessions' states are unchanged."""
+        with self._cond:
+            planned = self._in_flight.pop(plan.plan_id, [])
+            for p in planned:
+                p.session.in_flight = False
+            self._cond.notify_all()
+            return [Delivery(p.session.session_id, p.session.deliver,
+                             ChunkResult(output=None, error=error))
+                    for p in planned if not p.session.closed]
+
+
+def _next_deadline(session: GeneratorSession) -> float:
+    return session.demands[0][0]

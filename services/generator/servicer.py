@@ -17,6 +17,7 @@ from services.common.proto.mrt.v1 import generator_pb2, generator_pb2_grpc
 from services.common.snapshots import snapshot_to_state, state_to_snapshot
 from services.generator.context_audio import ContextAudio
 from services.generator.engine import SamplingParams, SessionState
+from services.generator.runner import BatchRunner
 from services.generator.scheduler import Scheduler
 from services.generator.sessions import ChunkResult, GeneratorSession
 
@@ -61,8 +62,10 @@ def style_from_proto(message: generator_pb2.Style) -> np.ndarray | None:
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
-    def __init__(self, scheduler: Scheduler, *, model_name: str, generator_id: str):
+    def __init__(self, scheduler: Scheduler, runner: BatchRunner, *, model_name: str,
+                 generator_id: str):
         self.scheduler = scheduler
+        self.runner = runner
         self.model_name = model_name
         self.generator_id = generator_id
         self.draining = False
@@ -71,11 +74,12 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
     # --- load and drain ----------------------------------------------------------------------
     def load_report(self) -> generator_pb2.LoadReport:
         active = self.scheduler.session_count
-        capacity = 0 if self.draining else self.scheduler.capacity
+        # A draining or unhealthy generator takes no new sessions.
+        capacity = 0 if self.draining or not self.runner.healthy() else self.scheduler.capacity
         return generator_pb2.LoadReport(
             generator_id=self.generator_id, model=self.model_name, active_sessions=active,
             capacity_sessions=capacity, free_slots=max(0, capacity - active),
-            recent_real_time_factor=self.scheduler.recent_real_time_factor,
+            recent_real_time_factor=self.runner.recent_real_time_factor,
             draining=self.draining, max_batch_size=self.scheduler.max_batch_size)
 
     async def GetLoad(self, request: generator_pb2.GetLoadRequest,
@@ -144,7 +148,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 session_id=session.session_id, model=self.model_name,
                 sample_rate=facts.SAMPLE_RATE_HZ, channels=facts.CHANNELS,
                 chunk_seconds=facts.CHUNK_SECONDS, generator_id=self.generator_id,
-                audio_input_supported=self.scheduler.engine.supports_audio_input))
+                audio_input_supported=self.runner.engine.supports_audio_input))
             while True:
                 result = await self._next_result(outbox, reader, end_stream)
                 if result is None:
@@ -195,17 +199,11 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         async for request in request_iterator:
             kind = request.WhichOneof("request")
             if kind == "style":
-                style, version = style_from_proto(request.style), request.style.version
-
-                def set_style(s: GeneratorSession) -> None:
-                    s.style_embedding, s.style_version = style, version
-                self.scheduler.update(session_id, set_style)
+                self.scheduler.set_style(session_id, style_from_proto(request.style),
+                                         request.style.version)
             elif kind == "sampling":
-                sampling, version = sampling_from_proto(request.sampling), request.sampling.version
-
-                def set_sampling(s: GeneratorSession) -> None:
-                    s.sampling, s.sampling_version = sampling, version
-                self.scheduler.update(session_id, set_sampling)
+                self.scheduler.set_sampling(session_id, sampling_from_proto(request.sampling),
+                                            request.sampling.version)
             elif kind == "demand":
                 if not math.isfinite(request.demand.deadline_unix_s):
                     raise ValueError("demand.deadline_unix_s must be finite")
@@ -214,14 +212,14 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 self._check_audio_input_supported()
                 audio = (ContextAudio.injected_mix(request.inject.mix) if kind == "inject"
                          else ContextAudio.initial_audio(request.prime.audio))
-                self.scheduler.update(session_id, lambda s: s.add_context_audio(audio))
+                self.scheduler.add_context_audio(session_id, audio)
             elif kind == "reset":
-                self.scheduler.update(session_id, lambda s: setattr(s, "reset_requested", True))
+                self.scheduler.request_reset(session_id)
             else:
                 raise ValueError(f"unexpected message in a session stream: {kind}")
 
     def _check_audio_input_supported(self) -> None:
-        if not self.scheduler.engine.supports_audio_input:
+        if not self.runner.engine.supports_audio_input:
             raise ValueError(f"model '{self.model_name}' does not take audio input")
 
     @staticmethod

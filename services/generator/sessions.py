@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 from typing import Callable
@@ -37,8 +38,10 @@ class GeneratorSession:
     style_version: int = 0
     sampling_version: int = 0
     reset_requested: bool = False
-    deadline_unix_s: float | None = None  # the pending demand's deadline, None = no demand
-    demanded_at_unix_s: float = 0.0
+    # Pending demands in chunk order: (deadline, when it arrived), both unix seconds.
+    demands: collections.deque[tuple[float, float]] = dataclasses.field(
+        default_factory=collections.deque)
+    in_flight: bool = False  # a batch is making its next chunk
     closed: bool = False
     # Encoded into the context before the next chunk, in order; a newer mix replaces an older one.
     context_audio: tuple[ContextAudio, ...] = ()

@@ -102,6 +102,38 @@ def test_listener_totals_and_the_held_verdict():
     assert not load.trial_held(load.summarize_listeners([fine, refused]), 2)
 
 
+def test_a_trial_whose_buffers_drain_steadily_does_not_hold():
+    steady = ListenerResult(open_s=0.01, chunks=32, lateness_s=[-1.95, -2.05] * 16)
+    # 0.05 s later every chunk: 1.5 s a minute, dry within two minutes, no underrun yet.
+    draining = ListenerResult(open_s=0.01, chunks=32,
+                              lateness_s=[-1.95 + 0.05 * i for i in range(32)])
+    assert load.summarize_listeners([steady])["lateness_trend_s_per_min"] == pytest.approx(
+        0.0, abs=0.05)
+    summary = load.summarize_listeners([draining])
+    assert summary["lateness_trend_s_per_min"] == pytest.approx(1.5)
+    assert summary["underruns"] == 0 and not load.trial_held(summary, 1)
+    assert load.trial_held(load.summarize_listeners([steady]), 1)
+    short = ListenerResult(open_s=0.01, chunks=5, lateness_s=[-2.0, -1.9, -1.5, -1.2, -1.0])
+    assert load.summarize_listeners([short])["lateness_trend_s_per_min"] is None
+
+
+def test_a_sim_search_runs_from_90_percent_of_the_bound_to_the_bound():
+    args = parse_args(["load", "--model", "sim", "--cost-model", "launch-bound"])
+    [mode] = load.modes(args)
+    assert mode.label == "launch-bound" and mode.max_batch_size == load.SIM_MAX_BATCH_SIZE
+    assert load.search_range(args, mode) == (63, 70)
+    assert mode.generator_flags() == ("--sim-batch-seconds", "0.6",
+                                      "--sim-session-seconds", "0.02")
+    assert args.embedder_model == "mock"
+    assert (args.ramp_seconds, args.listen_seconds, args.warmup_seconds) == (30.0, 60.0, 0.0)
+    with pytest.raises(ValueError, match="unknown cost model"):
+        load.modes(parse_args(["load", "--model", "sim", "--cost-model", "gpu"]))
+    tiny = parse_args(["load"])
+    assert (tiny.ramp_seconds, tiny.listen_seconds, tiny.warmup_seconds) == (2.0, 20.0, 20.0)
+    assert [m.max_batch_size for m in load.modes(tiny)] == [16, 1]
+    assert load.search_range(tiny, load.modes(tiny)[0]) == (1, 128)
+
+
 def test_listener_scripts_spread_connections_over_the_ramp():
     settings = load.LoadSettings(listen_s=20, ramp_s=2.0, max_sessions=8, start_sessions=1,
                                  budget_s=60, warmup_s=0, client_processes=1,
@@ -152,10 +184,8 @@ def test_soak_scripts_stay_inside_the_session_and_always_resume_after_pause():
 
 
 def test_startup_capacity_prediction_from_the_generator_log():
-    log = ("2026-01-01 generator INFO services.generator.scheduler: warm-up done: 0.500 s per "
-           "batch of 1, 1.000 s per batch of 16; capacity 1000 sessions\n")
-    # 1.6 s of budget per chunk (80% of 2 s). Interpolated, a batch of 10 takes 0.8 s, so two
-    # of them fit: 20 sessions, more than one batch of 16 or three batches of 1.
+    log = ("2026-01-01 generator INFO services.generator.runner: warm-up done: 0.500 s per "
+           "batch of 1, 1.000 s per batch of 16; predicted capacity 20 sessions; admitting 1000\n")
     assert startup_capacity_prediction(log) == 20
     assert startup_capacity_prediction("no warm-up yet") is None
 

@@ -154,3 +154,16 @@ def test_soak_report_shows_verdicts_and_leftovers(tmp_path):
 def test_soak_plot_is_written(tmp_path):
     path = plot_soak(soak_results(), tmp_path / "soak.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_sim_report_holds_each_cost_model_against_its_bound(tmp_path):
+    results = load_results()
+    results["model"] = "sim"
+    for mode, (label, held) in zip(results["modes"], [("accelerator-like", 130),
+                                                        ("launch-bound", 66)]):
+        mode.update(mode=label, largest_held=held, predicted_capacity_at_startup=120,
+                    sim_cost={"batch_seconds": 0.25, "session_seconds": 0.0125,
+                              "held_sessions_bound": 140})
+    text = load.markdown(results, tmp_path / "load_sim.json", tmp_path / "load_sim.png")
+    assert "| accelerator-like | 0.25 | 0.0125 | 140 | 130 | 93% | 120 | 0.92 |" in text
+    assert "| launch-bound | 0.25 | 0.0125 | 140 | 66 | 47% | 120 | 1.82 |" in text

@@ -2,6 +2,8 @@
 
 import asyncio
 import math
+import time
+import types
 
 import grpc
 import numpy as np
@@ -174,3 +176,48 @@ def test_dns_targets_follow_addresses_coming_and_going():
     asyncio.run(pool.refresh())
     assert sorted(pool.endpoints) == ["10.0.0.2:50053", "10.0.0.3:50053"]
     assert resolved[0] == ("generator-headless.mrt.svc", 50053)
+
+
+class RecordingLink:
+    """Stands in for a generator link: records the requests sent to the generator."""
+
+    def __init__(self):
+        self.sent: list[generator_pb2.GeneratorRequest] = []
+        self.endpoint = types.SimpleNamespace(address="generator-0", leaving=False)
+
+    async def send(self, request):
+        self.sent.append(request)
+
+
+def test_a_session_keeps_three_chunks_demanded_or_in_hand_each_due_at_its_release():
+    from services.gateway.audio_encoding import PcmEncoder
+    from services.gateway.listener import CHUNKS_AHEAD, ListenerSession, SessionSettings
+
+    async def scenario():
+        settings = SessionSettings(buffer_ahead_seconds=2.0, open_timeout_s=1.0,
+                                   slow_client_timeout_s=1.0,
+                                   prompt_limits=PromptLimits())
+        session = ListenerSession(session_id="s", model="sim",
+                                  encoder=PcmEncoder(music_pb2.PCM_S16LE),
+                                  settings=settings, pool=None, embedder=FakeEmbedder(), seed=0)
+        link = session.link = RecordingLink()
+        session.playing = True
+        before = time.time()
+        await session._step()
+        deadlines = [r.demand.deadline_unix_s for r in link.sent]
+        assert len(deadlines) == CHUNKS_AHEAD == 3
+        # Not playing yet: as if the first chunk were needed now, 2 s of buffer ahead.
+        assert deadlines[0] == pytest.approx(before - 2.0, abs=0.5)
+        assert np.diff(deadlines) == pytest.approx([2.0, 2.0], abs=0.05)
+        await session._step()
+        assert len(link.sent) == 3  # nothing more until a chunk arrives
+        audio = np.zeros((96000, 2), "<f4").tobytes()
+        session.received.append(generator_pb2.GeneratedChunk(chunk_index=0, audio=audio))
+        session._received_demanded_chunk()
+        await session._step()  # the chunk is released at once (it starts playback)
+        assert session.outbound.get_nowait().chunk.sequence == 0
+        assert len(link.sent) == 4
+        anchor_wall, _ = session.anchor
+        assert link.sent[3].demand.deadline_unix_s == pytest.approx(anchor_wall + 6.0 - 2.0)
+
+    asyncio.run(scenario())

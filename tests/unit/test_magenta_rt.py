@@ -151,13 +151,13 @@ def test_empty_batch(engine):
 
 def test_unknown_model_is_refused(tmp_path):
     with pytest.raises(ValueError, match="tiny"):
-        MagentaRTEngine.create("huge", AssetStore(tmp_path))
+        MagentaRTEngine.create("huge", AssetStore(tmp_path), max_batch_size=1)
 
 
 @pytest.mark.parametrize("model", ["base", "large"])
 def test_missing_upstream_assets_say_how_to_get_them(tmp_path, model):
     with pytest.raises(AssetMissingError, match="mrt assets download"):
-        MagentaRTEngine.create(model, AssetStore(tmp_path))
+        MagentaRTEngine.create(model, AssetStore(tmp_path), max_batch_size=1)
 
 
 def test_random_weights_need_no_upstream_files(tmp_path, monkeypatch):
@@ -165,14 +165,15 @@ def test_random_weights_need_no_upstream_files(tmp_path, monkeypatch):
     depthformer shrunk here to the tiny size, to keep the test fast)."""
     from services.generator.model import configs
     monkeypatch.setitem(configs.CONFIGS, "base", configs.CONFIGS["tiny"])
-    engine = MagentaRTEngine.create("base", AssetStore(tmp_path), random_weights=True)
+    engine = MagentaRTEngine.create("base", AssetStore(tmp_path), max_batch_size=1,
+                                    random_weights=True)
     assert engine.name == "base"
     output = engine.generate([ChunkJob(SessionState.fresh(), None, SamplingParams(seed=3))])[0]
     assert output.audio.shape == (facts.CHUNK_SAMPLES, facts.CHANNELS)
     assert output.state.chunk_index == 1
     with pytest.raises(ValueError, match="exclude"):
-        MagentaRTEngine.create("base", AssetStore(tmp_path), random_weights=True,
-                               checkpoint=tmp_path / "checkpoint")
+        MagentaRTEngine.create("base", AssetStore(tmp_path), max_batch_size=1,
+                               random_weights=True, checkpoint=tmp_path / "checkpoint")
 
 
 def test_asset_table_names_the_upstream_paths():
@@ -201,3 +202,23 @@ def test_checkpoint_is_the_archive_or_its_unpacked_directory(tmp_path):
 def test_missing_checkpoint_raises_asset_missing(tmp_path):
     with pytest.raises(AssetMissingError, match="llm_large_x3047_c1860k.tar"):
         magenta_rt.checkpoint_path(AssetStore(tmp_path), "large")
+
+
+def test_the_style_quantizer_runs_once_per_style_not_per_chunk(engine, monkeypatch):
+    quantizer = engine._style_quantizer
+    quantized: list[int] = []
+    real_tokens = quantizer.tokens
+    monkeypatch.setattr(quantizer, "tokens",
+                        lambda embeddings: quantized.append(len(embeddings)) or real_tokens(embeddings))
+    other = np.random.default_rng(10).standard_normal(768).astype(np.float32)
+    first = engine.style_tokens([ChunkJob(SessionState.fresh(), STYLE, SamplingParams()),
+                                 ChunkJob(SessionState.fresh(), STYLE, SamplingParams()),
+                                 ChunkJob(SessionState.fresh(), None, SamplingParams())])
+    again = engine.style_tokens([ChunkJob(SessionState.fresh(), other, SamplingParams()),
+                                 ChunkJob(SessionState.fresh(), STYLE, SamplingParams())])
+    assert quantized == [1, 1]  # STYLE once (for two rows), then only the new style
+    np.testing.assert_array_equal(first[0], real_tokens(STYLE[None])[0])
+    np.testing.assert_array_equal(first[1], first[0])
+    assert np.all(first[2] == -1)
+    np.testing.assert_array_equal(again[1], first[0])
+    np.testing.assert_array_equal(again[0], real_tokens(other[None])[0])

@@ -9,7 +9,8 @@ from services.common import model_facts as facts
 from services.generator.model import tokens
 from services.generator.model.configs import CONFIGS
 from services.generator.model.depthformer import Depthformer, decode_chunk, init_params
-from services.generator.model.sampling import TokenSampler, sample_codes, top_k_threshold
+from services.generator.model.sampling import (TokenSampler, sample_codes, top_k_threshold,
+                                               top_k_threshold_by_sorting)
 
 CONFIG = CONFIGS["tiny"]
 
@@ -38,7 +39,8 @@ def _settings(temperature, top_k, guidance, seeds):
             np.asarray(guidance, np.float32), np.asarray(seeds, np.int64))
 
 
-def test_top_k_threshold_keeps_exactly_the_top_k_with_negatives_and_ties():
+@pytest.mark.parametrize("threshold_fn", [top_k_threshold, top_k_threshold_by_sorting])
+def test_top_k_threshold_keeps_exactly_the_top_k_with_negatives_and_ties(threshold_fn):
     rng = np.random.default_rng(0)
     rows = 12
     logits = rng.normal(size=(rows, 1024)).astype(np.float32) * 3
@@ -50,7 +52,7 @@ def test_top_k_threshold_keeps_exactly_the_top_k_with_negatives_and_ties():
     logits[6] *= 1e6  # a wide range
     logits[7] = np.nextafter(np.float32(1), np.float32(2)) * (1 + (np.arange(1024) % 3) * 1e-7)
     k = np.array([1, 40, 400, 1024, 7, 513, 40, 2, 1, 1024, 300, 40], np.int32)
-    threshold = np.asarray(jax.jit(top_k_threshold)(logits, k))
+    threshold = np.asarray(jax.jit(threshold_fn)(logits, k))
     kth_largest = -np.sort(-logits, axis=1)[np.arange(rows), k - 1]
     np.testing.assert_array_equal(logits >= threshold[:, None], logits >= kth_largest[:, None])
 
@@ -66,6 +68,27 @@ def test_top_k_threshold_matches_sorting_on_random_scales_and_k():
         kth_largest = -np.sort(-logits, axis=1)[np.arange(8), k - 1]
         np.testing.assert_array_equal(logits >= threshold[:, None],
                                       logits >= kth_largest[:, None])
+
+
+def test_the_cpu_and_accelerator_top_k_cuts_draw_the_same_codes():
+    rng = np.random.default_rng(3)
+    logits = (rng.normal(size=(64, 1024)) * 4).astype(np.float32)
+    temperature = rng.uniform(0, 2, 64).astype(np.float32)
+    top_k = rng.integers(0, 1025, 64).astype(np.int32)
+    uniform = rng.uniform(size=64).astype(np.float32)
+    by_search = jax.jit(sample_codes)(logits, temperature, top_k, uniform)
+    by_sorting = jax.jit(lambda *a: sample_codes(*a, threshold=top_k_threshold_by_sorting))(
+        logits, temperature, top_k, uniform)
+    np.testing.assert_array_equal(by_search, by_sorting)
+
+
+def test_a_sampler_built_for_an_accelerator_samples_the_same_chunk(sampler, params):
+    """The accelerator variants (sorting top-k cut, big encoder passes), run here on CPU."""
+    accelerator_like = TokenSampler(CONFIG, params, batch_buckets=(1, 4), backend="gpu")
+    encoder_tokens = _encoder_tokens(5, 3)
+    settings = _settings([1.0, 0.7, 0.0], [40, 0, 40], [3.0, 0.0, 5.0], [1, 2, 3])
+    np.testing.assert_array_equal(sampler.sample(encoder_tokens, *settings),
+                                  accelerator_like.sample(encoder_tokens, *settings))
 
 
 def test_inverse_cdf_draws_follow_the_top_k_softmax():

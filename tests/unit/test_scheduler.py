@@ -1,31 +1,55 @@
-"""The generator's scheduler: EDF batches, due times, capacity, failures."""
+"""The generator's batching policy (plans from an injected clock) and its batch runner:
+results, failures that do not stop it, liveness, and the start-up capacity prediction."""
 
-import time
+import threading
 
 import numpy as np
 import pytest
 
+from services.common import model_facts as facts
 from services.generator.engine import ChunkEngine, ChunkOutput, SamplingParams, SessionState
-from services.generator.scheduler import BatchTimeModel, Scheduler
+from services.generator.runner import BatchRunner
+from services.generator.scheduler import (DUE_MARGIN_S, MAX_PENDING_DEMANDS, BatchTimeModel,
+                                          Scheduler)
 from services.generator.sessions import GeneratorSession
 
 
-class RecordingEngine(ChunkEngine):
-    """Records each batch's seeds; returns silence and advances the state."""
+class FakeClock:
+    def __init__(self, now: float = 1000.0):
+        self.now = now
 
-    name = "recording"
+    def __call__(self) -> float:
+        return self.now
 
-    def __init__(self, batch_seconds: float = 0.0, fail: bool = False):
+
+class ScriptedEngine(ChunkEngine):
+    """Records each batch's seeds and advances the fake clock by a + b * batch size (plus a
+    compile cost the first time a size is seen); raises while `failing`; blocks on `gate`
+    when one is set."""
+
+    name = "scripted"
+
+    def __init__(self, clock: FakeClock, a: float = 0.1, b: float = 0.01,
+                 compile_s: float = 0.0):
+        self.clock, self.a, self.b, self.compile_s = clock, a, b, compile_s
         self.batches: list[list[int]] = []
-        self.batch_seconds = batch_seconds
-        self.fail = fail
+        self.compiled: set[int] = set()
+        self.failing = False
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
 
     def generate(self, jobs):
-        if self.fail:
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait()
+        if self.failing:
             raise RuntimeError("boom")
+        if len(jobs) not in self.compiled:
+            self.compiled.add(len(jobs))
+            self.clock.now += self.compile_s
+        self.clock.now += self.a + self.b * len(jobs)
         self.batches.append([job.sampling.seed for job in jobs])
-        time.sleep(self.batch_seconds)
-        return [ChunkOutput(audio=np.zeros((96000, 2), np.float32),
+        return [ChunkOutput(audio=np.zeros((facts.CHUNK_SAMPLES, facts.CHANNELS), np.float32),
                             state=SessionState(job.state.context_tokens, job.state.crossfade_tail,
                                                job.state.chunk_index + 1)) for job in jobs]
 
@@ -35,103 +59,207 @@ def make_session(seed: int, results: list) -> GeneratorSession:
                             sampling=SamplingParams(seed=seed), deliver=results.append)
 
 
-def wait_for(predicate, timeout_s=5.0):
-    end = time.time() + timeout_s
-    while time.time() < end:
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise AssertionError("condition not reached")
+def scheduler_with(clock: FakeClock, max_batch_size: int = 4, batch_s: float = 0.1) -> Scheduler:
+    scheduler = Scheduler(max_batch_size, fixed_capacity=100, clock=clock)
+    for size in scheduler.buckets:
+        scheduler.batch_times.observe(size, batch_s)
+    return scheduler
 
 
-def test_due_sessions_run_earliest_deadline_first_in_one_batch_up_to_the_maximum():
-    engine = RecordingEngine()
-    scheduler = Scheduler(engine, max_batch_size=2, fixed_capacity=10)
-    scheduler.batch_times.observe(1, 0.01)
-    scheduler.batch_times.observe(2, 0.01)
+def test_the_most_urgent_sessions_run_together_earliest_deadline_first_up_to_the_maximum():
+    clock = FakeClock()
+    scheduler = scheduler_with(clock, max_batch_size=2)
     results: list = []
-    now = time.time()
-    for seed, deadline in [(1, now + 0.3), (2, now - 1.0), (3, now - 0.5)]:
+    for seed, deadline_in_s in [(1, 0.3), (2, -1.0), (3, -0.5)]:
         scheduler.add(make_session(seed, results))
-        scheduler.demand(f"s{seed}", deadline)
-    scheduler.start()
-    try:
-        wait_for(lambda: len(results) == 3)
-    finally:
-        scheduler.stop()
-    assert engine.batches[0] == [2, 3]  # the two most urgent, together
-    assert engine.batches[1] == [1]
-    assert all(r.output is not None and r.output.state.chunk_index == 1 for r in results)
+        scheduler.demand(f"s{seed}", clock.now + deadline_in_s)
+    plan = scheduler.plan()
+    assert plan is not None and plan.session_ids == ("s2", "s3") and plan.bucket == 2
+    assert [job.sampling.seed for job in plan.jobs] == [2, 3]
+    second = scheduler.plan()
+    assert second is not None and second.session_ids == ("s1",)
+    assert scheduler.plan() is None  # nothing is demanded any more
 
 
-def test_a_session_is_not_generated_long_before_its_deadline():
-    engine = RecordingEngine()
-    scheduler = Scheduler(engine, max_batch_size=4, fixed_capacity=10)
-    scheduler.batch_times.observe(1, 0.05)
-    results: list = []
-    scheduler.add(make_session(7, results))
-    scheduler.start()
-    try:
-        demanded = time.time()
-        scheduler.demand("s7", demanded + 1.0)
-        wait_for(lambda: results)
-        started_after_s = time.time() - demanded
-    finally:
-        scheduler.stop()
-    # Due one batch time plus the margin before the deadline: about 0.7 s after the demand.
-    assert started_after_s > 0.5
+def test_a_session_falls_due_one_batch_time_and_a_margin_before_its_deadline():
+    clock = FakeClock()
+    scheduler = scheduler_with(clock, batch_s=0.2)
+    scheduler.add(make_session(7, []))
+    scheduler.demand("s7", clock.now + 1.0)
+    due = clock.now + 1.0 - 0.2 - DUE_MARGIN_S
+    assert scheduler.next_due_unix_s() == pytest.approx(due)
+    clock.now = due - 0.01
+    assert scheduler.plan() is None
+    clock.now = due
+    plan = scheduler.plan()
+    assert plan is not None and plan.session_ids == ("s7",)
 
 
-def test_a_session_joining_a_busy_generator_runs_in_the_next_batch():
-    engine = RecordingEngine(batch_seconds=0.2)
-    scheduler = Scheduler(engine, max_batch_size=4, fixed_capacity=10)
-    scheduler.batch_times.observe(1, 0.2)
+def test_sessions_due_within_one_chunk_period_of_the_most_urgent_share_its_batch():
+    clock = FakeClock()
+    scheduler = scheduler_with(clock, max_batch_size=16)
+    for seed in range(5):
+        scheduler.add(make_session(seed, []))
+    # Deadlines spread over more than a period: all but the last fall in the first window.
+    for seed, offset in enumerate([0.5, 0.9, 1.6, 2.3, 0.5 + facts.CHUNK_SECONDS]):
+        scheduler.demand(f"s{seed}", clock.now + offset)
+    clock.now = scheduler.next_due_unix_s()
+    plan = scheduler.plan()
+    assert plan is not None and plan.session_ids == ("s0", "s1", "s2", "s3")
+    assert plan.bucket == 4  # a batch of 4 is not padded to a power of two above it
+
+
+def test_a_batch_of_nine_runs_at_bucket_nine():
+    clock = FakeClock()
+    scheduler = scheduler_with(clock, max_batch_size=16)
+    for seed in range(9):
+        scheduler.add(make_session(seed, []))
+        scheduler.demand(f"s{seed}", clock.now)
+    plan = scheduler.plan()
+    assert plan is not None and plan.size == 9 and plan.bucket == 9
+
+
+def test_a_removed_session_receives_nothing_from_its_batch_in_flight():
+    clock = FakeClock()
+    scheduler = scheduler_with(clock)
+    engine = ScriptedEngine(clock)
+    runner = BatchRunner(engine, scheduler, clock=clock)
+    kept, removed = [], []
+    scheduler.add(make_session(1, kept))
+    scheduler.add(make_session(2, removed))
+    scheduler.demand("s1", clock.now)
+    scheduler.demand("s2", clock.now)
+    plan = scheduler.plan()
+    scheduler.remove("s2")
+    runner.run(plan)
+    assert removed == [] and len(kept) == 1
+    assert kept[0].output.state.chunk_index == 1 and kept[0].batch_size == 2
+
+
+def test_a_failed_batch_fails_its_sessions_and_the_next_batch_runs():
+    clock = FakeClock()
+    scheduler = scheduler_with(clock)
+    engine = ScriptedEngine(clock)
+    engine.failing = True
+    runner = BatchRunner(engine, scheduler, clock=clock)
     results: list = []
     scheduler.add(make_session(1, results))
-    scheduler.start()
-    try:
-        scheduler.demand("s1", time.time() - 1)
-        wait_for(lambda: engine.batches or False, 2)  # first batch is running
-        scheduler.add(make_session(2, results))
-        scheduler.demand("s2", time.time() - 1)
-        wait_for(lambda: len(results) == 2, 2)
-    finally:
-        scheduler.stop()
-    assert engine.batches[:2] == [[1], [2]]
+    scheduler.demand("s1", clock.now)
+    runner.run(scheduler.plan())
+    assert results[0].output is None and "boom" in results[0].error
+    engine.failing = False
+    scheduler.demand("s1", clock.now)
+    runner.run(scheduler.plan())
+    assert results[1].output is not None and results[1].output.state.chunk_index == 1
 
 
-def test_a_failed_batch_fails_its_sessions_and_the_scheduler_keeps_running():
-    engine = RecordingEngine(fail=True)
-    scheduler = Scheduler(engine, max_batch_size=4, fixed_capacity=10)
+def test_a_raising_delivery_does_not_keep_the_others_from_their_chunks():
+    clock = FakeClock()
+    scheduler = scheduler_with(clock)
+    runner = BatchRunner(ScriptedEngine(clock), scheduler, clock=clock)
+    results: list = []
+
+    def broken(result):
+        raise RuntimeError("the stream is gone")
+    scheduler.add(GeneratorSession(session_id="broken", state=SessionState.fresh(),
+                                   sampling=SamplingParams(), deliver=broken))
+    scheduler.add(make_session(1, results))
+    scheduler.demand("broken", clock.now)
+    scheduler.demand("s1", clock.now)
+    runner.run(scheduler.plan())
+    assert len(results) == 1 and results[0].output is not None
+
+
+def test_the_runner_thread_survives_a_broken_engine_reports_it_and_sees_it_recover():
+    clock = FakeClock()
+    scheduler = scheduler_with(clock)
+    engine = ScriptedEngine(clock)
+    engine.failing = True
+    runner = BatchRunner(engine, scheduler, probe_interval_s=0.01, clock=clock)
+    assert not runner.healthy()  # not started
     results: list = []
     scheduler.add(make_session(1, results))
-    scheduler.start()
+    runner.start()
     try:
-        scheduler.demand("s1", time.time() - 1)
-        wait_for(lambda: results)
-        assert results[0].output is None and "boom" in results[0].error
-        engine.fail = False
-        scheduler.demand("s1", time.time() - 1)
-        wait_for(lambda: len(results) == 2)
-        assert results[1].output is not None
+        assert runner.healthy()
+        scheduler.demand("s1", clock.now)
+        _wait(lambda: results)
+        assert "boom" in results[0].error
+        _wait(lambda: not runner.healthy())  # the probe batch after it failed too
+        engine.failing = False
+        _wait(runner.healthy)  # a later probe passes
+        scheduler.demand("s1", clock.now)
+        _wait(lambda: len(results) == 2)
+        assert results[1].output is not None and runner.healthy()
     finally:
-        scheduler.stop()
+        runner.stop()
+    assert not runner.healthy()  # the loop has ended
 
 
-def test_removed_sessions_receive_nothing():
-    engine = RecordingEngine(batch_seconds=0.1)
-    scheduler = Scheduler(engine, max_batch_size=4, fixed_capacity=10)
+def test_a_batch_that_fails_alone_leaves_the_runner_healthy():
+    clock = FakeClock()
+    scheduler = scheduler_with(clock)
+
+    class PoisonedEngine(ScriptedEngine):
+        def generate(self, jobs):
+            if any(job.sampling.seed == 13 for job in jobs):
+                raise ValueError("a bad row")
+            return super().generate(jobs)
+    runner = BatchRunner(PoisonedEngine(clock), scheduler, clock=clock)
+    runner._thread = threading.current_thread()  # as if started
     results: list = []
-    scheduler.add(make_session(1, results))
-    scheduler.start()
+    scheduler.add(make_session(13, results))
+    scheduler.demand("s13", clock.now)
+    runner.run(scheduler.plan())
+    assert "a bad row" in results[0].error
+    assert runner.healthy() and not runner.engine_broken
+
+
+def test_a_batch_that_never_finishes_makes_the_runner_unhealthy_after_the_stall_timeout():
+    clock = FakeClock()
+    scheduler = scheduler_with(clock)
+    engine = ScriptedEngine(clock)
+    engine.gate = threading.Event()
+    runner = BatchRunner(engine, scheduler, stall_timeout_s=20.0, clock=clock)
+    scheduler.add(make_session(1, []))
+    runner.start()
     try:
-        scheduler.demand("s1", time.time() - 1)
-        wait_for(lambda: engine.batches)
-        scheduler.remove("s1")
-        time.sleep(0.2)
+        scheduler.demand("s1", clock.now)
+        assert engine.entered.wait(5)
+        clock.now += 19.0
+        assert runner.healthy()
+        clock.now += 2.0
+        assert not runner.healthy()
     finally:
-        scheduler.stop()
-    assert results == []
+        engine.gate.set()
+        runner.stop()
+
+
+def test_work_due_with_no_batch_finishing_makes_the_runner_unhealthy():
+    clock = FakeClock()
+    scheduler = scheduler_with(clock)
+    engine = ScriptedEngine(clock)
+    runner = BatchRunner(engine, scheduler, stall_timeout_s=20.0, clock=clock)
+    runner._thread = threading.current_thread()  # a loop that is alive but never plans
+    scheduler.add(make_session(1, []))
+    scheduler.demand("s1", clock.now + 1.0)
+    due = scheduler.next_due_unix_s()
+    clock.now = due + 19.0
+    assert runner.healthy()
+    clock.now = due + 21.0
+    assert not runner.healthy()
+
+
+def test_warm_up_times_single_batches_not_the_compilation_of_every_bucket():
+    clock = FakeClock()
+    scheduler = Scheduler(16, clock=clock)
+    engine = ScriptedEngine(clock, a=0.25, b=0.0125, compile_s=30.0)
+    BatchRunner(engine, scheduler, clock=clock).warm_up()
+    assert engine.compiled == set(scheduler.buckets)
+    assert scheduler.batch_times.expected_s(1) == pytest.approx(0.2625)
+    assert scheduler.batch_times.expected_s(16) == pytest.approx(0.45)
+    # 95% of a 2 s period: four batches of 16 (0.45 s each) fit.
+    assert scheduler.predicted_capacity == 64
 
 
 @pytest.mark.parametrize("seconds_by_size, expected", [
@@ -140,7 +268,48 @@ def test_removed_sessions_receive_nothing():
     ({1: 3.0, 16: 30.0}, 0),  # nothing keeps real time
 ])
 def test_capacity_follows_measured_batch_times(seconds_by_size, expected):
-    model = BatchTimeModel(max_batch_size=16)
+    model = BatchTimeModel(Scheduler(16).buckets)
     for size, seconds in seconds_by_size.items():
         model.observe(size, seconds)
     assert model.capacity(utilization=0.8) == expected
+
+
+def _wait(predicate, timeout_s: float = 5.0) -> None:
+    """Wait for the runner thread to make `predicate` true (no timing is asserted)."""
+    pause = threading.Event()
+    for _ in range(int(timeout_s / 0.005)):
+        if predicate():
+            return
+        pause.wait(0.005)
+    raise AssertionError("the runner did not get there")
+
+
+def test_a_session_is_in_one_batch_at_a_time_and_its_next_demand_joins_the_next_batch():
+    clock = FakeClock()
+    scheduler = scheduler_with(clock, max_batch_size=8)
+    runner = BatchRunner(ScriptedEngine(clock, a=0.0, b=0.0), scheduler, clock=clock)
+    scheduler.add(make_session(0, []))
+    scheduler.add(make_session(1, []))
+    for offset in (0.0, 2.0):  # s0 demands two chunks ahead
+        scheduler.demand("s0", clock.now + offset)
+    first = scheduler.plan()
+    assert first is not None and first.session_ids == ("s0",)
+    scheduler.demand("s1", clock.now - 1.0)
+    second = scheduler.plan()  # s0's next chunk needs the state its batch in flight makes
+    assert second is not None and second.session_ids == ("s1",)
+    runner.run(first)
+    runner.run(second)
+    scheduler.demand("s1", clock.now + 1.0)
+    clock.now = scheduler.next_due_unix_s()
+    third = scheduler.plan()
+    assert third is not None and third.session_ids == ("s1", "s0")
+    assert third.jobs[1].state.chunk_index == 1  # continues from the first batch's chunk
+
+
+def test_pending_demands_per_session_are_bounded():
+    scheduler = scheduler_with(FakeClock())
+    scheduler.add(make_session(0, []))
+    for _ in range(MAX_PENDING_DEMANDS):
+        scheduler.demand("s0", 0.0)
+    with pytest.raises(ValueError, match="demands may be pending"):
+        scheduler.demand("s0", 0.0)

@@ -60,8 +60,10 @@ def test_each_row_decodes_as_it_would_alone(decoder):
         np.testing.assert_allclose(batched[row], decoder.decode(codes[row:row + 1])[0], atol=1e-6)
 
 
-def test_batches_beyond_the_largest_bucket_still_decode(decoder):
-    assert decoder.decode(_codes(5, frames=2)).shape == (5, 2 * facts.SAMPLES_PER_FRAME, 2)
+def test_batches_beyond_the_largest_bucket_are_refused(decoder):
+    assert decoder.decode(_codes(3, frames=2)).shape == (3, 2 * facts.SAMPLES_PER_FRAME, 2)
+    with pytest.raises(ValueError, match="does not fit the buckets"):
+        decoder.decode(_codes(5, frames=2))
 
 
 def test_bad_codes_are_refused(decoder):

@@ -11,7 +11,8 @@ from services.generator.models import create_engine
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    return create_engine("tiny", AssetStore(tmp_path_factory.getbasetemp() / "assets"))
+    return create_engine("tiny", AssetStore(tmp_path_factory.getbasetemp() / "assets"),
+                         max_batch_size=4)
 
 
 def style(seed: int) -> np.ndarray:

@@ -12,9 +12,8 @@ whatever batch it is in, up to the float32 rounding of matrix products of other 
 
 from __future__ import annotations
 
-import bisect
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,12 +21,12 @@ import numpy as np
 from jax import lax
 
 from services.common import model_facts as facts
+from services.generator.batch_buckets import bucket_for
 from services.generator.model import tokens as token_layout
 from services.generator.model.configs import DepthformerConfig
 from services.generator.model.depthformer import (Depthformer, EncoderPasses, Params,
                                                   decode_chunk)
 
-DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 _BLOCK = 32  # inverse-CDF sampling goes through 32 blocks of 32 codes
 _VALUE_SPLIT_ROUNDS = 16  # top_k_threshold's rounds that split at the value midpoint
 
@@ -79,17 +78,36 @@ def top_k_threshold(logits: jax.Array, k: jax.Array) -> jax.Array:
     return _key_values(low)
 
 
+def top_k_threshold_by_sorting(logits: jax.Array, k: jax.Array) -> jax.Array:
+    """float32[rows]: the k-th largest logit of each row, so `logits >= t` keeps the same
+    codes as `top_k_threshold`. One sort (`lax.top_k` over the whole row) and no
+    data-dependent loop: on GPU and TPU a `while_loop` inside the 800-step decode costs a
+    round trip to the host per iteration, a sort does not."""
+    ordered, _ = lax.top_k(logits, logits.shape[-1])
+    return jnp.take_along_axis(ordered, (k - 1)[:, None], axis=-1)[:, 0]
+
+
+TopKThreshold = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def top_k_threshold_for_backend(backend: str) -> TopKThreshold:
+    """The exact threshold search on CPU (count passes are cheaper there than sorting), a
+    sort on accelerators."""
+    return top_k_threshold if backend == "cpu" else top_k_threshold_by_sorting
+
+
 def sample_codes(logits: jax.Array, temperature: jax.Array, top_k: jax.Array,
-                 uniform: jax.Array) -> jax.Array:
+                 uniform: jax.Array, threshold: TopKThreshold = top_k_threshold) -> jax.Array:
     """int32[rows]: one code per row from float32[rows, 1024] logits.
 
     temperature 0 = greedy; top_k 0 (or >= 1024) = no cut; `uniform` in [0, 1) drives the
     inverse-CDF draw (one random number per row and step is all the randomness needed).
+    `threshold` finds each row's top-k cut (either function keeps the same codes).
     """
     rows, width = logits.shape
     greedy = _first_index(logits == jnp.max(logits, axis=-1, keepdims=True))
     k = jnp.where((top_k <= 0) | (top_k >= width), width, top_k)
-    keep = logits >= top_k_threshold(logits, k)[:, None]
+    keep = logits >= threshold(logits, k)[:, None]
     scale = jnp.where(temperature > 0, temperature, 1.0)[:, None]
     weights = jnp.where(keep, jnp.exp((logits - jnp.max(logits, -1, keepdims=True)) / scale), 0.0)
     # Two-level inverse CDF: pick a block of 32 codes, then a code in it.
@@ -120,9 +138,9 @@ def _first_index(flags: jax.Array) -> jax.Array:
     return jnp.min(jnp.where(flags, positions, flags.shape[-1]), axis=-1)
 
 
-def _sample_chunk(model: Depthformer, encoder_passes: EncoderPasses, params: Params,
-                  encoder_tokens: jax.Array, temperature: jax.Array, top_k: jax.Array,
-                  guidance: jax.Array, seeds: jax.Array) -> jax.Array:
+def _sample_chunk(model: Depthformer, encoder_passes: EncoderPasses, threshold: TopKThreshold,
+                  params: Params, encoder_tokens: jax.Array, temperature: jax.Array,
+                  top_k: jax.Array, guidance: jax.Array, seeds: jax.Array) -> jax.Array:
     """The compiled program: int32[B, 50, 16] codes for B sessions; encoder_tokens holds the
     B conditional rows followed by their B unconditional partners."""
     sessions = temperature.shape[0]
@@ -132,7 +150,7 @@ def _sample_chunk(model: Depthformer, encoder_passes: EncoderPasses, params: Par
 
     def choose(logits, frame, level, state):
         mixed = (1 + weight) * logits[:sessions] - weight * logits[sessions:]
-        codes = sample_codes(mixed, temperature, top_k, uniforms[:, frame, level])
+        codes = sample_codes(mixed, temperature, top_k, uniforms[:, frame, level], threshold)
         return jnp.concatenate([codes, codes]), state, ()
 
     codes, _, _ = decode_chunk(model, params, encoder_tokens, choose,
@@ -152,16 +170,21 @@ def prepare_params(config: DepthformerConfig, params: Params) -> Params:
 class TokenSampler:
     """Samples a chunk of codes for a batch of sessions with the depthformer."""
 
-    def __init__(self, config: DepthformerConfig, params: Params,
-                 batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS):
+    def __init__(self, config: DepthformerConfig, params: Params, batch_buckets: Sequence[int],
+                 backend: str | None = None):
+        """`batch_buckets`: the padded batch sizes (see `batch_buckets.batch_buckets`).
+        `backend` chooses the speed-only variants (encoder passes, top-k cut); default: JAX's
+        default backend."""
         if not batch_buckets or any(b < 1 for b in batch_buckets):
             raise ValueError(f"batch_buckets must be positive sizes, got {batch_buckets}")
         self.config = config
         self.batch_buckets = tuple(sorted(set(batch_buckets)))
         self._params = prepare_params(config, params)
+        backend = backend or jax.default_backend()
         self._program = jax.jit(
             functools.partial(_sample_chunk, Depthformer(config),
-                              EncoderPasses.for_backend(jax.default_backend())))
+                              EncoderPasses.for_backend(backend),
+                              top_k_threshold_for_backend(backend)))
 
     @property
     def max_batch_size(self) -> int:
@@ -169,11 +192,7 @@ class TokenSampler:
 
     def bucket_for(self, batch_size: int) -> int:
         """The padded batch size a batch of `batch_size` sessions runs at."""
-        index = bisect.bisect_left(self.batch_buckets, batch_size)
-        if index == len(self.batch_buckets):
-            raise ValueError(f"batch of {batch_size} exceeds the largest bucket "
-                             f"{self.max_batch_size}")
-        return self.batch_buckets[index]
+        return bucket_for(batch_size, self.batch_buckets)
 
     def warmup(self, max_batch_size: int | None = None) -> None:
         """Compile the program of every bucket up to `max_batch_size` (default: all)."""

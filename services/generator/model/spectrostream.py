@@ -27,6 +27,7 @@ import numpy as np
 
 from services.common import model_facts as facts
 from services.common.assets import AssetStore
+from services.generator.batch_buckets import bucket_for
 
 ENCODER_ASSET = "savedmodels/ssv2_48k_stereo/encoder"
 DECODER_ASSET = "savedmodels/ssv2_48k_stereo/decoder"
@@ -35,7 +36,6 @@ QUANTIZER_ASSET = "savedmodels/ssv2_48k_stereo/quantizer"
 CODEC_EMBEDDING_DIM = 256
 CODEC_RVQ_DEPTH = 64  # levels the quantizer holds; Magenta RT uses the first 16
 
-DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def import_tensorflow_cpu_only() -> types.ModuleType:
@@ -85,11 +85,6 @@ def convert_decoder(decoder_dir: Path, example_frames: int = facts.CHUNK_FRAMES 
     return tf2jax.convert(decoder.__call__, example)
 
 
-def _bucket_size(batch_size: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket that holds the batch (or the batch itself, past the largest)."""
-    return next((bucket for bucket in buckets if bucket >= batch_size), batch_size)
-
-
 class SpectroStreamDecoder:
     """Decodes batches of codec codes to audio with one compiled program per batch bucket.
 
@@ -98,11 +93,11 @@ class SpectroStreamDecoder:
     """
 
     def __init__(self, codebooks: np.ndarray, decoder_fn: Callable, decoder_params: dict,
-                 batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS):
+                 batch_buckets: Sequence[int]):
         if codebooks.ndim != 3 or codebooks.shape[1:] != (facts.CODEBOOK_SIZE, CODEC_EMBEDDING_DIM):
             raise ValueError(f"codebooks must be [levels, 1024, 256], got {codebooks.shape}")
         self.levels = codebooks.shape[0]
-        self.batch_buckets = tuple(sorted(batch_buckets))
+        self.batch_buckets = tuple(sorted(set(batch_buckets)))
         self._codebooks = jnp.asarray(codebooks, jnp.float32)
         self._params = decoder_params
 
@@ -135,7 +130,7 @@ class SpectroStreamDecoder:
         if codes.size and (codes.min() < 0 or codes.max() >= facts.CODEBOOK_SIZE):
             raise ValueError("codes must be in [0, 1024)")
         batch_size = codes.shape[0]
-        padded = np.zeros((_bucket_size(batch_size, self.batch_buckets),) + codes.shape[1:],
+        padded = np.zeros((bucket_for(batch_size, self.batch_buckets),) + codes.shape[1:],
                           np.int32)
         padded[:batch_size] = codes
         audio = self._run(padded)

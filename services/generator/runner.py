@@ -1,0 +1,185 @@
+"""The batch runner: executes the scheduler's plans on the engine, on one thread, and says
+whether that thread is alive and making progress (the generator's health follows it).
+
+Nothing a batch does can end the thread: an engine error fails that batch's sessions (their
+gateway resumes them elsewhere from the last snapshot), and an error in a delivery or in the
+metrics is logged and the loop goes on. After a failed batch the runner probes the engine
+with a throw-away batch of one: an engine that fails that too is broken, not the batch. If
+the loop dies anyway, stalls (no batch finished for ``stall_timeout_s`` while work is due),
+or the engine is broken, `healthy()` turns False, the gRPC health check answers NOT_SERVING
+and a liveness probe restarts the process. A broken engine is probed again every
+``probe_interval_s``, so one that recovers serves again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from services.common import model_facts as facts
+from services.common.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS_S
+from services.generator.engine import ChunkEngine, fresh_job
+from services.generator.scheduler import BatchPlan, Delivery, Scheduler
+
+log = logging.getLogger(__name__)
+
+BATCH_SECONDS = Histogram("mrt_generator_chunk_generation_seconds",
+                          "Wall time of one batched chunk generation", buckets=LATENCY_BUCKETS_S)
+QUEUE_WAIT = Histogram("mrt_generator_queue_wait_seconds",
+                       "Time a due session waited for its batch to start", buckets=LATENCY_BUCKETS_S)
+BATCH_SIZE = Histogram("mrt_generator_batch_size", "Sessions per batched generation",
+                       buckets=BATCH_SIZE_BUCKETS)
+REAL_TIME_FACTOR = Gauge("mrt_generator_real_time_factor",
+                         "Audio seconds generated per compute second, recent batches")
+CHUNKS = Counter("mrt_generator_chunks_generated_total", "Chunks generated")
+FAILED_BATCHES = Counter("mrt_generator_failed_batches_total",
+                         "Batches whose generation or bookkeeping raised")
+LATENESS = Histogram("mrt_generator_chunk_lateness_seconds",
+                     "How late a chunk was ready against its deadline (0 = on time)",
+                     buckets=LATENCY_BUCKETS_S)
+CAPACITY = Gauge("mrt_generator_capacity_sessions", "Sessions this generator keeps in real time")
+
+# Default seconds without a finished batch, while work is due, before the runner counts as
+# stalled (ten chunk periods: far beyond any healthy batch).
+DEFAULT_STALL_TIMEOUT_S = 10 * facts.CHUNK_SECONDS
+# Default seconds between probes of an engine found broken.
+DEFAULT_PROBE_INTERVAL_S = 10.0
+
+
+class BatchRunner:
+    """Runs `Scheduler` plans on a `ChunkEngine` in a thread of its own."""
+
+    def __init__(self, engine: ChunkEngine, scheduler: Scheduler, *,
+                 stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
+                 probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S,
+                 clock: Callable[[], float] = time.time):
+        self.engine = engine
+        self.scheduler = scheduler
+        self.stall_timeout_s = stall_timeout_s
+        self.probe_interval_s = probe_interval_s
+        self.clock = clock
+        self.recent_real_time_factor = 0.0
+        self.engine_broken = False  # a batch and the probe after it both failed
+        self._last_finished_unix_s = clock()
+        self._running_since_unix_s: float | None = None  # the batch in flight's start
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._last_finished_unix_s = self.clock()
+        self._thread = threading.Thread(target=self._loop, name="batch-runner", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self.scheduler.close()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_s)
+
+    def _loop(self) -> None:
+        while not self.scheduler.closed:
+            try:
+                plan = self.scheduler.wait_for_plan(
+                    self.probe_interval_s if self.engine_broken else None)
+            except Exception:  # a policy bug: log it and ask again rather than go silent
+                log.exception("planning a batch failed")
+                time.sleep(0.1)
+                continue
+            if plan is not None:
+                self.run(plan)
+            elif self.engine_broken and not self.scheduler.closed:
+                self.probe()
+
+    # --- one batch ----------------------------------------------------------------------------
+    def run(self, plan: BatchPlan) -> None:
+        """Execute one plan and deliver its results. Never raises."""
+        self._running_since_unix_s = started = self.clock()
+        try:
+            outputs = self.engine.generate(list(plan.jobs))
+            generation_s = self.clock() - started
+            deliveries = self.scheduler.complete(plan, outputs, generation_s)
+        except Exception as err:  # a failed batch fails its sessions, not the generator
+            log.exception("batch of %d failed", plan.size)
+            FAILED_BATCHES.inc()
+            self._last_finished_unix_s, self._running_since_unix_s = self.clock(), None
+            self._deliver_all(self.scheduler.fail(plan, f"chunk generation failed: {err}"))
+            self.probe()
+            return
+        self.engine_broken = False
+        self._last_finished_unix_s = finished = self.clock()
+        log.debug("batch of %d (bucket %d): started %.3f s after its plan, took %.3f s; "
+                  "deadlines %+.3f to %+.3f s from its end", plan.size, plan.bucket,
+                  started - plan.planned_at_unix_s, generation_s,
+                  min(plan.deadlines_unix_s) - finished, max(plan.deadlines_unix_s) - finished)
+        self._running_since_unix_s = None
+        self.recent_real_time_factor = plan.size * facts.CHUNK_SECONDS / max(generation_s, 1e-9)
+        self._deliver_all(deliveries)
+        try:
+            self._record(plan, generation_s, finished)
+        except Exception:
+            log.exception("recording the metrics of a batch failed")
+
+    def probe(self) -> None:
+        """Run a throw-away batch of one: does the engine work at all?"""
+        try:
+            self.engine.generate([fresh_job()])
+        except Exception:
+            if not self.engine_broken:
+                log.exception("the engine fails a probe batch too: reporting NOT_SERVING")
+            self.engine_broken = True
+            return
+        if self.engine_broken:
+            log.info("the engine passes its probe batch again")
+        self.engine_broken = False
+
+    def _deliver_all(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            try:
+                delivery.deliver(delivery.result)
+            except Exception:  # one stream's failure is not the others'
+                log.exception("delivering a chunk to session %s failed", delivery.session_id)
+
+    def _record(self, plan: BatchPlan, generation_s: float, finished_unix_s: float) -> None:
+        BATCH_SECONDS.observe(generation_s)
+        BATCH_SIZE.observe(plan.size)
+        REAL_TIME_FACTOR.set(self.recent_real_time_factor)
+        CAPACITY.set(self.scheduler.capacity)
+        CHUNKS.inc(plan.size)
+        for wait_s, deadline in zip(plan.queue_waits_s, plan.deadlines_unix_s):
+            QUEUE_WAIT.observe(wait_s)
+            LATENESS.observe(max(0.0, finished_unix_s - deadline))
+
+    # --- liveness -----------------------------------------------------------------------------
+    def healthy(self) -> bool:
+        """False when the loop died, a batch or due work waited past the stall timeout, or
+        the engine is broken."""
+        if self._thread is None or not self._thread.is_alive() or self.engine_broken:
+            return False
+        now = self.clock()
+        running_since = self._running_since_unix_s
+        if running_since is not None and now - running_since > self.stall_timeout_s:
+            return False
+        due = self.scheduler.next_due_unix_s()
+        if due is None:
+            return True
+        return now - max(due, self._last_finished_unix_s) <= self.stall_timeout_s
+
+    # --- start-up -----------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Compile every batch bucket, then time single batches so that capacity is known
+        before serving. Each size is timed on its own, after every shape is compiled."""
+        for bucket in self.scheduler.buckets:
+            self.engine.warmup(bucket)
+        buckets = self.scheduler.buckets
+        for size in sorted({1, buckets[len(buckets) // 2], buckets[-1]}):
+            started = self.clock()
+            self.engine.warmup(size)
+            self.scheduler.batch_times.observe(size, self.clock() - started)
+        CAPACITY.set(self.scheduler.capacity)
+        log.info("warm-up done: %.3f s per batch of 1, %.3f s per batch of %d; predicted "
+                 "capacity %d sessions; admitting %d", self.scheduler.batch_times.expected_s(1),
+                 self.scheduler.batch_times.expected_s(buckets[-1]), buckets[-1],
+                 self.scheduler.predicted_capacity, self.scheduler.capacity)
