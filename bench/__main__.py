@@ -210,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "stream: sessions lost, gaps or repeats in the "
                                                 "files, silence. The `mock` model only.")
     add_rolling_options(rolling)
+    rolling.set_defaults(model="mock")  # its audio is compared with the mock reference
     rolling.add_argument("--assets-dir", default=None,
                          help="model assets directory (default: the services' own default)")
     rolling.add_argument("--results-dir", default=str(report.RESULTS_DIR),
