@@ -294,13 +294,14 @@ def markdown(results: dict[str, Any], json_path: Path) -> str:
         "",
         f"Sessions: {totals['sessions']}, lost **{totals['sessions_lost']}**; files that differ "
         f"from an uninterrupted session (gap or repeat): **{totals['files_not_continuous']}**; "
-        f"resumes {totals['reconnects']}; silence heard: {totals['silence_total_s']:.2f} s in "
+        f"resume attempts {totals['reconnects']} (a client's new stream may first reach the "
+        f"draining gateway, which refuses it, and is retried); silence heard: {totals['silence_total_s']:.2f} s in "
         f"total, {totals['silence_max_per_listener_s']:.2f} s for the worst listener.",
         "",
         report.markdown_table(["gateway", "SIGTERM at s", "exited after s", "exit code",
                                "serving again after s"], rows),
         "",
-        report.markdown_table(["listener seed", "chunks", "resumes", "file continuous",
+        report.markdown_table(["listener seed", "chunks", "resume attempts", "file continuous",
                                "silence s", "lost"], listener_rows),
         "",
         f"Data: `{report.relative(json_path)}`.",
