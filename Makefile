@@ -69,8 +69,11 @@ images:
 base-image:
 	bash scripts/images.sh base
 
+# ruff (lint and format) and mypy, configured in pyproject.toml; part of `make test`.
 lint: setup
-	$(PY) -m compileall -q services bench tests
+	$(PY) -m ruff check services bench tests
+	$(PY) -m ruff format --check services bench tests
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache $(addsuffix /node_modules,$(NODE_PACKAGES))

@@ -16,10 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.common.models import MODEL_NAMES
-
 from bench import report
 from bench.cost_models import COST_MODELS
+from services.common.models import MODEL_NAMES
 
 SUBCOMMANDS = ("load", "generator", "soak", "encoding", "chaos", "rolling", "all")
 # Load options whose default depends on the model: (name, default, default with sim).

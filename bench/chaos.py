@@ -37,7 +37,6 @@ from bench import prometheus, report
 from bench.mock_reference import MockReference
 from bench.player import Player
 from bench.processes import MIB, ProcessSampler
-from bench import prometheus
 from bench.stats import flatness
 from services.cli.launcher import Cluster, ClusterConfig
 from services.cli.supervision import Supervisor
@@ -119,7 +118,7 @@ class ChaosListener:
                         break
                     try:
                         response = await asyncio.wait_for(call.read(), left_s)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         break
                     if response is grpc.aio.EOF:
                         record.lost = "stream ended"

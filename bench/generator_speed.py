@@ -23,8 +23,10 @@ import psutil
 from bench import report
 from services.common import model_facts as facts
 from services.common.assets import AssetStore
+from services.common.sampling import SamplingSettings
+from services.common.session_state import SessionState
 from services.generator.context_audio import ContextAudio
-from services.generator.engine import ChunkEngine, ChunkJob, SamplingParams, SessionState
+from services.generator.engine import ChunkEngine, ChunkJob
 from services.generator.models import create_engine
 
 
@@ -35,7 +37,7 @@ def first_jobs(batch_size: int, seed: int = 0) -> list[ChunkJob]:
     for row in range(batch_size):
         style = rng.normal(size=facts.STYLE_EMBEDDING_DIM).astype(np.float32)
         jobs.append(ChunkJob(state=SessionState.fresh(), style_embedding=style / np.linalg.norm(style),
-                             sampling=SamplingParams(seed=seed + row)))
+                             sampling=SamplingSettings(seed=seed + row)))
     return jobs
 
 

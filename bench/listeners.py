@@ -15,7 +15,7 @@ import concurrent.futures
 import dataclasses
 import multiprocessing
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import grpc
 import psutil
@@ -106,7 +106,7 @@ class _ListenerRun:
         try:
             arrived, item = await asyncio.wait_for(self.incoming.get(),
                                                    max(0.0, until - self.loop.time()))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
         if isinstance(item, grpc.aio.AioRpcError):
             raise item
@@ -257,7 +257,7 @@ class ListenerPool:
         if self._executor is not None:
             self._executor.shutdown()
 
-    def __enter__(self) -> "ListenerPool":
+    def __enter__(self) -> ListenerPool:
         return self
 
     def __exit__(self, *exc_info) -> None:

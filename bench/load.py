@@ -25,9 +25,17 @@ from typing import Any
 import psutil
 
 from bench import plots, prometheus, report
+from bench.cluster import (
+    BenchTarget,
+    LocalClusterOptions,
+    active_sessions,
+    get_load,
+    settle,
+    start_local_cluster,
+    startup_capacity_prediction,
+    target_of,
+)
 from bench.cost_models import parse_cost_models
-from bench.cluster import (BenchTarget, LocalClusterOptions, active_sessions, get_load, settle,
-                           start_local_cluster, startup_capacity_prediction, target_of)
 from bench.listeners import ListenerPool, ListenerResult, ListenerScript
 from bench.processes import MIB, ProcessSampler, sample_process
 from bench.search import find_largest_held

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.generator.engine import ChunkJob, SamplingParams, SessionState
+from services.common.sampling import SamplingSettings
+from services.common.session_state import SessionState
+from services.generator.engine import ChunkJob
 from services.generator.mock_engine import MockEngine
 from services.generator.sessions import GeneratorSession
 
@@ -17,7 +19,7 @@ class MockReference:
     def __init__(self, seed: int):
         self._engine = MockEngine()
         self._session = GeneratorSession(session_id="reference", state=SessionState.fresh(),
-                                         sampling=SamplingParams(seed=seed),
+                                         sampling=SamplingSettings(seed=seed),
                                          deliver=lambda result: None)
 
     def reset_context(self) -> None:

@@ -71,7 +71,7 @@ class ProcessSampler:
         self._thread = threading.Thread(target=self._run, name="process-sampler", daemon=True)
         self._started = 0.0
 
-    def __enter__(self) -> "ProcessSampler":
+    def __enter__(self) -> ProcessSampler:
         self._started = time.monotonic()
         self._sample_all()
         self._thread.start()

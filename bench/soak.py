@@ -19,8 +19,14 @@ from typing import Any
 
 from bench import plots, report
 from bench.cluster import LocalClusterOptions, settle, start_local_cluster, target_of
-from bench.listeners import (Action, ListenerResult, ListenerScript, ScriptedRequest, listen,
-                             playback)
+from bench.listeners import (
+    Action,
+    ListenerResult,
+    ListenerScript,
+    ScriptedRequest,
+    listen,
+    playback,
+)
 from bench.processes import MIB, ProcessSample, ProcessSampler
 from bench.stats import flatness
 from services.common.proto.mrt.v1 import music_pb2

@@ -30,7 +30,7 @@ class CertificateAuthority:
     key: Path
 
     @classmethod
-    def create(cls, directory: Path, name: str) -> "CertificateAuthority":
+    def create(cls, directory: Path, name: str) -> CertificateAuthority:
         directory.mkdir(parents=True, exist_ok=True)
         cert, key = directory / f"{name}.crt", directory / f"{name}.key"
         # `req -x509` applies the default configuration's CA extensions (CA:TRUE).

@@ -11,8 +11,7 @@ import sys
 
 from services.cli.options import CommandFailed, add_env_option
 from services.common.assets import AssetStore
-
-MODEL_NAMES = ("tiny", "base", "large")
+from services.common.models import MAGENTA_RT_MODELS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "download", help="download a model's files from the Hugging Face Hub",
         description="Download the upstream files of a model (and of the MusicCoCa style "
                     "model) into the assets directory. The tiny model is built locally.")
-    download.add_argument("--model", required=True, choices=MODEL_NAMES)
+    download.add_argument("--model", required=True, choices=MAGENTA_RT_MODELS)
     add_env_option(download, "--assets-dir", help="where to put the files (AssetStore default "
                                                   "if unset)")
     download.set_defaults(run=run_download)

@@ -29,8 +29,9 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence, TextIO
+from typing import TextIO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -218,7 +219,7 @@ class ClusterConfig:
         self.validate()
         return self._unchecked_specs()
 
-    def with_free_ports(self) -> "ClusterConfig":
+    def with_free_ports(self) -> ClusterConfig:
         """A copy listening on ports that are free now (for tests and benchmarks)."""
         n = self.generators
         counts = {"gateway_port": 1, "embedder_port": 1, "generator_port": n,
@@ -611,7 +612,7 @@ class Cluster:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> "Cluster":
+    def start(self) -> Cluster:
         """Start every service (embedder, generators, gateway, web) without waiting for
         readiness."""
         if self.config.log_dir is not None:
@@ -659,7 +660,7 @@ class Cluster:
         for process in self.services:
             process.release()
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         self.start()
         try:
             self.wait_ready()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import soundfile
@@ -16,6 +16,7 @@ from services.common import model_facts as facts
 from services.common.proto.mrt.v1 import music_pb2
 
 PIECE_SECONDS = 0.1  # one audio_input message per 100 ms, as a live source sends
+_PIECE_SAMPLES = round(PIECE_SECONDS * facts.SAMPLE_RATE_HZ)
 
 
 def read_input_file(data: bytes) -> np.ndarray:
@@ -35,7 +36,7 @@ def read_input_file(data: bytes) -> np.ndarray:
 
 class InputStreamer:
     """Sends ``audio`` as 100 ms PCM_S16LE messages, each when the listener's timeline (which
-    starts when ``start`` is called) reaches its position minus ``lead_s``."""
+    starts when ``start`` is called, at PLAY) reaches its position minus ``lead_s``."""
 
     def __init__(self, audio: np.ndarray, send: Callable[[music_pb2.StreamRequest], None], *,
                  lead_s: float, clock: Callable[[], float] = time.monotonic):
@@ -43,10 +44,15 @@ class InputStreamer:
         self._send = send
         self._lead_s = lead_s
         self._clock = clock
+        self._started = 0.0  # the clock at `start`
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="input-audio", daemon=True)
 
     def start(self) -> None:
+        """Start the timeline now: the first piece is sent before this returns, the rest by a
+        thread as the timeline reaches them."""
+        self._started = self._clock()
+        self._send_piece(0)
         self._thread.start()
 
     def stop(self) -> None:
@@ -55,16 +61,17 @@ class InputStreamer:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        started = self._clock()
-        piece = round(PIECE_SECONDS * facts.SAMPLE_RATE_HZ)
-        for first in range(0, len(self._audio), piece):
-            due = started + first / facts.SAMPLE_RATE_HZ - self._lead_s
+        for first in range(_PIECE_SAMPLES, len(self._audio), _PIECE_SAMPLES):
+            due = self._started + first / facts.SAMPLE_RATE_HZ - self._lead_s
             if self._stopped.wait(max(0.0, due - self._clock())):
                 return
-            samples = self._audio[first:first + piece]
-            pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
-            message = music_pb2.AudioInput(data=pcm, encoding=music_pb2.PCM_S16LE,
-                                           sample_rate=facts.SAMPLE_RATE_HZ, channels=facts.CHANNELS)
-            if first == 0:
-                message.start_seconds = 0.0
-            self._send(music_pb2.StreamRequest(audio_input=message))
+            self._send_piece(first)
+
+    def _send_piece(self, first: int) -> None:
+        samples = self._audio[first:first + _PIECE_SAMPLES]
+        pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+        message = music_pb2.AudioInput(data=pcm, encoding=music_pb2.PCM_S16LE,
+                                       sample_rate=facts.SAMPLE_RATE_HZ, channels=facts.CHANNELS)
+        if first == 0:
+            message.start_seconds = 0.0
+        self._send(music_pb2.StreamRequest(audio_input=message))

@@ -13,14 +13,15 @@ import math
 import queue
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence, TextIO
+from typing import TextIO
 
 import grpc
 
 from services.cli.connection import add_connection_options, call_metadata, open_channel
-from services.cli.options import CommandFailed, UsageError, positive_float, user_input_type
 from services.cli.live_input import InputStreamer, read_input_file
+from services.cli.options import CommandFailed, UsageError, positive_float, user_input_type
 from services.cli.prompts import audio_prompt, text_prompt
 from services.cli.wavfile import OpusFileWriter, WavWriter
 from services.common.proto.mrt.v1 import music_pb2, music_pb2_grpc
@@ -204,8 +205,8 @@ def stream_to_file(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
 
     Sends setup, prompts (if any), config (if any) and PLAY, then writes chunks as they come;
     progress, warnings and prompt status go to `progress_out` (default: stderr).
-    `input_audio` (float32[n, 2] at 48 kHz) is streamed as live input in real time from the
-    first chunk on, `input_lead_s` ahead of playback.
+    `input_audio` (float32[n, 2] at 48 kHz) is streamed as live input in real time from
+    PLAY on, `input_lead_s` ahead of playback.
 
     A lost stream, or a gateway that asks the client to move (warning RECONNECT), is resumed
     on a new stream with the session's resume token, from the chunk after the last one
@@ -216,27 +217,31 @@ def stream_to_file(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
     the protocol; audio received before a failure stays in the file.
     """
     recorder = _Recorder(seconds, out_path, setup.encoding, _Progress(progress_out or sys.stderr))
-    first_requests = [music_pb2.StreamRequest(setup=setup)]
+    recorder.requests.put(music_pb2.StreamRequest(setup=setup))
     if prompts:
-        first_requests.append(music_pb2.StreamRequest(prompts=music_pb2.PromptUpdate(prompts=prompts)))
+        recorder.requests.put(music_pb2.StreamRequest(prompts=music_pb2.PromptUpdate(prompts=prompts)))
     if config is not None:
-        first_requests.append(music_pb2.StreamRequest(config=config))
-    first_requests.append(music_pb2.StreamRequest(playback=music_pb2.PlaybackControl(
-        action=music_pb2.PlaybackControl.PLAY)))
+        recorder.requests.put(music_pb2.StreamRequest(config=config))
+    # Live input starts with PLAY, its first piece just before it: the gateway then knows the
+    # session plays along before it demands the first chunks, and mixes input into them. It
+    # follows the session onto each new stream.
     streamer = (InputStreamer(input_audio, lambda request: recorder.requests.put(request),
                               lead_s=input_lead_s) if input_audio is not None else None)
-    recorder.on_first_audio = streamer.start if streamer is not None else None
+    if streamer is not None:
+        streamer.start()
+    recorder.requests.put(music_pb2.StreamRequest(playback=music_pb2.PlaybackControl(
+        action=music_pb2.PlaybackControl.PLAY)))
     failures = 0
     try:
         while True:
             if recorder.token:  # a resume: the session keeps its prompts, config and playback
-                requests = [music_pb2.StreamRequest(setup=music_pb2.SessionSetup(
-                    resume_token=recorder.token, resume_from_sequence=recorder.chunks))]
+                requests = recorder.open_requests([music_pb2.StreamRequest(
+                    setup=music_pb2.SessionSetup(resume_token=recorder.token,
+                                                 resume_from_sequence=recorder.chunks))])
             else:
-                requests = first_requests
+                requests = iter(recorder.requests)
             try:
-                if recorder.record(stub.Stream(recorder.open_requests(requests),
-                                               metadata=tuple(metadata))):
+                if recorder.record(stub.Stream(requests, metadata=tuple(metadata))):
                     break
                 failures = 0
             except grpc.RpcError as err:
@@ -282,7 +287,6 @@ class _Recorder:
         self.chunks = 0  # written so far: the sequence of the next chunk needed
         self.planned_chunks = 0
         self.first_audio_s: float | None = None
-        self.on_first_audio = None
         self.reconnects = 0
         self.progressed = False  # the current stream delivered audio
         self._format: music_pb2.SessionStarted | None = None
@@ -355,8 +359,6 @@ class _Recorder:
         self.progressed = True
         if self.first_audio_s is None:
             self.first_audio_s = time.monotonic() - self.started_s
-            if self.on_first_audio is not None:
-                self.on_first_audio()
         self.progress.update(f"chunk {self.chunks}/{self.planned_chunks}  "
                              f"{self.writer.seconds_written:.1f}/{self.seconds:g} s received  "
                              f"first audio after {self.first_audio_s:.2f} s")

@@ -7,8 +7,8 @@ import argparse
 import contextlib
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from services.cli.launcher import Cluster, ClusterConfig, ClusterError, ClusterTLS
 from services.cli.options import add_env_option

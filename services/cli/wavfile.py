@@ -55,7 +55,7 @@ class WavWriter:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "WavWriter":
+    def __enter__(self) -> WavWriter:
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -64,3 +64,13 @@ class AssetStore:
         if missing:
             raise AssetMissingError(f"{self.repo_id} has no {missing}")
         return [self.root / rel for rel in relpaths]
+
+
+def move_into_place(built: Path, final: Path) -> None:
+    """Rename a freshly built asset to its final path, atomically, unless another process got
+    there first (then theirs is kept and the caller discards its own)."""
+    try:
+        os.rename(built, final)
+    except OSError:
+        if not final.exists():  # a real failure, not a lost race
+            raise

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from typing import Callable, Generic, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -24,6 +25,7 @@ class MicroBatcher(Generic[Item, Result]):
         self._on_batch = on_batch
         self._pending: list[tuple[Item, asyncio.Future]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._running: set[asyncio.Future] = set()
 
     async def submit(self, item: Item) -> Result:
         loop = asyncio.get_running_loop()
@@ -41,7 +43,9 @@ class MicroBatcher(Generic[Item, Result]):
             self._flush_handle = None
         batch, self._pending = self._pending, []
         if batch:
-            asyncio.ensure_future(self._run(batch))
+            task = asyncio.ensure_future(self._run(batch))
+            self._running.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(self._running.discard)
 
     async def _run(self, batch: list[tuple[Item, asyncio.Future]]) -> None:
         self._on_batch(len(batch))

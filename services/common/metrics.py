@@ -7,7 +7,8 @@ Names follow the README's metrics table: ``mrt_<service>_rpc_requests_total{meth
 from __future__ import annotations
 
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 from prometheus_client import Counter, Histogram

@@ -11,3 +11,7 @@ MODEL_DESCRIPTIONS = {
 MODEL_NAMES = tuple(MODEL_DESCRIPTIONS)
 # Models that need no download: their assets are built locally.
 LOCAL_MODELS = ("tiny", "mock", "sim")
+# The Magenta RT architecture (depthformer, SpectroStream, MusicCoCa), at three sizes.
+MAGENTA_RT_MODELS = ("tiny", "base", "large")
+# The embedder's style models: MusicCoCa at our tiny size or upstream's, and a mock.
+STYLE_MODELS = ("tiny", "musiccoca", "mock")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
-import argparse
-from typing import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -92,7 +92,7 @@ class Service:
 
     @classmethod
     def from_flags(cls, name: str, args: argparse.Namespace, service_name: str,
-                   **kwargs) -> "Service":
+                   **kwargs) -> Service:
         """A service configured by the flags of ``add_service_flags``."""
         return cls(name, host=args.host, port=args.port, metrics_port=args.metrics_port,
                    max_message_bytes=args.max_message_bytes, service_names=[service_name],

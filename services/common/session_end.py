@@ -7,7 +7,7 @@ without reading the human-readable details.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 REASON_KEY = "mrt-session-end-reason"
 DRAINING = "draining"

@@ -9,7 +9,7 @@ import numpy as np
 
 from services.common import model_facts as facts
 from services.common.proto.mrt.v1 import generator_pb2
-from services.generator.engine import SessionState
+from services.common.session_state import SessionState
 
 
 def state_to_snapshot(state: SessionState) -> generator_pb2.SessionSnapshot:

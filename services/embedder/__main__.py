@@ -7,12 +7,16 @@ import sys
 
 from services.common.assets import AssetMissingError, AssetStore
 from services.common.config import add_flag, add_service_flags, parse_bool
+from services.common.models import STYLE_MODELS
 from services.common.proto.mrt.v1 import embedder_pb2, embedder_pb2_grpc
-from services.common.security import (SecurityConfigError, add_server_tls_flags,
-                                      server_credentials_from_flags)
+from services.common.security import (
+    SecurityConfigError,
+    add_server_tls_flags,
+    server_credentials_from_flags,
+)
 from services.common.server import Service, service_main
 from services.embedder.audio_input import AudioLimits
-from services.embedder.models import MODEL_NAMES, create_style_model
+from services.embedder.models import create_style_model
 from services.embedder.servicer import EmbedderLimits, EmbedderServicer
 
 
@@ -20,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m services.embedder", description=__doc__)
     add_service_flags(parser, port=50052, metrics_port=9092)
     add_server_tls_flags(parser)
-    add_flag(parser, "--model", default="tiny", choices=MODEL_NAMES, help="style model to serve")
+    add_flag(parser, "--model", default="tiny", choices=STYLE_MODELS, help="style model to serve")
     add_flag(parser, "--assets-dir", default=None, help="model assets directory")
     add_flag(parser, "--allow-download", default=False, type=parse_bool,
              help="fetch missing upstream assets from the Hugging Face Hub")

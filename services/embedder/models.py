@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from services.common.assets import AssetStore
+from services.common.models import STYLE_MODELS
 from services.embedder.style_model import StyleModel
-
-MODEL_NAMES = ("tiny", "musiccoca", "mock")
 
 
 def create_style_model(model: str, store: AssetStore) -> StyleModel:
@@ -16,4 +15,4 @@ def create_style_model(model: str, store: AssetStore) -> StyleModel:
     if model in ("tiny", "musiccoca"):
         from services.embedder.musiccoca import MusicCoCaModel
         return MusicCoCaModel.create(model, store)
-    raise ValueError(f"unknown style model '{model}'; choose one of {', '.join(MODEL_NAMES)}")
+    raise ValueError(f"unknown style model '{model}'; choose one of {', '.join(STYLE_MODELS)}")

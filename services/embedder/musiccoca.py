@@ -21,11 +21,12 @@ one embedding per clip, averaged per waveform.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import sentencepiece
@@ -62,7 +63,6 @@ TEXT_PAD_ID = 0
 
 CLIP_SAMPLES = round(AUDIO_PROMPT_SECONDS * STYLE_AUDIO_SAMPLE_RATE_HZ)  # 160 000
 
-MODEL_NAMES = ("tiny", "musiccoca")
 DEFAULT_INTRA_OP_THREADS = 2
 
 
@@ -122,7 +122,7 @@ class MusicCoCaModel(StyleModel):
 
     @classmethod
     def create(cls, model_name: str, store: AssetStore, *,
-               intra_op_threads: int = DEFAULT_INTRA_OP_THREADS) -> "MusicCoCaModel":
+               intra_op_threads: int = DEFAULT_INTRA_OP_THREADS) -> MusicCoCaModel:
         """Load ``tiny`` (built on first use) or ``musiccoca`` (the upstream weights)."""
         limit_tensorflow_threads(intra_op_threads)  # before building runs the first TF op
         if model_name == "tiny":
@@ -141,7 +141,7 @@ class MusicCoCaModel(StyleModel):
                     f"({SAVEDMODEL_RELPATH}, {VOCAB_RELPATH}). {error} For tests and offline "
                     f"use, the 'tiny' model needs no download.") from error
         else:
-            raise ValueError(f"unknown style model {model_name!r}; known: {', '.join(MODEL_NAMES)}")
+            raise ValueError(f"unknown style model {model_name!r}; known: tiny, musiccoca")
         return cls(model_name, saved_model_dir, vocab_path, intra_op_threads=intra_op_threads)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -161,7 +161,7 @@ class MusicCoCaModel(StyleModel):
                                         {MUSIC_WAVEFORM_INPUT: np.concatenate(per_waveform)})
         bounds = np.cumsum([0] + [len(w) for w in per_waveform])
         return np.stack([clip_embeddings[start:end].mean(axis=0)
-                         for start, end in zip(bounds[:-1], bounds[1:])]).astype(np.float32)
+                         for start, end in itertools.pairwise(bounds)]).astype(np.float32)
 
 
 def _call_batched(signature, output_key: str, inputs: dict[str, np.ndarray]) -> np.ndarray:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import sentencepiece
 import tensorflow as tf
 
+from services.common.assets import move_into_place
 from services.common.model_facts import STYLE_AUDIO_SAMPLE_RATE_HZ, STYLE_EMBEDDING_DIM
 from services.embedder.musiccoca import (
     CLIP_SAMPLES,
@@ -133,13 +133,8 @@ def publish(staging: Path, root: Path) -> None:
     for rel in (SAVEDMODEL_RELPATH, VOCAB_RELPATH):
         final = root / rel
         final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            continue
-        try:
-            os.rename(staging / rel, final)
-        except OSError:
-            if not final.exists():  # not a lost race: a real failure
-                raise
+        if not final.exists():
+            move_into_place(staging / rel, final)
 
 
 def build_tiny_musiccoca(out_dir: Path) -> None:

@@ -8,9 +8,13 @@ import sys
 
 from services.common.config import add_flag, add_service_flags
 from services.common.proto.mrt.v1 import music_pb2, music_pb2_grpc
-from services.common.security import (SecurityConfigError, add_internal_tls_flags,
-                                      add_server_tls_flags, internal_channel_credentials_from_flags,
-                                      server_credentials_from_flags)
+from services.common.security import (
+    SecurityConfigError,
+    add_internal_tls_flags,
+    add_server_tls_flags,
+    internal_channel_credentials_from_flags,
+    server_credentials_from_flags,
+)
 from services.common.server import Service, service_main
 from services.gateway.auth import add_api_key_flags, api_key_interceptors_from_flags
 from services.gateway.embedder_client import EmbedderClient

@@ -45,8 +45,9 @@ import hmac
 import logging
 import re
 import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable, Sequence
+from typing import Any
 
 import grpc
 from prometheus_client import Counter, Gauge
@@ -192,7 +193,7 @@ def add_api_key_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def api_key_interceptors_from_flags(args: argparse.Namespace,
-                                    public_service: str) -> list["ApiKeyInterceptor"]:
+                                    public_service: str) -> list[ApiKeyInterceptor]:
     """The API-key check for ``public_service``; none (and a warning) without a key file."""
     if args.api_keys_file is None:
         log.warning("no --api-keys-file: the public API accepts calls without an API key")

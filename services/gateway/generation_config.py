@@ -7,36 +7,27 @@ import math
 
 from services.common import model_facts as facts
 from services.common.proto.mrt.v1 import music_pb2
-
-
-@dataclasses.dataclass
-class SamplingSettings:
-    """A session's resolved sampling settings (defaults from the model facts)."""
-
-    temperature: float = facts.DEFAULT_TEMPERATURE
-    top_k: int = facts.DEFAULT_TOP_K
-    guidance: float = facts.DEFAULT_GUIDANCE
-    seed: int = 0
+from services.common.sampling import SamplingSettings
 
 
 def merge_config(current: SamplingSettings, update: music_pb2.GenerationConfig) -> SamplingSettings:
     """Apply the fields set in ``update``; raises ValueError naming the first bad field."""
-    merged = dataclasses.replace(current)
+    merged = current
     if update.HasField("temperature"):
         low, high = facts.TEMPERATURE_RANGE
         if not (math.isfinite(update.temperature) and low <= update.temperature <= high):
             raise ValueError(f"temperature must be in [{low}, {high}], got {update.temperature}")
-        merged.temperature = update.temperature
+        merged = dataclasses.replace(merged, temperature=update.temperature)
     if update.HasField("top_k"):
         low, high = facts.TOP_K_RANGE
         if not low <= update.top_k <= high:
             raise ValueError(f"top_k must be in [{low}, {high}], got {update.top_k}")
-        merged.top_k = update.top_k
+        merged = dataclasses.replace(merged, top_k=update.top_k)
     if update.HasField("guidance"):
         low, high = facts.GUIDANCE_RANGE
         if not (math.isfinite(update.guidance) and low <= update.guidance <= high):
             raise ValueError(f"guidance must be in [{low}, {high}], got {update.guidance}")
-        merged.guidance = update.guidance
+        merged = dataclasses.replace(merged, guidance=update.guidance)
     if update.HasField("seed"):
-        merged.seed = update.seed
+        merged = dataclasses.replace(merged, seed=update.seed)
     return merged

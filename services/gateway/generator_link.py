@@ -41,7 +41,7 @@ class GeneratorLink:
         try:
             await self.call.write(generator_pb2.GeneratorRequest(open=request))
             response = await asyncio.wait_for(self.call.read(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.close()
             raise LinkError(grpc.StatusCode.DEADLINE_EXCEEDED,
                             f"generator {self.endpoint.address} did not open the session in time") from None

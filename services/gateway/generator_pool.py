@@ -18,7 +18,7 @@ import asyncio
 import dataclasses
 import logging
 import socket
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 from prometheus_client import Gauge

@@ -22,7 +22,8 @@ import collections
 import dataclasses
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import ClassVar
 
 import grpc
 import numpy as np
@@ -31,15 +32,25 @@ from prometheus_client import Counter, Histogram
 from services.common import model_facts as facts
 from services.common.metrics import LATENCY_BUCKETS_S
 from services.common.proto.mrt.v1 import embedder_pb2, generator_pb2, music_pb2
-from services.gateway.audio_injection import (AudioInjector, AudioInputRejected, InjectionSettings,
-                                              merge_injection_config, mix_live_style,
-                                              uses_injection_fields)
+from services.common.sampling import SamplingSettings
 from services.gateway.audio_encoding import AudioEncoder
+from services.gateway.audio_injection import (
+    AudioInjector,
+    AudioInputRejected,
+    InjectionSettings,
+    merge_injection_config,
+    mix_live_style,
+    uses_injection_fields,
+)
 from services.gateway.embedder_client import BackendUnavailable, EmbedderClient, PromptRejected
-from services.gateway.generation_config import SamplingSettings, merge_config
+from services.gateway.generation_config import merge_config
 from services.gateway.generator_link import GeneratorLink, LinkError
-from services.gateway.generator_pool import (GeneratorEndpoint, GeneratorPool, NoCapacity,
-                                             NoGenerator)
+from services.gateway.generator_pool import (
+    GeneratorEndpoint,
+    GeneratorPool,
+    NoCapacity,
+    NoGenerator,
+)
 from services.gateway.prompts import PromptError, PromptLimits, prompt_weight, resolve_prompts
 from services.gateway.resume import ResumeKeeper, float_array, float_bytes
 from services.gateway.session_store import ResumePoint, SessionRecord
@@ -120,7 +131,7 @@ class MoveReason:
     DRAIN = "drain"  # the generator drains, or left discovery
     TIMEOUT = "chunk_timeout"  # a demanded chunk is overdue
 
-    WARNINGS = {GENERATOR_LOST: "was lost", DRAIN: "is draining",
+    WARNINGS: ClassVar[dict[str, str]] = {GENERATOR_LOST: "was lost", DRAIN: "is draining",
                 TIMEOUT: "stopped delivering audio in time"}
 
 
@@ -503,7 +514,7 @@ class ListenerSession:
     async def _emit(self, response: music_pb2.StreamResponse) -> None:
         try:
             await asyncio.wait_for(self.outbound.put(response), self.settings.slow_client_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ClientTooSlow(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"client did not read for {self.settings.slow_client_timeout_s:.0f} s") from None
 
@@ -519,7 +530,7 @@ class ListenerSession:
                 timeout = None if wake_at is None else max(0.0, wake_at - time.time())
                 try:
                     await asyncio.wait_for(self._changed.wait(), timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             self._cancel_placement()

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import secrets
 import uuid
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import grpc
 import numpy as np
@@ -84,7 +84,7 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
             except StopAsyncIteration:
                 raise StreamEnded(grpc.StatusCode.INVALID_ARGUMENT,
                                   "stream closed before `setup`") from None
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise StreamEnded(grpc.StatusCode.DEADLINE_EXCEEDED,
                                   f"no `setup` within {SETUP_TIMEOUT_S:.0f} s") from None
             if first.WhichOneof("request") != "setup":
@@ -296,8 +296,8 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
                 yield getter.result()
                 continue
             for task in done:
-                if task.exception() is not None:
-                    raise task.exception()
+                if (error := task.exception()) is not None:
+                    raise error
             waiting -= done
             if pump in done:
                 while not session.outbound.empty():

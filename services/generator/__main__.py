@@ -11,16 +11,20 @@ from pathlib import Path
 
 from services.common.assets import AssetMissingError, AssetStore
 from services.common.config import add_flag, add_service_flags, parse_bool
+from services.common.models import MODEL_NAMES
 from services.common.proto.mrt.v1 import generator_pb2, generator_pb2_grpc
-from services.common.security import (SecurityConfigError, add_server_tls_flags,
-                                      server_credentials_from_flags)
+from services.common.security import (
+    SecurityConfigError,
+    add_server_tls_flags,
+    server_credentials_from_flags,
+)
 from services.common.server import Service, service_main
-from services.generator.models import MODEL_NAMES, create_engine
 from services.generator.batch_buckets import LARGEST_BATCH_SIZE
+from services.generator.models import create_engine
 from services.generator.runner import DEFAULT_STALL_TIMEOUT_S, BatchRunner
 from services.generator.scheduler import DEFAULT_TARGET_UTILIZATION, Scheduler
-from services.generator.sim_engine import DEFAULT_BATCH_SECONDS, DEFAULT_SESSION_SECONDS, SimCost
 from services.generator.servicer import GeneratorServicer
+from services.generator.sim_engine import DEFAULT_BATCH_SECONDS, DEFAULT_SESSION_SECONDS, SimCost
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from prometheus_client import Histogram
@@ -35,7 +35,7 @@ class ContextAudio:
     is_mix: bool = False  # a live-input mix (a newer one replaces it), not initial audio
 
     @classmethod
-    def injected_mix(cls, data: bytes) -> "ContextAudio":
+    def injected_mix(cls, data: bytes) -> ContextAudio:
         """A live-input mix from the wire; raises ValueError unless it is exactly 66 frames."""
         expected = facts.INJECTION_MIX_SAMPLES * facts.CHANNELS * 4
         if len(data) != expected:
@@ -44,7 +44,7 @@ class ContextAudio:
         return cls(_finite_stereo(data, "inject.mix"), facts.INJECTION_EDGE_FRAMES, is_mix=True)
 
     @classmethod
-    def initial_audio(cls, data: bytes) -> "ContextAudio":
+    def initial_audio(cls, data: bytes) -> ContextAudio:
         """A session's initial audio from the wire: float32 stereo, 1 sample to 10 s. It is
         encoded behind silence, as 10 s (one compiled shape for every clip), and only the
         clip's frames are written: its end lands on the newest context frame."""

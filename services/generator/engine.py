@@ -9,63 +9,25 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from services.common import model_facts as facts
+from services.common.sampling import SamplingSettings
+from services.common.session_state import SessionState
 
 if TYPE_CHECKING:  # context_audio imports this module
     from services.generator.context_audio import ContextAudio
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = facts.DEFAULT_TEMPERATURE
-    top_k: int = facts.DEFAULT_TOP_K
-    guidance: float = facts.DEFAULT_GUIDANCE
-    seed: int = 0
-
-
-@dataclasses.dataclass
-class SessionState:
-    """The whole state of a session between chunks (about 31 KB), see docs/model.md."""
-
-    context_tokens: np.ndarray  # int32[250, 16]; -1 = not generated yet
-    crossfade_tail: np.ndarray  # float32[1920, 2]
-    chunk_index: int = 0
-
-    @classmethod
-    def fresh(cls) -> "SessionState":
-        return cls(
-            context_tokens=np.full((facts.CONTEXT_FRAMES, facts.DECODER_RVQ_LEVELS), -1, np.int32),
-            crossfade_tail=np.zeros((facts.CROSSFADE_SAMPLES, facts.CHANNELS), np.float32),
-            chunk_index=0,
-        )
-
-    def validate(self) -> None:
-        """Raise ValueError when the arrays are not what a snapshot must hold."""
-        if self.context_tokens.shape != (facts.CONTEXT_FRAMES, facts.DECODER_RVQ_LEVELS):
-            raise ValueError(f"context_tokens must be [250, 16], got {self.context_tokens.shape}")
-        if self.context_tokens.dtype != np.int32:
-            raise ValueError("context_tokens must be int32")
-        if np.any((self.context_tokens < -1) | (self.context_tokens >= facts.CODEBOOK_SIZE)):
-            raise ValueError("context_tokens must be codes in [0, 1024) or -1")
-        if self.crossfade_tail.shape != (facts.CROSSFADE_SAMPLES, facts.CHANNELS):
-            raise ValueError(f"crossfade_tail must be [1920, 2], got {self.crossfade_tail.shape}")
-        if not np.all(np.isfinite(self.crossfade_tail)):
-            raise ValueError("crossfade_tail must be finite")
-        if self.chunk_index < 0:
-            raise ValueError("chunk_index must be >= 0")
 
 
 @dataclasses.dataclass
 class ChunkJob:
     state: SessionState
     style_embedding: np.ndarray | None  # float32[768]; None = unconditioned
-    sampling: SamplingParams
+    sampling: SamplingSettings
     # Audio to encode into the context first, in order (initial audio, a live-input mix).
-    context_audio: "tuple[ContextAudio, ...]" = ()
+    context_audio: tuple[ContextAudio, ...] = ()
 
 
 @dataclasses.dataclass
@@ -91,4 +53,4 @@ class ChunkEngine(abc.ABC):
 
 def fresh_job() -> ChunkJob:
     """A fresh session with default settings: what warm-ups and probes generate."""
-    return ChunkJob(state=SessionState.fresh(), style_embedding=None, sampling=SamplingParams())
+    return ChunkJob(state=SessionState.fresh(), style_embedding=None, sampling=SamplingSettings())

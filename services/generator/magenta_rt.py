@@ -10,17 +10,19 @@ weights, from the asset store).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from services.common import model_facts as facts
 from services.common.assets import AssetStore
 from services.common.lru import LruCache
+from services.common.models import MAGENTA_RT_MODELS
+from services.common.session_state import SessionState
 from services.generator.batch_buckets import batch_buckets
 from services.generator.context_audio import INITIAL_AUDIO_MAX_SAMPLES, write_context_audio
-from services.generator.engine import ChunkEngine, ChunkJob, ChunkOutput, SessionState
+from services.generator.engine import ChunkEngine, ChunkJob, ChunkOutput
 from services.generator.model import spectrostream, tokens
 from services.generator.model.codec_encoder import SpectroStreamEncoder
 from services.generator.model.crossfade import crossfade_chunks, frames_to_decode
@@ -30,7 +32,6 @@ from services.generator.model.tiny_assets import ensure_tiny_assets
 
 log = logging.getLogger(__name__)
 
-MODEL_NAMES = ("tiny", "base", "large")
 TINY_PARAMS_SEED = 0
 # Style embeddings whose quantized tokens are kept: a session's style changes with its
 # prompts, not per chunk, so the quantizer runs once per change.
@@ -79,7 +80,7 @@ class MagentaRTEngine(ChunkEngine):
     @classmethod
     def create(cls, model_name: str, store: AssetStore, *, max_batch_size: int,
                checkpoint: Path | None = None, dtype: str | None = None,
-               random_weights: bool = False) -> "MagentaRTEngine":
+               random_weights: bool = False) -> MagentaRTEngine:
         """Load a model by name, compiled for batches of up to `max_batch_size` sessions.
 
         `tiny` builds its codec and style assets under the store's tiny root if missing and
@@ -91,8 +92,8 @@ class MagentaRTEngine(ChunkEngine):
         upstream files are not (the music is noise, and the codec's cost is the tiny one's).
         `dtype` is the activation dtype; None keeps the size's own.
         """
-        if model_name not in MODEL_NAMES:
-            raise ValueError(f"unknown model {model_name!r}; choose one of {MODEL_NAMES}")
+        if model_name not in MAGENTA_RT_MODELS:
+            raise ValueError(f"unknown model {model_name!r}; choose one of {MAGENTA_RT_MODELS}")
         if random_weights and checkpoint is not None:
             raise ValueError("random weights and a checkpoint exclude each other")
         if model_name == "tiny" or random_weights:
@@ -108,16 +109,17 @@ class MagentaRTEngine(ChunkEngine):
 
         config = configs.CONFIGS[model_name]
         if dtype is not None:
-            config = config.with_dtype(dtype)
+            config = config.with_dtype(configs.activation_dtype(dtype))
         if checkpoint is None:
             params = depthformer.init_params(config, seed=TINY_PARAMS_SEED)
         else:
             params = convert.load_checkpoint(Path(checkpoint), config)
         log.info("loading %s codec and style quantizer", model_name)
-        encoder = SpectroStreamEncoder.from_store(assets)
-        if not encoder.matches_quantizer(assets.path(spectrostream.QUANTIZER_ASSET)):
+        loaded = SpectroStreamEncoder.from_store(assets)
+        encoder = (loaded if loaded.matches_quantizer(assets.path(spectrostream.QUANTIZER_ASSET))
+                   else None)
+        if encoder is None:
             log.error("the codec quantizer's own encoding differs from ours: audio input is off")
-            encoder = None
         buckets = batch_buckets(max_batch_size)
         return cls(
             model_name,
@@ -180,8 +182,8 @@ class MagentaRTEngine(ChunkEngine):
         the live-input mixes of that many sessions and for an initial clip."""
         super().warmup(batch_size)
         if self._encoder is not None:
-            self._encoder.warmup(batch_size, facts.INJECTION_MIX_SAMPLES)
-            self._encoder.warmup(1, INITIAL_AUDIO_MAX_SAMPLES)
+            self._encoder.compile_batches(batch_size, facts.INJECTION_MIX_SAMPLES)
+            self._encoder.compile_batches(1, INITIAL_AUDIO_MAX_SAMPLES)
 
 
 def chunk_seeds(jobs: Sequence[ChunkJob]) -> np.ndarray:

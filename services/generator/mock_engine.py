@@ -12,12 +12,13 @@ resume that ignored its snapshot (or a reset that kept the context) is heard in 
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from services.common import model_facts as facts
-from services.generator.engine import ChunkEngine, ChunkJob, ChunkOutput, SessionState
+from services.common.session_state import SessionState
+from services.generator.engine import ChunkEngine, ChunkJob, ChunkOutput
 from services.generator.model.crossfade import crossfade_chunks
 
 LOWEST_MIDI_NOTE = 48  # C3

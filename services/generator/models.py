@@ -12,7 +12,7 @@ from services.generator.sim_engine import SimCost
 
 def create_engine(model: str, store: AssetStore, *, max_batch_size: int,
                   checkpoint: Path | None = None, dtype: str = "float32",
-                  random_weights: bool = False, sim_cost: SimCost = SimCost(),
+                  random_weights: bool = False, sim_cost: SimCost | None = None,
                   sim_fail_batches: bool = False) -> ChunkEngine:
     """Build the engine for ``model``, compiled for batches of up to ``max_batch_size``;
     raises AssetMissingError when its files are absent. ``random_weights``: see
@@ -23,7 +23,7 @@ def create_engine(model: str, store: AssetStore, *, max_batch_size: int,
         return MockEngine()
     if model == "sim":
         from services.generator.sim_engine import SimEngine
-        return SimEngine(sim_cost, fail_batches=sim_fail_batches)
+        return SimEngine(sim_cost or SimCost(), fail_batches=sim_fail_batches)
     if model in ("tiny", "base", "large"):
         from services.generator.magenta_rt import MagentaRTEngine
         return MagentaRTEngine.create(model, store, max_batch_size=max_batch_size,

@@ -21,14 +21,15 @@ import dataclasses
 import itertools
 import threading
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from services.common import model_facts as facts
+from services.common.sampling import SamplingSettings
 from services.generator.batch_buckets import batch_buckets, bucket_for
 from services.generator.context_audio import ContextAudio
-from services.generator.engine import ChunkJob, ChunkOutput, SamplingParams
+from services.generator.engine import ChunkJob, ChunkOutput
 from services.generator.sessions import ChunkResult, GeneratorSession
 
 # A session falls due this long (plus the expected batch time) before its deadline.
@@ -174,7 +175,7 @@ class Scheduler:
             if (session := self._sessions.get(session_id)) is not None:
                 session.style_embedding, session.style_version = embedding, version
 
-    def set_sampling(self, session_id: str, sampling: SamplingParams, version: int) -> None:
+    def set_sampling(self, session_id: str, sampling: SamplingSettings, version: int) -> None:
         with self._cond:
             if (session := self._sessions.get(session_id)) is not None:
                 session.sampling, session.sampling_version = sampling, version

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import grpc
 import numpy as np
@@ -14,9 +14,10 @@ from prometheus_client import Counter, Gauge
 from services.common import model_facts as facts
 from services.common import session_end
 from services.common.proto.mrt.v1 import generator_pb2, generator_pb2_grpc
+from services.common.sampling import SamplingSettings
+from services.common.session_state import SessionState
 from services.common.snapshots import snapshot_to_state, state_to_snapshot
 from services.generator.context_audio import ContextAudio
-from services.generator.engine import SamplingParams, SessionState
 from services.generator.runner import BatchRunner
 from services.generator.scheduler import Scheduler
 from services.generator.sessions import ChunkResult, GeneratorSession
@@ -33,7 +34,7 @@ DRAINING = Gauge("mrt_generator_draining", "1 while the generator is draining")
 OUTBOX_CHUNKS = 2
 
 
-def sampling_from_proto(message: generator_pb2.Sampling) -> SamplingParams:
+def sampling_from_proto(message: generator_pb2.Sampling) -> SamplingSettings:
     """Validate fully resolved sampling settings (the gateway resolves defaults)."""
     checks = [
         (math.isfinite(message.temperature)
@@ -48,7 +49,7 @@ def sampling_from_proto(message: generator_pb2.Sampling) -> SamplingParams:
     for ok, why in checks:
         if not ok:
             raise ValueError(why)
-    return SamplingParams(temperature=message.temperature, top_k=message.top_k,
+    return SamplingSettings(temperature=message.temperature, top_k=message.top_k,
                           guidance=message.guidance, seed=message.seed)
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
+from services.common.sampling import SamplingSettings
+from services.common.session_state import SessionState
 from services.generator.context_audio import ContextAudio
-from services.generator.engine import ChunkOutput, SamplingParams, SessionState
+from services.generator.engine import ChunkOutput
 
 
 @dataclasses.dataclass
@@ -32,7 +34,7 @@ class GeneratorSession:
 
     session_id: str
     state: SessionState
-    sampling: SamplingParams
+    sampling: SamplingSettings
     deliver: Callable[[ChunkResult], None]  # thread-safe: called from the scheduler thread
     style_embedding: np.ndarray | None = None
     style_version: int = 0

@@ -17,12 +17,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from services.common import model_facts as facts
-from services.generator.engine import ChunkEngine, ChunkJob, ChunkOutput, SessionState
+from services.common.session_state import SessionState
+from services.generator.engine import ChunkEngine, ChunkJob, ChunkOutput
 
 DEFAULT_BATCH_SECONDS = 0.25
 DEFAULT_SESSION_SECONDS = 0.0125
@@ -52,7 +53,7 @@ class SimCost:
         if self.session_seconds <= 0:
             return 0
         # Rounded first, so that 1.75 / 0.0125 is 140 and not 139.99999.
-        return int(math.floor(round((period_s - self.batch_seconds) / self.session_seconds, 9)))
+        return math.floor(round((period_s - self.batch_seconds) / self.session_seconds, 9))
 
 
 class SimulatedBatchError(RuntimeError):

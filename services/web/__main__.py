@@ -18,8 +18,12 @@ import grpc
 from aiohttp import web
 
 from services.common.config import add_flag, setup_logging
-from services.common.security import (SecurityConfigError, add_internal_tls_flags,
-                                      add_server_tls_flags, internal_channel_credentials_from_flags)
+from services.common.security import (
+    SecurityConfigError,
+    add_internal_tls_flags,
+    add_server_tls_flags,
+    internal_channel_credentials_from_flags,
+)
 from services.common.server import channel_options
 from services.web.app import build_app
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from aiohttp import WSMsgType, web
@@ -165,8 +165,8 @@ class Bridge:
         try:
             done, _ = await asyncio.wait({responses, client}, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if task.exception() is not None:
-                    raise task.exception()
+                if (error := task.exception()) is not None:
+                    raise error
             return responses.result() if responses in done else "cancelled"  # client closed
         finally:
             call.cancel()
@@ -189,12 +189,12 @@ class Bridge:
                 self.sources.prompts_sent(update)
                 self._requests.put_nowait(update.request)
             elif kind == "musicGenerationConfig":
-                update = lyria.config_request(value)
-                if update.unsupported:
+                config = lyria.config_request(value)
+                if config.unsupported:
                     WARNINGS_SENT.labels("unsupported_field").inc()
-                    await self._send(lyria.unsupported_warning(update.unsupported))
-                self.sources.config_sent(update)
-                self._requests.put_nowait(update.request)
+                    await self._send(lyria.unsupported_warning(config.unsupported))
+                self.sources.config_sent(config)
+                self._requests.put_nowait(config.request)
             else:
                 self._requests.put_nowait(lyria.playback_request(value))
 
@@ -223,7 +223,10 @@ class Bridge:
                 WARNINGS_SENT.labels("filtered_prompt").inc()
                 await self._send(message)
         elif kind == "warning":
-            if response.warning.code == "INVALID_CONFIG":
+            # The generated stub names the field's type `Warning`, which type checkers take for
+            # the builtin: say which it is.
+            warning = cast(music_pb2.Warning, response.warning)
+            if warning.code == "INVALID_CONFIG":
                 self.sources.config_refused()
-            WARNINGS_SENT.labels(response.warning.code.lower() or "warning").inc()
-            await self._send(lyria.warning_message(response.warning))
+            WARNINGS_SENT.labels(warning.code.lower() or "warning").inc()
+            await self._send(lyria.warning_message(warning))

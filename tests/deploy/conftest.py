@@ -1,5 +1,4 @@
 import pytest
-
 from deploy_helpers import OVERLAYS, render_overlay
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 
 import yaml
-
 from deploy_helpers import DEPLOY, K8S, METRICS_PORT, RULES_FILE, alert_rule_groups, run, tool
 
 PROMETHEUS_DIR = DEPLOY / "prometheus"

@@ -14,13 +14,13 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
-
 from deploy_helpers import ROOT, SERVICES, project_version
+
 from services.cli.launcher import Cluster, ClusterConfig, ServiceSpec
 from services.common.proto.mrt.v1 import music_pb2
 from tests.streaming_client import StreamClient, chunk_audio

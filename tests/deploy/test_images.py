@@ -11,10 +11,9 @@ from pathlib import Path
 
 import dockerfile
 import pytest
+from deploy_helpers import DEPLOY, GRPC_PORT, METRICS_PORT, ROOT, SERVICES, run, tool
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-
-from deploy_helpers import DEPLOY, GRPC_PORT, METRICS_PORT, ROOT, SERVICES, run, tool
 
 DOCKER = DEPLOY / "docker"
 REQUIREMENTS = DOCKER / "requirements"

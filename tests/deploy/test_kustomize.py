@@ -8,9 +8,15 @@ import json
 import kubernetes_validate
 import pytest
 import yaml
-
 from deploy_helpers import (
-    DASHBOARD_FILE, GRPC_PORT, K8S, METRICS_PORT, OVERLAYS, SERVICES, find, project_version,
+    DASHBOARD_FILE,
+    GRPC_PORT,
+    K8S,
+    METRICS_PORT,
+    OVERLAYS,
+    SERVICES,
+    find,
+    project_version,
 )
 
 # The oldest Kubernetes minor we support (native gRPC probes are GA since 1.27) and the newest

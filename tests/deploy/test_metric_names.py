@@ -9,10 +9,19 @@ import re
 
 import pytest
 import yaml
-
 from deploy_helpers import (
-    ADAPTER_VALUES_FILE, DASHBOARD_FILE, SCRAPE_LABELS, alert_rule_groups, grouping_labels,
-    label_matchers, load_metrics, recording_rule_names, run, series_catalogue, series_in, tool,
+    ADAPTER_VALUES_FILE,
+    DASHBOARD_FILE,
+    SCRAPE_LABELS,
+    alert_rule_groups,
+    grouping_labels,
+    label_matchers,
+    load_metrics,
+    recording_rule_names,
+    run,
+    series_catalogue,
+    series_in,
+    tool,
 )
 
 

@@ -7,7 +7,6 @@ import dataclasses
 import itertools
 
 import pytest
-
 from deploy_helpers import GRPC_PORT, METRICS_PORT, OVERLAYS, SERVICES, find
 
 

@@ -47,5 +47,5 @@ def test_mrt_up_serves_the_default_model_and_mrt_stream_writes_a_wav(tmp_path, t
     finally:
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0
-        gone, alive = psutil.wait_procs(children, timeout=10)
+        _, alive = psutil.wait_procs(children, timeout=10)
         assert not alive, f"orphan processes left: {alive}"

@@ -12,10 +12,10 @@ import time
 
 import pytest
 
+from bench.mock_reference import mock_session_audio
 from bench.player import Player
 from services.common.proto.mrt.v1 import music_pb2
 from tests.integration.conftest import metric, scrape, start_cluster, wait_for_open_sessions
-from bench.mock_reference import mock_session_audio
 from tests.mock_audio import assert_same_audio
 from tests.streaming_client import Listener
 

@@ -63,9 +63,9 @@ def prometheus(mock_cluster, tmp_path_factory):
             try:
                 urllib.request.urlopen(f"{base_url}/-/ready", timeout=2)
                 break
-            except OSError:
+            except OSError as err:
                 if time.time() > deadline:
-                    raise AssertionError((workdir / "prometheus.log").read_text()[-2000:])
+                    raise AssertionError((workdir / "prometheus.log").read_text()[-2000:]) from err
                 time.sleep(0.3)
         while len(query(base_url, "up == 1")) < len(mock_cluster.services):
             assert time.time() < deadline, "Prometheus did not scrape every service"

@@ -11,10 +11,10 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.mock_reference import mock_session_audio
 from services.cli.launcher import ClusterConfig
 from services.common.proto.mrt.v1 import music_pb2
 from tests.integration.conftest import metric, run_mrt_up, scrape
-from bench.mock_reference import mock_session_audio
 from tests.mock_audio import assert_same_audio
 from tests.streaming_client import Listener
 

@@ -24,8 +24,14 @@ import websockets
 from google import genai
 from google.genai import types
 
-from services.cli.launcher import (GATEWAY, Cluster, ClusterConfig, ClusterTLS, ServiceProcess,
-                                   wait_until_serving)
+from services.cli.launcher import (
+    GATEWAY,
+    Cluster,
+    ClusterConfig,
+    ClusterTLS,
+    ServiceProcess,
+    wait_until_serving,
+)
 from tests.certificates import CertificateAuthority
 from tests.integration.conftest import metric, scrape
 

@@ -5,9 +5,15 @@ import pytest
 
 from services.common import model_facts as facts
 from services.common.proto.mrt.v1 import music_pb2
-from services.gateway.audio_injection import (AudioInjector, AudioInputRejected, InjectionSettings,
-                                              TimelineAudio, decode_initial_audio,
-                                              merge_injection_config, mix_live_style)
+from services.gateway.audio_injection import (
+    AudioInjector,
+    AudioInputRejected,
+    InjectionSettings,
+    TimelineAudio,
+    decode_initial_audio,
+    merge_injection_config,
+    mix_live_style,
+)
 
 SR, F, C = facts.SAMPLE_RATE_HZ, facts.SAMPLES_PER_FRAME, facts.CHUNK_SAMPLES
 MIX = facts.INJECTION_MIX_SAMPLES
@@ -155,6 +161,7 @@ def test_live_style_joins_the_prompt_mix_with_its_weight():
 
 def test_recent_input_is_the_newest_ten_seconds_as_wav():
     import io
+
     import soundfile
     injector = AudioInjector()
     assert injector.recent_input_wav() is None

@@ -5,7 +5,8 @@ import io
 import numpy as np
 import pytest
 import soundfile
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.embedder import audio_input
 from services.embedder.audio_input import (

@@ -2,8 +2,12 @@
 
 import pytest
 
-from services.generator.batch_buckets import (LARGEST_BATCH_SIZE, MAX_PADDING_FRACTION,
-                                              batch_buckets, bucket_for)
+from services.generator.batch_buckets import (
+    LARGEST_BATCH_SIZE,
+    MAX_PADDING_FRACTION,
+    batch_buckets,
+    bucket_for,
+)
 
 
 @pytest.mark.parametrize("max_batch_size", [1, 2, 16, 100, 256, LARGEST_BATCH_SIZE])

@@ -19,8 +19,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from services.cli.launcher import (Cluster, ClusterConfig, ClusterError, ServiceExitedError,
-                                   ServiceNotReadyError, ServiceProcess, ServiceSpec)
+from services.cli.launcher import (
+    Cluster,
+    ClusterConfig,
+    ClusterError,
+    ServiceExitedError,
+    ServiceNotReadyError,
+    ServiceProcess,
+    ServiceSpec,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Bounds on waiting for processes started by these tests; generous for a busy 2-core machine.

@@ -8,8 +8,10 @@ import pytest
 
 from services.common import model_facts as facts
 from services.common.assets import AssetStore
+from services.common.sampling import SamplingSettings
+from services.common.session_state import SessionState
 from services.generator.context_audio import ContextAudio
-from services.generator.engine import ChunkJob, SamplingParams, SessionState
+from services.generator.engine import ChunkJob
 from services.generator.magenta_rt import MagentaRTEngine
 from services.generator.model import spectrostream, tiny_assets, tokens
 from services.generator.model.codec_encoder import SpectroStreamEncoder, convert_encoder
@@ -60,8 +62,8 @@ def previous_state() -> SessionState:
 def test_injected_mix_overwrites_the_last_58_frames_with_its_encoding(engine, tiny_store):
     mix = chord(facts.INJECTION_MIX_SAMPLES / facts.SAMPLE_RATE_HZ)
     before = previous_state()
-    plain = ChunkJob(previous_state(), None, SamplingParams(seed=1))
-    injected = ChunkJob(before, None, SamplingParams(seed=1),
+    plain = ChunkJob(previous_state(), None, SamplingSettings(seed=1))
+    injected = ChunkJob(before, None, SamplingSettings(seed=1),
                         context_audio=(ContextAudio.injected_mix(mix.astype("<f4").tobytes()),))
     engine._sampler.encoder_tokens.clear()
     outputs = engine.generate([plain, injected])  # one batch: with and without injection
@@ -90,7 +92,7 @@ def test_injected_mix_overwrites_the_last_58_frames_with_its_encoding(engine, ti
 
 def test_initial_audio_fills_the_end_of_a_fresh_context(engine, tiny_store):
     clip = chord(3.0, hz=(196.0, 294.0))
-    job = ChunkJob(SessionState.fresh(), None, SamplingParams(seed=2),
+    job = ChunkJob(SessionState.fresh(), None, SamplingSettings(seed=2),
                    context_audio=(ContextAudio.initial_audio(clip.astype("<f4").tobytes()),))
     engine._sampler.encoder_tokens.clear()
     (output,) = engine.generate([job])
@@ -103,7 +105,7 @@ def test_initial_audio_fills_the_end_of_a_fresh_context(engine, tiny_store):
 
 def test_initial_audio_then_a_mix_are_both_written_in_order(engine, tiny_store):
     session = GeneratorSession(session_id="s", state=SessionState.fresh(),
-                               sampling=SamplingParams(seed=3), deliver=lambda result: None)
+                               sampling=SamplingSettings(seed=3), deliver=lambda result: None)
     clip = chord(10.0, hz=(196.0, 294.0))
     mixes = [chord(facts.INJECTION_MIX_SAMPLES / facts.SAMPLE_RATE_HZ, hz=hz)
              for hz in ((220.0, 330.0), (247.0, 370.0))]

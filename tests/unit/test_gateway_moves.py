@@ -11,8 +11,11 @@ import pytest
 from services.common.proto.mrt.v1 import generator_pb2, music_pb2
 from services.gateway.audio_encoding import PcmEncoder
 from services.gateway.generator_link import LinkError
-from services.gateway.generator_pool import (MISSED_DEADLINES_UNHEALTHY, GeneratorEndpoint,
-                                            GeneratorPool)
+from services.gateway.generator_pool import (
+    MISSED_DEADLINES_UNHEALTHY,
+    GeneratorEndpoint,
+    GeneratorPool,
+)
 from services.gateway.listener import ListenerSession, SessionSettings
 from services.gateway.prompts import PromptLimits
 

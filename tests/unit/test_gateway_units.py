@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from services.common.proto.mrt.v1 import generator_pb2, music_pb2
+from services.common.sampling import SamplingSettings
+from services.common.session_state import SessionState
 from services.common.snapshots import snapshot_to_state, state_to_snapshot
-from services.generator.engine import SessionState
-from services.gateway.generation_config import SamplingSettings, merge_config
+from services.gateway.generation_config import merge_config
 from services.gateway.generator_pool import GeneratorPool, NoCapacity, NoGenerator
 from services.gateway.prompts import PromptError, PromptLimits, mix_embeddings, resolve_prompts
 

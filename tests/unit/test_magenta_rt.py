@@ -7,13 +7,15 @@ import pytest
 
 from services.common import model_facts as facts
 from services.common.assets import AssetMissingError, AssetStore
-from services.generator.engine import ChunkJob, SamplingParams, SessionState
+from services.common.sampling import SamplingSettings
+from services.common.session_state import SessionState
+from services.generator import magenta_rt
+from services.generator.engine import ChunkJob
+from services.generator.magenta_rt import MagentaRTEngine
 from services.generator.model import tiny_assets
 from services.generator.model.codec_encoder import SpectroStreamEncoder
 from services.generator.model.spectrostream import SpectroStreamDecoder
 from services.generator.model.style_tokens import STYLE_QUANTIZER_ASSET, StyleQuantizer
-from services.generator import magenta_rt
-from services.generator.magenta_rt import MagentaRTEngine
 
 
 class RecordingSampler:
@@ -67,9 +69,9 @@ def _jobs():
     later.crossfade_tail[:] = 0.25
     later.chunk_index = 2
     return [
-        ChunkJob(SessionState.fresh(), None, SamplingParams(seed=11)),
-        ChunkJob(later, STYLE, SamplingParams(temperature=0.7, top_k=5, guidance=2.0, seed=40)),
-        ChunkJob(SessionState.fresh(), STYLE, SamplingParams(seed=11)),
+        ChunkJob(SessionState.fresh(), None, SamplingSettings(seed=11)),
+        ChunkJob(later, STYLE, SamplingSettings(temperature=0.7, top_k=5, guidance=2.0, seed=40)),
+        ChunkJob(SessionState.fresh(), STYLE, SamplingSettings(seed=11)),
     ]
 
 
@@ -137,7 +139,7 @@ def test_each_row_gets_what_it_would_get_alone(engine):
 
 
 def test_consecutive_chunks_join_without_a_jump(engine):
-    job = ChunkJob(SessionState.fresh(), STYLE, SamplingParams(seed=3))
+    job = ChunkJob(SessionState.fresh(), STYLE, SamplingSettings(seed=3))
     first = engine.generate([job])[0]
     second = engine.generate([ChunkJob(first.state, STYLE, job.sampling)])[0]
     within = max(np.abs(np.diff(a.audio, axis=0)).max() for a in (first, second))
@@ -168,7 +170,7 @@ def test_random_weights_need_no_upstream_files(tmp_path, monkeypatch):
     engine = MagentaRTEngine.create("base", AssetStore(tmp_path), max_batch_size=1,
                                     random_weights=True)
     assert engine.name == "base"
-    output = engine.generate([ChunkJob(SessionState.fresh(), None, SamplingParams(seed=3))])[0]
+    output = engine.generate([ChunkJob(SessionState.fresh(), None, SamplingSettings(seed=3))])[0]
     assert output.audio.shape == (facts.CHUNK_SAMPLES, facts.CHANNELS)
     assert output.state.chunk_index == 1
     with pytest.raises(ValueError, match="exclude"):
@@ -211,11 +213,11 @@ def test_the_style_quantizer_runs_once_per_style_not_per_chunk(engine, monkeypat
     monkeypatch.setattr(quantizer, "tokens",
                         lambda embeddings: quantized.append(len(embeddings)) or real_tokens(embeddings))
     other = np.random.default_rng(10).standard_normal(768).astype(np.float32)
-    first = engine.style_tokens([ChunkJob(SessionState.fresh(), STYLE, SamplingParams()),
-                                 ChunkJob(SessionState.fresh(), STYLE, SamplingParams()),
-                                 ChunkJob(SessionState.fresh(), None, SamplingParams())])
-    again = engine.style_tokens([ChunkJob(SessionState.fresh(), other, SamplingParams()),
-                                 ChunkJob(SessionState.fresh(), STYLE, SamplingParams())])
+    first = engine.style_tokens([ChunkJob(SessionState.fresh(), STYLE, SamplingSettings()),
+                                 ChunkJob(SessionState.fresh(), STYLE, SamplingSettings()),
+                                 ChunkJob(SessionState.fresh(), None, SamplingSettings())])
+    again = engine.style_tokens([ChunkJob(SessionState.fresh(), other, SamplingSettings()),
+                                 ChunkJob(SessionState.fresh(), STYLE, SamplingSettings())])
     assert quantized == [1, 1]  # STYLE once (for two rows), then only the new style
     np.testing.assert_array_equal(first[0], real_tokens(STYLE[None])[0])
     np.testing.assert_array_equal(first[1], first[0])

@@ -3,12 +3,14 @@ import dataclasses
 import numpy as np
 
 from services.common import model_facts as facts
-from services.generator.engine import ChunkJob, SamplingParams, SessionState
+from services.common.sampling import SamplingSettings
+from services.common.session_state import SessionState
+from services.generator.engine import ChunkJob
 from services.generator.mock_engine import MockEngine
 
 
 def _job(seed=0, style=None, state=None) -> ChunkJob:
-    return ChunkJob(state or SessionState.fresh(), style, SamplingParams(seed=seed))
+    return ChunkJob(state or SessionState.fresh(), style, SamplingSettings(seed=seed))
 
 
 def _play(engine, job, chunks):

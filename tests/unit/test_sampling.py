@@ -9,8 +9,12 @@ from services.common import model_facts as facts
 from services.generator.model import tokens
 from services.generator.model.configs import CONFIGS
 from services.generator.model.depthformer import Depthformer, decode_chunk, init_params
-from services.generator.model.sampling import (TokenSampler, sample_codes, top_k_threshold,
-                                               top_k_threshold_by_sorting)
+from services.generator.model.sampling import (
+    TokenSampler,
+    sample_codes,
+    top_k_threshold,
+    top_k_threshold_by_sorting,
+)
 
 CONFIG = CONFIGS["tiny"]
 

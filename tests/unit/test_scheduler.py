@@ -7,10 +7,16 @@ import numpy as np
 import pytest
 
 from services.common import model_facts as facts
-from services.generator.engine import ChunkEngine, ChunkOutput, SamplingParams, SessionState
+from services.common.sampling import SamplingSettings
+from services.common.session_state import SessionState
+from services.generator.engine import ChunkEngine, ChunkOutput
 from services.generator.runner import BatchRunner
-from services.generator.scheduler import (DUE_MARGIN_S, MAX_PENDING_DEMANDS, BatchTimeModel,
-                                          Scheduler)
+from services.generator.scheduler import (
+    DUE_MARGIN_S,
+    MAX_PENDING_DEMANDS,
+    BatchTimeModel,
+    Scheduler,
+)
 from services.generator.sessions import GeneratorSession
 
 
@@ -56,7 +62,7 @@ class ScriptedEngine(ChunkEngine):
 
 def make_session(seed: int, results: list) -> GeneratorSession:
     return GeneratorSession(session_id=f"s{seed}", state=SessionState.fresh(),
-                            sampling=SamplingParams(seed=seed), deliver=results.append)
+                            sampling=SamplingSettings(seed=seed), deliver=results.append)
 
 
 def scheduler_with(clock: FakeClock, max_batch_size: int = 4, batch_s: float = 0.1) -> Scheduler:
@@ -162,7 +168,7 @@ def test_a_raising_delivery_does_not_keep_the_others_from_their_chunks():
     def broken(result):
         raise RuntimeError("the stream is gone")
     scheduler.add(GeneratorSession(session_id="broken", state=SessionState.fresh(),
-                                   sampling=SamplingParams(), deliver=broken))
+                                   sampling=SamplingSettings(), deliver=broken))
     scheduler.add(make_session(1, results))
     scheduler.demand("broken", clock.now)
     scheduler.demand("s1", clock.now)

@@ -12,9 +12,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.common.security import (SecurityConfigError, add_internal_tls_flags,
-                                      add_server_tls_flags, load_channel_credentials,
-                                      load_server_credentials)
+from services.common.security import (
+    SecurityConfigError,
+    add_internal_tls_flags,
+    add_server_tls_flags,
+    load_channel_credentials,
+    load_server_credentials,
+)
 from tests.certificates import CertificateAuthority
 
 

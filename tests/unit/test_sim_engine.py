@@ -4,12 +4,14 @@ import numpy as np
 import pytest
 
 from services.common import model_facts as facts
-from services.generator.engine import ChunkJob, SamplingParams, SessionState
+from services.common.sampling import SamplingSettings
+from services.common.session_state import SessionState
+from services.generator.engine import ChunkJob
 from services.generator.sim_engine import SimCost, SimEngine, SimulatedBatchError
 
 
 def job(state: SessionState, seed: int = 1, style: np.ndarray | None = None) -> ChunkJob:
-    return ChunkJob(state=state, style_embedding=style, sampling=SamplingParams(seed=seed))
+    return ChunkJob(state=state, style_embedding=style, sampling=SamplingSettings(seed=seed))
 
 
 def test_a_batch_sleeps_a_plus_b_per_session():

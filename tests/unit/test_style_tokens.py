@@ -7,8 +7,12 @@ from services.common import model_facts as facts
 from services.common.assets import AssetStore
 from services.generator.model import tiny_assets
 from services.generator.model.spectrostream import import_tensorflow_cpu_only
-from services.generator.model.style_tokens import (SAVED_VARIABLE_ORDER, STYLE_QUANTIZER_ASSET,
-                                                   StyleQuantizer, load_style_codebooks)
+from services.generator.model.style_tokens import (
+    SAVED_VARIABLE_ORDER,
+    STYLE_QUANTIZER_ASSET,
+    StyleQuantizer,
+    load_style_codebooks,
+)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,9 @@ import pytest
 
 from services.common import model_facts as facts
 from services.common.assets import AssetStore
-from services.generator.engine import ChunkJob, SamplingParams, SessionState
+from services.common.sampling import SamplingSettings
+from services.common.session_state import SessionState
+from services.generator.engine import ChunkJob
 from services.generator.models import create_engine
 
 
@@ -21,10 +23,10 @@ def style(seed: int) -> np.ndarray:
 
 def test_a_chunk_has_the_shapes_ranges_and_state_of_design_3_4(engine):
     out, again, other_seed, other_style = engine.generate([
-        ChunkJob(SessionState.fresh(), style(1), SamplingParams(seed=7)),
-        ChunkJob(SessionState.fresh(), style(1), SamplingParams(seed=7)),
-        ChunkJob(SessionState.fresh(), style(1), SamplingParams(seed=8)),
-        ChunkJob(SessionState.fresh(), style(2), SamplingParams(seed=7)),
+        ChunkJob(SessionState.fresh(), style(1), SamplingSettings(seed=7)),
+        ChunkJob(SessionState.fresh(), style(1), SamplingSettings(seed=7)),
+        ChunkJob(SessionState.fresh(), style(1), SamplingSettings(seed=8)),
+        ChunkJob(SessionState.fresh(), style(2), SamplingSettings(seed=7)),
     ])
     assert out.audio.shape == (facts.CHUNK_SAMPLES, facts.CHANNELS) and out.audio.dtype == np.float32
     assert np.all(np.isfinite(out.audio)) and np.abs(out.audio).max() <= 1.0
@@ -41,13 +43,13 @@ def test_a_chunk_has_the_shapes_ranges_and_state_of_design_3_4(engine):
 
 
 def test_a_session_gets_the_same_chunk_alone_or_in_a_batch_with_other_settings(engine):
-    first = engine.generate([ChunkJob(SessionState.fresh(), style(3), SamplingParams(seed=5))])[0]
-    job = ChunkJob(first.state, style(3), SamplingParams(temperature=0.9, top_k=10, seed=5))
+    first = engine.generate([ChunkJob(SessionState.fresh(), style(3), SamplingSettings(seed=5))])[0]
+    job = ChunkJob(first.state, style(3), SamplingSettings(temperature=0.9, top_k=10, seed=5))
     alone = engine.generate([job])[0]
     batched = engine.generate([
-        ChunkJob(SessionState.fresh(), None, SamplingParams(temperature=2.0, top_k=0, seed=1)),
+        ChunkJob(SessionState.fresh(), None, SamplingSettings(temperature=2.0, top_k=0, seed=1)),
         job,
-        ChunkJob(first.state, style(4), SamplingParams(guidance=0.0, seed=9)),
+        ChunkJob(first.state, style(4), SamplingSettings(guidance=0.0, seed=9)),
     ])[1]
     np.testing.assert_array_equal(alone.state.context_tokens, batched.state.context_tokens)
     np.testing.assert_allclose(alone.audio, batched.audio, atol=1e-6)

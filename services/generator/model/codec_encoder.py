@@ -11,8 +11,8 @@ codebook vector (Euclidean) to what the previous levels left over, as upstream's
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -20,9 +20,13 @@ import numpy as np
 
 from services.common import model_facts as facts
 from services.common.assets import AssetStore
-from services.generator.model.spectrostream import (CODEC_EMBEDDING_DIM, ENCODER_ASSET,
-                                                    QUANTIZER_ASSET, import_tensorflow_cpu_only,
-                                                    load_codec_codebooks)
+from services.generator.model.spectrostream import (
+    CODEC_EMBEDDING_DIM,
+    ENCODER_ASSET,
+    QUANTIZER_ASSET,
+    import_tensorflow_cpu_only,
+    load_codec_codebooks,
+)
 
 
 def convert_encoder(encoder_dir: Path, example_samples: int = facts.SAMPLE_RATE_HZ
@@ -80,7 +84,7 @@ class SpectroStreamEncoder:
 
     @classmethod
     def load(cls, quantizer_dir: Path, encoder_dir: Path,
-             levels: int = facts.DECODER_RVQ_LEVELS) -> "SpectroStreamEncoder":
+             levels: int = facts.DECODER_RVQ_LEVELS) -> SpectroStreamEncoder:
         """Load codebooks and encoder network from the two SavedModel directories."""
         encoder_fn, encoder_params = convert_encoder(encoder_dir)
         return cls(load_codec_codebooks(quantizer_dir, levels), encoder_fn, encoder_params)
@@ -98,7 +102,7 @@ class SpectroStreamEncoder:
         return bool(np.array_equal(np.transpose(reference.numpy(), (1, 2, 0)), np.asarray(ours)))
 
     @classmethod
-    def from_store(cls, store: AssetStore, **kwargs) -> "SpectroStreamEncoder":
+    def from_store(cls, store: AssetStore, **kwargs) -> SpectroStreamEncoder:
         """Load from an asset store laid out like the upstream repository."""
         return cls.load(store.path(QUANTIZER_ASSET), store.path(ENCODER_ASSET), **kwargs)
 
@@ -118,7 +122,7 @@ class SpectroStreamEncoder:
         self._compiled.add(padded.shape[:2])
         return np.asarray(codes[:batch_size], np.int32)
 
-    def warmup(self, max_batch_size: int, samples: int) -> None:
+    def compile_batches(self, max_batch_size: int, samples: int) -> None:
         """Compile every padded batch size up to `max_batch_size` for `samples`-long audio
         (shapes already run are skipped), so no session waits for a compilation."""
         size = 1

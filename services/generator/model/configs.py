@@ -7,7 +7,8 @@ and by the offline default (random weights from a fixed seed).
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Mapping
+from collections.abc import Mapping
+from typing import Literal
 
 from services.common import model_facts as facts
 
@@ -43,12 +44,12 @@ class DepthformerConfig:
         """Width of the joined query / key / value projections (heads x head_dim)."""
         return self.num_heads * self.head_dim
 
-    def with_dtype(self, dtype: ActivationDtype) -> "DepthformerConfig":
+    def with_dtype(self, dtype: ActivationDtype) -> DepthformerConfig:
         return dataclasses.replace(self, dtype=dtype)
 
     @classmethod
     def from_size_macros(cls, dims: Mapping[str, int],
-                         dtype: ActivationDtype = "float32") -> "DepthformerConfig":
+                         dtype: ActivationDtype = "float32") -> DepthformerConfig:
         """The config of upstream's gin size macros (EMBED_DIM, NUM_HEADS, HEAD_DIM, MLP_DIM,
         NUM_ENCODER_LAYERS, NUM_TEMPORAL_LAYERS, NUM_DEPTH_LAYERS), e.g. of a checkpoint
         trained at another size."""
@@ -57,6 +58,15 @@ class DepthformerConfig:
                    encoder_layers=dims["NUM_ENCODER_LAYERS"],
                    temporal_layers=dims["NUM_TEMPORAL_LAYERS"],
                    depth_layers=dims["NUM_DEPTH_LAYERS"], dtype=dtype)
+
+
+def activation_dtype(name: str) -> ActivationDtype:
+    """`name` as an activation dtype; ValueError for any other."""
+    if name == "float32":
+        return "float32"
+    if name == "bfloat16":
+        return "bfloat16"
+    raise ValueError(f"dtype must be float32 or bfloat16, got {name!r}")
 
 
 CONFIGS: dict[str, DepthformerConfig] = {

@@ -14,13 +14,13 @@ from __future__ import annotations
 import re
 import tarfile
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import tensorstore as ts
-from flax import serialization
-from flax import traverse_util
+from flax import serialization, traverse_util
 
 from services.generator.model.configs import DepthformerConfig
 from services.generator.model.depthformer import Params, param_shapes
@@ -165,10 +165,10 @@ def _extract_params(archive: tarfile.TarFile, scratch: Path) -> Path:
     checkpoint_files = [m for m in members
                         if m.isfile() and Path(m.name).name == CHECKPOINT_FILE]
     if not checkpoint_files:
-        raise CheckpointError(f"{archive.name} holds no t5x '{CHECKPOINT_FILE}' file")
+        raise CheckpointError(f"{archive.name!s} holds no t5x '{CHECKPOINT_FILE}' file")
     root = Path(min(checkpoint_files, key=lambda m: m.name.count("/")).name).parent
     wanted = [m for m in members
-              if Path(m.name).parent == root and Path(m.name).name == CHECKPOINT_FILE
+              if (Path(m.name).parent == root and Path(m.name).name == CHECKPOINT_FILE)
               or _under_target_dir(Path(m.name), root)]
     archive.extractall(scratch, members=wanted, filter="data")
     return scratch / root

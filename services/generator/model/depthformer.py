@@ -37,13 +37,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
-from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 from jax import lax
 
 from services.common import model_facts as facts
@@ -62,7 +63,7 @@ _MASKED_LOGIT = -1e10  # upstream's additive attention mask
 _SHAPE_ONLY = nn.initializers.zeros
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sinusoid_position_table(num_positions: int, features: int) -> np.ndarray:
     """float32[num_positions, features]: sin in the first half, cos in the second, with rates
     from 1 down to 1/10 000 spaced geometrically (T5 FixedEmbed)."""
@@ -408,7 +409,7 @@ class EncoderPasses:
     query_block: int | None = None
 
     @classmethod
-    def for_backend(cls, backend: str) -> "EncoderPasses":
+    def for_backend(cls, backend: str) -> EncoderPasses:
         """Small, cache-sized passes on CPU; accelerators want big matrix products."""
         return cls(rows=2, query_block=256) if backend == "cpu" else cls(rows=16)
 

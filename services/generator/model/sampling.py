@@ -13,7 +13,7 @@ whatever batch it is in, up to the float32 rounding of matrix products of other 
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +24,7 @@ from services.common import model_facts as facts
 from services.generator.batch_buckets import bucket_for
 from services.generator.model import tokens as token_layout
 from services.generator.model.configs import DepthformerConfig
-from services.generator.model.depthformer import (Depthformer, EncoderPasses, Params,
-                                                  decode_chunk)
+from services.generator.model.depthformer import Depthformer, EncoderPasses, Params, decode_chunk
 
 _BLOCK = 32  # inverse-CDF sampling goes through 32 blocks of 32 codes
 _VALUE_SPLIT_ROUNDS = 16  # top_k_threshold's rounds that split at the value midpoint
@@ -162,9 +161,10 @@ def prepare_params(config: DepthformerConfig, params: Params) -> Params:
     """Device copies of the parameters, stored in the activation dtype (as they are used)
     except the float32 output projection."""
     dtype = jnp.dtype(config.dtype)
-    return {name: jax.tree_util.tree_map(
-        lambda a: jnp.asarray(a, jnp.float32 if name == "logits_dense" else dtype), subtree)
-        for name, subtree in params.items()}
+    def stored(name: str, subtree: Params) -> Params:
+        stored_dtype = jnp.float32 if name == "logits_dense" else dtype
+        return jax.tree_util.tree_map(lambda a: jnp.asarray(a, stored_dtype), subtree)
+    return {name: stored(name, subtree) for name, subtree in params.items()}
 
 
 class TokenSampler:
@@ -193,15 +193,6 @@ class TokenSampler:
     def bucket_for(self, batch_size: int) -> int:
         """The padded batch size a batch of `batch_size` sessions runs at."""
         return bucket_for(batch_size, self.batch_buckets)
-
-    def warmup(self, max_batch_size: int | None = None) -> None:
-        """Compile the program of every bucket up to `max_batch_size` (default: all)."""
-        limit = self.max_batch_size if max_batch_size is None else max_batch_size
-        for bucket in self.batch_buckets:
-            if bucket <= limit:
-                self.sample(np.full((bucket, facts.ENCODER_INPUT_TOKENS), facts.MASK_TOKEN),
-                            np.zeros(bucket), np.zeros(bucket), np.zeros(bucket),
-                            np.zeros(bucket))
 
     def sample(self, encoder_tokens: np.ndarray, temperature: np.ndarray, top_k: np.ndarray,
                guidance: np.ndarray, seeds: np.ndarray,

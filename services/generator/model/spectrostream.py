@@ -18,8 +18,8 @@ SavedModel formats (upstream's, and what `tiny_assets` writes):
 from __future__ import annotations
 
 import types
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -111,14 +111,14 @@ class SpectroStreamDecoder:
 
     @classmethod
     def load(cls, quantizer_dir: Path, decoder_dir: Path,
-             levels: int = facts.DECODER_RVQ_LEVELS, **kwargs) -> "SpectroStreamDecoder":
+             levels: int = facts.DECODER_RVQ_LEVELS, **kwargs) -> SpectroStreamDecoder:
         """Load codebooks and decoder network from the two SavedModel directories."""
         decoder_fn, decoder_params = convert_decoder(decoder_dir)
         return cls(load_codec_codebooks(quantizer_dir, levels), decoder_fn, decoder_params,
                    **kwargs)
 
     @classmethod
-    def from_store(cls, store: AssetStore, **kwargs) -> "SpectroStreamDecoder":
+    def from_store(cls, store: AssetStore, **kwargs) -> SpectroStreamDecoder:
         """Load from an asset store laid out like the upstream repository."""
         return cls.load(store.path(QUANTIZER_ASSET), store.path(DECODER_ASSET), **kwargs)
 
@@ -135,13 +135,6 @@ class SpectroStreamDecoder:
         padded[:batch_size] = codes
         audio = self._run(padded)
         return np.asarray(audio[:batch_size], np.float32)
-
-    def warmup(self, max_batch_size: int, frames: int = facts.CHUNK_FRAMES + 1) -> None:
-        """Compile the program of every bucket up to `max_batch_size` for `frames` frames."""
-        for bucket in self.batch_buckets:
-            self._run(np.zeros((bucket, frames, self.levels), np.int32))
-            if bucket >= max_batch_size:
-                break
 
     def _run(self, codes: np.ndarray) -> jax.Array:
         import tf2jax

@@ -50,7 +50,7 @@ class StyleQuantizer:
         self._squared_norms = np.sum(self._codebooks ** 2, axis=-1)  # [levels, 1024]
 
     @classmethod
-    def load(cls, quantizer_dir: Path) -> "StyleQuantizer":
+    def load(cls, quantizer_dir: Path) -> StyleQuantizer:
         return cls(load_style_codebooks(quantizer_dir))
 
     @property

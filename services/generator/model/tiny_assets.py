@@ -28,16 +28,15 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from services.common import model_facts as facts
-from services.common.assets import AssetStore
+from services.common.assets import AssetStore, move_into_place
 from services.generator.model import spectrostream
 from services.generator.model.spectrostream import import_tensorflow_cpu_only
 from services.generator.model.style_tokens import SAVED_VARIABLE_ORDER, STYLE_QUANTIZER_ASSET
@@ -161,11 +160,7 @@ def build_directory_once(target: Path, fill: Callable[[Path], None]) -> None:
     try:
         log.info("building %s", target)
         fill(tmp_dir)
-        try:
-            os.rename(tmp_dir, target)
-        except OSError:
-            if not target.exists():  # a real failure, not a lost race
-                raise
+        move_into_place(tmp_dir, target)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
@@ -298,7 +293,7 @@ def _encoder_constants() -> dict[str, np.ndarray]:
         for harmonic in range(1, HARMONICS + 1):
             nearest = np.abs(partial_hz - half_hz * harmonic / 2.0).argmin()
             note_partials[note, nearest] += 1 / harmonic
-    basis, scale_direction = _decoder_subspace()
+    _, scale_direction = _decoder_subspace()
     kernels = np.concatenate(synth_kernels(), axis=1).astype(np.float64)
     return {name: value.astype(np.float32) for name, value in dict(
         cos_basis=cos_basis, sin_basis=sin_basis, unleak=unleak,
