@@ -51,13 +51,28 @@ def free_port(host: str = "127.0.0.1") -> int:
 def start_redis(data_dir: Path) -> tuple[subprocess.Popen, str]:
     """A real redis-server on a free loopback port, persisting nothing: (process, store URL)."""
     import redis
+
     server = shutil.which("redis-server")
     if server is None:
         raise RuntimeError("redis-server is missing: run scripts/ci_system_deps.sh")
     port = free_port()
     process = subprocess.Popen(
-        [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-         "--dir", str(data_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            server,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data_dir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     client = redis.Redis(host="127.0.0.1", port=port)
     deadline = time.monotonic() + REDIS_START_TIMEOUT_S
     try:
@@ -83,8 +98,9 @@ def restart_until_serving(gateway: ServiceProcess) -> None:
         time.sleep(0.2)
 
 
-def shared_store_gateways(cluster: Cluster, store_url: str, count: int,
-                          drain_grace_s: float) -> list[ServiceProcess]:
+def shared_store_gateways(
+    cluster: Cluster, store_url: str, count: int, drain_grace_s: float
+) -> list[ServiceProcess]:
     """The cluster's gateway and ``count - 1`` more, all on the session store ``store_url``."""
     flags = ["--session-store", store_url, "--drain-grace-s", f"{drain_grace_s:g}"]
     first = cluster.gateway
@@ -96,10 +112,18 @@ def shared_store_gateways(cluster: Cluster, store_url: str, count: int,
         port, metrics_port = free_port(), free_port()
         argv[argv.index("--port") + 1] = str(port)
         argv[argv.index("--metrics-port") + 1] = str(metrics_port)
-        gateways.append(ServiceProcess(
-            dataclasses.replace(first.spec, name=f"gateway-{index}", port=port,
-                                metrics_port=metrics_port, argv=tuple(argv)),
-            log_dir=cluster.config.log_dir))
+        gateways.append(
+            ServiceProcess(
+                dataclasses.replace(
+                    first.spec,
+                    name=f"gateway-{index}",
+                    port=port,
+                    metrics_port=metrics_port,
+                    argv=tuple(argv),
+                ),
+                log_dir=cluster.config.log_dir,
+            )
+        )
     for gateway in gateways:
         restart_until_serving(gateway)
     return gateways
@@ -155,8 +179,9 @@ class RecordingListener:
     error: Exception | None = None
 
     def __post_init__(self) -> None:
-        self.channel = grpc.insecure_channel("ipv4:" + ",".join(self.addresses),
-                                             options=CHANNEL_OPTIONS)
+        self.channel = grpc.insecure_channel(
+            "ipv4:" + ",".join(self.addresses), options=CHANNEL_OPTIONS
+        )
         self.stub = ArrivalRecorder(music_pb2_grpc.MusicGenerationStub(self.channel))
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -165,9 +190,13 @@ class RecordingListener:
         try:
             with open(os.devnull, "w") as quiet:
                 self.summary = stream_to_file(
-                    self.stub, seconds=self.seconds, out_path=self.out_path,
+                    self.stub,
+                    seconds=self.seconds,
+                    out_path=self.out_path,
                     setup=music_pb2.SessionSetup(encoding=music_pb2.PCM_S16LE),
-                    config=music_pb2.GenerationConfig(seed=self.seed), progress_out=quiet)
+                    config=music_pb2.GenerationConfig(seed=self.seed),
+                    progress_out=quiet,
+                )
         except Exception as err:  # judged by the caller
             self.error = err
         finally:
@@ -178,8 +207,11 @@ class RecordingListener:
         audio, rate = soundfile.read(self.out_path, dtype="float32")
         chunks = self.summary.chunks if self.summary else 0
         expected = np.concatenate(mock_session_audio(self.seed, chunks)) if chunks else audio[:0]
-        return (rate == 48000 and audio.shape == expected.shape
-                and float(np.abs(audio - expected).max(initial=0.0)) <= 2 / 32767)
+        return (
+            rate == 48000
+            and audio.shape == expected.shape
+            and float(np.abs(audio - expected).max(initial=0.0)) <= 2 / 32767
+        )
 
 
 def record_listener(seed: int, seconds: float, out_path: Path, addresses: list[str]) -> dict:
@@ -201,8 +233,13 @@ def record_listener(seed: int, seconds: float, out_path: Path, addresses: list[s
 def run(args: argparse.Namespace) -> dict[str, Any]:
     machine = report.machine_info()
     work = Path(tempfile.mkdtemp(prefix="mrt-rolling-"))
-    config = ClusterConfig(model="mock", embedder_model="mock", log_dir=work / "logs",
-                           assets_dir=args.assets_dir, ready_timeout_s=300).with_free_ports()
+    config = ClusterConfig(
+        model="mock",
+        embedder_model="mock",
+        log_dir=work / "logs",
+        assets_dir=args.assets_dir,
+        ready_timeout_s=300,
+    ).with_free_ports()
     redis_process, store_url = start_redis(work)
     cluster = Cluster(config)
     per_listener: list[dict] = []
@@ -214,14 +251,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         addresses = [g.address for g in gateways]
         seconds = args.minutes * 60
         pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=args.listeners, mp_context=multiprocessing.get_context("spawn"))
-        listeners = [pool.submit(record_listener, 100 + i, seconds, work / f"listener-{i}.wav",
-                                 addresses) for i in range(args.listeners)]
+            max_workers=args.listeners, mp_context=multiprocessing.get_context("spawn")
+        )
+        listeners = [
+            pool.submit(record_listener, 100 + i, seconds, work / f"listener-{i}.wav", addresses)
+            for i in range(args.listeners)
+        ]
         began = time.monotonic()
         turn = 0
         while not all(listener.done() for listener in listeners):
             next_restart = began + (len(restarts) + 1) * args.restart_every_s
-            while time.monotonic() < next_restart and not all(l.done() for l in listeners):
+            while time.monotonic() < next_restart and not all(listener.done() for listener in listeners):
                 time.sleep(0.2)
             if time.monotonic() < next_restart or time.monotonic() - began > seconds - 5:
                 break
@@ -235,9 +275,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             exited_s = time.monotonic() - began
             gateway.release()
             restart_until_serving(gateway)
-            restarts.append({"gateway": gateway.name, "at_s": round(at_s, 1),
-                             "exited_after_s": round(exited_s - at_s, 2), "exit_code": code,
-                             "serving_again_after_s": round(time.monotonic() - began - at_s, 2)})
+            restarts.append(
+                {
+                    "gateway": gateway.name,
+                    "at_s": round(at_s, 1),
+                    "exited_after_s": round(exited_s - at_s, 2),
+                    "exit_code": code,
+                    "serving_again_after_s": round(time.monotonic() - began - at_s, 2),
+                }
+            )
         per_listener = [listener.result(timeout=seconds + 120) for listener in listeners]
         pool.shutdown()
     finally:
@@ -257,52 +303,87 @@ def summarize(args, machine, per_listener: list[dict], restarts) -> dict[str, An
     return {
         "model": "mock",
         "machine": machine,
-        "settings": {"minutes": args.minutes, "gateways": args.gateways,
-                     "listeners": args.listeners, "restart_every_s": args.restart_every_s,
-                     "drain_grace_s": args.drain_grace_s},
+        "settings": {
+            "minutes": args.minutes,
+            "gateways": args.gateways,
+            "listeners": args.listeners,
+            "restart_every_s": args.restart_every_s,
+            "drain_grace_s": args.drain_grace_s,
+        },
         "restarts": restarts,
         "listeners": per_listener,
         "totals": {
             "sessions": len(per_listener),
-            "sessions_lost": sum(1 for l in per_listener if l["lost"]),
-            "files_not_continuous": sum(1 for l in per_listener if not l["file_equals_reference"]),
-            "reconnects": sum(l["reconnects"] for l in per_listener),
-            "silence_total_s": round(sum(l["silence_s"] for l in per_listener), 3),
-            "silence_max_per_listener_s": max((l["silence_s"] for l in per_listener), default=0.0),
+            "sessions_lost": sum(1 for listener in per_listener if listener["lost"]),
+            "files_not_continuous": sum(
+                1 for listener in per_listener if not listener["file_equals_reference"]
+            ),
+            "reconnects": sum(listener["reconnects"] for listener in per_listener),
+            "silence_total_s": round(sum(listener["silence_s"] for listener in per_listener), 3),
+            "silence_max_per_listener_s": max(
+                (listener["silence_s"] for listener in per_listener), default=0.0
+            ),
         },
     }
 
 
 def markdown(results: dict[str, Any], json_path: Path) -> str:
     settings, totals = results["settings"], results["totals"]
-    rows = [[r["gateway"], f"{r['at_s']:.0f}", report.fmt(r["exited_after_s"], 1),
-             str(r["exit_code"]), report.fmt(r["serving_again_after_s"], 1)]
-            for r in results["restarts"]]
-    listener_rows = [[str(l["seed"]), str(l["chunks"]), str(l["reconnects"]),
-                      "yes" if l["file_equals_reference"] else "**no**",
-                      report.fmt(l["silence_s"], 2), l["lost"] or "-"]
-                     for l in results["listeners"]]
-    return "\n".join([
-        "### Rolling restart of the gateways, model `mock`",
-        "",
-        f"Machine: {report.machine_line(results['machine'])}.",
-        f"{settings['minutes']:g} min, {settings['gateways']} gateways sharing one Redis "
-        f"session store, {settings['listeners']} listeners (`mrt stream`'s recording loop, "
-        f"round robin over the gateways) streaming throughout; every "
-        f"{settings['restart_every_s']:g} s the next gateway gets SIGTERM (drain grace "
-        f"{settings['drain_grace_s']:g} s) and is started again.",
-        "",
-        f"Sessions: {totals['sessions']}, lost **{totals['sessions_lost']}**; files that differ "
-        f"from an uninterrupted session (gap or repeat): **{totals['files_not_continuous']}**; "
-        f"resume attempts {totals['reconnects']} (a client's new stream may first reach the "
-        f"draining gateway, which refuses it, and is retried); silence heard: {totals['silence_total_s']:.2f} s in "
-        f"total, {totals['silence_max_per_listener_s']:.2f} s for the worst listener.",
-        "",
-        report.markdown_table(["gateway", "SIGTERM at s", "exited after s", "exit code",
-                               "serving again after s"], rows),
-        "",
-        report.markdown_table(["listener seed", "chunks", "resume attempts", "file continuous",
-                               "silence s", "lost"], listener_rows),
-        "",
-        f"Data: `{report.relative(json_path)}`.",
-    ])
+    rows = [
+        [
+            r["gateway"],
+            f"{r['at_s']:.0f}",
+            report.fmt(r["exited_after_s"], 1),
+            str(r["exit_code"]),
+            report.fmt(r["serving_again_after_s"], 1),
+        ]
+        for r in results["restarts"]
+    ]
+    listener_rows = [
+        [
+            str(listener["seed"]),
+            str(listener["chunks"]),
+            str(listener["reconnects"]),
+            "yes" if listener["file_equals_reference"] else "**no**",
+            report.fmt(listener["silence_s"], 2),
+            listener["lost"] or "-",
+        ]
+        for listener in results["listeners"]
+    ]
+    return "\n".join(
+        [
+            "### Rolling restart of the gateways, model `mock`",
+            "",
+            f"Machine: {report.machine_line(results['machine'])}.",
+            f"{settings['minutes']:g} min, {settings['gateways']} gateways sharing one Redis "
+            f"session store, {settings['listeners']} listeners (`mrt stream`'s recording loop, "
+            f"round robin over the gateways) streaming throughout; every "
+            f"{settings['restart_every_s']:g} s the next gateway gets SIGTERM (drain grace "
+            f"{settings['drain_grace_s']:g} s) and is started again.",
+            "",
+            f"Sessions: {totals['sessions']}, lost **{totals['sessions_lost']}**; files that differ "
+            f"from an uninterrupted session (gap or repeat): **{totals['files_not_continuous']}**; "
+            f"resume attempts {totals['reconnects']} (a client's new stream may first reach the "
+            f"draining gateway, which refuses it, and is retried); silence heard: {totals['silence_total_s']:.2f} s in "
+            f"total, {totals['silence_max_per_listener_s']:.2f} s for the worst listener.",
+            "",
+            report.markdown_table(
+                ["gateway", "SIGTERM at s", "exited after s", "exit code", "serving again after s"],
+                rows,
+            ),
+            "",
+            report.markdown_table(
+                [
+                    "listener seed",
+                    "chunks",
+                    "resume attempts",
+                    "file continuous",
+                    "silence s",
+                    "lost",
+                ],
+                listener_rows,
+            ),
+            "",
+            f"Data: `{report.relative(json_path)}`.",
+        ]
+    )

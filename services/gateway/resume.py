@@ -16,8 +16,13 @@ import logging
 
 import numpy as np
 
-from services.gateway.session_store import (ResumePoint, SessionRecord, SessionStore,
-                                            StoreUnavailable, token_key)
+from services.gateway.session_store import (
+    ResumePoint,
+    SessionRecord,
+    SessionStore,
+    StoreUnavailable,
+    token_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +63,7 @@ class ResumeKeeper:
         if self._writer is not None and not self._writer.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self._writer), 2 * self.store.timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _write(self) -> None:
@@ -68,8 +73,10 @@ class ResumeKeeper:
                 return
             if self._failed:
                 self._failed = False
-                log.info("session %s: session store reachable again; resume available",
-                         self.record.session_id)
+                log.info(
+                    "session %s: session store reachable again; resume available",
+                    self.record.session_id,
+                )
             if not self._dirty or self.superseded:
                 return
 

@@ -22,9 +22,15 @@ from services.gateway.embedder_client import BackendUnavailable, EmbedderClient,
 from services.gateway.generator_pool import GeneratorPool
 from services.gateway.listener import ClientTooSlow, ListenerSession, SessionSettings, StreamEnded
 from services.gateway.resume import ResumeKeeper
-from services.gateway.session_store import (MemorySessionStore, ResumePoint, SessionRecord,
-                                            SessionStore, StoreUnavailable, new_resume_token,
-                                            token_key)
+from services.gateway.session_store import (
+    MemorySessionStore,
+    ResumePoint,
+    SessionRecord,
+    SessionStore,
+    StoreUnavailable,
+    new_resume_token,
+    token_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +127,7 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
             else:
                 STARTED.labels(model).inc()
             log.info("session %s %s (model %s, peer %s)", session.session_id,
-                     "resumed at chunk %d" % session.next_sequence if setup.resume_token else "started",
+                     f"resumed at chunk {session.next_sequence}" if setup.resume_token else "started",
                      model, context.peer())
             yield music_pb2.StreamResponse(started=music_pb2.SessionStarted(
                 session_id=session.session_id, model=model, sample_rate=facts.SAMPLE_RATE_HZ,
@@ -253,7 +259,7 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
             session.ask_to_reconnect()
         try:
             await asyncio.wait_for(self._all_sessions_closed(), grace_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("drain grace of %.0f s over: %d session(s) had not moved; ending them",
                         grace_s, len(self.sessions))
 

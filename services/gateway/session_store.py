@@ -34,11 +34,17 @@ from services.common.metrics import LATENCY_BUCKETS_S
 
 log = logging.getLogger(__name__)
 
-STORE_LATENCY = Histogram("mrt_gateway_session_store_latency_seconds",
-                          "Session store call duration, by operation", ["op"],
-                          buckets=LATENCY_BUCKETS_S)
-STORE_ERRORS = Counter("mrt_gateway_session_store_errors_total",
-                       "Session store calls that failed or timed out, by operation", ["op"])
+STORE_LATENCY = Histogram(
+    "mrt_gateway_session_store_latency_seconds",
+    "Session store call duration, by operation",
+    ["op"],
+    buckets=LATENCY_BUCKETS_S,
+)
+STORE_ERRORS = Counter(
+    "mrt_gateway_session_store_errors_total",
+    "Session store calls that failed or timed out, by operation",
+    ["op"],
+)
 
 # Resume points kept per session: a client may have missed this many chunks sent before the cut.
 RESUME_POINTS_KEPT = 4
@@ -91,7 +97,9 @@ class SessionRecord:
 
     def add_point(self, point: ResumePoint) -> None:
         """Keep ``point`` (replacing any for a later or the same sequence) and the few before it."""
-        self.points = [p for p in self.points if p.sequence < point.sequence][-(RESUME_POINTS_KEPT - 1):]
+        self.points = [p for p in self.points if p.sequence < point.sequence][
+            -(RESUME_POINTS_KEPT - 1) :
+        ]
         self.points.append(point)
 
     def point_for(self, sequence: int) -> ResumePoint | None:
@@ -110,8 +118,10 @@ class SessionRecord:
         fields = json.loads(data)
         for name in ("style", "prompt_style"):
             fields[name] = base64.b64decode(fields[name])
-        fields["points"] = [ResumePoint(p["sequence"], p["position_s"], base64.b64decode(p["snapshot"]))
-                            for p in fields["points"]]
+        fields["points"] = [
+            ResumePoint(p["sequence"], p["position_s"], base64.b64decode(p["snapshot"]))
+            for p in fields["points"]
+        ]
         return cls(**fields)
 
 
@@ -143,7 +153,9 @@ class SessionStore(abc.ABC):
             return await asyncio.wait_for(call, self.timeout_s)
         except Exception as err:  # any failure of the store means "no resume", never a crash
             STORE_ERRORS.labels(op).inc()
-            raise StoreUnavailable(f"session store {op} failed: {type(err).__name__}: {err}") from None
+            raise StoreUnavailable(
+                f"session store {op} failed: {type(err).__name__}: {err}"
+            ) from None
         finally:
             STORE_LATENCY.labels(op).observe(time.perf_counter() - started)
 
@@ -156,19 +168,22 @@ class SessionStore(abc.ABC):
     @abc.abstractmethod
     async def _delete(self, key: str) -> None: ...
 
-    async def close(self) -> None:
-        pass
+    async def close(self) -> None:  # noqa: B027 - most stores hold nothing to close
+        """Release connections (a no-op for stores that hold none)."""
 
 
 class MemorySessionStore(SessionStore):
     """Records in this process, at most ``max_sessions`` (the least recently written go first)."""
 
-    def __init__(self, ttl_s: float, timeout_s: float = 1.0, max_sessions: int = 10000,
-                 clock=time.monotonic):
+    def __init__(
+        self, ttl_s: float, timeout_s: float = 1.0, max_sessions: int = 10000, clock=time.monotonic
+    ):
         super().__init__(ttl_s, timeout_s)
         self.max_sessions = max_sessions
         self.clock = clock
-        self._records: collections.OrderedDict[str, tuple[float, int, bytes]] = collections.OrderedDict()
+        self._records: collections.OrderedDict[str, tuple[float, int, bytes]] = (
+            collections.OrderedDict()
+        )
 
     async def _save(self, key: str, epoch: int, data: bytes) -> bool:
         current = self._live(key)
@@ -211,8 +226,10 @@ class RedisSessionStore(SessionStore):
     def __init__(self, url: str, ttl_s: float, timeout_s: float = 1.0):
         super().__init__(ttl_s, timeout_s)
         import redis.asyncio  # only gateways configured with Redis need the client
+
         self.client = redis.asyncio.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
         self._save_script = self.client.register_script(_SAVE_SCRIPT)
 
     async def _save(self, key: str, epoch: int, data: bytes) -> bool:
@@ -236,7 +253,9 @@ def open_session_store(url: str, *, ttl_s: float, timeout_s: float) -> SessionSt
         return MemorySessionStore(ttl_s, timeout_s)
     if parsed.scheme == "redis":
         if not parsed.hostname:
-            raise ValueError(f"--session-store {url!r}: redis:// needs a host (redis://host:port/db)")
+            raise ValueError(
+                f"--session-store {url!r}: redis:// needs a host (redis://host:port/db)"
+            )
         return RedisSessionStore(url, ttl_s, timeout_s)
     raise ValueError(f"--session-store {url!r}: use memory:// or redis://host:port/db")
 

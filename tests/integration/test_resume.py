@@ -11,7 +11,12 @@ import time
 import grpc
 import pytest
 
-from bench.rolling import RecordingListener, restart_until_serving, shared_store_gateways, start_redis
+from bench.rolling import (
+    RecordingListener,
+    restart_until_serving,
+    shared_store_gateways,
+    start_redis,
+)
 from services.common.proto.mrt.v1 import music_pb2
 from tests.integration.conftest import metric, scrape, start_cluster
 from tests.streaming_client import StreamClient
@@ -21,7 +26,9 @@ PLAY = music_pb2.PlaybackControl.PLAY
 
 def _resume(address: str, token: str, from_sequence: int, metadata: tuple = ()) -> StreamClient:
     client = StreamClient(address, metadata=metadata)
-    client.send(setup=music_pb2.SessionSetup(resume_token=token, resume_from_sequence=from_sequence))
+    client.send(
+        setup=music_pb2.SessionSetup(resume_token=token, resume_from_sequence=from_sequence)
+    )
     return client
 
 
@@ -68,10 +75,13 @@ def test_a_client_may_ask_again_for_a_chunk_it_missed(mock_cluster):
     assert (again[0].sequence, again[0].start_seconds) == (2, received[2].start_seconds)
 
 
-@pytest.mark.parametrize("token, sequence, code", [
-    ("not-a-token", 0, grpc.StatusCode.NOT_FOUND),
-    (None, 99, grpc.StatusCode.OUT_OF_RANGE),  # None: a real token, at a chunk never made
-])
+@pytest.mark.parametrize(
+    "token, sequence, code",
+    [
+        ("not-a-token", 0, grpc.StatusCode.NOT_FOUND),
+        (None, 99, grpc.StatusCode.OUT_OF_RANGE),  # None: a real token, at a chunk never made
+    ],
+)
 def test_unknown_tokens_and_unknown_chunks_are_refused(mock_cluster, token, sequence, code):
     if token is None:
         owner = StreamClient(mock_cluster.gateway_address)
@@ -136,10 +146,14 @@ def _serving_gateway(gateways) -> int:
 
 @pytest.mark.parametrize("how", ["kill_9", "sigterm"])
 def test_a_listener_moves_to_the_other_gateway_without_gap_or_repeat(two_gateways, tmp_path, how):
-    cluster, gateways = two_gateways
+    _, gateways = two_gateways
     seed, chunks = 31, 7
-    listener = RecordingListener(seed=seed, seconds=2.0 * chunks, out_path=tmp_path / "out.wav",
-                                 addresses=[g.address for g in gateways])
+    listener = RecordingListener(
+        seed=seed,
+        seconds=2.0 * chunks,
+        out_path=tmp_path / "out.wav",
+        addresses=[g.address for g in gateways],
+    )
     index = _serving_gateway(gateways)
     victim = gateways[index]
     deadline = time.time() + 30
@@ -165,8 +179,12 @@ def test_a_listener_moves_to_the_other_gateway_without_gap_or_repeat(two_gateway
             assert victim.wait(30) == 0  # it exited by itself once its client had moved
         survivor = gateways[1 - index]
         reason = "stream_lost" if how == "kill_9" else "drain"
-        assert metric(scrape(survivor.metrics_url), "mrt_gateway_sessions_resumed_total",
-                      reason=reason) >= 1
+        assert (
+            metric(
+                scrape(survivor.metrics_url), "mrt_gateway_sessions_resumed_total", reason=reason
+            )
+            >= 1
+        )
     finally:
         victim.stop()
         restart_until_serving(victim)
@@ -176,8 +194,10 @@ def test_without_a_reachable_store_sessions_play_on_without_resume(tmp_path_fact
     with socket.socket() as sock:  # a port nobody listens on: the store is "down"
         sock.bind(("127.0.0.1", 0))
         dead_store = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
-    cluster = start_cluster(tmp_path_factory, env={"MRT_SESSION_STORE": dead_store,
-                                                   "MRT_SESSION_STORE_TIMEOUT_S": "0.2"})
+    cluster = start_cluster(
+        tmp_path_factory,
+        env={"MRT_SESSION_STORE": dead_store, "MRT_SESSION_STORE_TIMEOUT_S": "0.2"},
+    )
     try:
         client = StreamClient(cluster.gateway_address)
         started = client.setup()

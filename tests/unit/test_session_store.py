@@ -7,16 +7,31 @@ import socket
 
 import pytest
 
-from services.gateway.session_store import (RESUME_POINTS_KEPT, MemorySessionStore,
-                                            RedisSessionStore, ResumePoint, SessionRecord,
-                                            StoreUnavailable, describe_store, new_resume_token,
-                                            open_session_store, token_key)
+from services.gateway.session_store import (
+    RESUME_POINTS_KEPT,
+    MemorySessionStore,
+    RedisSessionStore,
+    ResumePoint,
+    SessionRecord,
+    StoreUnavailable,
+    describe_store,
+    new_resume_token,
+    open_session_store,
+    token_key,
+)
 
 
 def _record(epoch: int = 0) -> SessionRecord:
-    return SessionRecord(session_id="s1", model="mock", encoding=0, opus_bitrate=0,
-                         owner_key="", epoch=epoch, style=b"\x00\x00\x80?",
-                         points=[ResumePoint(0, 0.0)])
+    return SessionRecord(
+        session_id="s1",
+        model="mock",
+        encoding=0,
+        opus_bitrate=0,
+        owner_key="",
+        epoch=epoch,
+        style=b"\x00\x00\x80?",
+        points=[ResumePoint(0, 0.0)],
+    )
 
 
 class FakeClock:
@@ -67,6 +82,7 @@ def test_memory_store_is_bounded_and_drops_the_least_recently_written():
         for key in ("a", "b", "c"):
             await store.save(key, _record())
         return [await store.load(key) is not None for key in ("a", "b", "c")]
+
     assert asyncio.run(fill()) == [False, True, True]
 
 
@@ -77,6 +93,7 @@ def test_an_older_epoch_cannot_overwrite_a_newer_one():
         await store.save("k", _record(epoch=1))
         stale = await store.save("k", _record(epoch=0))
         return stale, (await store.load("k")).epoch
+
     assert asyncio.run(race()) == (False, 1)
 
 
@@ -91,6 +108,7 @@ def test_an_unreachable_redis_fails_fast_with_store_unavailable():
             await store.save("k", _record())
         finally:
             await store.close()
+
     with pytest.raises(StoreUnavailable, match="save failed"):
         asyncio.run(save())
 
