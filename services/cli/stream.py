@@ -265,7 +265,7 @@ def stream_to_file(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
             streamer.stop()
         recorder.close()
     return StreamSummary(session_id=recorder.session_id, chunks=recorder.chunks,
-                         seconds=recorder.writer.seconds_written,
+                         seconds=recorder.writer.seconds_written if recorder.writer else 0.0,
                          time_to_first_audio_s=recorder.first_audio_s,
                          reconnects=recorder.reconnects)
 
@@ -343,7 +343,7 @@ class _Recorder:
         self._format = started
 
     def _write(self, chunk: music_pb2.AudioChunk) -> bool:
-        if not self.session_id:
+        if self._format is None:
             raise StreamFailed("server sent audio before 'started'")
         if chunk.sequence < self.chunks:
             return False  # already written (a resume asked for it again): never repeat it
