@@ -5,6 +5,7 @@
   python -m bench soak --minutes 10  sessions coming and going; do the processes stay flat?
   python -m bench encoding           bandwidth and gateway CPU per listener, by audio encoding
   python -m bench chaos --minutes 10 generators killed, hung and drained under listeners
+  python -m bench rolling            gateways restarted one by one under listeners (shared Redis)
   python -m bench all                generator, load and a short soak
 
 Results go to bench/results/ (JSON, PNG) and to docs/benchmarks.md.
@@ -19,7 +20,7 @@ from bench import report
 from bench.cost_models import COST_MODELS
 from services.common.models import MODEL_NAMES
 
-SUBCOMMANDS = ("load", "generator", "soak", "encoding", "chaos", "all")
+SUBCOMMANDS = ("load", "generator", "soak", "encoding", "chaos", "rolling", "all")
 # Load options whose default depends on the model: (name, default, default with sim).
 LOAD_DEFAULTS = (("listen_seconds", 20.0, 60.0), ("ramp_seconds", 2.0, 30.0),
                  ("warmup_seconds", 20.0, 0.0))
@@ -166,12 +167,25 @@ def add_chaos_options(parser: argparse.ArgumentParser) -> None:
                        help="seed of the disruptions' choice and timing (default 0)")
 
 
+def add_rolling_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("rolling restart")
+    group.add_argument("--minutes", type=float, default=10.0,
+                       help="how long listeners stream while gateways restart (default 10)")
+    group.add_argument("--gateways", type=int, default=2, help="gateways (default 2)")
+    group.add_argument("--listeners", type=int, default=4,
+                       help="listeners streaming throughout (default 4)")
+    group.add_argument("--restart-every-s", type=float, default=60.0,
+                       help="a gateway is restarted this often, each in turn (default 60)")
+    group.add_argument("--drain-grace-s", type=float, default=20.0,
+                       help="the gateways' --drain-grace-s (default 20)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command",
-                                       metavar="{load,generator,soak,encoding,chaos,all}")
+                                       metavar="{load,generator,soak,encoding,chaos,rolling,all}")
     load = subparsers.add_parser("load", help="the load benchmark (the default)",
                                  description="How many concurrent listeners one generator keeps "
                                              "in real time, with batching and without.")
@@ -189,6 +203,19 @@ def build_parser() -> argparse.ArgumentParser:
                                               "stopped and continued, and drained at random: "
                                               "sessions lost, silence, chunks duplicated or "
                                               "skipped, memory. --model defaults to mock here.")
+    rolling = subparsers.add_parser("rolling", help="gateways restarted one by one under listeners",
+                                    description="Gateways sharing a Redis session store are "
+                                                "restarted (SIGTERM) one by one while listeners "
+                                                "stream: sessions lost, gaps or repeats in the "
+                                                "files, silence. The `mock` model only.")
+    add_rolling_options(rolling)
+    rolling.set_defaults(model="mock")  # its audio is compared with the mock reference
+    rolling.add_argument("--assets-dir", default=None,
+                         help="model assets directory (default: the services' own default)")
+    rolling.add_argument("--results-dir", default=str(report.RESULTS_DIR),
+                         help="where JSON results are written (default: bench/results)")
+    rolling.add_argument("--docs", default=str(report.DOCS_PATH),
+                         help="Markdown file whose sections are updated (default: docs/benchmarks.md)")
     everything = subparsers.add_parser("all", help="generator, load and a short soak",
                                        description="The generator micro-benchmark, the load "
                                                    "benchmark and a short soak, in that order.")
@@ -225,7 +252,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # Imported here so that --help answers without loading gRPC clients or models.
-    from bench import chaos, encoding, generator_speed, load, soak
+    from bench import chaos, encoding, generator_speed, load, rolling, soak
     from services.cli.launcher import ClusterError
     try:
         if args.command in ("generator", "all"):
@@ -238,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             encoding.run(args)
         if args.command == "chaos":
             chaos.run(args)
+        if args.command == "rolling":
+            rolling.run(args)
     except ClusterError as err:  # a service failed to start or died: its log says why
         print(f"python -m bench: the cluster failed: {err}", file=sys.stderr)
         return 1

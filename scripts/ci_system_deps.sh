@@ -8,6 +8,7 @@
 #               only where none is installed)
 #   buildah, mmdebstrap - Debian packages: build the service images without a Docker engine, from
 #               a base made of the machine's Debian packages (tests/deploy/test_image_containers.py)
+#   redis-server - Debian's Redis: the shared session store the resume tests start
 #   kubectl   - with kustomize v5 inside (renders deploy/k8s). The project's machine image ships
 #               one (Google Cloud SDK's package); Debian's own kubernetes-client is too old
 #               (kustomize v2, no Components). Where none is usable, take the official kubectl
@@ -52,7 +53,8 @@ PY
 }
 
 declare -A APT_PACKAGE_OF=([promtool]=prometheus [ffmpeg]=ffmpeg [chromium]=chromium [node]=nodejs
-                          [npm]=npm [buildah]=buildah [mmdebstrap]=mmdebstrap)
+                          [npm]=npm [buildah]=buildah [mmdebstrap]=mmdebstrap
+                          [redis-server]=redis-server)
 missing=()
 for command in "${!APT_PACKAGE_OF[@]}"; do
   command -v "$command" >/dev/null || missing+=("${APT_PACKAGE_OF[$command]}")

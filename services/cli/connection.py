@@ -12,10 +12,16 @@ from services.cli.options import UsageError, add_env_option
 DEFAULT_GATEWAY_ADDRESS = "127.0.0.1:50051"
 
 
+# Round robin over every address the target names: a stream opened to resume a session goes to
+# another gateway than the one that was lost or asked its clients to move.
+CHANNEL_OPTIONS = [("grpc.lb_policy_name", "round_robin")]
+
+
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
     """The options every command that calls the gateway takes."""
     add_env_option(parser, "--address", default=DEFAULT_GATEWAY_ADDRESS,
-                   help="gateway address HOST:PORT")
+                   help="gateway address HOST:PORT, or several as ipv4:HOST:PORT,HOST:PORT "
+                        "(streams are spread over them, and a resumed stream goes to the next)")
     add_env_option(parser, "--api-key", help="sent as 'authorization: Bearer <key>'")
     add_env_option(parser, "--tls-ca", type=Path,
                    help="PEM file of the CA that signed the gateway's certificate; enables TLS")
@@ -31,7 +37,7 @@ def open_channel(args: argparse.Namespace) -> grpc.Channel:
     if args.tls_ca is None:
         if args.tls_cert is not None or args.tls_key is not None:
             raise UsageError("--tls-cert and --tls-key need --tls-ca")
-        return grpc.insecure_channel(args.address)
+        return grpc.insecure_channel(args.address, options=CHANNEL_OPTIONS)
     if (args.tls_cert is None) != (args.tls_key is None):
         raise UsageError("--tls-cert and --tls-key must be given together")
     client_identity = {}
@@ -40,7 +46,7 @@ def open_channel(args: argparse.Namespace) -> grpc.Channel:
                            "private_key": _read(args.tls_key, "--tls-key")}
     credentials = grpc.ssl_channel_credentials(
         root_certificates=_read(args.tls_ca, "--tls-ca"), **client_identity)
-    return grpc.secure_channel(args.address, credentials)
+    return grpc.secure_channel(args.address, credentials, options=CHANNEL_OPTIONS)
 
 
 def _read(path: Path, option: str) -> bytes:

@@ -17,6 +17,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
+import grpc
+
 from services.cli.connection import add_connection_options, call_metadata, open_channel
 from services.cli.live_input import InputStreamer, read_input_file
 from services.cli.options import CommandFailed, UsageError, positive_float, user_input_type
@@ -40,6 +42,7 @@ class StreamSummary:
     chunks: int
     seconds: float
     time_to_first_audio_s: float | None
+    reconnects: int = 0  # streams resumed after a loss or a RECONNECT
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -117,8 +120,9 @@ def run(args: argparse.Namespace) -> int:
             metadata=call_metadata(args.api_key))
     first_audio = (f"; first audio after {summary.time_to_first_audio_s:.2f} s"
                    if summary.time_to_first_audio_s is not None else "")
+    reconnects = f"; resumed {summary.reconnects} time(s)" if summary.reconnects else ""
     print(f"wrote {summary.seconds:.2f} s ({summary.chunks} chunks) of session "
-          f"{summary.session_id} to {args.out}{first_audio}", file=sys.stderr)
+          f"{summary.session_id} to {args.out}{first_audio}{reconnects}", file=sys.stderr)
     return 0
 
 
@@ -176,13 +180,26 @@ class _Progress:
             self._line_open = False
 
 
+# Codes that mean the stream (or its gateway) was lost, not that the request was wrong: the
+# session is resumed with its token.
+_RESUMABLE_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+                    grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+# Reconnect backoff: the first retry waits this long, each next one twice as long, up to the cap.
+RECONNECT_BACKOFF_S = 0.1
+RECONNECT_BACKOFF_CAP_S = 2.0
+
+
+class _Reconnect(Exception):
+    """The gateway asked the client to move (RECONNECT): resume on a new stream now."""
+
+
 def stream_to_file(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
-                  out_path: Path | str, setup: music_pb2.SessionSetup,
-                  prompts: Sequence[music_pb2.WeightedPrompt] = (),
-                  config: music_pb2.GenerationConfig | None = None,
-                  metadata: Sequence[tuple[str, str]] = (),
-                  progress_out: TextIO | None = None, input_audio=None,
-                  input_lead_s: float = 4.0) -> StreamSummary:
+                   out_path: Path | str, setup: music_pb2.SessionSetup,
+                   prompts: Sequence[music_pb2.WeightedPrompt] = (),
+                   config: music_pb2.GenerationConfig | None = None,
+                   metadata: Sequence[tuple[str, str]] = (),
+                   progress_out: TextIO | None = None, input_audio=None,
+                   input_lead_s: float = 4.0, max_reconnects: int = 10) -> StreamSummary:
     """Record `seconds` of a new session (rounded up to whole chunks) into `out_path`: a WAV
     for PCM_S16LE, the Ogg Opus stream itself for OGG_OPUS (`setup.encoding`).
 
@@ -190,88 +207,169 @@ def stream_to_file(stub: music_pb2_grpc.MusicGenerationStub, *, seconds: float,
     progress, warnings and prompt status go to `progress_out` (default: stderr).
     `input_audio` (float32[n, 2] at 48 kHz) is streamed as live input in real time from
     PLAY on, `input_lead_s` ahead of playback.
-    Raises grpc.RpcError when the call fails and StreamFailed when the server breaks the
-    protocol; audio received before a failure stays in the file.
+
+    A lost stream, or a gateway that asks the client to move (warning RECONNECT), is resumed
+    on a new stream with the session's resume token, from the chunk after the last one
+    written: the file has no gap and no repeat. Up to `max_reconnects` failed attempts in a
+    row, with exponential backoff. With OGG_OPUS each resumed stream starts a new Ogg stream,
+    so the file is a chained Ogg Opus file.
+    Raises grpc.RpcError when the call fails for good and StreamFailed when the server breaks
+    the protocol; audio received before a failure stays in the file.
     """
-    requests = _RequestQueue()
-    requests.put(music_pb2.StreamRequest(setup=setup))
+    recorder = _Recorder(seconds, out_path, setup.encoding, _Progress(progress_out or sys.stderr))
+    recorder.requests.put(music_pb2.StreamRequest(setup=setup))
     if prompts:
-        requests.put(music_pb2.StreamRequest(prompts=music_pb2.PromptUpdate(prompts=prompts)))
+        recorder.requests.put(music_pb2.StreamRequest(prompts=music_pb2.PromptUpdate(prompts=prompts)))
     if config is not None:
-        requests.put(music_pb2.StreamRequest(config=config))
+        recorder.requests.put(music_pb2.StreamRequest(config=config))
     # Live input starts with PLAY, its first piece just before it: the gateway then knows the
-    # session plays along before it demands the first chunks, and mixes input into them.
-    streamer = (InputStreamer(input_audio, requests.put, lead_s=input_lead_s)
-                if input_audio is not None else None)
+    # session plays along before it demands the first chunks, and mixes input into them. It
+    # follows the session onto each new stream.
+    streamer = (InputStreamer(input_audio, lambda request: recorder.requests.put(request),
+                              lead_s=input_lead_s) if input_audio is not None else None)
     if streamer is not None:
         streamer.start()
-    requests.put(music_pb2.StreamRequest(playback=music_pb2.PlaybackControl(
+    recorder.requests.put(music_pb2.StreamRequest(playback=music_pb2.PlaybackControl(
         action=music_pb2.PlaybackControl.PLAY)))
-
-    progress = _Progress(progress_out or sys.stderr)
-    call_started_s = time.monotonic()
-    call = stub.Stream(iter(requests), metadata=tuple(metadata))
-    started: music_pb2.SessionStarted | None = None
-    writer: WavWriter | OpusFileWriter | None = None
-    session_id, planned_chunks, chunks = "", 0, 0
-    first_audio_s: float | None = None
+    failures = 0
     try:
+        while True:
+            if recorder.token:  # a resume: the session keeps its prompts, config and playback
+                requests = recorder.open_requests([music_pb2.StreamRequest(
+                    setup=music_pb2.SessionSetup(resume_token=recorder.token,
+                                                 resume_from_sequence=recorder.chunks))])
+            else:
+                requests = iter(recorder.requests)
+            try:
+                if recorder.record(stub.Stream(requests, metadata=tuple(metadata))):
+                    break
+                failures = 0
+            except grpc.RpcError as err:
+                if not recorder.token or err.code() not in _RESUMABLE_CODES \
+                        or failures >= max_reconnects:
+                    raise
+                delay_s = min(RECONNECT_BACKOFF_CAP_S, RECONNECT_BACKOFF_S * 2 ** failures)
+                failures = 0 if recorder.progressed else failures + 1
+                recorder.reconnects += 1
+                recorder.progress.note(f"stream lost ({err.code().name}); resuming at chunk "
+                                       f"{recorder.chunks} in {delay_s:.1f} s")
+                time.sleep(delay_s)
+    except BaseException:
+        if recorder.writer is not None and recorder.writer.frames_written:
+            recorder.progress.note(f"kept the {recorder.writer.seconds_written:.2f} s received in "
+                                   f"{out_path}")
+        raise
+    finally:
+        recorder.progress.finish()
+        if streamer is not None:
+            streamer.stop()
+        recorder.close()
+    return StreamSummary(session_id=recorder.session_id, chunks=recorder.chunks,
+                         seconds=recorder.writer.seconds_written if recorder.writer else 0.0,
+                         time_to_first_audio_s=recorder.first_audio_s,
+                         reconnects=recorder.reconnects)
+
+
+class _Recorder:
+    """Writes one session's chunks to a file, across the streams that carry it."""
+
+    def __init__(self, seconds: float, out_path: Path | str, encoding: int, progress: _Progress):
+        self.seconds = seconds
+        self.out_path = out_path
+        self.encoding = encoding
+        self.progress = progress
+        self.started_s = time.monotonic()
+        self.writer: WavWriter | OpusFileWriter | None = None
+        self.requests = _RequestQueue()
+        self.call = None
+        self.session_id = ""
+        self.token = ""
+        self.chunks = 0  # written so far: the sequence of the next chunk needed
+        self.planned_chunks = 0
+        self.first_audio_s: float | None = None
+        self.reconnects = 0
+        self.progressed = False  # the current stream delivered audio
+        self._format: music_pb2.SessionStarted | None = None
+
+    def open_requests(self, requests: list[music_pb2.StreamRequest]) -> Iterator[music_pb2.StreamRequest]:
+        """A fresh request queue holding ``requests`` (the previous stream's is closed)."""
+        self.requests.close()
+        self.requests = _RequestQueue()
+        for request in requests:
+            self.requests.put(request)
+        return iter(self.requests)
+
+    def record(self, call) -> bool:
+        """Write what ``call`` delivers; True once enough audio is written, False to resume
+        elsewhere (RECONNECT). Raises StreamFailed when the server ends the stream early."""
+        if self.call is not None:
+            self.call.cancel()
+        self.call, self.progressed = call, False
         for response in call:
             kind = response.WhichOneof("response")
             if kind == "started":
-                started = response.started
-                if started.encoding != setup.encoding:
-                    raise StreamFailed(f"server chose encoding "
-                                       f"{music_pb2.AudioEncoding.Name(started.encoding)}, "
-                                       f"expected {music_pb2.AudioEncoding.Name(setup.encoding)}")
-                if not started.chunk_seconds > 0 or started.sample_rate <= 0:
-                    raise StreamFailed(f"server announced an unusable format: {started}")
-                session_id = started.session_id
-                planned_chunks = math.ceil(seconds / started.chunk_seconds - _SECONDS_TOLERANCE)
-                progress.note(f"session {session_id}: model {started.model}, "
-                              f"{started.sample_rate} Hz, {started.channels} channels, "
-                              f"{started.chunk_seconds:g} s chunks")
+                self._started(response.started)
             elif kind == "chunk":
-                if started is None:
-                    raise StreamFailed("server sent audio before 'started'")
-                if writer is None:  # created on the first chunk: no audio, no file
-                    writer = (OpusFileWriter(out_path) if started.encoding == music_pb2.OGG_OPUS
-                              else WavWriter(out_path, sample_rate_hz=started.sample_rate,
-                                             channels=started.channels))
-                if response.chunk.sequence != chunks:
-                    progress.note(f"warning: chunk sequence {response.chunk.sequence} "
-                                  f"where {chunks} was expected")
-                writer.write_chunk(response.chunk)
-                chunks += 1
-                if first_audio_s is None:
-                    first_audio_s = time.monotonic() - call_started_s
-                progress.update(f"chunk {chunks}/{planned_chunks}  "
-                                f"{writer.seconds_written:.1f}/{seconds:g} s received  "
-                                f"first audio after {first_audio_s:.2f} s")
-                if writer.seconds_written >= seconds - _SECONDS_TOLERANCE:
-                    break
+                if self._write(response.chunk):
+                    return True
             elif kind == "prompt_status":
-                progress.note(_describe_prompt_status(response.prompt_status))
+                self.progress.note(_describe_prompt_status(response.prompt_status))
             elif kind == "warning":
-                progress.note(f"warning [{response.warning.code}]: {response.warning.message}")
-        else:
-            received = writer.seconds_written if writer else 0.0
-            raise StreamFailed(f"server ended the stream after {received:.2f} s of audio, "
-                               f"before the {seconds:g} s asked for")
-    except BaseException:
-        if writer is not None and writer.frames_written:
-            progress.note(f"kept the {writer.seconds_written:.2f} s received in {out_path}")
-        raise
-    finally:
-        progress.finish()
-        if streamer is not None:
-            streamer.stop()
-        requests.close()
-        call.cancel()
-        if writer is not None:
-            writer.close()
-    return StreamSummary(session_id=session_id, chunks=chunks, seconds=writer.seconds_written,
-                         time_to_first_audio_s=first_audio_s)
+                warning = response.warning
+                self.progress.note(f"warning [{warning.code}]: {warning.message}")
+                if warning.code == "RECONNECT" and self.token:
+                    self.reconnects += 1
+                    return False
+        received = self.writer.seconds_written if self.writer else 0.0
+        raise StreamFailed(f"server ended the stream after {received:.2f} s of audio, "
+                           f"before the {self.seconds:g} s asked for")
+
+    def _started(self, started: music_pb2.SessionStarted) -> None:
+        if started.encoding != self.encoding:
+            raise StreamFailed(f"server chose encoding "
+                               f"{music_pb2.AudioEncoding.Name(started.encoding)}, "
+                               f"expected {music_pb2.AudioEncoding.Name(self.encoding)}")
+        if not started.chunk_seconds > 0 or started.sample_rate <= 0:
+            raise StreamFailed(f"server announced an unusable format: {started}")
+        self.token = started.resume_token or self.token
+        if started.resumed:
+            self.progress.note(f"session {started.session_id} resumed at chunk {self.chunks}")
+            return
+        self.session_id = started.session_id
+        self.planned_chunks = math.ceil(self.seconds / started.chunk_seconds - _SECONDS_TOLERANCE)
+        self.progress.note(f"session {self.session_id}: model {started.model}, "
+                           f"{started.sample_rate} Hz, {started.channels} channels, "
+                           f"{started.chunk_seconds:g} s chunks")
+        self._format = started
+
+    def _write(self, chunk: music_pb2.AudioChunk) -> bool:
+        if self._format is None:
+            raise StreamFailed("server sent audio before 'started'")
+        if chunk.sequence < self.chunks:
+            return False  # already written (a resume asked for it again): never repeat it
+        if chunk.sequence != self.chunks:
+            self.progress.note(f"warning: chunk sequence {chunk.sequence} where {self.chunks} "
+                               f"was expected")
+        if self.writer is None:  # created on the first chunk: no audio, no file
+            self.writer = (OpusFileWriter(self.out_path) if self.encoding == music_pb2.OGG_OPUS
+                           else WavWriter(self.out_path, sample_rate_hz=self._format.sample_rate,
+                                          channels=self._format.channels))
+        self.writer.write_chunk(chunk)
+        self.chunks = chunk.sequence + 1
+        self.progressed = True
+        if self.first_audio_s is None:
+            self.first_audio_s = time.monotonic() - self.started_s
+        self.progress.update(f"chunk {self.chunks}/{self.planned_chunks}  "
+                             f"{self.writer.seconds_written:.1f}/{self.seconds:g} s received  "
+                             f"first audio after {self.first_audio_s:.2f} s")
+        return self.writer.seconds_written >= self.seconds - _SECONDS_TOLERANCE
+
+    def close(self) -> None:
+        self.requests.close()
+        if self.call is not None:
+            self.call.cancel()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _describe_prompt_status(status: music_pb2.PromptStatus) -> str:

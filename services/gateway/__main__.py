@@ -22,6 +22,7 @@ from services.gateway.generator_pool import GeneratorPool
 from services.gateway.listener import SessionSettings
 from services.gateway.prompts import PromptLimits
 from services.gateway.servicer import MusicGenerationServicer
+from services.gateway.session_store import describe_store, open_session_store
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
              help="largest audio prompt accepted")
     add_flag(parser, "--max-audio-input-message-bytes", default=1024 * 1024, type=int,
              help="largest audio_input message accepted (larger ones are refused with a warning)")
+    add_flag(parser, "--session-store", default="memory://",
+             help="where sessions' resumable state is kept: memory:// (this gateway only) or "
+                  "redis://host:port/db (shared by gateways: a session resumes on any of them)")
+    add_flag(parser, "--session-ttl-s", default=300.0, type=float,
+             help="a session's resumable state expires this long after its last write")
+    add_flag(parser, "--session-store-timeout-s", default=0.5, type=float,
+             help="a session store call taking longer fails (the session plays on without resume)")
+    add_flag(parser, "--drain-grace-s", default=30.0, type=float,
+             help="on SIGTERM, how long streams keep playing after their clients were told to "
+                  "reconnect elsewhere (RECONNECT); keep it below the pod's termination grace")
     add_api_key_flags(parser)
     add_server_tls_flags(parser)
     add_internal_tls_flags(parser)
@@ -71,9 +82,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.buffer_ahead_seconds < 0:
         parser.error("--buffer-ahead-seconds must be >= 0")
-    for flag in ("chunk_timeout_s", "idle_release_s", "reconnect_window_s"):
+    for flag in ("chunk_timeout_s", "idle_release_s", "reconnect_window_s", "session_ttl_s",
+                 "session_store_timeout_s"):
         if not getattr(args, flag) > 0:
             parser.error(f"--{flag.replace('_', '-')} must be > 0")
+    if args.drain_grace_s < 0:
+        parser.error("--drain-grace-s must be >= 0")
+    try:
+        open_session_store(args.session_store, ttl_s=1.0, timeout_s=1.0)
+    except ValueError as err:
+        parser.error(str(err))
     return args
 
 
@@ -104,16 +122,23 @@ async def serve(args: argparse.Namespace) -> None:
         prompt_limits=PromptLimits(max_prompts=args.max_prompts, max_text_chars=args.max_text_chars,
                                    max_audio_bytes=args.max_audio_bytes),
         max_audio_input_message_bytes=args.max_audio_input_message_bytes)
+    store = open_session_store(args.session_store, ttl_s=args.session_ttl_s,
+                               timeout_s=args.session_store_timeout_s)
+    log.info("session store: %s (records expire after %g s)", describe_store(args.session_store),
+             args.session_ttl_s)
     servicer = MusicGenerationServicer(pool=pool, embedder=embedder, settings=settings,
-                                       default_model=args.default_model)
+                                       default_model=args.default_model, store=store,
+                                       api_keys_enabled=args.api_keys_file is not None)
     service = Service.from_flags("gateway", args, public_service,
                                  server_credentials=server_credentials,
                                  extra_interceptors=interceptors)
     music_pb2_grpc.add_MusicGenerationServicer_to_server(servicer, service.server)
     await pool.start()
     try:
-        await service.run(ready=lambda: bool(pool.models()))
+        await service.run(ready=lambda: bool(pool.models()) and not servicer.draining,
+                          on_drain=lambda: servicer.drain(args.drain_grace_s))
     finally:
+        await store.close()
         await pool.close()
         await embedder.close()
 

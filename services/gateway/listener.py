@@ -52,6 +52,8 @@ from services.gateway.generator_pool import (
     NoGenerator,
 )
 from services.gateway.prompts import PromptError, PromptLimits, prompt_weight, resolve_prompts
+from services.gateway.resume import ResumeKeeper, float_array, float_bytes
+from services.gateway.session_store import ResumePoint, SessionRecord
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +154,9 @@ class ListenerSession:
                  seed: int, initial_audio: np.ndarray | None = None,
                  open_link: Callable[[GeneratorEndpoint], GeneratorLink] = GeneratorLink):
         self.session_id = session_id
+        # The id the generator knows this stream's session by: a resumed session gets its own,
+        # since the stream it continues may still be open on the same generator.
+        self.generator_session_id = session_id
         self.model = model
         self.encoder = encoder  # the listener's, whichever generator makes the audio
         self.settings = settings
@@ -202,11 +207,80 @@ class ListenerSession:
         self._changed = asyncio.Event()
         self._link_failure: LinkError | None = None
         self.closed = False  # set once the client's stream is over: never place it again
+        self.keeper: ResumeKeeper | None = None  # keeps the state a resume needs in the store
+        self.reconnect_requested = False  # the gateway drains: tell the client to move
+        self._reconnect_told = False
+
+    # --- resuming (resume.py keeps the record in the session store) --------------------------------
+    def fill_record(self, record: SessionRecord) -> None:
+        """Copy into ``record`` what a resume needs besides the resume points."""
+        record.playing = self.playing
+        record.style = float_bytes(self.style)
+        record.prompt_style = float_bytes(self.prompt_style)
+        record.prompt_weight_total = self.prompt_weight_total
+        record.prompt_version = self.prompt_version
+        record.sampling = dataclasses.asdict(self.sampling)
+        record.injection = dataclasses.asdict(self.injection_settings)
+        record.config_version = self.config_version
+
+    def restore(self, record: SessionRecord, point: ResumePoint) -> None:
+        """Continue ``record``'s session from ``point``: its next chunk is ``point.sequence``."""
+        self.style = float_array(record.style)
+        self.prompt_style = float_array(record.prompt_style)
+        self.prompt_weight_total = record.prompt_weight_total
+        self.prompt_version = record.prompt_version
+        self.sampling = SamplingSettings(**record.sampling)
+        self.injection_settings = InjectionSettings(**record.injection)
+        self.config_version = record.config_version
+        self.snapshot = (generator_pb2.SessionSnapshot.FromString(point.snapshot)
+                         if point.snapshot else None)
+        self.initial_audio = None  # the context already holds it
+        self.generator_session_id = f"{record.session_id}-{record.epoch}"
+        self.next_sequence = point.sequence
+        self.next_position_s = point.position_s
+        self.generated_until_samples = round(point.position_s * facts.SAMPLE_RATE_HZ)
+        if record.playing:
+            self.playing = True
+            self.idle_since = None
+
+    def _remember(self, point: ResumePoint | None = None) -> None:
+        if self.keeper is not None:
+            self.fill_record(self.keeper.record)
+            self.keeper.changed(point)
+
+    def ask_to_reconnect(self) -> None:
+        """The gateway drains: the pump tells the client to resume elsewhere (RECONNECT)."""
+        self.reconnect_requested = True
+        if self.keeper is not None:
+            self.keeper.record.drain_requested = True
+            self.keeper.changed()
+        self._changed.set()
+
+    async def _report_resume_state(self) -> None:
+        """End a stream a newer one took over; warn once when resume became unavailable; pass
+        on a drain's RECONNECT."""
+        if self.keeper is None:
+            return
+        if self.keeper.superseded:
+            raise StreamEnded(grpc.StatusCode.ABORTED, "this session continues on a newer stream")
+        if self.reconnect_requested and not self._reconnect_told:
+            self._reconnect_told = True
+            await self.keeper.flush()  # the record says why the session moves before it does
+            await self._emit(music_pb2.StreamResponse(warning=music_pb2.Warning(
+                code="RECONNECT", resume_token=self.keeper.token,
+                message="this gateway is shutting down: open a new stream with this resume_token "
+                        "(and resume_from_sequence); this one keeps playing until then")))
+        if self.keeper.failure_unreported is not None:
+            why, self.keeper.failure_unreported = self.keeper.failure_unreported, None
+            await self._emit(music_pb2.StreamResponse(warning=music_pb2.Warning(
+                code="RESUME_UNAVAILABLE",
+                message=f"the session store failed ({why}); this session plays on but cannot "
+                        f"be resumed after a lost stream until it recovers")))
 
     # --- generator placement and failover ----------------------------------------------------------
     def _open_request(self) -> generator_pb2.OpenSession:
         request = generator_pb2.OpenSession(
-            session_id=self.session_id, model=self.model,
+            session_id=self.generator_session_id, model=self.model,
             style=self._style_message(), sampling=self._sampling_message())
         if self.snapshot is not None:
             request.resume_from.CopyFrom(self.snapshot)
@@ -424,6 +498,11 @@ class ListenerSession:
             PROMPT_TO_AUDIO.observe(now - self.prompt_received_at.pop(version))
         audio = np.frombuffer(chunk.audio, "<f4").reshape(-1, facts.CHANNELS)
         duration_s = audio.shape[0] / facts.SAMPLE_RATE_HZ
+        if self.keeper is not None:  # where the session continues after this chunk: stored first
+            self._remember(ResumePoint(sequence=self.next_sequence + 1,
+                                       position_s=self.next_position_s + duration_s,
+                                       snapshot=chunk.snapshot.SerializeToString()))
+            await self.keeper.flush()
         await self._emit(music_pb2.StreamResponse(chunk=music_pb2.AudioChunk(
             sequence=self.next_sequence, data=self.encoder.encode(audio),
             start_seconds=self.next_position_s, duration_seconds=duration_s,
@@ -459,6 +538,7 @@ class ListenerSession:
     async def _step(self) -> float | None:
         """Do what can be done now; return when to look again (None: on the next change)."""
         self._follow_generator()
+        await self._report_resume_state()
         wake_at = [await self._release_received()]
         if self._placement is not None:
             return _earliest(wake_at)  # the placement wakes the pump when it is done
@@ -653,6 +733,8 @@ class ListenerSession:
             raise StreamEnded(grpc.StatusCode.INVALID_ARGUMENT,
                               "empty StreamRequest: set one of setup, prompts, config, playback, report, "
                               "audio_input")
+        if kind in ("prompts", "config", "playback"):
+            self._remember()
         self._changed.set()
 
     async def _update_prompts(self, update: music_pb2.PromptUpdate) -> None:
@@ -720,6 +802,7 @@ class ListenerSession:
                 self.injector.restart_output()
             self.snapshot = None  # PLAY after STOP starts from a fresh context
             self.reset_pending = False
+            self._remember(ResumePoint(self.next_sequence, self.next_position_s))  # a fresh context
             self._cancel_placement()
             self._drop_link()
         elif action == Action.RESET_CONTEXT:

@@ -274,3 +274,31 @@ def test_monitoring_objects_are_the_committed_rules_and_dashboard(rendered, over
     dashboard = find(objects, "ConfigMap", "mrt-grafana-dashboard")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(dashboard["data"]["mrt-overview.json"]) == json.loads(DASHBOARD_FILE.read_text())
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_gateways_drain_before_the_pod_is_killed_and_roll_one_at_a_time(rendered, overlay):
+    objects = rendered[overlay]
+    gateway = find(objects, "Deployment", "gateway")
+    env = config_env(objects, container(objects, "gateway"))
+    drain_s = float(env["MRT_DRAIN_GRACE_S"]) + float(env.get("MRT_SHUTDOWN_GRACE_S", 5))
+    assert pod_spec(gateway)["terminationGracePeriodSeconds"] > drain_s
+    rolling = gateway["spec"]["strategy"]
+    assert rolling["type"] == "RollingUpdate" and rolling["rollingUpdate"]["maxUnavailable"] == 0
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_several_gateways_share_a_redis_session_store_they_may_reach(rendered, overlay):
+    objects = rendered[overlay]
+    store = config_env(objects, container(objects, "gateway"))["MRT_SESSION_STORE"]
+    if overlay == "local":
+        assert store == "memory://"  # one gateway, nothing more to run
+        return
+    assert store == "redis://redis.mrt.svc.cluster.local:6379/0"
+    redis_service = find(objects, "Service", "redis")
+    assert redis_service["spec"]["ports"][0]["port"] == 6379
+    egress = find(objects, "NetworkPolicy", "gateway")["spec"]["egress"]
+    assert any(rule["to"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "mrt-redis"}
+               and rule["ports"][0]["port"] == 6379 for rule in egress)
+    ingress = find(objects, "NetworkPolicy", "redis")["spec"]["ingress"]
+    assert ingress[0]["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "mrt-gateway"}

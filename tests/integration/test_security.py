@@ -443,3 +443,22 @@ def test_mrt_up_runs_a_mutual_tls_cluster_that_mrt_stream_reaches(pki, tmp_path)
     finally:
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0
+
+
+def test_a_resume_token_works_only_with_the_key_that_opened_the_session(keyed):
+    alice = keyed.client(KEYS["alice"])
+    token = alice.setup().resume_token
+    alice.close()
+
+    def resume_with(key: str) -> StreamClient:
+        client = keyed.client(key)
+        client.send(setup=music_pb2.SessionSetup(resume_token=token))
+        return client
+    thief = resume_with(KEYS["bob"])
+    assert final_status(thief, timeout_s=10) == grpc.StatusCode.PERMISSION_DENIED
+    thief.close()
+    owner = resume_with(KEYS["alice"])
+    try:
+        assert owner.expect("started").started.resumed
+    finally:
+        owner.close()

@@ -33,16 +33,20 @@ class StreamRequest(_message.Message):
     def __init__(self, setup: _Optional[_Union[SessionSetup, _Mapping]] = ..., prompts: _Optional[_Union[PromptUpdate, _Mapping]] = ..., config: _Optional[_Union[GenerationConfig, _Mapping]] = ..., playback: _Optional[_Union[PlaybackControl, _Mapping]] = ..., report: _Optional[_Union[ClientReport, _Mapping]] = ..., audio_input: _Optional[_Union[AudioInput, _Mapping]] = ...) -> None: ...
 
 class SessionSetup(_message.Message):
-    __slots__ = ("model", "encoding", "opus_bitrate", "initial_audio")
+    __slots__ = ("model", "encoding", "opus_bitrate", "initial_audio", "resume_token", "resume_from_sequence")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     OPUS_BITRATE_FIELD_NUMBER: _ClassVar[int]
     INITIAL_AUDIO_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FROM_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     model: str
     encoding: AudioEncoding
     opus_bitrate: int
     initial_audio: bytes
-    def __init__(self, model: _Optional[str] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., opus_bitrate: _Optional[int] = ..., initial_audio: _Optional[bytes] = ...) -> None: ...
+    resume_token: str
+    resume_from_sequence: int
+    def __init__(self, model: _Optional[str] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., opus_bitrate: _Optional[int] = ..., initial_audio: _Optional[bytes] = ..., resume_token: _Optional[str] = ..., resume_from_sequence: _Optional[int] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("values",)
@@ -143,7 +147,7 @@ class StreamResponse(_message.Message):
     def __init__(self, started: _Optional[_Union[SessionStarted, _Mapping]] = ..., chunk: _Optional[_Union[AudioChunk, _Mapping]] = ..., prompt_status: _Optional[_Union[PromptStatus, _Mapping]] = ..., warning: _Optional[_Union[Warning, _Mapping]] = ...) -> None: ...
 
 class SessionStarted(_message.Message):
-    __slots__ = ("session_id", "model", "sample_rate", "channels", "chunk_seconds", "encoding", "buffer_ahead_seconds", "opus_bitrate", "audio_input_supported")
+    __slots__ = ("session_id", "model", "sample_rate", "channels", "chunk_seconds", "encoding", "buffer_ahead_seconds", "opus_bitrate", "audio_input_supported", "resume_token", "resumed")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +157,8 @@ class SessionStarted(_message.Message):
     BUFFER_AHEAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     OPUS_BITRATE_FIELD_NUMBER: _ClassVar[int]
     AUDIO_INPUT_SUPPORTED_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     model: str
     sample_rate: int
@@ -162,7 +168,9 @@ class SessionStarted(_message.Message):
     buffer_ahead_seconds: float
     opus_bitrate: int
     audio_input_supported: bool
-    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., chunk_seconds: _Optional[float] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., buffer_ahead_seconds: _Optional[float] = ..., opus_bitrate: _Optional[int] = ..., audio_input_supported: _Optional[bool] = ...) -> None: ...
+    resume_token: str
+    resumed: bool
+    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., chunk_seconds: _Optional[float] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., buffer_ahead_seconds: _Optional[float] = ..., opus_bitrate: _Optional[int] = ..., audio_input_supported: _Optional[bool] = ..., resume_token: _Optional[str] = ..., resumed: _Optional[bool] = ...) -> None: ...
 
 class AudioChunk(_message.Message):
     __slots__ = ("sequence", "data", "start_seconds", "duration_seconds", "prompt_version", "config_version")
@@ -193,12 +201,14 @@ class PromptStatus(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., message: _Optional[str] = ..., version: _Optional[int] = ..., prompt_errors: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Warning(_message.Message):
-    __slots__ = ("code", "message")
+    __slots__ = ("code", "message", "resume_token")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
     code: str
     message: str
-    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    resume_token: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., resume_token: _Optional[str] = ...) -> None: ...
 
 class EmbedStyleRequest(_message.Message):
     __slots__ = ("text", "audio")
