@@ -35,7 +35,7 @@ node-deps: $(NODE_STAMPS)
 	cd $* && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-test: setup protos-check system-deps node-deps
+test: setup protos-check lint system-deps node-deps
 	$(PY) -m pytest -q -ra
 
 test-fast: setup node-deps

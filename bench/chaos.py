@@ -43,8 +43,10 @@ from services.cli.supervision import Supervisor
 from services.common.proto.mrt.v1 import music_pb2, music_pb2_grpc
 
 EVENT_KINDS = ("kill", "stop", "drain")
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 16 * 1024 * 1024),
-                   ("grpc.use_local_subchannel_pool", 1)]
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.use_local_subchannel_pool", 1),
+]
 SUPERVISE_INTERVAL_S = 0.2
 
 
@@ -97,12 +99,13 @@ class ChaosListener:
         upcoming: np.ndarray | None = reference.next_chunk() if reference else None
         player = Player()
         requests: asyncio.Queue = asyncio.Queue()
-        for request in (music_pb2.StreamRequest(setup=music_pb2.SessionSetup(
-                            encoding=music_pb2.PCM_F32LE)),
-                        music_pb2.StreamRequest(config=music_pb2.GenerationConfig(
-                            seed=record.seed)),
-                        music_pb2.StreamRequest(playback=music_pb2.PlaybackControl(
-                            action=music_pb2.PlaybackControl.PLAY))):
+        for request in (
+            music_pb2.StreamRequest(setup=music_pb2.SessionSetup(encoding=music_pb2.PCM_F32LE)),
+            music_pb2.StreamRequest(config=music_pb2.GenerationConfig(seed=record.seed)),
+            music_pb2.StreamRequest(
+                playback=music_pb2.PlaybackControl(action=music_pb2.PlaybackControl.PLAY)
+            ),
+        ):
             requests.put_nowait(request)
 
         async def request_stream():
@@ -130,13 +133,16 @@ class ChaosListener:
                         continue
                     chunk = response.chunk
                     arrived = time.time()
-                    if chunk.sequence != record.chunks or \
-                            abs(chunk.start_seconds - 2.0 * record.chunks) > 1e-6:
+                    if (
+                        chunk.sequence != record.chunks
+                        or abs(chunk.start_seconds - 2.0 * record.chunks) > 1e-6
+                    ):
                         record.sequence_errors += 1
                     timing = player.receive(arrived, chunk.duration_seconds)
                     if timing is not None and timing.underrun:
-                        record.stalls.append(Stall(arrived - timing.lateness_s - self.began,
-                                                   timing.lateness_s))
+                        record.stalls.append(
+                            Stall(arrived - timing.lateness_s - self.began, timing.lateness_s)
+                        )
                     if reference is not None:
                         audio = np.frombuffer(chunk.data, "<f4").reshape(-1, 2)
                         following = reference.next_chunk()
@@ -184,13 +190,15 @@ class Disruptor:
         return healthy == len(self.cluster.generators)
 
 
-def run_listeners(address: str, count: int, began: float, until: float,
-                  check_audio: bool) -> list[SessionRecord]:
+def run_listeners(
+    address: str, count: int, began: float, until: float, check_audio: bool
+) -> list[SessionRecord]:
     """All listeners, in their own process (see ``run``): every session they had."""
     listeners = [ChaosListener(i, address, began, check_audio) for i in range(count)]
 
     async def all_of_them():
         await asyncio.gather(*(listener.run(until) for listener in listeners))
+
     asyncio.run(all_of_them())
     return [session for listener in listeners for session in listener.sessions]
 
@@ -199,12 +207,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """The chaos run for ``args`` (see ``python -m bench chaos --help``)."""
     machine = report.machine_info()
     rng = random.Random(args.seed)
-    print(f"[chaos] {args.model}, {args.generators} generators, {args.listeners} listeners, "
-          f"{args.minutes:g} min", flush=True)
+    print(
+        f"[chaos] {args.model}, {args.generators} generators, {args.listeners} listeners, "
+        f"{args.minutes:g} min",
+        flush=True,
+    )
     config = ClusterConfig(
-        model=args.model, embedder_model=args.embedder_model, generators=args.generators,
-        assets_dir=args.assets_dir, ready_timeout_s=600.0,
-        log_dir=Path(tempfile.mkdtemp(prefix="mrt-chaos-logs-"))).with_free_ports()
+        model=args.model,
+        embedder_model=args.embedder_model,
+        generators=args.generators,
+        assets_dir=args.assets_dir,
+        ready_timeout_s=600.0,
+        log_dir=Path(tempfile.mkdtemp(prefix="mrt-chaos-logs-")),
+    ).with_free_ports()
     cluster = Cluster(config)
     cluster.__enter__()
     try:
@@ -214,14 +229,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # The listeners run in a process of their own: this one forks the restarted services,
         # which is only safe while no other thread of it is busy in gRPC.
         streaming = concurrent.futures.ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        supervisor = Supervisor(cluster.services, log=lambda m: print(f"  supervisor: {m}",
-                                                                      flush=True))
+            max_workers=1, mp_context=multiprocessing.get_context("spawn")
+        )
+        supervisor = Supervisor(
+            cluster.services, log=lambda m: print(f"  supervisor: {m}", flush=True)
+        )
         disruptor = Disruptor(cluster, rng, began)
         pids = {p.name: p.pid for p in (cluster.gateway, cluster.embedder)}
         with ProcessSampler(pids, args.sample_every_s) as sampler:
-            sessions_future = streaming.submit(run_listeners, cluster.gateway_address,
-                                               args.listeners, began, until, args.model == "mock")
+            sessions_future = streaming.submit(
+                run_listeners,
+                cluster.gateway_address,
+                args.listeners,
+                began,
+                until,
+                args.model == "mock",
+            )
             chaos_loop(disruptor, supervisor, rng, until, args)
             sessions = sessions_future.result()
             streaming.shutdown()
@@ -234,16 +257,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     json_path = report.write_json(results_dir / f"chaos_{args.model}.json", results)
     report.update_docs(f"chaos:{args.model}", markdown(results, json_path), docs)
     totals = results["totals"]
-    print(f"[chaos] {len(results['events'])} disruptions; sessions lost {totals['sessions_lost']}; "
-          f"duplicated {totals['chunks_duplicated']}, skipped {totals['chunks_skipped']}, "
-          f"other audio mismatches {totals['audio_mismatches']}; memory flat: "
-          f"{results['memory_flat']}", flush=True)
+    print(
+        f"[chaos] {len(results['events'])} disruptions; sessions lost {totals['sessions_lost']}; "
+        f"duplicated {totals['chunks_duplicated']}, skipped {totals['chunks_skipped']}, "
+        f"other audio mismatches {totals['audio_mismatches']}; memory flat: "
+        f"{results['memory_flat']}",
+        flush=True,
+    )
     print(f"[chaos] wrote {json_path} and {docs}", flush=True)
     return results
 
 
-def chaos_loop(disruptor: Disruptor, supervisor: Supervisor, rng: random.Random, until: float,
-               args: argparse.Namespace) -> None:
+def chaos_loop(
+    disruptor: Disruptor,
+    supervisor: Supervisor,
+    rng: random.Random,
+    until: float,
+    args: argparse.Namespace,
+) -> None:
     """Disrupt, let the cluster recover, pause, repeat; supervise all along (main thread: the
     services' parent-death signal is tied to the thread that starts them)."""
     next_event_at = time.time() + rng.uniform(args.min_pause_s, args.max_pause_s)
@@ -273,11 +304,14 @@ def settle(cluster: Cluster, timeout_s: float = 30.0) -> dict[str, float]:
     """Sessions still open once every listener has gone (waits for them to close)."""
     deadline = time.time() + timeout_s
     while True:
-        open_now = {p.name: prometheus.value(prometheus.scrape(p.metrics_url), gauge)
-                    for p, gauge in [(cluster.gateway, "mrt_gateway_active_sessions"),
-                                     *((g, "mrt_generator_active_sessions")
-                                       for g in cluster.generators)]
-                    if p.is_running()}
+        open_now = {
+            p.name: prometheus.value(prometheus.scrape(p.metrics_url), gauge)
+            for p, gauge in [
+                (cluster.gateway, "mrt_gateway_active_sessions"),
+                *((g, "mrt_generator_active_sessions") for g in cluster.generators),
+            ]
+            if p.is_running()
+        }
         if not any(open_now.values()) or time.time() > deadline:
             return open_now
         time.sleep(0.5)
@@ -287,27 +321,50 @@ def summarize(args, machine, sessions, events, sampler, leftover, restarts) -> d
     per_event = []
     for index, event in enumerate(events):
         ends_s = events[index + 1].at_s if index + 1 < len(events) else float("inf")
-        stalls = [(s, stall) for s in sessions for stall in s.stalls
-                  if event.at_s <= stall.began_s < ends_s]
+        stalls = [
+            (s, stall)
+            for s in sessions
+            for stall in s.stalls
+            if event.at_s <= stall.began_s < ends_s
+        ]
         by_session: dict[int, float] = {}
         for session, stall in stalls:
             by_session[id(session)] = by_session.get(id(session), 0.0) + stall.seconds
-        per_event.append({**dataclasses.asdict(event),
-                          "silence_total_s": round(sum(st.seconds for _, st in stalls), 3),
-                          "silence_max_per_listener_s": round(max(by_session.values(),
-                                                                  default=0.0), 3)})
-    before_first = [stall for s in sessions for stall in s.stalls
-                    if not events or stall.began_s < events[0].at_s]
-    memory = {name: [round(sample.rss_bytes / MIB, 2) for sample in series]
-              for name, series in sampler.series.items()}
-    verdicts = {name: flatness(series, relative_tolerance=args.rss_tolerance)
-                for name, series in memory.items()}
+        per_event.append(
+            {
+                **dataclasses.asdict(event),
+                "silence_total_s": round(sum(st.seconds for _, st in stalls), 3),
+                "silence_max_per_listener_s": round(max(by_session.values(), default=0.0), 3),
+            }
+        )
+    before_first = [
+        stall
+        for s in sessions
+        for stall in s.stalls
+        if not events or stall.began_s < events[0].at_s
+    ]
+    memory = {
+        name: [round(sample.rss_bytes / MIB, 2) for sample in series]
+        for name, series in sampler.series.items()
+    }
+    verdicts = {
+        name: flatness(series, relative_tolerance=args.rss_tolerance)
+        for name, series in memory.items()
+    }
     return {
-        "kind": "chaos", "model": args.model, "minutes": args.minutes, "machine": machine,
-        "settings": {"generators": args.generators, "listeners": args.listeners,
-                     "stop_seconds": args.stop_seconds, "min_pause_s": args.min_pause_s,
-                     "max_pause_s": args.max_pause_s, "seed": args.seed,
-                     "rss_tolerance": args.rss_tolerance},
+        "kind": "chaos",
+        "model": args.model,
+        "minutes": args.minutes,
+        "machine": machine,
+        "settings": {
+            "generators": args.generators,
+            "listeners": args.listeners,
+            "stop_seconds": args.stop_seconds,
+            "min_pause_s": args.min_pause_s,
+            "max_pause_s": args.max_pause_s,
+            "seed": args.seed,
+            "rss_tolerance": args.rss_tolerance,
+        },
         "totals": {
             "sessions": len(sessions),
             "sessions_lost": sum(1 for s in sessions if s.lost),
@@ -326,52 +383,82 @@ def summarize(args, machine, sessions, events, sampler, leftover, restarts) -> d
         "restarts": restarts,
         "leftover_sessions": leftover,
         "memory_mib": memory,
-        "memory_flatness": {name: None if v is None else dataclasses.asdict(v)
-                            for name, v in verdicts.items()},
+        "memory_flatness": {
+            name: None if v is None else dataclasses.asdict(v) for name, v in verdicts.items()
+        },
         "memory_flat": all(v is not None and v.flat for v in verdicts.values()),
     }
 
 
 def markdown(results: dict[str, Any], json_path: Path) -> str:
     settings, totals = results["settings"], results["totals"]
-    rows = [[f"{e['at_s']:.0f}", e["kind"], e["generator"],
-             report.fmt(e["recovered_s"] - e["at_s"] if e["recovered_s"] is not None else None, 1),
-             report.fmt(e["silence_total_s"], 2), report.fmt(e["silence_max_per_listener_s"], 2)]
-            for e in results["events"]]
-    memory_rows = [[name, report.fmt(v["second_quarter_median"], 1),
-                    report.fmt(v["last_quarter_median"], 1), "flat" if v["flat"] else "**GREW**"]
-                   if v else [name, "-", "-", "too few samples"]
-                   for name, v in results["memory_flatness"].items()]
-    audio = (f"chunks duplicated **{totals['chunks_duplicated']}**, skipped "
-             f"**{totals['chunks_skipped']}**, other audio mismatches {totals['audio_mismatches']} "
-             f"(each chunk compared with the audio one generator that never failed makes)"
-             if totals["audio_checked"] else "audio not compared (only possible with `mock`)")
-    return "\n".join([
-        f"### Chaos, model `{results['model']}`",
-        "",
-        f"Machine: {report.machine_line(results['machine'])}.",
-        f"{results['minutes']:g} min, {settings['generators']} generators supervised as by "
-        f"`mrt up`, {settings['listeners']} listeners streaming throughout; one disruption at a "
-        f"time (kill = SIGKILL, stop = SIGSTOP for {settings['stop_seconds']:g} s then SIGCONT, "
-        f"drain = SIGTERM), the next {settings['min_pause_s']:g}-{settings['max_pause_s']:g} s "
-        f"after the cluster recovered (seed {settings['seed']}).",
-        "",
-        f"Sessions: {totals['sessions']}, lost **{totals['sessions_lost']}**; "
-        f"{totals['chunks']} chunks, sequence errors {totals['sequence_errors']}; {audio}; "
-        f"{totals['migrations_seen']} `SESSION_MIGRATED` warnings; silence heard in total "
-        f"{totals['silence_total_s']:.2f} s. Service restarts: "
-        f"{', '.join(f'{k} {v}' for k, v in sorted(results['restarts'].items()) if v) or 'none'}. "
-        f"Sessions open after the listeners left: "
-        f"{', '.join(f'{k} {v:g}' for k, v in results['leftover_sessions'].items())}.",
-        "",
-        report.markdown_table(["at s", "disruption", "generator", "recovered after s",
-                               "silence, all listeners s", "silence, worst listener s"], rows),
-        "",
-        f"Memory flat: **{'yes' if results['memory_flat'] else 'no'}** (RSS MiB, last quarter "
-        f"vs second quarter median, within {settings['rss_tolerance'] * 100:g}%):",
-        "",
-        report.markdown_table(["process", "2nd quarter median", "last quarter median", "verdict"],
-                              memory_rows),
-        "",
-        f"Data: `{report.relative(json_path)}`.",
-    ])
+    rows = [
+        [
+            f"{e['at_s']:.0f}",
+            e["kind"],
+            e["generator"],
+            report.fmt(e["recovered_s"] - e["at_s"] if e["recovered_s"] is not None else None, 1),
+            report.fmt(e["silence_total_s"], 2),
+            report.fmt(e["silence_max_per_listener_s"], 2),
+        ]
+        for e in results["events"]
+    ]
+    memory_rows = [
+        [
+            name,
+            report.fmt(v["second_quarter_median"], 1),
+            report.fmt(v["last_quarter_median"], 1),
+            "flat" if v["flat"] else "**GREW**",
+        ]
+        if v
+        else [name, "-", "-", "too few samples"]
+        for name, v in results["memory_flatness"].items()
+    ]
+    audio = (
+        f"chunks duplicated **{totals['chunks_duplicated']}**, skipped "
+        f"**{totals['chunks_skipped']}**, other audio mismatches {totals['audio_mismatches']} "
+        f"(each chunk compared with the audio one generator that never failed makes)"
+        if totals["audio_checked"]
+        else "audio not compared (only possible with `mock`)"
+    )
+    return "\n".join(
+        [
+            f"### Chaos, model `{results['model']}`",
+            "",
+            f"Machine: {report.machine_line(results['machine'])}.",
+            f"{results['minutes']:g} min, {settings['generators']} generators supervised as by "
+            f"`mrt up`, {settings['listeners']} listeners streaming throughout; one disruption at a "
+            f"time (kill = SIGKILL, stop = SIGSTOP for {settings['stop_seconds']:g} s then SIGCONT, "
+            f"drain = SIGTERM), the next {settings['min_pause_s']:g}-{settings['max_pause_s']:g} s "
+            f"after the cluster recovered (seed {settings['seed']}).",
+            "",
+            f"Sessions: {totals['sessions']}, lost **{totals['sessions_lost']}**; "
+            f"{totals['chunks']} chunks, sequence errors {totals['sequence_errors']}; {audio}; "
+            f"{totals['migrations_seen']} `SESSION_MIGRATED` warnings; silence heard in total "
+            f"{totals['silence_total_s']:.2f} s. Service restarts: "
+            f"{', '.join(f'{k} {v}' for k, v in sorted(results['restarts'].items()) if v) or 'none'}. "
+            f"Sessions open after the listeners left: "
+            f"{', '.join(f'{k} {v:g}' for k, v in results['leftover_sessions'].items())}.",
+            "",
+            report.markdown_table(
+                [
+                    "at s",
+                    "disruption",
+                    "generator",
+                    "recovered after s",
+                    "silence, all listeners s",
+                    "silence, worst listener s",
+                ],
+                rows,
+            ),
+            "",
+            f"Memory flat: **{'yes' if results['memory_flat'] else 'no'}** (RSS MiB, last quarter "
+            f"vs second quarter median, within {settings['rss_tolerance'] * 100:g}%):",
+            "",
+            report.markdown_table(
+                ["process", "2nd quarter median", "last quarter median", "verdict"], memory_rows
+            ),
+            "",
+            f"Data: `{report.relative(json_path)}`.",
+        ]
+    )

@@ -48,15 +48,21 @@ class LocalClusterOptions:
 def start_local_cluster(options: LocalClusterOptions, log_dir: Path | None = None) -> Cluster:
     """Start embedder, one generator and gateway on free loopback ports; wait until ready."""
     config = ClusterConfig(
-        model=options.model, embedder_model=options.embedder_model,
-        max_batch_size=options.max_batch_size, buffer_ahead_seconds=options.buffer_ahead_seconds,
-        assets_dir=options.assets_dir, ready_timeout_s=options.ready_timeout_s,
-        log_dir=log_dir or Path(tempfile.mkdtemp(prefix="mrt-bench-logs-"))).with_free_ports()
+        model=options.model,
+        embedder_model=options.embedder_model,
+        max_batch_size=options.max_batch_size,
+        buffer_ahead_seconds=options.buffer_ahead_seconds,
+        assets_dir=options.assets_dir,
+        ready_timeout_s=options.ready_timeout_s,
+        log_dir=log_dir or Path(tempfile.mkdtemp(prefix="mrt-bench-logs-")),
+    ).with_free_ports()
     extra = list(options.generator_flags)
     if options.capacity_sessions is not None:
         extra += ["--capacity-sessions", str(options.capacity_sessions)]
-    specs = [with_extra_flags(spec, extra) if spec.role == GENERATOR else spec
-             for spec in config.service_specs()]
+    specs = [
+        with_extra_flags(spec, extra) if spec.role == GENERATOR else spec
+        for spec in config.service_specs()
+    ]
     cluster = Cluster(config, specs=specs)
     cluster.__enter__()
     return cluster
@@ -70,38 +76,48 @@ def with_extra_flags(spec: ServiceSpec, flags: list[str]) -> ServiceSpec:
 def target_of(cluster: Cluster) -> BenchTarget:
     generator = cluster.generator_process(0)
     return BenchTarget(
-        gateway_address=cluster.gateway_address, generator_address=generator.address,
+        gateway_address=cluster.gateway_address,
+        generator_address=generator.address,
         generator_metrics_url=generator.metrics_url,
         gateway_metrics_url=cluster.gateway.metrics_url,
         pids={p.name: p.pid for p in cluster.services if p.pid is not None},
-        generator_log=generator.log_path)
+        generator_log=generator.log_path,
+    )
 
 
 def get_load(generator_address: str, timeout_s: float = 5.0) -> generator_pb2.LoadReport:
     with grpc.insecure_channel(generator_address) as channel:
-        return generator_pb2_grpc.GeneratorStub(channel).GetLoad(generator_pb2.GetLoadRequest(),
-                                                                 timeout=timeout_s)
+        return generator_pb2_grpc.GeneratorStub(channel).GetLoad(
+            generator_pb2.GetLoadRequest(), timeout=timeout_s
+        )
 
 
 def active_sessions(target: BenchTarget) -> tuple[float | None, int | None]:
     """Sessions open now on the gateway and on the generator (None where not reachable)."""
-    gateway = (prometheus.value(prometheus.scrape(target.gateway_metrics_url),
-                                "mrt_gateway_active_sessions")
-               if target.gateway_metrics_url else None)
-    generator = (get_load(target.generator_address).active_sessions
-                 if target.generator_address else None)
+    gateway = (
+        prometheus.value(
+            prometheus.scrape(target.gateway_metrics_url), "mrt_gateway_active_sessions"
+        )
+        if target.gateway_metrics_url
+        else None
+    )
+    generator = (
+        get_load(target.generator_address).active_sessions if target.generator_address else None
+    )
     return gateway, generator
 
 
 def chunks_generated(target: BenchTarget) -> float | None:
     if not target.generator_metrics_url:
         return None
-    return prometheus.value(prometheus.scrape(target.generator_metrics_url),
-                            "mrt_generator_chunks_generated_total")
+    return prometheus.value(
+        prometheus.scrape(target.generator_metrics_url), "mrt_generator_chunks_generated_total"
+    )
 
 
-def settle(target: BenchTarget, timeout_s: float = 60.0, quiet_s: float = 3.0,
-           poll_s: float = 0.5) -> tuple[float | None, int | None]:
+def settle(
+    target: BenchTarget, timeout_s: float = 60.0, quiet_s: float = 3.0, poll_s: float = 0.5
+) -> tuple[float | None, int | None]:
     """Wait until the last trial is over for the services too: no session on the gateway and
     no chunk generated for ``quiet_s`` (longer than a chunk period). Returns the sessions
     still open then; any left on the generator after their listeners hung up are leaked,

@@ -40,8 +40,9 @@ def session_audio(args: argparse.Namespace) -> list[np.ndarray]:
     return chunks
 
 
-def measure(encoding: int, opus_bitrate_bps: int, chunks: list[np.ndarray],
-            repeats: int) -> dict[str, Any]:
+def measure(
+    encoding: int, opus_bitrate_bps: int, chunks: list[np.ndarray], repeats: int
+) -> dict[str, Any]:
     """Bytes per second and encode CPU per audio second, over `repeats` sessions."""
     audio_s = len(chunks) * facts.CHUNK_SECONDS
     cpu_s, sent_bytes = 0.0, 0
@@ -51,11 +52,13 @@ def measure(encoding: int, opus_bitrate_bps: int, chunks: list[np.ndarray],
         sent_bytes = sum(len(encoder.encode(chunk)) for chunk in chunks)
         cpu_s += time.process_time() - began
         encoder.close()
-    return {"encoding": music_pb2.AudioEncoding.Name(encoding),
-            "opus_bitrate_bps": opus_bitrate_bps,
-            "bytes_per_second": sent_bytes / audio_s,
-            "kbit_per_second": 8 * sent_bytes / audio_s / 1000,
-            "cpu_cores_per_listener": cpu_s / (repeats * audio_s)}
+    return {
+        "encoding": music_pb2.AudioEncoding.Name(encoding),
+        "opus_bitrate_bps": opus_bitrate_bps,
+        "bytes_per_second": sent_bytes / audio_s,
+        "kbit_per_second": 8 * sent_bytes / audio_s / 1000,
+        "cpu_cores_per_listener": cpu_s / (repeats * audio_s),
+    }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -69,11 +72,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for encoding, bitrate in cases:
         row = measure(encoding, bitrate, chunks, args.repeats)
         rows.append(row)
-        print(f"  {row['encoding']} {bitrate or '':>6}: {row['kbit_per_second']:.1f} kbit/s, "
-              f"{row['cpu_cores_per_listener'] * 1000:.3f} milli-cores per listener", flush=True)
-    results = {"kind": "encoding", "model": args.model, "machine": machine,
-               "chunks": args.chunks, "repeats": args.repeats, "rows": rows,
-               "runtime_s": round(time.monotonic() - began, 1)}
+        print(
+            f"  {row['encoding']} {bitrate or '':>6}: {row['kbit_per_second']:.1f} kbit/s, "
+            f"{row['cpu_cores_per_listener'] * 1000:.3f} milli-cores per listener",
+            flush=True,
+        )
+    results = {
+        "kind": "encoding",
+        "model": args.model,
+        "machine": machine,
+        "chunks": args.chunks,
+        "repeats": args.repeats,
+        "rows": rows,
+        "runtime_s": round(time.monotonic() - began, 1),
+    }
     json_path = report.write_json(Path(args.results_dir) / f"encoding_{args.model}.json", results)
     report.update_docs(f"encoding:{args.model}", markdown(results, json_path), Path(args.docs))
     print(f"[encoding] wrote {json_path} and {args.docs}", flush=True)
@@ -81,21 +93,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def markdown(results: dict[str, Any], json_path: Path) -> str:
-    rows = [[r["encoding"], f"{r['opus_bitrate_bps'] // 1000}k" if r["opus_bitrate_bps"] else "-",
-             report.fmt(r["kbit_per_second"], 1), report.fmt(r["bytes_per_second"] / 1024, 1),
-             report.fmt(r["cpu_cores_per_listener"] * 1000, 3),
-             f"{1 / r['cpu_cores_per_listener']:.0f}" if r["cpu_cores_per_listener"] else "-"]
-            for r in results["rows"]]
-    return "\n".join([
-        f"### Audio encodings, model `{results['model']}`",
-        "",
-        f"Machine: {report.machine_line(results['machine'])}. One session's first "
-        f"{results['chunks']} chunks, encoded chunk by chunk as the gateway does; CPU is the "
-        f"mean over {results['repeats']} encodings (process time).",
-        "",
-        report.markdown_table(["encoding", "Opus bitrate", "kbit/s per listener",
-                               "KiB/s per listener", "gateway CPU per listener (milli-cores)",
-                               "listeners per gateway core (encoding alone)"], rows),
-        "",
-        f"Data: `{report.relative(json_path)}`.",
-    ])
+    rows = [
+        [
+            r["encoding"],
+            f"{r['opus_bitrate_bps'] // 1000}k" if r["opus_bitrate_bps"] else "-",
+            report.fmt(r["kbit_per_second"], 1),
+            report.fmt(r["bytes_per_second"] / 1024, 1),
+            report.fmt(r["cpu_cores_per_listener"] * 1000, 3),
+            f"{1 / r['cpu_cores_per_listener']:.0f}" if r["cpu_cores_per_listener"] else "-",
+        ]
+        for r in results["rows"]
+    ]
+    return "\n".join(
+        [
+            f"### Audio encodings, model `{results['model']}`",
+            "",
+            f"Machine: {report.machine_line(results['machine'])}. One session's first "
+            f"{results['chunks']} chunks, encoded chunk by chunk as the gateway does; CPU is the "
+            f"mean over {results['repeats']} encodings (process time).",
+            "",
+            report.markdown_table(
+                [
+                    "encoding",
+                    "Opus bitrate",
+                    "kbit/s per listener",
+                    "KiB/s per listener",
+                    "gateway CPU per listener (milli-cores)",
+                    "listeners per gateway core (encoding alone)",
+                ],
+                rows,
+            ),
+            "",
+            f"Data: `{report.relative(json_path)}`.",
+        ]
+    )

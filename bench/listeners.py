@@ -26,8 +26,10 @@ from services.common.proto.mrt.v1 import music_pb2, music_pb2_grpc
 Action = music_pb2.PlaybackControl
 BYTES_PER_SAMPLE = {music_pb2.PCM_S16LE: 2, music_pb2.PCM_F32LE: 4}
 # Each listener gets its own connection, as separate clients would.
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 16 * 1024 * 1024),
-                   ("grpc.use_local_subchannel_pool", 1)]
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.use_local_subchannel_pool", 1),
+]
 _END = object()
 
 
@@ -104,8 +106,9 @@ class _ListenerRun:
     async def _next(self, until: float):
         """The next (arrival time, response); None at the time limit or the stream's end."""
         try:
-            arrived, item = await asyncio.wait_for(self.incoming.get(),
-                                                   max(0.0, until - self.loop.time()))
+            arrived, item = await asyncio.wait_for(
+                self.incoming.get(), max(0.0, until - self.loop.time())
+            )
         except TimeoutError:
             return None
         if isinstance(item, grpc.aio.AioRpcError):
@@ -116,8 +119,13 @@ class _ListenerRun:
         reader = asyncio.create_task(self._read())
         sender: asyncio.Task | None = None
         try:
-            self.outgoing.put_nowait(music_pb2.StreamRequest(setup=music_pb2.SessionSetup(
-                model=self.script.model, encoding=self.script.encoding)))
+            self.outgoing.put_nowait(
+                music_pb2.StreamRequest(
+                    setup=music_pb2.SessionSetup(
+                        model=self.script.model, encoding=self.script.encoding
+                    )
+                )
+            )
             opened_at = self.loop.time()
             started = await self._expect_started(opened_at + self.script.open_timeout_s)
             if started is None:
@@ -156,8 +164,9 @@ class _ListenerRun:
                 return response.started
         return None
 
-    async def _receive(self, started: music_pb2.SessionStarted, play_at: float,
-                       until: float) -> None:
+    async def _receive(
+        self, started: music_pb2.SessionStarted, play_at: float, until: float
+    ) -> None:
         while (item := await self._next(until)) is not None:
             arrived, response = item
             kind = response.WhichOneof("response")
@@ -166,8 +175,9 @@ class _ListenerRun:
                     self.result.time_to_first_audio_s = arrived - play_at
                 self.result.chunks += 1
                 self._record(self.player.receive(arrived, chunk_seconds(response.chunk, started)))
-            elif kind == "warning" or (kind == "prompt_status"
-                                       and not response.prompt_status.accepted):
+            elif kind == "warning" or (
+                kind == "prompt_status" and not response.prompt_status.accepted
+            ):
                 self.result.warnings += 1
         if self.loop.time() < until:  # the server ended the stream early
             self._fail("stream ended early")
@@ -206,7 +216,9 @@ class ClientUsage:
     wall_s: float
 
 
-def run_listeners(address: str, scripts: Sequence[ListenerScript]) -> tuple[list[ListenerResult], ClientUsage]:
+def run_listeners(
+    address: str, scripts: Sequence[ListenerScript]
+) -> tuple[list[ListenerResult], ClientUsage]:
     """Run ``scripts`` concurrently in this process (blocking); also what it cost this process."""
     process = psutil.Process()
     cpu_before, wall_before = _cpu_seconds(process), time.monotonic()
@@ -216,8 +228,9 @@ def run_listeners(address: str, scripts: Sequence[ListenerScript]) -> tuple[list
 
     results = asyncio.run(run_all())
     wall_s = time.monotonic() - wall_before
-    return results, ClientUsage(cpu_cores=(_cpu_seconds(process) - cpu_before) / max(wall_s, 1e-9),
-                                wall_s=wall_s)
+    return results, ClientUsage(
+        cpu_cores=(_cpu_seconds(process) - cpu_before) / max(wall_s, 1e-9), wall_s=wall_s
+    )
 
 
 def _cpu_seconds(process: psutil.Process) -> float:
@@ -236,21 +249,24 @@ class ListenerPool:
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
         if processes > 1:
             self._executor = concurrent.futures.ProcessPoolExecutor(
-                processes, mp_context=multiprocessing.get_context("spawn"))
+                processes, mp_context=multiprocessing.get_context("spawn")
+            )
             # Start every worker now so the first trial does not pay their start-up.
             list(self._executor.map(_occupy_worker, [0.2] * processes))
 
-    def run(self, scripts: Sequence[ListenerScript]) -> tuple[list[ListenerResult], list[ClientUsage]]:
+    def run(
+        self, scripts: Sequence[ListenerScript]
+    ) -> tuple[list[ListenerResult], list[ClientUsage]]:
         """Every script's result (in order) and each client process's CPU use."""
         if self._executor is None:
             results, usage = run_listeners(self.address, scripts)
             return results, [usage]
-        shares = [list(scripts[i::self.processes]) for i in range(self.processes)]
+        shares = [list(scripts[i :: self.processes]) for i in range(self.processes)]
         futures = [self._executor.submit(run_listeners, self.address, share) for share in shares]
         outcomes = [future.result() for future in futures]
         results: list[ListenerResult | None] = [None] * len(scripts)
         for worker, (worker_results, _) in enumerate(outcomes):
-            results[worker::self.processes] = worker_results
+            results[worker :: self.processes] = worker_results
         return results, [usage for _, usage in outcomes]
 
     def close(self) -> None:

@@ -18,9 +18,12 @@ class MockReference:
 
     def __init__(self, seed: int):
         self._engine = MockEngine()
-        self._session = GeneratorSession(session_id="reference", state=SessionState.fresh(),
-                                         sampling=SamplingSettings(seed=seed),
-                                         deliver=lambda result: None)
+        self._session = GeneratorSession(
+            session_id="reference",
+            state=SessionState.fresh(),
+            sampling=SamplingSettings(seed=seed),
+            deliver=lambda result: None,
+        )
 
     def reset_context(self) -> None:
         """RESET_CONTEXT before the next chunk."""
@@ -29,14 +32,16 @@ class MockReference:
 
     def next_chunk(self) -> np.ndarray:
         """float32[frames, 2]: the session's next chunk."""
-        output = self._engine.generate([ChunkJob(self._session.state, None,
-                                                 self._session.sampling)])[0]
+        output = self._engine.generate(
+            [ChunkJob(self._session.state, None, self._session.sampling)]
+        )[0]
         self._session.state = output.state
         return output.audio
 
 
-def mock_session_audio(seed: int, chunks: int, *,
-                       reset_before: int | None = None) -> list[np.ndarray]:
+def mock_session_audio(
+    seed: int, chunks: int, *, reset_before: int | None = None
+) -> list[np.ndarray]:
     """The first ``chunks`` chunks of the reference session; with ``reset_before``,
     RESET_CONTEXT was applied before that chunk."""
     reference = MockReference(seed)

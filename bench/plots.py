@@ -18,26 +18,37 @@ def plot_load(results: dict[str, Any], path: Path) -> Path:
         trials = sorted(mode["trials"], key=lambda t: t["sessions"])
         sessions = [t["sessions"] for t in trials]
         label = f"{mode['mode']} (holds {mode['largest_held']})"
-        line, = lateness_axes.plot(sessions, [_nan(t["lateness_s"]["p99"]) for t in trials], "o-",
-                                   label=label)
-        underrun_axes.plot(sessions, [t["underruns"] for t in trials], "o-", label=label,
-                           color=line.get_color())
+        (line,) = lateness_axes.plot(
+            sessions, [_nan(t["lateness_s"]["p99"]) for t in trials], "o-", label=label
+        )
+        underrun_axes.plot(
+            sessions, [t["underruns"] for t in trials], "o-", label=label, color=line.get_color()
+        )
         if mode["largest_held"]:
             for axes in (lateness_axes, underrun_axes):
-                axes.axvline(mode["largest_held"], color=line.get_color(), linestyle=":",
-                             linewidth=1)
+                axes.axvline(
+                    mode["largest_held"], color=line.get_color(), linestyle=":", linewidth=1
+                )
     lateness_axes.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
-    lateness_axes.set(xlabel="concurrent sessions", ylabel="chunk lateness p99 (s)",
-                      title="Lateness against the player's need (> 0 = underrun)")
-    underrun_axes.set(xlabel="concurrent sessions", ylabel="underruns heard (all listeners)",
-                      title="Underruns per trial")
+    lateness_axes.set(
+        xlabel="concurrent sessions",
+        ylabel="chunk lateness p99 (s)",
+        title="Lateness against the player's need (> 0 = underrun)",
+    )
+    underrun_axes.set(
+        xlabel="concurrent sessions",
+        ylabel="underruns heard (all listeners)",
+        title="Underruns per trial",
+    )
     underrun_axes.set_ylim(bottom=0)
     for axes in (lateness_axes, underrun_axes):
         axes.set_xscale("log", base=2)
         axes.grid(True, alpha=0.3)
         axes.legend()
-    figure.suptitle(f"Load benchmark, model {results['model']}, "
-                    f"{results['machine']['logical_cores']} cores, {results['machine']['date_utc']}")
+    figure.suptitle(
+        f"Load benchmark, model {results['model']}, "
+        f"{results['machine']['logical_cores']} cores, {results['machine']['date_utc']}"
+    )
     return _save(figure, path)
 
 
@@ -51,8 +62,10 @@ def plot_soak(results: dict[str, Any], path: Path) -> Path:
         axes.set(xlabel="minutes", ylabel=label, title=label)
         axes.grid(True, alpha=0.3)
     all_axes[0].legend()
-    figure.suptitle(f"Soak, model {results['model']}, {results['minutes']:g} min, "
-                    f"{results['machine']['date_utc']}")
+    figure.suptitle(
+        f"Soak, model {results['model']}, {results['minutes']:g} min, "
+        f"{results['machine']['date_utc']}"
+    )
     return _save(figure, path)
 
 

@@ -35,17 +35,25 @@ class ProcessSummary:
     open_fds_last: int
 
     def as_dict(self) -> dict:
-        return {"cpu_cores": round(self.cpu_cores, 3), "rss_max_mib": round(self.rss_max_mib, 1),
-                "rss_last_mib": round(self.rss_last_mib, 1), "threads": self.threads_last,
-                "open_fds": self.open_fds_last}
+        return {
+            "cpu_cores": round(self.cpu_cores, 3),
+            "rss_max_mib": round(self.rss_max_mib, 1),
+            "rss_last_mib": round(self.rss_last_mib, 1),
+            "threads": self.threads_last,
+            "open_fds": self.open_fds_last,
+        }
 
 
 def sample_process(process: psutil.Process, elapsed_s: float) -> ProcessSample:
     with process.oneshot():
         cpu = process.cpu_times()
-        return ProcessSample(elapsed_s=elapsed_s, rss_bytes=process.memory_info().rss,
-                             threads=process.num_threads(), open_fds=process.num_fds(),
-                             cpu_seconds=cpu.user + cpu.system)
+        return ProcessSample(
+            elapsed_s=elapsed_s,
+            rss_bytes=process.memory_info().rss,
+            threads=process.num_threads(),
+            open_fds=process.num_fds(),
+            cpu_seconds=cpu.user + cpu.system,
+        )
 
 
 def summarize(series: list[ProcessSample]) -> ProcessSummary | None:
@@ -54,10 +62,13 @@ def summarize(series: list[ProcessSample]) -> ProcessSummary | None:
     first, last = series[0], series[-1]
     wall_s = last.elapsed_s - first.elapsed_s
     cpu_cores = (last.cpu_seconds - first.cpu_seconds) / wall_s if wall_s > 0 else 0.0
-    return ProcessSummary(cpu_cores=cpu_cores,
-                          rss_max_mib=max(s.rss_bytes for s in series) / MIB,
-                          rss_last_mib=last.rss_bytes / MIB,
-                          threads_last=last.threads, open_fds_last=last.open_fds)
+    return ProcessSummary(
+        cpu_cores=cpu_cores,
+        rss_max_mib=max(s.rss_bytes for s in series) / MIB,
+        rss_last_mib=last.rss_bytes / MIB,
+        threads_last=last.threads,
+        open_fds_last=last.open_fds,
+    )
 
 
 class ProcessSampler:
@@ -83,8 +94,11 @@ class ProcessSampler:
         self._sample_all()  # a final sample so the window ends now
 
     def summaries(self) -> dict[str, ProcessSummary]:
-        return {name: summary for name, series in self.series.items()
-                if (summary := summarize(series)) is not None}
+        return {
+            name: summary
+            for name, series in self.series.items()
+            if (summary := summarize(series)) is not None
+        }
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -33,8 +33,9 @@ def scrape(url: str, timeout_s: float = 5.0) -> Samples:
 def value(samples: Samples, name: str, **labels: str) -> float:
     """Sum of the samples called ``name`` whose labels include ``labels`` (0 when none)."""
     wanted = set(labels.items())
-    return sum(v for (n, sample_labels), v in samples.items()
-               if n == name and wanted <= set(sample_labels))
+    return sum(
+        v for (n, sample_labels), v in samples.items() if n == name and wanted <= set(sample_labels)
+    )
 
 
 def counter_delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
@@ -79,6 +80,8 @@ def histogram_delta(before: Samples, after: Samples, name: str) -> HistogramDelt
         if sample_name == f"{name}_bucket":
             bound = float(dict(labels)["le"])
             buckets[bound] = buckets.get(bound, 0.0) + v - before.get((sample_name, labels), 0.0)
-    return HistogramDelta(count=counter_delta(before, after, f"{name}_count"),
-                          total=counter_delta(before, after, f"{name}_sum"),
-                          cumulative=buckets)
+    return HistogramDelta(
+        count=counter_delta(before, after, f"{name}_count"),
+        total=counter_delta(before, after, f"{name}_sum"),
+        cumulative=buckets,
+    )

@@ -21,7 +21,7 @@ import psutil
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 DOCS_PATH = PROJECT_ROOT / "docs" / "benchmarks.md"
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 def cpu_model(cpuinfo_text: str) -> str:
@@ -35,9 +35,12 @@ def cpu_model(cpuinfo_text: str) -> str:
 
 def git_commit() -> str:
     """The commit the benchmark code ran from, with "+dirty" when the tree had changes."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
     try:
         commit = git("rev-parse", "--short", "HEAD")
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
@@ -65,9 +68,11 @@ def machine_info() -> dict[str, Any]:
 
 
 def machine_line(machine: dict[str, Any]) -> str:
-    return (f"{machine['cpu_model']}, {machine['logical_cores']} logical cores, "
-            f"{machine['ram_gib']} GiB RAM; load average {machine['load_average_1m']} at start; "
-            f"{machine['date_utc']}; commit {machine['commit']}")
+    return (
+        f"{machine['cpu_model']}, {machine['logical_cores']} logical cores, "
+        f"{machine['ram_gib']} GiB RAM; load average {machine['load_average_1m']} at start; "
+        f"{machine['date_utc']}; commit {machine['commit']}"
+    )
 
 
 def write_json(path: Path, data: Any) -> Path:

@@ -261,7 +261,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         turn = 0
         while not all(listener.done() for listener in listeners):
             next_restart = began + (len(restarts) + 1) * args.restart_every_s
-            while time.monotonic() < next_restart and not all(listener.done() for listener in listeners):
+            while time.monotonic() < next_restart and not all(
+                listener.done() for listener in listeners
+            ):
                 time.sleep(0.2)
             if time.monotonic() < next_restart or time.monotonic() - began > seconds - 5:
                 break

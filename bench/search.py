@@ -25,11 +25,19 @@ class SearchResult:
         return self.smallest_failed is not None and self.smallest_failed == self.largest_held + 1
 
 
-def find_largest_held(trial: Callable[[int], bool], *, max_sessions: int, budget_s: float,
-                      start_sessions: int = 1, clock: Callable[[], float] = time.monotonic) -> SearchResult:
+def find_largest_held(
+    trial: Callable[[int], bool],
+    *,
+    max_sessions: int,
+    budget_s: float,
+    start_sessions: int = 1,
+    clock: Callable[[], float] = time.monotonic,
+) -> SearchResult:
     """Largest N <= max_sessions for which ``trial(N)`` holds, stepping up from start_sessions."""
     if not 1 <= start_sessions <= max_sessions:
-        raise ValueError(f"need 1 <= start_sessions ({start_sessions}) <= max_sessions ({max_sessions})")
+        raise ValueError(
+            f"need 1 <= start_sessions ({start_sessions}) <= max_sessions ({max_sessions})"
+        )
     deadline = clock() + budget_s
     result = SearchResult()
 

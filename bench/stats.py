@@ -37,8 +37,9 @@ class Flatness:
         return self.last_quarter_median - self.second_quarter_median
 
 
-def flatness(series: Sequence[float], *, relative_tolerance: float = 0.0,
-             absolute_tolerance: float = 0.0) -> Flatness | None:
+def flatness(
+    series: Sequence[float], *, relative_tolerance: float = 0.0, absolute_tolerance: float = 0.0
+) -> Flatness | None:
     """Flat when the last quarter's median exceeds the second quarter's by at most
     max(relative_tolerance * second quarter's median, absolute_tolerance). The first quarter
     is left out: it holds the warm-up. Only growth counts; shrinking is fine. None for series
@@ -47,8 +48,12 @@ def flatness(series: Sequence[float], *, relative_tolerance: float = 0.0,
     quarter = len(values) // 4
     if quarter == 0:
         return None
-    second = float(np.median(values[quarter:2 * quarter]))
-    last = float(np.median(values[len(values) - quarter:]))
+    second = float(np.median(values[quarter : 2 * quarter]))
+    last = float(np.median(values[len(values) - quarter :]))
     tolerance = max(relative_tolerance * abs(second), absolute_tolerance)
-    return Flatness(second_quarter_median=second, last_quarter_median=last, tolerance=tolerance,
-                    flat=last - second <= tolerance)
+    return Flatness(
+        second_quarter_median=second,
+        last_quarter_median=last,
+        tolerance=tolerance,
+        flat=last - second <= tolerance,
+    )

@@ -16,9 +16,27 @@ def ffmpeg_decode(data: bytes) -> np.ndarray:
     ffmpeg = shutil.which("ffmpeg")
     assert ffmpeg, "ffmpeg is needed to check Opus streams (scripts/ci_system_deps.sh installs it)"
     decoded = subprocess.run(
-        [ffmpeg, "-v", "error", "-f", "ogg", "-i", "pipe:0", "-f", "f32le", "-ac", "2",
-         "-ar", str(SAMPLE_RATE_HZ), "pipe:1"],
-        input=data, capture_output=True, check=True, timeout=60).stdout
+        [
+            ffmpeg,
+            "-v",
+            "error",
+            "-f",
+            "ogg",
+            "-i",
+            "pipe:0",
+            "-f",
+            "f32le",
+            "-ac",
+            "2",
+            "-ar",
+            str(SAMPLE_RATE_HZ),
+            "pipe:1",
+        ],
+        input=data,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
     return np.frombuffer(decoded, "<f4").reshape(-1, 2)
 
 

@@ -46,10 +46,12 @@ class StreamClient:
     def send(self, **fields) -> None:
         self._requests.put(music_pb2.StreamRequest(**fields))
 
-    def setup(self, model: str = "", encoding: int = music_pb2.PCM_S16LE,
-              opus_bitrate: int = 0) -> music_pb2.SessionStarted:
-        self.send(setup=music_pb2.SessionSetup(model=model, encoding=encoding,
-                                               opus_bitrate=opus_bitrate))
+    def setup(
+        self, model: str = "", encoding: int = music_pb2.PCM_S16LE, opus_bitrate: int = 0
+    ) -> music_pb2.SessionStarted:
+        self.send(
+            setup=music_pb2.SessionSetup(model=model, encoding=encoding, opus_bitrate=opus_bitrate)
+        )
         return self.expect("started").started
 
     def prompts(self, *prompts: music_pb2.WeightedPrompt) -> None:
@@ -91,7 +93,9 @@ class StreamClient:
             if message.WhichOneof("response") == kind:
                 return message
 
-    def chunks(self, count: int, timeout_s: float = 30.0) -> list[tuple[float, music_pb2.AudioChunk]]:
+    def chunks(
+        self, count: int, timeout_s: float = 30.0
+    ) -> list[tuple[float, music_pb2.AudioChunk]]:
         out = []
         for _ in range(count):
             self.expect("chunk", timeout_s)
@@ -125,8 +129,14 @@ class Listener:
     ``prompt`` None streams unconditioned; ``seed`` fixes the session's seed (so its audio can
     be predicted); ``encoding`` PCM_F32LE gives the generator's samples exactly."""
 
-    def __init__(self, address: str, prompt: str | None = None, *, seed: int | None = None,
-                 encoding: int = music_pb2.PCM_S16LE):
+    def __init__(
+        self,
+        address: str,
+        prompt: str | None = None,
+        *,
+        seed: int | None = None,
+        encoding: int = music_pb2.PCM_S16LE,
+    ):
         self.encoding = encoding
         self.client = StreamClient(address)
         self.started = self.client.setup(encoding=encoding)

@@ -19,15 +19,27 @@ CHANNEL_OPTIONS = [("grpc.lb_policy_name", "round_robin")]
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
     """The options every command that calls the gateway takes."""
-    add_env_option(parser, "--address", default=DEFAULT_GATEWAY_ADDRESS,
-                   help="gateway address HOST:PORT, or several as ipv4:HOST:PORT,HOST:PORT "
-                        "(streams are spread over them, and a resumed stream goes to the next)")
+    add_env_option(
+        parser,
+        "--address",
+        default=DEFAULT_GATEWAY_ADDRESS,
+        help="gateway address HOST:PORT, or several as ipv4:HOST:PORT,HOST:PORT "
+        "(streams are spread over them, and a resumed stream goes to the next)",
+    )
     add_env_option(parser, "--api-key", help="sent as 'authorization: Bearer <key>'")
-    add_env_option(parser, "--tls-ca", type=Path,
-                   help="PEM file of the CA that signed the gateway's certificate; enables TLS")
-    add_env_option(parser, "--tls-cert", type=Path,
-                   help="PEM client certificate, for a gateway that requires one (mTLS); "
-                        "needs --tls-ca and --tls-key")
+    add_env_option(
+        parser,
+        "--tls-ca",
+        type=Path,
+        help="PEM file of the CA that signed the gateway's certificate; enables TLS",
+    )
+    add_env_option(
+        parser,
+        "--tls-cert",
+        type=Path,
+        help="PEM client certificate, for a gateway that requires one (mTLS); "
+        "needs --tls-ca and --tls-key",
+    )
     add_env_option(parser, "--tls-key", type=Path, help="PEM private key of --tls-cert")
 
 
@@ -42,10 +54,13 @@ def open_channel(args: argparse.Namespace) -> grpc.Channel:
         raise UsageError("--tls-cert and --tls-key must be given together")
     client_identity = {}
     if args.tls_cert is not None:
-        client_identity = {"certificate_chain": _read(args.tls_cert, "--tls-cert"),
-                           "private_key": _read(args.tls_key, "--tls-key")}
+        client_identity = {
+            "certificate_chain": _read(args.tls_cert, "--tls-cert"),
+            "private_key": _read(args.tls_key, "--tls-key"),
+        }
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=_read(args.tls_ca, "--tls-ca"), **client_identity)
+        root_certificates=_read(args.tls_ca, "--tls-ca"), **client_identity
+    )
     return grpc.secure_channel(args.address, credentials, options=CHANNEL_OPTIONS)
 
 
@@ -62,7 +77,7 @@ def call_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
 
 
 def describe_rpc_error(err: grpc.RpcError) -> str:
-    """"UNAVAILABLE: failed to connect ..." for an error raised by a call."""
+    """ "UNAVAILABLE: failed to connect ..." for an error raised by a call."""
     code = err.code() if isinstance(err, grpc.Call) else None
     details = err.details() if isinstance(err, grpc.Call) else str(err)
     name = code.name if code is not None else "UNKNOWN"

@@ -40,16 +40,22 @@ import services
 from services.common.security import load_channel_credentials
 
 EMBEDDER, GENERATOR, GATEWAY, WEB = "embedder", "generator", "gateway", "web"
-_SERVICE_MODULES = {EMBEDDER: "services.embedder", GENERATOR: "services.generator",
-                    GATEWAY: "services.gateway", WEB: "services.web"}
+_SERVICE_MODULES = {
+    EMBEDDER: "services.embedder",
+    GENERATOR: "services.generator",
+    GATEWAY: "services.gateway",
+    WEB: "services.web",
+}
 _PROJECT_ROOT = Path(services.__file__).resolve().parent.parent
 _LOG_TAIL_LINES = 200
 _HEALTH_POLL_INTERVAL_S = 0.2
 # Health checks retry a service that is still starting: keep gRPC's reconnect backoff short so
 # a service is seen as ready within a fraction of a second of it becoming ready.
-_HEALTH_CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100),
-                           ("grpc.min_reconnect_backoff_ms", 100),
-                           ("grpc.max_reconnect_backoff_ms", 500)]
+_HEALTH_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
 # Ports handed out by with_free_ports(): below Linux's ephemeral range (32768+), so they do not
 # collide with the source ports of outgoing connections.
 _FREE_PORT_RANGE = (20_000, 32_000)
@@ -71,8 +77,9 @@ class ServiceExitedError(ClusterError):
     """A service process exited while it was expected to run."""
 
     def __init__(self, service: str, returncode: int, log_tail: str = ""):
-        super().__init__(service, f"exited unexpectedly with {describe_returncode(returncode)}",
-                         log_tail)
+        super().__init__(
+            service, f"exited unexpectedly with {describe_returncode(returncode)}", log_tail
+        )
         self.returncode = returncode
 
 
@@ -133,8 +140,11 @@ class ClusterTLS:
         return self.ca_file or self.cert_file
 
     def server_flags(self) -> dict[str, object]:
-        return {"tls_cert_file": self.cert_file, "tls_key_file": self.key_file,
-                "tls_client_ca_file": self.client_ca_file}
+        return {
+            "tls_cert_file": self.cert_file,
+            "tls_key_file": self.key_file,
+            "tls_client_ca_file": self.client_ca_file,
+        }
 
     def client_identity(self) -> tuple[Path | None, Path | None]:
         """(certificate, key) a client of the cluster presents: only needed with mTLS."""
@@ -144,8 +154,11 @@ class ClusterTLS:
 
     def gateway_backend_flags(self) -> dict[str, object]:
         cert_file, key_file = self.client_identity()
-        return {"internal_tls_ca_file": self.trusted_ca_file,
-                "internal_tls_cert_file": cert_file, "internal_tls_key_file": key_file}
+        return {
+            "internal_tls_ca_file": self.trusted_ca_file,
+            "internal_tls_cert_file": cert_file,
+            "internal_tls_key_file": key_file,
+        }
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         """What a client of the cluster's ports (the health checks) connects with; raises
@@ -222,9 +235,14 @@ class ClusterConfig:
     def with_free_ports(self) -> ClusterConfig:
         """A copy listening on ports that are free now (for tests and benchmarks)."""
         n = self.generators
-        counts = {"gateway_port": 1, "embedder_port": 1, "generator_port": n,
-                  "gateway_metrics_port": 1, "embedder_metrics_port": 1,
-                  "generator_metrics_port": n}
+        counts = {
+            "gateway_port": 1,
+            "embedder_port": 1,
+            "generator_port": n,
+            "gateway_metrics_port": 1,
+            "embedder_metrics_port": 1,
+            "generator_metrics_port": n,
+        }
         if self.web_port is not None:
             counts["web_port"] = 1
         return dataclasses.replace(self, **_free_port_blocks(self.host, counts))
@@ -232,37 +250,77 @@ class ClusterConfig:
     def _unchecked_specs(self) -> list[ServiceSpec]:
         server_tls = self.tls.server_flags() if self.tls else {}
         backend_tls = self.tls.gateway_backend_flags() if self.tls else {}
-        specs = [self._spec(EMBEDDER, EMBEDDER, self.embedder_port, self.embedder_metrics_port,
-                            model=self.embedder_model, assets_dir=self.assets_dir, **server_tls)]
-        for i, (port, metrics_port) in enumerate(zip(self.generator_ports(),
-                                                     self.generator_metrics_ports())):
-            specs.append(self._spec(
-                f"{GENERATOR}-{i}", GENERATOR, port, metrics_port, model=self.model,
-                assets_dir=self.assets_dir, max_batch_size=self.max_batch_size,
-                generator_id=f"{GENERATOR}-{i}", **server_tls))
+        specs = [
+            self._spec(
+                EMBEDDER,
+                EMBEDDER,
+                self.embedder_port,
+                self.embedder_metrics_port,
+                model=self.embedder_model,
+                assets_dir=self.assets_dir,
+                **server_tls,
+            )
+        ]
+        for i, (port, metrics_port) in enumerate(
+            zip(self.generator_ports(), self.generator_metrics_ports())
+        ):
+            specs.append(
+                self._spec(
+                    f"{GENERATOR}-{i}",
+                    GENERATOR,
+                    port,
+                    metrics_port,
+                    model=self.model,
+                    assets_dir=self.assets_dir,
+                    max_batch_size=self.max_batch_size,
+                    generator_id=f"{GENERATOR}-{i}",
+                    **server_tls,
+                )
+            )
         generator_addresses = ",".join(_host_port(self.host, p) for p in self.generator_ports())
-        specs.append(self._spec(
-            GATEWAY, GATEWAY, self.gateway_port, self.gateway_metrics_port,
-            embedder_address=_host_port(self.host, self.embedder_port),
-            generator_addresses=generator_addresses,
-            buffer_ahead_seconds=self.buffer_ahead_seconds, **server_tls, **backend_tls))
+        specs.append(
+            self._spec(
+                GATEWAY,
+                GATEWAY,
+                self.gateway_port,
+                self.gateway_metrics_port,
+                embedder_address=_host_port(self.host, self.embedder_port),
+                generator_addresses=generator_addresses,
+                buffer_ahead_seconds=self.buffer_ahead_seconds,
+                **server_tls,
+                **backend_tls,
+            )
+        )
         if self.web_port is not None:
-            spec = self._spec(WEB, WEB, self.web_port, self.web_port,
-                              gateway_address=_host_port(self.host, self.gateway_port),
-                              **server_tls, **backend_tls)
+            spec = self._spec(
+                WEB,
+                WEB,
+                self.web_port,
+                self.web_port,
+                gateway_address=_host_port(self.host, self.gateway_port),
+                **server_tls,
+                **backend_tls,
+            )
             specs.append(dataclasses.replace(spec, http_scheme="https" if self.tls else "http"))
         return specs
 
-    def _spec(self, name: str, role: str, port: int, metrics_port: int,
-              **flags: object) -> ServiceSpec:
+    def _spec(
+        self, name: str, role: str, port: int, metrics_port: int, **flags: object
+    ) -> ServiceSpec:
         argv = [self.python, "-m", _SERVICE_MODULES[role], "--port", str(port)]
         if metrics_port != port:
             argv += ["--metrics-port", str(metrics_port)]
         for key, value in flags.items():
             if value is not None:
                 argv += ["--" + key.replace("_", "-"), str(value)]
-        return ServiceSpec(name=name, role=role, host=self.host, port=port,
-                           metrics_port=metrics_port, argv=tuple(argv))
+        return ServiceSpec(
+            name=name,
+            role=role,
+            host=self.host,
+            port=port,
+            metrics_port=metrics_port,
+            argv=tuple(argv),
+        )
 
 
 def _free_port_blocks(host: str, counts: dict[str, int]) -> dict[str, int]:
@@ -324,10 +382,16 @@ def _die_with_parent_preexec() -> Callable[[], None] | None:
 class ServiceProcess:
     """One running (or stopped) service: its process, its output and its health check."""
 
-    def __init__(self, spec: ServiceSpec, *, log_dir: Path | None = None,
-                 console: TextIO | None = None, console_lock: threading.Lock | None = None,
-                 health_credentials: grpc.ChannelCredentials | None = None,
-                 health_ssl_context: ssl.SSLContext | None = None):
+    def __init__(
+        self,
+        spec: ServiceSpec,
+        *,
+        log_dir: Path | None = None,
+        console: TextIO | None = None,
+        console_lock: threading.Lock | None = None,
+        health_credentials: grpc.ChannelCredentials | None = None,
+        health_ssl_context: ssl.SSLContext | None = None,
+    ):
         """Output goes to <log_dir>/<name>.log if log_dir is set, else to console (or stderr).
         Health checks connect with `health_credentials` (TLS), or in plaintext when None; the
         web service's HTTP check with `health_ssl_context`."""
@@ -383,19 +447,29 @@ class ServiceProcess:
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
         self.release()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT),
-                                                          env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")])
+        )
         self._stop_requested = False
         try:
             self._popen = subprocess.Popen(
-                self.spec.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                preexec_fn=_die_with_parent_preexec())
+                self.spec.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent_preexec(),
+            )
         except OSError as err:
             raise ClusterError(self.name, f"cannot run {self.spec.argv[0]}: {err}") from err
         self._group_may_exist = True
-        self._pump = threading.Thread(target=self._pump_output, args=(self._popen.stdout,),
-                                      name=f"{self.name}-output", daemon=True)
+        self._pump = threading.Thread(
+            target=self._pump_output,
+            args=(self._popen.stdout,),
+            name=f"{self.name}-output",
+            daemon=True,
+        )
         self._pump.start()
 
     def terminate(self) -> None:
@@ -447,26 +521,33 @@ class ServiceProcess:
         if self._health_channel is None:
             self._health_channel = (
                 grpc.insecure_channel(self.address, options=_HEALTH_CHANNEL_OPTIONS)
-                if self._health_credentials is None else
-                grpc.secure_channel(self.address, self._health_credentials,
-                                    options=_HEALTH_CHANNEL_OPTIONS))
+                if self._health_credentials is None
+                else grpc.secure_channel(
+                    self.address, self._health_credentials, options=_HEALTH_CHANNEL_OPTIONS
+                )
+            )
         stub = health_pb2_grpc.HealthStub(self._health_channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
         except grpc.RpcError as err:
-            self.last_health_error = (f"{err.code().name}: {err.details()}"
-                                      if isinstance(err, grpc.Call) else str(err))
+            self.last_health_error = (
+                f"{err.code().name}: {err.details()}" if isinstance(err, grpc.Call) else str(err)
+            )
             return False
         serving = reply.status == health_pb2.HealthCheckResponse.SERVING
-        self.last_health_error = None if serving else (
-            f"status {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}")
+        self.last_health_error = (
+            None
+            if serving
+            else (f"status {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}")
+        )
         return serving
 
     def _check_http_health(self, timeout_s: float) -> bool:
         url = f"{self.spec.http_scheme}://{self.address}/healthz"
         try:
-            with urllib.request.urlopen(url, timeout=timeout_s,
-                                        context=self._health_ssl_context) as reply:
+            with urllib.request.urlopen(
+                url, timeout=timeout_s, context=self._health_ssl_context
+            ) as reply:
                 self.last_health_error = None
                 return reply.status == 200
         except OSError as err:  # URLError and HTTPError (a status other than 2xx) included
@@ -526,11 +607,15 @@ def wait_until_serving(processes: Sequence[ServiceProcess], timeout_s: float) ->
         if time.monotonic() >= deadline:
             first = pending[0]
             others = f" (nor did {', '.join(p.name for p in pending[1:])})" if pending[1:] else ""
-            last_check = (f"; last health check: {first.last_health_error}"
-                          if first.last_health_error else "")
+            last_check = (
+                f"; last health check: {first.last_health_error}" if first.last_health_error else ""
+            )
             raise ServiceNotReadyError(
-                first.name, f"did not report SERVING on {first.address} within {timeout_s:g} s"
-                f"{others}{last_check}", first.log_tail())
+                first.name,
+                f"did not report SERVING on {first.address} within {timeout_s:g} s"
+                f"{others}{last_check}",
+                first.log_tail(),
+            )
         time.sleep(_HEALTH_POLL_INTERVAL_S)
 
 
@@ -545,8 +630,13 @@ class Cluster:
     thread): Linux delivers the parent-death signal when the thread that started a child exits.
     """
 
-    def __init__(self, config: ClusterConfig | None = None, *,
-                 specs: Sequence[ServiceSpec] | None = None, console: TextIO | None = None):
+    def __init__(
+        self,
+        config: ClusterConfig | None = None,
+        *,
+        specs: Sequence[ServiceSpec] | None = None,
+        console: TextIO | None = None,
+    ):
         """``specs`` replaces the command lines ``config`` would give (e.g. with TLS flags).
         Raises ValueError for a configuration that cannot start (clashing ports, a TLS file
         that cannot be read)."""
@@ -556,10 +646,16 @@ class Cluster:
         health_credentials = tls.channel_credentials() if tls else None
         health_ssl_context = tls.ssl_context() if tls else None
         self.services: list[ServiceProcess] = [
-            ServiceProcess(spec, log_dir=self.config.log_dir, console=console, console_lock=lock,
-                           health_credentials=health_credentials,
-                           health_ssl_context=health_ssl_context)
-            for spec in (self.config.service_specs() if specs is None else specs)]
+            ServiceProcess(
+                spec,
+                log_dir=self.config.log_dir,
+                console=console,
+                console_lock=lock,
+                health_credentials=health_credentials,
+                health_ssl_context=health_ssl_context,
+            )
+            for spec in (self.config.service_specs() if specs is None else specs)
+        ]
 
     # -- where things are ------------------------------------------------------------------
 
@@ -627,8 +723,9 @@ class Cluster:
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
         """Block until all services are SERVING; a ClusterError names the one that is not."""
-        wait_until_serving(self.services, self.config.ready_timeout_s if timeout_s is None
-                           else timeout_s)
+        wait_until_serving(
+            self.services, self.config.ready_timeout_s if timeout_s is None else timeout_s
+        )
 
     def check_running(self) -> None:
         """Raise ServiceExitedError if a service has ended without being asked to."""

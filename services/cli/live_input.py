@@ -27,8 +27,11 @@ def read_input_file(data: bytes) -> np.ndarray:
         raise UsageError(f"--input-audio could not be decoded: {err}") from None
     if len(samples) == 0:
         raise UsageError("--input-audio holds no audio")
-    samples = (np.repeat(samples, facts.CHANNELS, axis=1) if samples.shape[1] == 1
-               else samples[:, :facts.CHANNELS])
+    samples = (
+        np.repeat(samples, facts.CHANNELS, axis=1)
+        if samples.shape[1] == 1
+        else samples[:, : facts.CHANNELS]
+    )
     if sample_rate != facts.SAMPLE_RATE_HZ:
         samples = soxr.resample(samples, sample_rate, facts.SAMPLE_RATE_HZ)
     return np.ascontiguousarray(samples, np.float32)
@@ -38,8 +41,14 @@ class InputStreamer:
     """Sends ``audio`` as 100 ms PCM_S16LE messages, each when the listener's timeline (which
     starts when ``start`` is called, at PLAY) reaches its position minus ``lead_s``."""
 
-    def __init__(self, audio: np.ndarray, send: Callable[[music_pb2.StreamRequest], None], *,
-                 lead_s: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        audio: np.ndarray,
+        send: Callable[[music_pb2.StreamRequest], None],
+        *,
+        lead_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self._audio = audio
         self._send = send
         self._lead_s = lead_s
@@ -68,10 +77,14 @@ class InputStreamer:
             self._send_piece(first)
 
     def _send_piece(self, first: int) -> None:
-        samples = self._audio[first:first + _PIECE_SAMPLES]
+        samples = self._audio[first : first + _PIECE_SAMPLES]
         pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
-        message = music_pb2.AudioInput(data=pcm, encoding=music_pb2.PCM_S16LE,
-                                       sample_rate=facts.SAMPLE_RATE_HZ, channels=facts.CHANNELS)
+        message = music_pb2.AudioInput(
+            data=pcm,
+            encoding=music_pb2.PCM_S16LE,
+            sample_rate=facts.SAMPLE_RATE_HZ,
+            channels=facts.CHANNELS,
+        )
         if first == 0:
             message.start_seconds = 0.0
         self._send(music_pb2.StreamRequest(audio_input=message))

@@ -17,9 +17,11 @@ _EXIT_FAILED, _EXIT_USAGE, _EXIT_INTERRUPTED = 1, 2, 130
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mrt", description="Magenta RealTime serving cluster: run it locally, stream music "
-                                "from it, query it. Every --option-name also reads "
-                                "MRT_OPTION_NAME where noted.")
+        prog="mrt",
+        description="Magenta RealTime serving cluster: run it locally, stream music "
+        "from it, query it. Every --option-name also reads "
+        "MRT_OPTION_NAME where noted.",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (up, stream, queries, assets_cmd):
         module.register(commands)

@@ -16,8 +16,9 @@ def env_var_name(flag: str) -> str:
     return "MRT_" + flag.lstrip("-").replace("-", "_").upper()
 
 
-def add_env_option(parser: argparse.ArgumentParser, flag: str, *, default: Any = None,
-                   help: str, **kwargs: Any) -> argparse.Action:
+def add_env_option(
+    parser: argparse.ArgumentParser, flag: str, *, default: Any = None, help: str, **kwargs: Any
+) -> argparse.Action:
     """Add ``flag`` whose default comes from its ``MRT_*`` variable when that is set.
 
     argparse runs ``type`` on string defaults, so a value from the environment is converted
@@ -25,8 +26,12 @@ def add_env_option(parser: argparse.ArgumentParser, flag: str, *, default: Any =
     """
     env = env_var_name(flag)
     shown_default = "" if default is None else f", default {default}"
-    return parser.add_argument(flag, default=os.environ.get(env, default),
-                               help=f"{help} (env {env}{shown_default})", **kwargs)
+    return parser.add_argument(
+        flag,
+        default=os.environ.get(env, default),
+        help=f"{help} (env {env}{shown_default})",
+        **kwargs,
+    )
 
 
 class UsageError(Exception):

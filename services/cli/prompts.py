@@ -27,7 +27,8 @@ def split_weight(spec: str) -> tuple[str, float | None]:
         return spec, None
     if not math.isfinite(weight) or weight < 0:
         raise PromptSpecError(
-            f"prompt weight must be a finite number >= 0, got '{tail}' in '{spec}'")
+            f"prompt weight must be a finite number >= 0, got '{tail}' in '{spec}'"
+        )
     return source, weight
 
 

@@ -52,8 +52,13 @@ def backoff_s(crashes_in_a_row: int) -> float:
 
 
 class Supervisor:
-    def __init__(self, processes: Sequence[SupervisedProcess], *,
-                 log: Callable[[str], None], clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        processes: Sequence[SupervisedProcess],
+        *,
+        log: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.processes = list(processes)
         self.log = log
         self.clock = clock
@@ -72,10 +77,12 @@ class Supervisor:
                 record.crashes_in_a_row += 1
                 delay_s = backoff_s(record.crashes_in_a_row)
                 record.restart_at_s = now + delay_s
-                self.log(f"{process.name} exited unexpectedly with "
-                         f"{describe_returncode(process.returncode)}; restarting it in "
-                         f"{delay_s:g} s (crash {record.crashes_in_a_row} in a row); the other "
-                         f"services keep serving")
+                self.log(
+                    f"{process.name} exited unexpectedly with "
+                    f"{describe_returncode(process.returncode)}; restarting it in "
+                    f"{delay_s:g} s (crash {record.crashes_in_a_row} in a row); the other "
+                    f"services keep serving"
+                )
             elif record.restart_at_s is not None and now >= record.restart_at_s:
                 record.restart_at_s = None
                 record.started_at_s = now
@@ -87,13 +94,17 @@ class Supervisor:
                     self.log(f"{process.name} could not be restarted: {err}")
                     continue
                 self.log(f"{process.name} restarted")
-            elif not record.serving and record.restart_at_s is None \
-                    and process.check_health(timeout_s=0.2):
+            elif (
+                not record.serving
+                and record.restart_at_s is None
+                and process.check_health(timeout_s=0.2)
+            ):
                 record.serving = True
                 self.log(f"{process.name} is serving again")
 
-    def run(self, sleep: Callable[[float], None] = time.sleep,
-            poll_interval_s: float = POLL_INTERVAL_S) -> None:
+    def run(
+        self, sleep: Callable[[float], None] = time.sleep, poll_interval_s: float = POLL_INTERVAL_S
+    ) -> None:
         """Supervise until interrupted (KeyboardInterrupt propagates)."""
         while True:
             self.step()

@@ -21,22 +21,35 @@ def decode_pcm_s16le(data: bytes, channels: int) -> np.ndarray:
     """Interleaved little-endian int16 bytes -> int16[frames, channels]."""
     frame_bytes = _S16_BYTES * channels
     if len(data) % frame_bytes:
-        raise ValueError(f"PCM_S16LE data of {len(data)} bytes is not a whole number of "
-                         f"{channels}-channel frames")
+        raise ValueError(
+            f"PCM_S16LE data of {len(data)} bytes is not a whole number of "
+            f"{channels}-channel frames"
+        )
     return np.frombuffer(data, dtype="<i2").reshape(-1, channels)
 
 
 class WavWriter:
     """A 16-bit PCM WAV file open for appending interleaved PCM_S16LE chunks."""
 
-    def __init__(self, path: Path | str, *, sample_rate_hz: int = facts.SAMPLE_RATE_HZ,
-                 channels: int = facts.CHANNELS):
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        sample_rate_hz: int = facts.SAMPLE_RATE_HZ,
+        channels: int = facts.CHANNELS,
+    ):
         self.path = Path(path)
         self.sample_rate_hz = sample_rate_hz
         self.channels = channels
         self.frames_written = 0
-        self._file = soundfile.SoundFile(self.path, mode="w", samplerate=sample_rate_hz,
-                                         channels=channels, subtype="PCM_16", format="WAV")
+        self._file = soundfile.SoundFile(
+            self.path,
+            mode="w",
+            samplerate=sample_rate_hz,
+            channels=channels,
+            subtype="PCM_16",
+            format="WAV",
+        )
 
     @property
     def seconds_written(self) -> float:

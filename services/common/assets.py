@@ -13,7 +13,9 @@ import os
 from pathlib import Path
 
 HF_REPO_ID = "google/magenta-realtime"
-DEFAULT_ASSETS_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mrt" / "assets"
+DEFAULT_ASSETS_DIR = (
+    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mrt" / "assets"
+)
 TINY_SUBDIR = "tiny-v2"  # v2: the codec encoder inverts the decoder
 
 log = logging.getLogger(__name__)
@@ -26,9 +28,16 @@ class AssetMissingError(FileNotFoundError):
 class AssetStore:
     """Resolves upstream-relative asset paths to local paths, downloading only when allowed."""
 
-    def __init__(self, root: Path | str | None = None, *, allow_download: bool = False,
-                 repo_id: str = HF_REPO_ID):
-        self.root = Path(root or os.environ.get("MRT_ASSETS_DIR") or DEFAULT_ASSETS_DIR).expanduser()
+    def __init__(
+        self,
+        root: Path | str | None = None,
+        *,
+        allow_download: bool = False,
+        repo_id: str = HF_REPO_ID,
+    ):
+        self.root = Path(
+            root or os.environ.get("MRT_ASSETS_DIR") or DEFAULT_ASSETS_DIR
+        ).expanduser()
         self.allow_download = allow_download
         self.repo_id = repo_id
 
@@ -59,7 +68,8 @@ class AssetStore:
             patterns += [rel, f"{rel.rstrip('/')}/**"]
         log.info("downloading %s from %s into %s", relpaths, self.repo_id, self.root)
         huggingface_hub.snapshot_download(
-            repo_id=self.repo_id, local_dir=str(self.root), allow_patterns=patterns)
+            repo_id=self.repo_id, local_dir=str(self.root), allow_patterns=patterns
+        )
         missing = [rel for rel in relpaths if not (self.root / rel).exists()]
         if missing:
             raise AssetMissingError(f"{self.repo_id} has no {missing}")

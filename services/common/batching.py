@@ -15,9 +15,15 @@ class MicroBatcher(Generic[Item, Result]):
     """Collects items for up to ``window_s`` (or ``max_batch_size`` items) and runs ``fn`` once
     for the batch in ``executor``, off the event loop. ``fn`` returns one result per item."""
 
-    def __init__(self, fn: Callable[[Sequence[Item]], Sequence[Result]], *, max_batch_size: int,
-                 window_s: float, executor: concurrent.futures.Executor,
-                 on_batch: Callable[[int], None] = lambda size: None):
+    def __init__(
+        self,
+        fn: Callable[[Sequence[Item]], Sequence[Result]],
+        *,
+        max_batch_size: int,
+        window_s: float,
+        executor: concurrent.futures.Executor,
+        on_batch: Callable[[int], None] = lambda size: None,
+    ):
         self._fn = fn
         self._max_batch_size = max_batch_size
         self._window_s = window_s
@@ -51,7 +57,9 @@ class MicroBatcher(Generic[Item, Result]):
         self._on_batch(len(batch))
         items = [item for item, _ in batch]
         try:
-            results = await asyncio.get_running_loop().run_in_executor(self._executor, self._fn, items)
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._fn, items
+            )
         except Exception as err:
             for _, future in batch:
                 if not future.done():

@@ -29,8 +29,15 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
 
 
-def add_flag(parser: argparse.ArgumentParser, flag: str, *, default: Any = None,
-             type: Callable[[str], Any] = str, help: str, **kwargs: Any) -> None:
+def add_flag(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    *,
+    default: Any = None,
+    type: Callable[[str], Any] = str,
+    help: str,
+    **kwargs: Any,
+) -> None:
     """Add ``flag`` whose default comes from ``MRT_<FLAG>`` when that variable is set."""
     env = env_name(flag)
     if env in os.environ:
@@ -38,25 +45,47 @@ def add_flag(parser: argparse.ArgumentParser, flag: str, *, default: Any = None,
             default = type(os.environ[env])
         except (ValueError, argparse.ArgumentTypeError) as err:
             parser.error(f"environment variable {env}={os.environ[env]!r} is invalid: {err}")
-    parser.add_argument(flag, default=default, type=type,
-                        help=f"{help} (env {env}; default {default!r})", **kwargs)
+    parser.add_argument(
+        flag, default=default, type=type, help=f"{help} (env {env}; default {default!r})", **kwargs
+    )
 
 
 def add_service_flags(parser: argparse.ArgumentParser, *, port: int, metrics_port: int) -> None:
     """The flags every service has: where it listens, where its metrics are, how it logs."""
     add_flag(parser, "--host", default="0.0.0.0", help="address to listen on")
     add_flag(parser, "--port", default=port, type=int, help="gRPC port")
-    add_flag(parser, "--metrics-port", default=metrics_port, type=int,
-             help="Prometheus /metrics HTTP port (0 disables)")
-    add_flag(parser, "--log-level", default="INFO", help="logging level",
-             choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    add_flag(parser, "--max-message-bytes", default=16 * 1024 * 1024, type=int,
-             help="largest gRPC message accepted or sent")
-    add_flag(parser, "--shutdown-grace-s", default=5.0, type=float,
-             help="seconds in-flight RPCs get to finish on shutdown")
+    add_flag(
+        parser,
+        "--metrics-port",
+        default=metrics_port,
+        type=int,
+        help="Prometheus /metrics HTTP port (0 disables)",
+    )
+    add_flag(
+        parser,
+        "--log-level",
+        default="INFO",
+        help="logging level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    )
+    add_flag(
+        parser,
+        "--max-message-bytes",
+        default=16 * 1024 * 1024,
+        type=int,
+        help="largest gRPC message accepted or sent",
+    )
+    add_flag(
+        parser,
+        "--shutdown-grace-s",
+        default=5.0,
+        type=float,
+        help="seconds in-flight RPCs get to finish on shutdown",
+    )
 
 
 def setup_logging(level: str, service: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level),
-        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
+        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
+    )

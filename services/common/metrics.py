@@ -22,14 +22,21 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
     """Counts every RPC by method and final status code, and times it."""
 
     def __init__(self, service: str):
-        self.requests = Counter(f"mrt_{service}_rpc_requests_total",
-                                "RPCs handled, by method and status code", ["method", "code"])
-        self.duration = Histogram(f"mrt_{service}_rpc_duration_seconds",
-                                  "RPC duration (whole stream for streaming RPCs)", ["method"],
-                                  buckets=LATENCY_BUCKETS_S)
+        self.requests = Counter(
+            f"mrt_{service}_rpc_requests_total",
+            "RPCs handled, by method and status code",
+            ["method", "code"],
+        )
+        self.duration = Histogram(
+            f"mrt_{service}_rpc_duration_seconds",
+            "RPC duration (whole stream for streaming RPCs)",
+            ["method"],
+            buckets=LATENCY_BUCKETS_S,
+        )
 
-    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
-                                details: grpc.HandlerCallDetails) -> Any:
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: grpc.HandlerCallDetails
+    ) -> Any:
         handler = await continuation(details)
         if handler is None:
             return None
@@ -40,20 +47,30 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method),
                 request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+                response_serializer=handler.response_serializer,
+            )
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
                 self._wrap_stream(handler.stream_stream, method),
                 request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+                response_serializer=handler.response_serializer,
+            )
         return handler
 
-    def _record(self, method: str, context: grpc.aio.ServicerContext, started: float,
-                error: BaseException | None) -> None:
+    def _record(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        started: float,
+        error: BaseException | None,
+    ) -> None:
         code = context.code()
         if code is None:
-            code = grpc.StatusCode.CANCELLED if isinstance(error, BaseException) and not isinstance(
-                error, Exception) else (grpc.StatusCode.UNKNOWN if error else grpc.StatusCode.OK)
+            code = (
+                grpc.StatusCode.CANCELLED
+                if isinstance(error, BaseException) and not isinstance(error, Exception)
+                else (grpc.StatusCode.UNKNOWN if error else grpc.StatusCode.OK)
+            )
         self.requests.labels(method, code.name).inc()
         self.duration.labels(method).observe(time.perf_counter() - started)
 
@@ -67,6 +84,7 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
                 raise
             finally:
                 self._record(method, context, started, error)
+
         return wrapped
 
     def _wrap_stream(self, behaviour: Callable, method: str) -> Callable:
@@ -80,4 +98,5 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
                 raise
             finally:
                 self._record(method, context, started, error)
+
         return wrapped

@@ -49,7 +49,9 @@ INJECTION_PREFIX_FRAMES = 16  # frames encoded in front of the chunk-long mix
 INJECTION_EDGE_FRAMES = 8  # of those, dropped after encoding (the encoder's left-edge artefacts)
 INJECTION_MIX_FRAMES = CHUNK_FRAMES + INJECTION_PREFIX_FRAMES  # 66
 INJECTION_MIX_SAMPLES = INJECTION_MIX_FRAMES * SAMPLES_PER_FRAME  # 126 720
-INJECTION_WRITTEN_FRAMES = INJECTION_MIX_FRAMES - INJECTION_EDGE_FRAMES  # 58: the last 58 context frames
+INJECTION_WRITTEN_FRAMES = (
+    INJECTION_MIX_FRAMES - INJECTION_EDGE_FRAMES
+)  # 58: the last 58 context frames
 INPUT_GAP_RAMP_SAMPLES = 100  # the input fades out linearly over this many samples into the gap
 INITIAL_AUDIO_SECONDS = 10.0  # initial_audio: the last 10 s seed the context
 DEFAULT_INPUT_FEEDBACK = 0.95

@@ -6,7 +6,7 @@ MODEL_DESCRIPTIONS = {
     "large": "Magenta RT large (upstream weights)",
     "mock": "sine tones with the real session state; for development and service tests",
     "sim": "an accelerator's cost (sleeps a + b x batch size per chunk) with the real session "
-           "state; measures the serving system, not music",
+    "state; measures the serving system, not music",
 }
 MODEL_NAMES = tuple(MODEL_DESCRIPTIONS)
 # Models that need no download: their assets are built locally.

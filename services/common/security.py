@@ -58,27 +58,52 @@ def file_signature(path: Path) -> tuple[int, int, int]:
 
 def add_server_tls_flags(parser: argparse.ArgumentParser) -> None:
     """The flags that put a service's gRPC port behind TLS (and optionally mutual TLS)."""
-    add_flag(parser, "--tls-cert-file", type=optional_path,
-             help="PEM certificate (chain) of this server; with --tls-key-file enables TLS")
-    add_flag(parser, "--tls-key-file", type=optional_path,
-             help="PEM private key of --tls-cert-file")
-    add_flag(parser, "--tls-client-ca-file", type=optional_path,
-             help="PEM CA bundle; when set, clients must present a certificate it signed (mTLS)")
+    add_flag(
+        parser,
+        "--tls-cert-file",
+        type=optional_path,
+        help="PEM certificate (chain) of this server; with --tls-key-file enables TLS",
+    )
+    add_flag(
+        parser, "--tls-key-file", type=optional_path, help="PEM private key of --tls-cert-file"
+    )
+    add_flag(
+        parser,
+        "--tls-client-ca-file",
+        type=optional_path,
+        help="PEM CA bundle; when set, clients must present a certificate it signed (mTLS)",
+    )
 
 
-def add_internal_tls_flags(parser: argparse.ArgumentParser,
-                           peers: str = "the embedder and generators") -> None:
+def add_internal_tls_flags(
+    parser: argparse.ArgumentParser, peers: str = "the embedder and generators"
+) -> None:
     """The flags for TLS on a service's channels to the services behind it (``peers``: the
     gateway's embedder and generators, the web service's gateway)."""
-    add_flag(parser, "--internal-tls-ca-file", type=optional_path,
-             help=f"PEM CA bundle trusted for the certificates of {peers}; enables TLS to them")
-    add_flag(parser, "--internal-tls-cert-file", type=optional_path,
-             help=f"PEM client certificate (chain) presented to {peers}")
-    add_flag(parser, "--internal-tls-key-file", type=optional_path,
-             help="PEM private key of --internal-tls-cert-file")
-    add_flag(parser, "--internal-tls-server-name", default="",
-             help=f"name the certificates of {peers} are checked against "
-                  "(default: the address dialled)")
+    add_flag(
+        parser,
+        "--internal-tls-ca-file",
+        type=optional_path,
+        help=f"PEM CA bundle trusted for the certificates of {peers}; enables TLS to them",
+    )
+    add_flag(
+        parser,
+        "--internal-tls-cert-file",
+        type=optional_path,
+        help=f"PEM client certificate (chain) presented to {peers}",
+    )
+    add_flag(
+        parser,
+        "--internal-tls-key-file",
+        type=optional_path,
+        help="PEM private key of --internal-tls-cert-file",
+    )
+    add_flag(
+        parser,
+        "--internal-tls-server-name",
+        default="",
+        help=f"name the certificates of {peers} are checked against (default: the address dialled)",
+    )
 
 
 _CERTIFICATE_PEM = b"-----BEGIN CERTIFICATE-----"
@@ -104,9 +129,15 @@ class ServerCertificateFiles:
     Called by gRPC (from its own threads) as handshakes begin: returns a new certificate
     configuration when the files changed since the last load, else None (keep the current)."""
 
-    def __init__(self, cert_file: Path, key_file: Path, client_ca_file: Path | None, *,
-                 check_interval_s: float = CERTIFICATE_CHECK_INTERVAL_S,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        cert_file: Path,
+        key_file: Path,
+        client_ca_file: Path | None,
+        *,
+        check_interval_s: float = CERTIFICATE_CHECK_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.files = [path for path in (cert_file, key_file, client_ca_file) if path is not None]
         self.cert_file, self.key_file, self.client_ca_file = cert_file, key_file, client_ca_file
         self.check_interval_s = check_interval_s
@@ -123,10 +154,15 @@ class ServerCertificateFiles:
             raise SecurityConfigError(f"cannot read {err.filename}: {err.strerror}") from None
 
     def _load(self) -> grpc.ServerCertificateConfiguration:
-        pair = (_read_pem(self.key_file, "--tls-key-file", _PRIVATE_KEY_PEM),
-                _read_pem(self.cert_file, "--tls-cert-file", _CERTIFICATE_PEM))
-        client_ca = (None if self.client_ca_file is None else
-                     _read_pem(self.client_ca_file, "--tls-client-ca-file", _CERTIFICATE_PEM))
+        pair = (
+            _read_pem(self.key_file, "--tls-key-file", _PRIVATE_KEY_PEM),
+            _read_pem(self.cert_file, "--tls-cert-file", _CERTIFICATE_PEM),
+        )
+        client_ca = (
+            None
+            if self.client_ca_file is None
+            else _read_pem(self.client_ca_file, "--tls-client-ca-file", _CERTIFICATE_PEM)
+        )
         return grpc.ssl_server_certificate_configuration([pair], root_certificates=client_ca)
 
     def __call__(self) -> grpc.ServerCertificateConfiguration | None:
@@ -148,23 +184,29 @@ class ServerCertificateFiles:
             return configuration
 
 
-def load_server_credentials(cert_file: Path | None, key_file: Path | None,
-                            client_ca_file: Path | None = None, *,
-                            check_interval_s: float = CERTIFICATE_CHECK_INTERVAL_S
-                            ) -> grpc.ServerCredentials | None:
+def load_server_credentials(
+    cert_file: Path | None,
+    key_file: Path | None,
+    client_ca_file: Path | None = None,
+    *,
+    check_interval_s: float = CERTIFICATE_CHECK_INTERVAL_S,
+) -> grpc.ServerCredentials | None:
     """TLS server credentials that follow changes to the files; client certificates are
     required when ``client_ca_file`` is set. None when neither certificate nor key is given."""
     if cert_file is None and key_file is None:
         if client_ca_file is not None:
             raise SecurityConfigError(
-                "--tls-client-ca-file needs --tls-cert-file and --tls-key-file")
+                "--tls-client-ca-file needs --tls-cert-file and --tls-key-file"
+            )
         return None
     if cert_file is None or key_file is None:
         raise SecurityConfigError("--tls-cert-file and --tls-key-file must be given together")
-    files = ServerCertificateFiles(cert_file, key_file, client_ca_file,
-                                   check_interval_s=check_interval_s)
+    files = ServerCertificateFiles(
+        cert_file, key_file, client_ca_file, check_interval_s=check_interval_s
+    )
     return grpc.dynamic_ssl_server_credentials(
-        files.initial, files, require_client_authentication=client_ca_file is not None)
+        files.initial, files, require_client_authentication=client_ca_file is not None
+    )
 
 
 def server_credentials_from_flags(args: argparse.Namespace) -> grpc.ServerCredentials | None:
@@ -172,14 +214,16 @@ def server_credentials_from_flags(args: argparse.Namespace) -> grpc.ServerCreden
     return load_server_credentials(args.tls_cert_file, args.tls_key_file, args.tls_client_ca_file)
 
 
-def load_channel_credentials(ca_file: Path | None, cert_file: Path | None = None,
-                             key_file: Path | None = None) -> grpc.ChannelCredentials | None:
+def load_channel_credentials(
+    ca_file: Path | None, cert_file: Path | None = None, key_file: Path | None = None
+) -> grpc.ChannelCredentials | None:
     """TLS channel credentials trusting ``ca_file``, presenting a client certificate if given.
 
     None when no file is given (plaintext)."""
     if (cert_file is None) != (key_file is None):
         raise SecurityConfigError(
-            "--internal-tls-cert-file and --internal-tls-key-file must be given together")
+            "--internal-tls-cert-file and --internal-tls-key-file must be given together"
+        )
     if ca_file is None:
         if cert_file is not None:
             raise SecurityConfigError("--internal-tls-cert-file needs --internal-tls-ca-file")
@@ -190,11 +234,14 @@ def load_channel_credentials(ca_file: Path | None, cert_file: Path | None = None
     return grpc.ssl_channel_credentials(
         root_certificates=root_certificates,
         private_key=_read_pem(key_file, "--internal-tls-key-file", _PRIVATE_KEY_PEM),
-        certificate_chain=_read_pem(cert_file, "--internal-tls-cert-file", _CERTIFICATE_PEM))
+        certificate_chain=_read_pem(cert_file, "--internal-tls-cert-file", _CERTIFICATE_PEM),
+    )
 
 
 def internal_channel_credentials_from_flags(
-        args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    args: argparse.Namespace,
+) -> grpc.ChannelCredentials | None:
     """load_channel_credentials() from the flags add_internal_tls_flags() defines."""
-    return load_channel_credentials(args.internal_tls_ca_file, args.internal_tls_cert_file,
-                                    args.internal_tls_key_file)
+    return load_channel_credentials(
+        args.internal_tls_ca_file, args.internal_tls_cert_file, args.internal_tls_key_file
+    )

@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 READINESS_POLL_S = 0.25
 
 
-def channel_options(max_message_bytes: int,
-                    tls_server_name: str | None = None) -> list[tuple[str, int | str]]:
+def channel_options(
+    max_message_bytes: int, tls_server_name: str | None = None
+) -> list[tuple[str, int | str]]:
     """gRPC options shared by servers and the channels between services.
 
     ``tls_server_name`` overrides the name a peer's certificate is checked against (pods are
@@ -42,10 +43,13 @@ def channel_options(max_message_bytes: int,
     ]
 
 
-def service_main(name: str, argv: list[str] | None,
-                 parse_args: Callable[[list[str] | None], argparse.Namespace],
-                 serve: Callable[[argparse.Namespace], Awaitable[None]],
-                 configuration_errors: tuple[type[Exception], ...]) -> int:
+def service_main(
+    name: str,
+    argv: list[str] | None,
+    parse_args: Callable[[list[str] | None], argparse.Namespace],
+    serve: Callable[[argparse.Namespace], Awaitable[None]],
+    configuration_errors: tuple[type[Exception], ...],
+) -> int:
     """The ``main`` of every service: flags, logging, serve until stopped.
 
     ``configuration_errors`` (missing model files, unreadable certificates...) are logged in
@@ -67,11 +71,19 @@ class Service:
     before the server stops: a generator uses it to hand its sessions back.
     """
 
-    def __init__(self, name: str, *, host: str, port: int, metrics_port: int,
-                 max_message_bytes: int, service_names: Sequence[str],
-                 shutdown_grace_s: float = 5.0,
-                 server_credentials: grpc.ServerCredentials | None = None,
-                 extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = ()):
+    def __init__(
+        self,
+        name: str,
+        *,
+        host: str,
+        port: int,
+        metrics_port: int,
+        max_message_bytes: int,
+        service_names: Sequence[str],
+        shutdown_grace_s: float = 5.0,
+        server_credentials: grpc.ServerCredentials | None = None,
+        extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ):
         self.name = name
         self.address = f"{host}:{port}"
         self.metrics_port = metrics_port
@@ -79,11 +91,13 @@ class Service:
         self.shutdown_grace_s = shutdown_grace_s
         self.server = grpc.aio.server(
             interceptors=[*extra_interceptors, RpcMetricsInterceptor(name)],
-            options=channel_options(max_message_bytes))
+            options=channel_options(max_message_bytes),
+        )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+            [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
         if server_credentials is None:
             self.bound_port = self.server.add_insecure_port(self.address)
         else:
@@ -91,16 +105,27 @@ class Service:
         self._stopping = asyncio.Event()
 
     @classmethod
-    def from_flags(cls, name: str, args: argparse.Namespace, service_name: str,
-                   **kwargs) -> Service:
+    def from_flags(
+        cls, name: str, args: argparse.Namespace, service_name: str, **kwargs
+    ) -> Service:
         """A service configured by the flags of ``add_service_flags``."""
-        return cls(name, host=args.host, port=args.port, metrics_port=args.metrics_port,
-                   max_message_bytes=args.max_message_bytes, service_names=[service_name],
-                   shutdown_grace_s=args.shutdown_grace_s, **kwargs)
+        return cls(
+            name,
+            host=args.host,
+            port=args.port,
+            metrics_port=args.metrics_port,
+            max_message_bytes=args.max_message_bytes,
+            service_names=[service_name],
+            shutdown_grace_s=args.shutdown_grace_s,
+            **kwargs,
+        )
 
     async def set_serving(self, serving: bool) -> None:
-        status = (health_pb2.HealthCheckResponse.SERVING if serving
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ["", *self.service_names]:
             await self.health.set(name, status)
 
@@ -118,8 +143,11 @@ class Service:
                 serving = now_ready
             await asyncio.sleep(READINESS_POLL_S)
 
-    async def run(self, on_drain: Callable[[], Awaitable[None]] | None = None,
-                  ready: Callable[[], bool] = lambda: True) -> None:
+    async def run(
+        self,
+        on_drain: Callable[[], Awaitable[None]] | None = None,
+        ready: Callable[[], bool] = lambda: True,
+    ) -> None:
         """Serve until SIGTERM / SIGINT, then drain and stop gracefully.
 
         Health reports SERVING while ``ready()`` is true (a gateway with no reachable
@@ -131,8 +159,12 @@ class Service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        log.info("%s listening for gRPC on %s, metrics on :%s/metrics", self.name, self.address,
-                 self.metrics_port or "off")
+        log.info(
+            "%s listening for gRPC on %s, metrics on :%s/metrics",
+            self.name,
+            self.address,
+            self.metrics_port or "off",
+        )
         await self._stopping.wait()
         log.info("%s shutting down", self.name)
         follower.cancel()

@@ -16,7 +16,8 @@ def state_to_snapshot(state: SessionState) -> generator_pb2.SessionSnapshot:
     return generator_pb2.SessionSnapshot(
         context_tokens=state.context_tokens.astype("<i4").tobytes(),
         crossfade_tail=state.crossfade_tail.astype("<f4").tobytes(),
-        chunk_index=state.chunk_index)
+        chunk_index=state.chunk_index,
+    )
 
 
 def snapshot_to_state(snapshot: generator_pb2.SessionSnapshot) -> SessionState:
@@ -24,16 +25,23 @@ def snapshot_to_state(snapshot: generator_pb2.SessionSnapshot) -> SessionState:
     context_bytes = facts.CONTEXT_FRAMES * facts.DECODER_RVQ_LEVELS * 4
     tail_bytes = facts.CROSSFADE_SAMPLES * facts.CHANNELS * 4
     if len(snapshot.context_tokens) != context_bytes:
-        raise ValueError(f"snapshot context_tokens must be {context_bytes} bytes, "
-                         f"got {len(snapshot.context_tokens)}")
+        raise ValueError(
+            f"snapshot context_tokens must be {context_bytes} bytes, "
+            f"got {len(snapshot.context_tokens)}"
+        )
     if len(snapshot.crossfade_tail) != tail_bytes:
-        raise ValueError(f"snapshot crossfade_tail must be {tail_bytes} bytes, "
-                         f"got {len(snapshot.crossfade_tail)}")
+        raise ValueError(
+            f"snapshot crossfade_tail must be {tail_bytes} bytes, "
+            f"got {len(snapshot.crossfade_tail)}"
+        )
     state = SessionState(
-        context_tokens=np.frombuffer(snapshot.context_tokens, "<i4").astype(np.int32).reshape(
-            facts.CONTEXT_FRAMES, facts.DECODER_RVQ_LEVELS),
-        crossfade_tail=np.frombuffer(snapshot.crossfade_tail, "<f4").astype(np.float32).reshape(
-            facts.CROSSFADE_SAMPLES, facts.CHANNELS),
-        chunk_index=int(snapshot.chunk_index))
+        context_tokens=np.frombuffer(snapshot.context_tokens, "<i4")
+        .astype(np.int32)
+        .reshape(facts.CONTEXT_FRAMES, facts.DECODER_RVQ_LEVELS),
+        crossfade_tail=np.frombuffer(snapshot.crossfade_tail, "<f4")
+        .astype(np.float32)
+        .reshape(facts.CROSSFADE_SAMPLES, facts.CHANNELS),
+        chunk_index=int(snapshot.chunk_index),
+    )
     state.validate()
     return state

@@ -24,7 +24,7 @@ from services.common.model_facts import AUDIO_PROMPT_SECONDS, STYLE_AUDIO_SAMPLE
 
 PROMPT_SAMPLES = round(AUDIO_PROMPT_SECONDS * STYLE_AUDIO_SAMPLE_RATE_HZ)  # 160 000
 # Containers whose header gives a length at or above this do not know their length.
-_UNKNOWN_LENGTH_FRAMES = 2 ** 62
+_UNKNOWN_LENGTH_FRAMES = 2**62
 # An MP3 without a length header has its length estimated from its size, a little off when the
 # file carries trailing tags; only a shortfall larger than this fraction counts as truncation.
 TRUNCATION_TOLERANCE = 0.05
@@ -82,7 +82,8 @@ def decode_audio_prompt(data: bytes, limits: AudioLimits = AudioLimits()) -> np.
     """float32[160000]: the first 10 s of the prompt, mono, 16 kHz, zero-padded if shorter."""
     if len(data) > limits.max_bytes:
         raise AudioTooLargeError(
-            f"audio prompt is {len(data)} bytes; the limit is {limits.max_bytes}")
+            f"audio prompt is {len(data)} bytes; the limit is {limits.max_bytes}"
+        )
     if not data:
         raise AudioEmptyError("audio prompt is empty (0 bytes)")
     samples, sample_rate_hz = _decode_start(data, limits)
@@ -116,21 +117,25 @@ def _decode_start(data: bytes, limits: AudioLimits) -> tuple[np.ndarray, int]:
         if len(samples) < (1.0 - TRUNCATION_TOLERANCE) * expected_frames:
             raise AudioTruncatedError(
                 f"audio prompt is truncated: its header announces {declared_frames} frames, "
-                f"only {len(samples)} of the first {expected_frames} could be decoded")
+                f"only {len(samples)} of the first {expected_frames} could be decoded"
+            )
     return samples, sample_rate_hz
 
 
 def _check_header(audio: soundfile.SoundFile, limits: AudioLimits) -> None:
     if audio.format not in limits.formats:
-        raise AudioFormatError(f"audio prompt is {audio.format}; accepted formats are "
-                               f"{', '.join(limits.formats)}")
+        raise AudioFormatError(
+            f"audio prompt is {audio.format}; accepted formats are {', '.join(limits.formats)}"
+        )
     if not limits.min_sample_rate_hz <= audio.samplerate <= limits.max_sample_rate_hz:
         raise AudioSampleRateError(
             f"audio prompt has a sample rate of {audio.samplerate} Hz; accepted: "
-            f"{limits.min_sample_rate_hz}..{limits.max_sample_rate_hz} Hz")
+            f"{limits.min_sample_rate_hz}..{limits.max_sample_rate_hz} Hz"
+        )
     if not 1 <= audio.channels <= limits.max_channels:
         raise AudioChannelCountError(
-            f"audio prompt has {audio.channels} channels; accepted: 1..{limits.max_channels}")
+            f"audio prompt has {audio.channels} channels; accepted: 1..{limits.max_channels}"
+        )
 
 
 def _announced_frames(audio: soundfile.SoundFile, data: bytes) -> int | None:

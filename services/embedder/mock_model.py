@@ -28,8 +28,9 @@ class MockStyleModel(StyleModel):
         return _stack([_unit_vector(b"text:" + text.lower().encode()) for text in texts])
 
     def embed_audio(self, clips: Sequence[np.ndarray]) -> np.ndarray:
-        return _stack([_unit_vector(b"audio:" + np.asarray(clip, np.float32).tobytes())
-                       for clip in clips])
+        return _stack(
+            [_unit_vector(b"audio:" + np.asarray(clip, np.float32).tobytes()) for clip in clips]
+        )
 
 
 def _unit_vector(key: bytes) -> np.ndarray:

@@ -66,8 +66,10 @@ CLIP_SAMPLES = round(AUDIO_PROMPT_SECONDS * STYLE_AUDIO_SAMPLE_RATE_HZ)  # 160 0
 DEFAULT_INTRA_OP_THREADS = 2
 
 
-def encode_texts(texts: Sequence[str], vocab: sentencepiece.SentencePieceProcessor,
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def encode_texts(
+    texts: Sequence[str],
+    vocab: sentencepiece.SentencePieceProcessor,
+) -> tuple[np.ndarray, np.ndarray]:
     """Upstream's text preprocessing: (int32[N, 128] ids, float32[N, 128] paddings)."""
     ids = np.full((len(texts), MAX_TEXT_TOKENS), TEXT_PAD_ID, dtype=np.int32)
     paddings = np.ones((len(texts), MAX_TEXT_TOKENS), dtype=np.float32)
@@ -105,8 +107,14 @@ def limit_tensorflow_threads(intra_op_threads: int = DEFAULT_INTRA_OP_THREADS) -
 class MusicCoCaModel(StyleModel):
     """The MusicCoCa SavedModel on CPU, called through its upstream signatures in batches."""
 
-    def __init__(self, name: str, saved_model_dir: Path, vocab_path: Path, *,
-                 intra_op_threads: int = DEFAULT_INTRA_OP_THREADS):
+    def __init__(
+        self,
+        name: str,
+        saved_model_dir: Path,
+        vocab_path: Path,
+        *,
+        intra_op_threads: int = DEFAULT_INTRA_OP_THREADS,
+    ):
         self.name = name
         limit_tensorflow_threads(intra_op_threads)
         self._vocab = sentencepiece.SentencePieceProcessor(model_file=str(vocab_path))
@@ -115,14 +123,17 @@ class MusicCoCaModel(StyleModel):
         signatures = self._saved_model.signatures
         missing = {TEXT_SIGNATURE, MUSIC_SIGNATURE} - set(signatures.keys())
         if missing:
-            raise ValueError(f"{saved_model_dir} is not a MusicCoCa SavedModel: it has no "
-                             f"signature {sorted(missing)} (it has {sorted(signatures.keys())})")
+            raise ValueError(
+                f"{saved_model_dir} is not a MusicCoCa SavedModel: it has no "
+                f"signature {sorted(missing)} (it has {sorted(signatures.keys())})"
+            )
         self._embed_text = signatures[TEXT_SIGNATURE]
         self._embed_music = signatures[MUSIC_SIGNATURE]
 
     @classmethod
-    def create(cls, model_name: str, store: AssetStore, *,
-               intra_op_threads: int = DEFAULT_INTRA_OP_THREADS) -> MusicCoCaModel:
+    def create(
+        cls, model_name: str, store: AssetStore, *, intra_op_threads: int = DEFAULT_INTRA_OP_THREADS
+    ) -> MusicCoCaModel:
         """Load ``tiny`` (built on first use) or ``musiccoca`` (the upstream weights)."""
         limit_tensorflow_threads(intra_op_threads)  # before building runs the first TF op
         if model_name == "tiny":
@@ -139,7 +150,8 @@ class MusicCoCaModel(StyleModel):
                 raise AssetMissingError(
                     f"the 'musiccoca' style model needs the upstream MusicCoCa files "
                     f"({SAVEDMODEL_RELPATH}, {VOCAB_RELPATH}). {error} For tests and offline "
-                    f"use, the 'tiny' model needs no download.") from error
+                    f"use, the 'tiny' model needs no download."
+                ) from error
         else:
             raise ValueError(f"unknown style model {model_name!r}; known: tiny, musiccoca")
         return cls(model_name, saved_model_dir, vocab_path, intra_op_threads=intra_op_threads)
@@ -150,18 +162,25 @@ class MusicCoCaModel(StyleModel):
         if not texts:
             return np.zeros((0, STYLE_EMBEDDING_DIM), dtype=np.float32)
         ids, paddings = encode_texts(texts, self._vocab)
-        return _call_batched(self._embed_text, TEXT_EMBEDDING_OUTPUT,
-                             {TEXT_IDS_INPUT: ids, TEXT_PADDINGS_INPUT: paddings})
+        return _call_batched(
+            self._embed_text,
+            TEXT_EMBEDDING_OUTPUT,
+            {TEXT_IDS_INPUT: ids, TEXT_PADDINGS_INPUT: paddings},
+        )
 
     def embed_audio(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         if not clips:
             return np.zeros((0, STYLE_EMBEDDING_DIM), dtype=np.float32)
         per_waveform = [split_into_clips(np.asarray(clip, dtype=np.float32)) for clip in clips]
-        clip_embeddings = _call_batched(self._embed_music, MUSIC_EMBEDDING_OUTPUT,
-                                        {MUSIC_WAVEFORM_INPUT: np.concatenate(per_waveform)})
+        clip_embeddings = _call_batched(
+            self._embed_music,
+            MUSIC_EMBEDDING_OUTPUT,
+            {MUSIC_WAVEFORM_INPUT: np.concatenate(per_waveform)},
+        )
         bounds = np.cumsum([0] + [len(w) for w in per_waveform])
-        return np.stack([clip_embeddings[start:end].mean(axis=0)
-                         for start, end in itertools.pairwise(bounds)]).astype(np.float32)
+        return np.stack(
+            [clip_embeddings[start:end].mean(axis=0) for start, end in itertools.pairwise(bounds)]
+        ).astype(np.float32)
 
 
 def _call_batched(signature, output_key: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -174,19 +193,23 @@ def _call_batched(signature, output_key: str, inputs: dict[str, np.ndarray]) -> 
     step = fixed_batch or rows
     outputs = []
     for start in range(0, rows, step):
-        chunk = {key: value[start:start + step] for key, value in inputs.items()}
+        chunk = {key: value[start : start + step] for key, value in inputs.items()}
         chunk_rows = len(next(iter(chunk.values())))
         if fixed_batch and chunk_rows < fixed_batch:  # fill a fixed-size batch; drop the filler
-            chunk = {key: np.concatenate([value, np.zeros((fixed_batch - chunk_rows,)
-                                                          + value.shape[1:], value.dtype)])
-                     for key, value in chunk.items()}
+            chunk = {
+                key: np.concatenate(
+                    [value, np.zeros((fixed_batch - chunk_rows,) + value.shape[1:], value.dtype)]
+                )
+                for key, value in chunk.items()
+            }
         with tf.device("/CPU:0"):
             result = signature(**{key: tf.constant(value) for key, value in chunk.items()})
         outputs.append(result[output_key].numpy()[:chunk_rows])
     embeddings = np.concatenate(outputs).astype(np.float32)
     if embeddings.shape != (rows, STYLE_EMBEDDING_DIM):
-        raise ValueError(f"the style model returned {embeddings.shape}, "
-                         f"expected ({rows}, {STYLE_EMBEDDING_DIM})")
+        raise ValueError(
+            f"the style model returned {embeddings.shape}, expected ({rows}, {STYLE_EMBEDDING_DIM})"
+        )
     return embeddings
 
 

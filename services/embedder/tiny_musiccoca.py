@@ -144,8 +144,11 @@ def build_tiny_musiccoca(out_dir: Path) -> None:
     vocab_path.write_bytes(train_vocabulary())
     vocab = sentencepiece.SentencePieceProcessor(model_file=str(vocab_path))
     module = TinyMusicCoCa(vocab_size=vocab.GetPieceSize(), seed=SEED)
-    tf.saved_model.save(module, str(Path(out_dir) / SAVEDMODEL_RELPATH), signatures={
-        TEXT_SIGNATURE: module.embed_text, MUSIC_SIGNATURE: module.embed_music})
+    tf.saved_model.save(
+        module,
+        str(Path(out_dir) / SAVEDMODEL_RELPATH),
+        signatures={TEXT_SIGNATURE: module.embed_text, MUSIC_SIGNATURE: module.embed_music},
+    )
 
 
 def train_vocabulary() -> bytes:
@@ -160,7 +163,10 @@ def train_vocabulary() -> bytes:
         vocab_size=VOCAB_SIZE,
         hard_vocab_limit=False,
         character_coverage=1.0,
-        pad_id=TEXT_PAD_ID, bos_id=TEXT_START_ID, eos_id=2, unk_id=3,
+        pad_id=TEXT_PAD_ID,
+        bos_id=TEXT_START_ID,
+        eos_id=2,
+        unk_id=3,
         num_threads=1,  # one thread keeps training deterministic
         shuffle_input_sentence=False,
         minloglevel=2,
@@ -169,7 +175,7 @@ def train_vocabulary() -> bytes:
 
 
 def _dense_init(rng: np.random.Generator, fan_in: int, fan_out: int) -> tf.Variable:
-    return tf.Variable(rng.normal(0.0, fan_in ** -0.5, (fan_in, fan_out)).astype(np.float32))
+    return tf.Variable(rng.normal(0.0, fan_in**-0.5, (fan_in, fan_out)).astype(np.float32))
 
 
 class _Projection(tf.Module):
@@ -199,22 +205,26 @@ class TinyMusicCoCa(tf.Module):
         super().__init__()
         rng = np.random.default_rng(seed)
         self.token_embeddings = tf.Variable(
-            rng.normal(0.0, 1.0, (vocab_size, TEXT_EMBEDDING_DIM)).astype(np.float32))
+            rng.normal(0.0, 1.0, (vocab_size, TEXT_EMBEDDING_DIM)).astype(np.float32)
+        )
         self.text_projection = _Projection(rng, TEXT_EMBEDDING_DIM)
         self.frame_kernel = _dense_init(rng, MEL_BANDS, HIDDEN_DIM)
         self.frame_bias = tf.Variable(rng.normal(0.0, 0.1, HIDDEN_DIM).astype(np.float32))
         self.music_projection = _Projection(rng, HIDDEN_DIM)
 
-    @tf.function(input_signature=[
-        tf.TensorSpec([None, MAX_TEXT_TOKENS], tf.int32, name="inputs_0"),
-        tf.TensorSpec([None, MAX_TEXT_TOKENS], tf.float32, name="inputs_0_1"),
-    ])
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, MAX_TEXT_TOKENS], tf.int32, name="inputs_0"),
+            tf.TensorSpec([None, MAX_TEXT_TOKENS], tf.float32, name="inputs_0_1"),
+        ]
+    )
     def embed_text(self, inputs_0: tf.Tensor, inputs_0_1: tf.Tensor) -> dict[str, tf.Tensor]:
         """Token ids and paddings (1.0 = padding) -> the text's style embedding."""
         weights = (1.0 - inputs_0_1)[..., tf.newaxis]
         tokens = tf.gather(self.token_embeddings, inputs_0)
         pooled = tf.reduce_sum(tokens * weights, axis=1) / tf.maximum(
-            tf.reduce_sum(weights, axis=1), 1.0)
+            tf.reduce_sum(weights, axis=1), 1.0
+        )
         return _with_l2_normalized(TEXT_EMBEDDING_OUTPUT, self.text_projection(pooled))
 
     @tf.function(input_signature=[tf.TensorSpec([None, CLIP_SAMPLES], tf.float32, name="inputs_0")])
@@ -222,8 +232,12 @@ class TinyMusicCoCa(tf.Module):
         """10 s of mono 16 kHz audio -> the clip's style embedding."""
         spectrum = tf.abs(tf.signal.stft(inputs_0, FRAME_SAMPLES, HOP_SAMPLES, FFT_SIZE))
         mel_matrix = tf.signal.linear_to_mel_weight_matrix(
-            MEL_BANDS, FFT_SIZE // 2 + 1, STYLE_AUDIO_SAMPLE_RATE_HZ, 20.0,
-            STYLE_AUDIO_SAMPLE_RATE_HZ / 2)
+            MEL_BANDS,
+            FFT_SIZE // 2 + 1,
+            STYLE_AUDIO_SAMPLE_RATE_HZ,
+            20.0,
+            STYLE_AUDIO_SAMPLE_RATE_HZ / 2,
+        )
         log_mel = tf.math.log1p((spectrum @ mel_matrix) / MEL_FLOOR)
         frames = tf.nn.gelu(log_mel @ self.frame_kernel + self.frame_bias)
         pooled = tf.reduce_mean(frames, axis=1)
@@ -231,5 +245,4 @@ class TinyMusicCoCa(tf.Module):
 
 
 def _with_l2_normalized(name: str, embedding: tf.Tensor) -> dict[str, tf.Tensor]:
-    return {name: embedding,
-            name + L2_NORMALIZED_SUFFIX: tf.math.l2_normalize(embedding, axis=-1)}
+    return {name: embedding, name + L2_NORMALIZED_SUFFIX: tf.math.l2_normalize(embedding, axis=-1)}

@@ -82,13 +82,14 @@ class OggOpusEncoder:
             raise ValueError(f"opus_bitrate must be {low}-{high} bit/s, got {bitrate_bps}")
         self.bitrate_bps = bitrate_bps
         self._sink = _Pieces()
-        self._container = av.open(self._sink, "w", format="ogg",
-                                  options={"page_duration": str(_OGG_PAGE_DURATION_US)})
+        self._container = av.open(
+            self._sink, "w", format="ogg", options={"page_duration": str(_OGG_PAGE_DURATION_US)}
+        )
         # Constrained VBR: unconstrained, libopus overshoots the bitrate by half on dense
         # music; a listener's bandwidth should be what was asked for.
-        self._stream = self._container.add_stream("libopus", rate=facts.SAMPLE_RATE_HZ,
-                                                  layout="stereo",
-                                                  options={"vbr": "constrained"})
+        self._stream = self._container.add_stream(
+            "libopus", rate=facts.SAMPLE_RATE_HZ, layout="stereo", options={"vbr": "constrained"}
+        )
         self._stream.bit_rate = bitrate_bps
         self._samples_sent = 0
         self._closed = False
@@ -97,8 +98,9 @@ class OggOpusEncoder:
         if self._closed:  # the codec is freed: touching it would crash the process
             raise RuntimeError("the Opus encoder is closed")
         interleaved = np.ascontiguousarray(np.clip(samples, -1.0, 1.0), dtype=np.float32)
-        frame = av.AudioFrame.from_ndarray(interleaved.reshape(1, -1), format="flt",
-                                           layout="stereo")
+        frame = av.AudioFrame.from_ndarray(
+            interleaved.reshape(1, -1), format="flt", layout="stereo"
+        )
         frame.sample_rate = facts.SAMPLE_RATE_HZ
         frame.pts = self._samples_sent
         self._samples_sent += len(samples)

@@ -35,7 +35,7 @@ INITIAL_AUDIO_FORMATS = ("WAV", "WAVEX", "MP3", "OGG")  # libsndfile's format na
 # Files whose length is unknown (or that cannot seek) are decoded from the start up to this long;
 # the last 10 s of what was decoded are used.
 INITIAL_AUDIO_MAX_SECONDS_READ = 600.0
-_UNKNOWN_LENGTH_FRAMES = 2 ** 62  # what libsndfile reports for a stream without a length
+_UNKNOWN_LENGTH_FRAMES = 2**62  # what libsndfile reports for a stream without a length
 
 
 class AudioInputRejected(ValueError):
@@ -52,15 +52,17 @@ class InjectionSettings:
     style_weight: float = facts.DEFAULT_INPUT_STYLE_WEIGHT
 
 
-def merge_injection_config(current: InjectionSettings,
-                           update: music_pb2.GenerationConfig) -> InjectionSettings:
+def merge_injection_config(
+    current: InjectionSettings, update: music_pb2.GenerationConfig
+) -> InjectionSettings:
     """Apply the input_* fields set in ``update``; raises ValueError naming the first bad one."""
     changes = {}
     for field, attribute, (low, high) in (
-            ("input_feedback", "feedback", facts.INPUT_FEEDBACK_RANGE),
-            ("input_gap_ms", "gap_ms", facts.INPUT_GAP_MS_RANGE),
-            ("input_offset_ms", "offset_ms", facts.INPUT_OFFSET_MS_RANGE),
-            ("input_style_weight", "style_weight", facts.INPUT_STYLE_WEIGHT_RANGE)):
+        ("input_feedback", "feedback", facts.INPUT_FEEDBACK_RANGE),
+        ("input_gap_ms", "gap_ms", facts.INPUT_GAP_MS_RANGE),
+        ("input_offset_ms", "offset_ms", facts.INPUT_OFFSET_MS_RANGE),
+        ("input_style_weight", "style_weight", facts.INPUT_STYLE_WEIGHT_RANGE),
+    ):
         if update.HasField(field):
             value = getattr(update, field)
             if not (math.isfinite(value) and low <= value <= high):
@@ -70,8 +72,10 @@ def merge_injection_config(current: InjectionSettings,
 
 
 def uses_injection_fields(update: music_pb2.GenerationConfig) -> bool:
-    return any(update.HasField(field) for field in (
-        "input_feedback", "input_gap_ms", "input_offset_ms", "input_style_weight"))
+    return any(
+        update.HasField(field)
+        for field in ("input_feedback", "input_gap_ms", "input_offset_ms", "input_style_weight")
+    )
 
 
 def gap_envelope(length: int, gap_samples: int) -> np.ndarray:
@@ -112,7 +116,7 @@ class TimelineAudio:
         start = max(position, self.end - self.capacity)
         if start < stop:
             index = np.arange(start, stop) % self.capacity
-            self._audio[index] = samples[start - position:]
+            self._audio[index] = samples[start - position :]
             self._written[index] = True
         return forgotten + max(0, min(start, stop) - max(position, still_needed_from))
 
@@ -124,7 +128,7 @@ class TimelineAudio:
             return out, False
         index = np.arange(lo, hi) % self.capacity
         written = self._written[index]
-        out[lo - start:hi - start] = np.where(written[:, None], self._audio[index], 0.0)
+        out[lo - start : hi - start] = np.where(written[:, None], self._audio[index], 0.0)
         return out, bool(written.any())
 
     def clear(self) -> None:
@@ -165,32 +169,39 @@ class AudioInjector:
         if message.HasField("start_seconds"):
             if not (math.isfinite(message.start_seconds) and message.start_seconds >= 0):
                 raise AudioInputRejected(
-                    f"audio_input.start_seconds must be >= 0, got {message.start_seconds}")
+                    f"audio_input.start_seconds must be >= 0, got {message.start_seconds}"
+                )
             position = round(message.start_seconds * facts.SAMPLE_RATE_HZ)
         else:
             position = self.next_input_position
         dropped = self.inputs.write(position, samples, still_needed_from=self.mixed_until)
         self.next_input_position = position + len(samples)
-        return InputReceipt(received_s=len(samples) / facts.SAMPLE_RATE_HZ,
-                            dropped_s=dropped / facts.SAMPLE_RATE_HZ)
+        return InputReceipt(
+            received_s=len(samples) / facts.SAMPLE_RATE_HZ, dropped_s=dropped / facts.SAMPLE_RATE_HZ
+        )
 
     def _decode(self, message: music_pb2.AudioInput, max_message_bytes: int) -> np.ndarray:
         """float32[n, 2] at 48 kHz."""
         if len(message.data) > max_message_bytes:
-            raise AudioInputRejected(f"audio_input message is {len(message.data)} bytes; "
-                                     f"the limit is {max_message_bytes}: send smaller pieces")
+            raise AudioInputRejected(
+                f"audio_input message is {len(message.data)} bytes; "
+                f"the limit is {max_message_bytes}: send smaller pieces"
+            )
         if message.encoding not in _BYTES_PER_SAMPLE:
             raise AudioInputRejected("audio_input.encoding must be PCM_S16LE or PCM_F32LE")
         low, high = INPUT_SAMPLE_RATE_RANGE_HZ
         if not low <= message.sample_rate <= high:
-            raise AudioInputRejected(f"audio_input.sample_rate must be in [{low}, {high}] Hz, "
-                                     f"got {message.sample_rate}")
+            raise AudioInputRejected(
+                f"audio_input.sample_rate must be in [{low}, {high}] Hz, got {message.sample_rate}"
+            )
         if message.channels not in INPUT_CHANNELS:
             raise AudioInputRejected(f"audio_input.channels must be 1 or 2, got {message.channels}")
         frame_bytes = _BYTES_PER_SAMPLE[message.encoding] * message.channels
         if len(message.data) % frame_bytes:
-            raise AudioInputRejected(f"audio_input.data is {len(message.data)} bytes, not a whole "
-                                     f"number of {frame_bytes}-byte sample frames")
+            raise AudioInputRejected(
+                f"audio_input.data is {len(message.data)} bytes, not a whole "
+                f"number of {frame_bytes}-byte sample frames"
+            )
         if message.encoding == music_pb2.PCM_S16LE:
             samples = np.frombuffer(message.data, "<i2").astype(np.float32) / 32768.0
         else:
@@ -208,12 +219,18 @@ class AudioInjector:
         """Streaming resampling, so consecutive messages join without edge effects."""
         key = (sample_rate, samples.shape[1])
         if self._resampler is None or self._resampler[0] != key:
-            self._resampler = (key, soxr.ResampleStream(sample_rate, facts.SAMPLE_RATE_HZ,
-                                                        samples.shape[1], dtype="float32"))
+            self._resampler = (
+                key,
+                soxr.ResampleStream(
+                    sample_rate, facts.SAMPLE_RATE_HZ, samples.shape[1], dtype="float32"
+                ),
+            )
         return self._resampler[1].resample_chunk(samples).reshape(-1, samples.shape[1])
 
     # --- output -----------------------------------------------------------------------------------
-    def add_output(self, chunk_start: int, chunk_audio: np.ndarray, crossfade_tail: np.ndarray) -> None:
+    def add_output(
+        self, chunk_start: int, chunk_audio: np.ndarray, crossfade_tail: np.ndarray
+    ) -> None:
         """Record a chunk the generator returned, starting at timeline position ``chunk_start``."""
         self.outputs.write(chunk_start + FRAME, raw_output(chunk_audio, crossfade_tail))
 
@@ -241,17 +258,23 @@ class AudioInjector:
         when that span holds no input."""
         end = self.inputs.end
         audio, any_input = self.inputs.read(
-            end - round(facts.INPUT_STYLE_SECONDS * facts.SAMPLE_RATE_HZ), end)
+            end - round(facts.INPUT_STYLE_SECONDS * facts.SAMPLE_RATE_HZ), end
+        )
         if not any_input:
             return None
         out = io.BytesIO()
-        soundfile.write(out, np.clip(audio, -1.0, 1.0), facts.SAMPLE_RATE_HZ, format="WAV",
-                        subtype="PCM_16")
+        soundfile.write(
+            out, np.clip(audio, -1.0, 1.0), facts.SAMPLE_RATE_HZ, format="WAV", subtype="PCM_16"
+        )
         return out.getvalue()
 
 
-def mix_live_style(prompt_style: np.ndarray | None, prompt_weight_total: float,
-                   input_embedding: np.ndarray | None, input_weight: float) -> np.ndarray | None:
+def mix_live_style(
+    prompt_style: np.ndarray | None,
+    prompt_weight_total: float,
+    input_embedding: np.ndarray | None,
+    input_weight: float,
+) -> np.ndarray | None:
     """The prompts' mix with the live input's embedding joined at ``input_weight``:
     (sum(w_i * e_i) + w_in * e_in) / (sum(w_i) + w_in)."""
     if input_embedding is None or input_weight <= 0:
@@ -259,7 +282,8 @@ def mix_live_style(prompt_style: np.ndarray | None, prompt_weight_total: float,
     if prompt_style is None or prompt_weight_total <= 0:
         return np.asarray(input_embedding, np.float32)
     mixed = (prompt_weight_total * prompt_style + input_weight * input_embedding) / (
-        prompt_weight_total + input_weight)
+        prompt_weight_total + input_weight
+    )
     return np.asarray(mixed, np.float32)
 
 
@@ -272,24 +296,32 @@ def decode_initial_audio(data: bytes, max_bytes: int) -> np.ndarray:
     try:
         with soundfile.SoundFile(io.BytesIO(data)) as audio:
             if audio.format not in INITIAL_AUDIO_FORMATS:
-                raise AudioInputRejected(f"initial_audio is {audio.format}; accepted formats are "
-                                         f"{', '.join(INITIAL_AUDIO_FORMATS)}")
+                raise AudioInputRejected(
+                    f"initial_audio is {audio.format}; accepted formats are "
+                    f"{', '.join(INITIAL_AUDIO_FORMATS)}"
+                )
             low, high = INPUT_SAMPLE_RATE_RANGE_HZ
             if not low <= audio.samplerate <= high or not 1 <= audio.channels <= 8:
-                raise AudioInputRejected(f"initial_audio has {audio.channels} channels at "
-                                         f"{audio.samplerate} Hz; accepted: 1-8 channels, "
-                                         f"{low}-{high} Hz")
+                raise AudioInputRejected(
+                    f"initial_audio has {audio.channels} channels at "
+                    f"{audio.samplerate} Hz; accepted: 1-8 channels, "
+                    f"{low}-{high} Hz"
+                )
             sample_rate = audio.samplerate
             wanted = math.ceil(facts.INITIAL_AUDIO_SECONDS * sample_rate)
             if 0 < audio.frames < _UNKNOWN_LENGTH_FRAMES and audio.seekable():
                 audio.seek(max(0, audio.frames - wanted))  # decode only the last 10 s
                 samples = audio.read(frames=wanted, dtype="float32", always_2d=True)
             else:
-                samples = audio.read(frames=math.ceil(INITIAL_AUDIO_MAX_SECONDS_READ * sample_rate),
-                                     dtype="float32", always_2d=True)
+                samples = audio.read(
+                    frames=math.ceil(INITIAL_AUDIO_MAX_SECONDS_READ * sample_rate),
+                    dtype="float32",
+                    always_2d=True,
+                )
     except soundfile.SoundFileError as err:
         raise AudioInputRejected(
-            f"initial_audio could not be decoded: {getattr(err, 'error_string', err)}") from None
+            f"initial_audio could not be decoded: {getattr(err, 'error_string', err)}"
+        ) from None
     if len(samples) == 0:
         raise AudioInputRejected("initial_audio decodes to no samples")
     if not np.all(np.isfinite(samples)):
@@ -298,7 +330,7 @@ def decode_initial_audio(data: bytes, max_bytes: int) -> np.ndarray:
     if samples.shape[1] == 1:
         samples = np.repeat(samples, facts.CHANNELS, axis=1)
     elif samples.shape[1] > facts.CHANNELS:  # more than stereo: keep the first two
-        samples = samples[:, :facts.CHANNELS]
+        samples = samples[:, : facts.CHANNELS]
     if sample_rate != facts.SAMPLE_RATE_HZ:
         samples = soxr.resample(samples, sample_rate, facts.SAMPLE_RATE_HZ)
     limit = round(facts.INITIAL_AUDIO_SECONDS * facts.SAMPLE_RATE_HZ)

@@ -57,10 +57,12 @@ from services.common.security import SecurityConfigError, file_signature, option
 
 log = logging.getLogger(__name__)
 
-REFUSED = Counter("mrt_gateway_auth_refused_total", "Public calls refused by API-key checks",
-                  ["code"])
-KEY_SESSIONS = Gauge("mrt_gateway_api_key_sessions", "Open Stream sessions, by API key name",
-                     ["key_name"])
+REFUSED = Counter(
+    "mrt_gateway_auth_refused_total", "Public calls refused by API-key checks", ["code"]
+)
+KEY_SESSIONS = Gauge(
+    "mrt_gateway_api_key_sessions", "Open Stream sessions, by API key name", ["key_name"]
+)
 
 MIN_KEY_CHARS = 16
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -131,16 +133,22 @@ def _parse_line(fields: list[str]) -> ApiKey:
                 raise ValueError(f"key '{name}': max_sessions must be a whole number >= 1")
             max_sessions = int(value)
         else:
-            raise ValueError(f"key '{name}': unknown option '{option}' "
-                             "(expected max_sessions=N or revoked)")
+            raise ValueError(
+                f"key '{name}': unknown option '{option}' (expected max_sessions=N or revoked)"
+            )
     return ApiKey(name, digest, max_sessions, revoked)
 
 
 class ApiKeyFile:
     """The keys of a key file, re-read when the file changes (checked at most every interval)."""
 
-    def __init__(self, path: Path, *, reload_interval_s: float = 2.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        reload_interval_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.path = Path(path)
         self.reload_interval_s = reload_interval_s
         self._clock = clock
@@ -149,7 +157,8 @@ class ApiKeyFile:
             self.keys = parse_api_keys(self.path.read_text())
         except OSError as err:
             raise KeyFileError(
-                f"cannot read --api-keys-file {path}: {err.strerror or err}") from None
+                f"cannot read --api-keys-file {path}: {err.strerror or err}"
+            ) from None
         self._next_check = clock() + reload_interval_s
         log.info("loaded %s", self._summary())
 
@@ -169,8 +178,11 @@ class ApiKeyFile:
                 return
             keys = parse_api_keys(self.path.read_text())
         except (OSError, KeyFileError) as err:
-            log.error("API key file %s not reloaded, the previous keys stay in force: %s",
-                      self.path, getattr(err, "strerror", None) or err)
+            log.error(
+                "API key file %s not reloaded, the previous keys stay in force: %s",
+                self.path,
+                getattr(err, "strerror", None) or err,
+            )
             return
         self.keys, self._signature = keys, signature
         log.info("reloaded %s", self._summary())
@@ -186,14 +198,24 @@ class ApiKeyFile:
 
 
 def add_api_key_flags(parser: argparse.ArgumentParser) -> None:
-    add_flag(parser, "--api-keys-file", type=optional_path,
-             help="API key file (format: services/gateway/auth.py); unset: no key is needed")
-    add_flag(parser, "--api-keys-reload-s", default=2.0, type=float,
-             help="how often the API key file is checked for changes")
+    add_flag(
+        parser,
+        "--api-keys-file",
+        type=optional_path,
+        help="API key file (format: services/gateway/auth.py); unset: no key is needed",
+    )
+    add_flag(
+        parser,
+        "--api-keys-reload-s",
+        default=2.0,
+        type=float,
+        help="how often the API key file is checked for changes",
+    )
 
 
-def api_key_interceptors_from_flags(args: argparse.Namespace,
-                                    public_service: str) -> list[ApiKeyInterceptor]:
+def api_key_interceptors_from_flags(
+    args: argparse.Namespace, public_service: str
+) -> list[ApiKeyInterceptor]:
     """The API-key check for ``public_service``; none (and a warning) without a key file."""
     if args.api_keys_file is None:
         log.warning("no --api-keys-file: the public API accepts calls without an API key")
@@ -222,8 +244,10 @@ class Refusal:
     message: str
 
 
-_NO_KEY = Refusal(grpc.StatusCode.UNAUTHENTICATED,
-                  "this API needs an 'authorization: Bearer <API key>' metadata entry")
+_NO_KEY = Refusal(
+    grpc.StatusCode.UNAUTHENTICATED,
+    "this API needs an 'authorization: Bearer <API key>' metadata entry",
+)
 
 _HANDLER_FACTORIES = {
     (False, False): grpc.unary_unary_rpc_method_handler,
@@ -236,8 +260,11 @@ _HANDLER_FACTORIES = {
 def _with_behaviour(handler: grpc.RpcMethodHandler, behaviour: Callable) -> grpc.RpcMethodHandler:
     """A handler of the same kind and serialization as ``handler`` that runs ``behaviour``."""
     factory = _HANDLER_FACTORIES[(handler.request_streaming, handler.response_streaming)]
-    return factory(behaviour, request_deserializer=handler.request_deserializer,
-                   response_serializer=handler.response_serializer)
+    return factory(
+        behaviour,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
@@ -254,8 +281,9 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     def open_sessions(self, name: str) -> int:
         return self._open_sessions[name]
 
-    async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails
-                                ) -> grpc.RpcMethodHandler | None:
+    async def intercept_service(
+        self, continuation: Callable, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
         if handler is None or not details.method.startswith(self._prefixes):
             return handler
@@ -267,8 +295,9 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(verdict, Refusal):
             return _with_behaviour(handler, self._refusing(details.method, verdict))
         if handler.request_streaming and handler.response_streaming:
-            return _with_behaviour(handler, self._session(handler.stream_stream, details.method,
-                                                          verdict, digest))
+            return _with_behaviour(
+                handler, self._session(handler.stream_stream, details.method, verdict, digest)
+            )
         return handler
 
     def _verdict(self, digest: bytes) -> ApiKey | Refusal:
@@ -282,25 +311,33 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     @staticmethod
     async def _refuse(context: grpc.aio.ServicerContext, method: str, refusal: Refusal) -> None:
         REFUSED.labels(refusal.code.name).inc()
-        log.info("refused %s from %s: %s: %s", method, context.peer(), refusal.code.name,
-                 refusal.message)
+        log.info(
+            "refused %s from %s: %s: %s", method, context.peer(), refusal.code.name, refusal.message
+        )
         await context.abort(refusal.code, refusal.message)
 
     def _refusing(self, method: str, refusal: Refusal) -> Callable:
         async def refuse(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> None:
             await self._refuse(context, method, refusal)
+
         return refuse
 
     def _session(self, behaviour: Callable, method: str, key: ApiKey, digest: bytes) -> Callable:
         """``behaviour`` holding a session slot of ``key``, ended if the key stops being valid."""
 
-        async def session(request_iterator: Any,
-                          context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def session(
+            request_iterator: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
             if key.max_sessions is not None and self._open_sessions[key.name] >= key.max_sessions:
-                await self._refuse(context, method, Refusal(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"API key '{key.name}' already has {key.max_sessions} concurrent sessions, "
-                    "its limit (max_sessions)"))
+                await self._refuse(
+                    context,
+                    method,
+                    Refusal(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"API key '{key.name}' already has {key.max_sessions} concurrent sessions, "
+                        "its limit (max_sessions)",
+                    ),
+                )
             self._open_sessions[key.name] += 1
             KEY_SESSIONS.labels(key.name).inc()
             try:

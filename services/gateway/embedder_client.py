@@ -19,13 +19,22 @@ class BackendUnavailable(RuntimeError):
 
 
 class EmbedderClient:
-    def __init__(self, address: str, *, timeout_s: float, max_message_bytes: int,
-                 credentials: grpc.ChannelCredentials | None = None,
-                 tls_server_name: str | None = None):
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout_s: float,
+        max_message_bytes: int,
+        credentials: grpc.ChannelCredentials | None = None,
+        tls_server_name: str | None = None,
+    ):
         options = channel_options(max_message_bytes, tls_server_name)
         self.address = address
-        self.channel = (grpc.aio.secure_channel(address, credentials, options) if credentials
-                        else grpc.aio.insecure_channel(address, options))
+        self.channel = (
+            grpc.aio.secure_channel(address, credentials, options)
+            if credentials
+            else grpc.aio.insecure_channel(address, options)
+        )
         self.stub = embedder_pb2_grpc.StyleEmbedderStub(self.channel)
         self.timeout_s = timeout_s
 
@@ -36,7 +45,8 @@ class EmbedderClient:
             if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise PromptRejected(err.details()) from None
             raise BackendUnavailable(
-                f"embedder at {self.address} failed: {err.code().name}: {err.details()}") from None
+                f"embedder at {self.address} failed: {err.code().name}: {err.details()}"
+            ) from None
         embedding = np.asarray(response.embedding, np.float32)
         if embedding.shape != (facts.STYLE_EMBEDDING_DIM,):
             raise BackendUnavailable(f"embedder returned {embedding.shape[0]} values, expected 768")

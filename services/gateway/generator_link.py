@@ -36,15 +36,19 @@ class GeneratorLink:
         self._closed = False
         endpoint.links += 1
 
-    async def open(self, request: generator_pb2.OpenSession, timeout_s: float) -> generator_pb2.SessionOpened:
+    async def open(
+        self, request: generator_pb2.OpenSession, timeout_s: float
+    ) -> generator_pb2.SessionOpened:
         """Send `open` and wait for `opened`; raises LinkError (e.g. RESOURCE_EXHAUSTED)."""
         try:
             await self.call.write(generator_pb2.GeneratorRequest(open=request))
             response = await asyncio.wait_for(self.call.read(), timeout_s)
         except TimeoutError:
             self.close()
-            raise LinkError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                            f"generator {self.endpoint.address} did not open the session in time") from None
+            raise LinkError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"generator {self.endpoint.address} did not open the session in time",
+            ) from None
         except grpc.aio.AioRpcError as err:
             raise _link_error(err) from None
         if response is grpc.aio.EOF or response.WhichOneof("response") != "opened":
@@ -56,7 +60,9 @@ class GeneratorLink:
             async with self._writing:
                 await self.call.write(request)
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as err:
-            raise LinkError(grpc.StatusCode.UNAVAILABLE, f"generator stream closed: {err}") from None
+            raise LinkError(
+                grpc.StatusCode.UNAVAILABLE, f"generator stream closed: {err}"
+            ) from None
 
     async def read_chunk(self) -> generator_pb2.GeneratedChunk:
         try:

@@ -28,8 +28,9 @@ from services.common.server import channel_options
 
 log = logging.getLogger(__name__)
 
-FREE_SLOTS = Gauge("mrt_gateway_generator_capacity_free_slots",
-                   "Free session slots summed over healthy generators")
+FREE_SLOTS = Gauge(
+    "mrt_gateway_generator_capacity_free_slots", "Free session slots summed over healthy generators"
+)
 GENERATORS = Gauge("mrt_gateway_generators", "Generators known, by health", ["state"])
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -77,10 +78,17 @@ class GeneratorEndpoint:
 
 
 class GeneratorPool:
-    def __init__(self, targets: list[str], *, poll_interval_s: float, rpc_timeout_s: float,
-                 max_message_bytes: int, resolver: Resolver = resolve_dns,
-                 credentials: grpc.ChannelCredentials | None = None,
-                 tls_server_name: str | None = None):
+    def __init__(
+        self,
+        targets: list[str],
+        *,
+        poll_interval_s: float,
+        rpc_timeout_s: float,
+        max_message_bytes: int,
+        resolver: Resolver = resolve_dns,
+        credentials: grpc.ChannelCredentials | None = None,
+        tls_server_name: str | None = None,
+    ):
         self.targets = targets
         self.poll_interval_s = poll_interval_s
         self.rpc_timeout_s = rpc_timeout_s
@@ -109,8 +117,11 @@ class GeneratorPool:
 
     def _connect(self, address: str) -> GeneratorEndpoint:
         options = channel_options(self.max_message_bytes, self.tls_server_name)
-        channel = (grpc.aio.secure_channel(address, self.credentials, options) if self.credentials
-                   else grpc.aio.insecure_channel(address, options))
+        channel = (
+            grpc.aio.secure_channel(address, self.credentials, options)
+            if self.credentials
+            else grpc.aio.insecure_channel(address, options)
+        )
         return GeneratorEndpoint(address, channel, generator_pb2_grpc.GeneratorStub(channel))
 
     async def refresh(self) -> None:
@@ -122,8 +133,12 @@ class GeneratorPool:
         addresses = set(await self.discover())
         for address, endpoint in list(self.endpoints.items()):
             if address not in addresses and not endpoint.leaving:
-                log.info("generator %s left discovery; its %d session(s) move at their next "
-                         "chunk boundary", address, endpoint.links)
+                log.info(
+                    "generator %s left discovery; its %d session(s) move at their next "
+                    "chunk boundary",
+                    address,
+                    endpoint.links,
+                )
                 endpoint.leaving = True
             elif address in addresses and endpoint.leaving:
                 log.info("generator %s is back in discovery", address)
@@ -132,8 +147,9 @@ class GeneratorPool:
         for new in addresses - set(self.endpoints):
             log.info("generator %s found", new)
             self.endpoints[new] = self._connect(new)
-        await asyncio.gather(*(self._poll(e) for e in list(self.endpoints.values())
-                               if not e.leaving))
+        await asyncio.gather(
+            *(self._poll(e) for e in list(self.endpoints.values()) if not e.leaving)
+        )
         healthy = [e for e in self.endpoints.values() if e.healthy and not e.leaving]
         FREE_SLOTS.set(sum(max(0, e.free_slots) for e in healthy if not e.load.draining))
         GENERATORS.labels("healthy").set(len(healthy))
@@ -148,8 +164,9 @@ class GeneratorPool:
 
     async def _poll(self, endpoint: GeneratorEndpoint) -> None:
         try:
-            endpoint.load = await endpoint.stub.GetLoad(generator_pb2.GetLoadRequest(),
-                                                        timeout=self.rpc_timeout_s)
+            endpoint.load = await endpoint.stub.GetLoad(
+                generator_pb2.GetLoadRequest(), timeout=self.rpc_timeout_s
+            )
             if not endpoint.healthy:
                 log.info("generator %s is up: %s", endpoint.address, endpoint.load.generator_id)
             endpoint.healthy = True
@@ -192,8 +209,11 @@ class GeneratorPool:
         """A chunk demanded from ``endpoint`` did not arrive in time."""
         endpoint.missed_deadlines += 1
         if endpoint.missed_deadlines >= MISSED_DEADLINES_UNHEALTHY and not endpoint.suspect:
-            log.warning("generator %s missed %d chunk deadlines; no placement on it until it "
-                        "answers again", endpoint.address, endpoint.missed_deadlines)
+            log.warning(
+                "generator %s missed %d chunk deadlines; no placement on it until it answers again",
+                endpoint.address,
+                endpoint.missed_deadlines,
+            )
             endpoint.suspect = True
 
     @staticmethod
@@ -205,10 +225,16 @@ class GeneratorPool:
         """Generators to try for a new session, most headroom first.
 
         Raises NoGenerator when none serves ``model``, NoCapacity when all of those are full."""
-        serving = [e for e in self.endpoints.values()
-                   if e.healthy and not e.suspect and not e.leaving and not e.load.draining
-                   and e.load.model == model
-                   and e.address not in exclude]
+        serving = [
+            e
+            for e in self.endpoints.values()
+            if e.healthy
+            and not e.suspect
+            and not e.leaving
+            and not e.load.draining
+            and e.load.model == model
+            and e.address not in exclude
+        ]
         if not serving:
             raise NoGenerator(f"no healthy generator serves model '{model}'")
         with_room = [e for e in serving if e.free_slots > 0]

@@ -57,29 +57,49 @@ from services.gateway.session_store import ResumePoint, SessionRecord
 
 log = logging.getLogger(__name__)
 
-UNDERRUNS = Counter("mrt_gateway_buffer_underruns_total",
-                    "Chunks sent later than the listener needed them")
-CLIENT_UNDERRUNS = Counter("mrt_gateway_client_reported_underruns_total",
-                           "Underruns clients reported hearing")
-TIME_TO_FIRST_AUDIO = Histogram("mrt_gateway_time_to_first_audio_seconds",
-                                "From PLAY to the first chunk sent", buckets=LATENCY_BUCKETS_S)
+UNDERRUNS = Counter(
+    "mrt_gateway_buffer_underruns_total", "Chunks sent later than the listener needed them"
+)
+CLIENT_UNDERRUNS = Counter(
+    "mrt_gateway_client_reported_underruns_total", "Underruns clients reported hearing"
+)
+TIME_TO_FIRST_AUDIO = Histogram(
+    "mrt_gateway_time_to_first_audio_seconds",
+    "From PLAY to the first chunk sent",
+    buckets=LATENCY_BUCKETS_S,
+)
 CHUNKS_SENT = Counter("mrt_gateway_chunks_sent_total", "Audio chunks sent to listeners")
-LATENESS = Histogram("mrt_gateway_chunk_lateness_seconds",
-                     "How late a chunk left against the listener's need (0 = in time)",
-                     buckets=LATENCY_BUCKETS_S)
-PROMPT_TO_AUDIO = Histogram("mrt_gateway_prompt_to_audio_seconds",
-                            "From a prompt update to the first chunk sent with it",
-                            buckets=LATENCY_BUCKETS_S)
-AUDIO_INPUT_RECEIVED = Counter("mrt_gateway_audio_input_received_seconds_total",
-                               "Seconds of live audio input received from clients")
-AUDIO_INPUT_DROPPED = Counter("mrt_gateway_audio_input_dropped_seconds_total",
-                              "Seconds of live audio input refused or dropped before it was mixed")
-INJECTIONS = Counter("mrt_gateway_audio_injections_total",
-                     "Mixes of live input and model output sent to be written into a context")
-MIGRATED = Counter("mrt_gateway_sessions_migrated_total",
-                   "Sessions resumed on another generator, by reason", ["reason"])
-IDLE_RELEASED = Counter("mrt_gateway_idle_sessions_released_total",
-                        "Paused or unplayed sessions that gave their generator slot back")
+LATENESS = Histogram(
+    "mrt_gateway_chunk_lateness_seconds",
+    "How late a chunk left against the listener's need (0 = in time)",
+    buckets=LATENCY_BUCKETS_S,
+)
+PROMPT_TO_AUDIO = Histogram(
+    "mrt_gateway_prompt_to_audio_seconds",
+    "From a prompt update to the first chunk sent with it",
+    buckets=LATENCY_BUCKETS_S,
+)
+AUDIO_INPUT_RECEIVED = Counter(
+    "mrt_gateway_audio_input_received_seconds_total",
+    "Seconds of live audio input received from clients",
+)
+AUDIO_INPUT_DROPPED = Counter(
+    "mrt_gateway_audio_input_dropped_seconds_total",
+    "Seconds of live audio input refused or dropped before it was mixed",
+)
+INJECTIONS = Counter(
+    "mrt_gateway_audio_injections_total",
+    "Mixes of live input and model output sent to be written into a context",
+)
+MIGRATED = Counter(
+    "mrt_gateway_sessions_migrated_total",
+    "Sessions resumed on another generator, by reason",
+    ["reason"],
+)
+IDLE_RELEASED = Counter(
+    "mrt_gateway_idle_sessions_released_total",
+    "Paused or unplayed sessions that gave their generator slot back",
+)
 
 # Messages queued for a client before the session waits for it to read (about 8 s of audio).
 OUTBOX_MESSAGES = 4
@@ -131,8 +151,11 @@ class MoveReason:
     DRAIN = "drain"  # the generator drains, or left discovery
     TIMEOUT = "chunk_timeout"  # a demanded chunk is overdue
 
-    WARNINGS: ClassVar[dict[str, str]] = {GENERATOR_LOST: "was lost", DRAIN: "is draining",
-                TIMEOUT: "stopped delivering audio in time"}
+    WARNINGS: ClassVar[dict[str, str]] = {
+        GENERATOR_LOST: "was lost",
+        DRAIN: "is draining",
+        TIMEOUT: "stopped delivering audio in time",
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,10 +172,19 @@ def placement_error(err: Exception) -> StreamEnded:
 
 
 class ListenerSession:
-    def __init__(self, *, session_id: str, model: str, encoder: AudioEncoder,
-                 settings: SessionSettings, pool: GeneratorPool, embedder: EmbedderClient,
-                 seed: int, initial_audio: np.ndarray | None = None,
-                 open_link: Callable[[GeneratorEndpoint], GeneratorLink] = GeneratorLink):
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        model: str,
+        encoder: AudioEncoder,
+        settings: SessionSettings,
+        pool: GeneratorPool,
+        embedder: EmbedderClient,
+        seed: int,
+        initial_audio: np.ndarray | None = None,
+        open_link: Callable[[GeneratorEndpoint], GeneratorLink] = GeneratorLink,
+    ):
         self.session_id = session_id
         # The id the generator knows this stream's session by: a resumed session gets its own,
         # since the stream it continues may still be open on the same generator.
@@ -163,7 +195,9 @@ class ListenerSession:
         self.pool = pool
         self.embedder = embedder
         self.open_link = open_link
-        self.outbound: asyncio.Queue[music_pb2.StreamResponse | None] = asyncio.Queue(maxsize=OUTBOX_MESSAGES)
+        self.outbound: asyncio.Queue[music_pb2.StreamResponse | None] = asyncio.Queue(
+            maxsize=OUTBOX_MESSAGES
+        )
         # What the generator needs to (re)open the session anywhere.
         self.style: np.ndarray | None = None
         self.prompt_version = 0
@@ -192,8 +226,9 @@ class ListenerSession:
         # oldest of them counts as overdue (the chunk watchdog).
         self.demand_deadlines: collections.deque[float] = collections.deque()
         self.demand_overdue_at: float | None = None
-        self.received: collections.deque[generator_pb2.GeneratedChunk | MigrationNotice] = \
+        self.received: collections.deque[generator_pb2.GeneratedChunk | MigrationNotice] = (
             collections.deque()
+        )
         # Playback and the listener's timeline.
         self.playing = False
         self.idle_since: float | None = time.time()  # paused / never played since then
@@ -232,8 +267,9 @@ class ListenerSession:
         self.sampling = SamplingSettings(**record.sampling)
         self.injection_settings = InjectionSettings(**record.injection)
         self.config_version = record.config_version
-        self.snapshot = (generator_pb2.SessionSnapshot.FromString(point.snapshot)
-                         if point.snapshot else None)
+        self.snapshot = (
+            generator_pb2.SessionSnapshot.FromString(point.snapshot) if point.snapshot else None
+        )
         self.initial_audio = None  # the context already holds it
         self.generator_session_id = f"{record.session_id}-{record.epoch}"
         self.next_sequence = point.sequence
@@ -266,34 +302,53 @@ class ListenerSession:
         if self.reconnect_requested and not self._reconnect_told:
             self._reconnect_told = True
             await self.keeper.flush()  # the record says why the session moves before it does
-            await self._emit(music_pb2.StreamResponse(warning=music_pb2.Warning(
-                code="RECONNECT", resume_token=self.keeper.token,
-                message="this gateway is shutting down: open a new stream with this resume_token "
-                        "(and resume_from_sequence); this one keeps playing until then")))
+            await self._emit(
+                music_pb2.StreamResponse(
+                    warning=music_pb2.Warning(
+                        code="RECONNECT",
+                        resume_token=self.keeper.token,
+                        message="this gateway is shutting down: open a new stream with this resume_token "
+                        "(and resume_from_sequence); this one keeps playing until then",
+                    )
+                )
+            )
         if self.keeper.failure_unreported is not None:
             why, self.keeper.failure_unreported = self.keeper.failure_unreported, None
-            await self._emit(music_pb2.StreamResponse(warning=music_pb2.Warning(
-                code="RESUME_UNAVAILABLE",
-                message=f"the session store failed ({why}); this session plays on but cannot "
-                        f"be resumed after a lost stream until it recovers")))
+            await self._emit(
+                music_pb2.StreamResponse(
+                    warning=music_pb2.Warning(
+                        code="RESUME_UNAVAILABLE",
+                        message=f"the session store failed ({why}); this session plays on but cannot "
+                        f"be resumed after a lost stream until it recovers",
+                    )
+                )
+            )
 
     # --- generator placement and failover ----------------------------------------------------------
     def _open_request(self) -> generator_pb2.OpenSession:
         request = generator_pb2.OpenSession(
-            session_id=self.generator_session_id, model=self.model,
-            style=self._style_message(), sampling=self._sampling_message())
+            session_id=self.generator_session_id,
+            model=self.model,
+            style=self._style_message(),
+            sampling=self._sampling_message(),
+        )
         if self.snapshot is not None:
             request.resume_from.CopyFrom(self.snapshot)
         return request
 
     def _style_message(self) -> generator_pb2.Style:
-        return generator_pb2.Style(embedding=[] if self.style is None else self.style.tolist(),
-                                   version=self.prompt_version)
+        return generator_pb2.Style(
+            embedding=[] if self.style is None else self.style.tolist(), version=self.prompt_version
+        )
 
     def _sampling_message(self) -> generator_pb2.Sampling:
         return generator_pb2.Sampling(
-            temperature=self.sampling.temperature, top_k=self.sampling.top_k,
-            guidance=self.sampling.guidance, seed=self.sampling.seed, version=self.config_version)
+            temperature=self.sampling.temperature,
+            top_k=self.sampling.top_k,
+            guidance=self.sampling.guidance,
+            seed=self.sampling.seed,
+            version=self.config_version,
+        )
 
     async def connect(self) -> None:
         """Place the session for the first time (at setup).
@@ -329,12 +384,23 @@ class ListenerSession:
             try:
                 opened = await link.open(self._open_request(), self.settings.open_timeout_s)
                 self.audio_input_supported = opened.audio_input_supported
-                if self.snapshot is None and self.initial_audio is not None and self.audio_input_supported:
-                    await link.send(generator_pb2.GeneratorRequest(prime=generator_pb2.PrimeContext(
-                        audio=self.initial_audio.astype("<f4").tobytes())))
+                if (
+                    self.snapshot is None
+                    and self.initial_audio is not None
+                    and self.audio_input_supported
+                ):
+                    await link.send(
+                        generator_pb2.GeneratorRequest(
+                            prime=generator_pb2.PrimeContext(
+                                audio=self.initial_audio.astype("<f4").tobytes()
+                            )
+                        )
+                    )
             except LinkError as err:
                 link.close()
-                log.info("session %s: generator %s refused: %s", self.session_id, endpoint.address, err)
+                log.info(
+                    "session %s: generator %s refused: %s", self.session_id, endpoint.address, err
+                )
                 if err.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     last_error = NoCapacity(err.details)
                 else:
@@ -363,8 +429,10 @@ class ListenerSession:
         older than the client was told. Returns with nothing left to hand over: the caller
         installs the link before anything else can change."""
         prompt_version, config_version = versions
-        while (self.prompt_version, self.config_version) != (prompt_version, config_version) \
-                or self.reset_pending:
+        while (self.prompt_version, self.config_version) != (
+            prompt_version,
+            config_version,
+        ) or self.reset_pending:
             if self.prompt_version != prompt_version:
                 prompt_version = self.prompt_version
                 await link.send(generator_pb2.GeneratorRequest(style=self._style_message()))
@@ -374,7 +442,9 @@ class ListenerSession:
             if self.reset_pending:
                 self.reset_pending = False
                 try:
-                    await link.send(generator_pb2.GeneratorRequest(reset=generator_pb2.ResetContext()))
+                    await link.send(
+                        generator_pb2.GeneratorRequest(reset=generator_pb2.ResetContext())
+                    )
                 except LinkError:
                     self.reset_pending = True  # for the generator the session moves to next
                     raise
@@ -393,11 +463,15 @@ class ListenerSession:
                 if reason is None or self.closed:
                     raise
                 if time.time() >= give_up_at:
-                    raise StreamEnded(grpc.StatusCode.UNAVAILABLE,
-                                      f"generator lost and no other could take the session: "
-                                      f"{err.details}") from None
-                log.info("session %s: no generator to move to yet (%s); trying again",
-                         self.session_id, err.details)
+                    raise StreamEnded(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"generator lost and no other could take the session: {err.details}",
+                    ) from None
+                log.info(
+                    "session %s: no generator to move to yet (%s); trying again",
+                    self.session_id,
+                    err.details,
+                )
                 exclude = set()  # the lost generator is unhealthy until it answers again
                 await asyncio.sleep(self.settings.reconnect_interval_s)
         try:
@@ -416,9 +490,14 @@ class ListenerSession:
     def _move(self, reason: str, why: str) -> None:
         """Leave the current generator and resume from the last snapshot on another one."""
         failed = self.link.endpoint.address if self.link is not None else ""
-        log.warning("session %s: leaving generator %s (%s: %s); resuming elsewhere from chunk %d",
-                    self.session_id, failed, reason, why,
-                    self.snapshot.chunk_index if self.snapshot is not None else 0)
+        log.warning(
+            "session %s: leaving generator %s (%s: %s); resuming elsewhere from chunk %d",
+            self.session_id,
+            failed,
+            reason,
+            why,
+            self.snapshot.chunk_index if self.snapshot is not None else 0,
+        )
         self._drop_link()
         self._start_placement(reason, exclude={failed} if failed else set())
 
@@ -499,14 +578,26 @@ class ListenerSession:
         audio = np.frombuffer(chunk.audio, "<f4").reshape(-1, facts.CHANNELS)
         duration_s = audio.shape[0] / facts.SAMPLE_RATE_HZ
         if self.keeper is not None:  # where the session continues after this chunk: stored first
-            self._remember(ResumePoint(sequence=self.next_sequence + 1,
-                                       position_s=self.next_position_s + duration_s,
-                                       snapshot=chunk.snapshot.SerializeToString()))
+            self._remember(
+                ResumePoint(
+                    sequence=self.next_sequence + 1,
+                    position_s=self.next_position_s + duration_s,
+                    snapshot=chunk.snapshot.SerializeToString(),
+                )
+            )
             await self.keeper.flush()
-        await self._emit(music_pb2.StreamResponse(chunk=music_pb2.AudioChunk(
-            sequence=self.next_sequence, data=self.encoder.encode(audio),
-            start_seconds=self.next_position_s, duration_seconds=duration_s,
-            prompt_version=chunk.style_version, config_version=chunk.sampling_version)))
+        await self._emit(
+            music_pb2.StreamResponse(
+                chunk=music_pb2.AudioChunk(
+                    sequence=self.next_sequence,
+                    data=self.encoder.encode(audio),
+                    start_seconds=self.next_position_s,
+                    duration_seconds=duration_s,
+                    prompt_version=chunk.style_version,
+                    config_version=chunk.sampling_version,
+                )
+            )
+        )
         CHUNKS_SENT.inc()
         self.next_sequence += 1
         self.next_position_s += duration_s
@@ -515,8 +606,10 @@ class ListenerSession:
         try:
             await asyncio.wait_for(self.outbound.put(response), self.settings.slow_client_timeout_s)
         except TimeoutError:
-            raise ClientTooSlow(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"client did not read for {self.settings.slow_client_timeout_s:.0f} s") from None
+            raise ClientTooSlow(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"client did not read for {self.settings.slow_client_timeout_s:.0f} s",
+            ) from None
 
     # --- the pump: demand, receive, pace, send ---------------------------------------------------
     async def pump(self) -> None:
@@ -571,11 +664,16 @@ class ListenerSession:
             endpoint = self.link.endpoint
             self.pool.missed_deadline(endpoint)
             if self.pool.has_room_elsewhere(self.model, endpoint.address):
-                self._move(MoveReason.TIMEOUT, f"no chunk {self.settings.chunk_timeout_s:g} s "
-                                               f"after its deadline")
+                self._move(
+                    MoveReason.TIMEOUT,
+                    f"no chunk {self.settings.chunk_timeout_s:g} s after its deadline",
+                )
             else:  # nowhere better to go: keep waiting for this one
-                log.warning("session %s: generator %s is late and no other has room; waiting",
-                            self.session_id, endpoint.address)
+                log.warning(
+                    "session %s: generator %s is late and no other has room; waiting",
+                    self.session_id,
+                    endpoint.address,
+                )
                 self.demand_overdue_at = time.time() + self.settings.chunk_timeout_s
         elif self.link.endpoint.leaving and not self.demand_deadlines:
             self._move(MoveReason.DRAIN, "the generator left discovery")
@@ -588,10 +686,15 @@ class ListenerSession:
             if isinstance(item, MigrationNotice):
                 self.received.popleft()
                 what = MoveReason.WARNINGS[item.reason]
-                await self._emit(music_pb2.StreamResponse(warning=music_pb2.Warning(
-                    code="SESSION_MIGRATED",
-                    message=f"the generator serving this session {what}; the session resumed "
-                            f"on another generator from its last state")))
+                await self._emit(
+                    music_pb2.StreamResponse(
+                        warning=music_pb2.Warning(
+                            code="SESSION_MIGRATED",
+                            message=f"the generator serving this session {what}; the session resumed "
+                            f"on another generator from its last state",
+                        )
+                    )
+                )
                 continue
             release = self._release_time(self.next_position_s)
             if time.time() < release:
@@ -614,8 +717,11 @@ class ListenerSession:
             self.demand_deadlines.append(deadline)
             if self.demand_overdue_at is None:
                 self.demand_overdue_at = max(deadline, time.time()) + self.settings.chunk_timeout_s
-            if not await self._send_to_generator(generator_pb2.GeneratorRequest(
-                    demand=generator_pb2.ChunkDemand(deadline_unix_s=deadline))):
+            if not await self._send_to_generator(
+                generator_pb2.GeneratorRequest(
+                    demand=generator_pb2.ChunkDemand(deadline_unix_s=deadline)
+                )
+            ):
                 self.demand_deadlines.clear()
                 self.demand_overdue_at = None
                 return
@@ -624,9 +730,11 @@ class ListenerSession:
         """A demanded chunk arrived: the watchdog now watches the next one, if any."""
         if self.demand_deadlines:
             self.demand_deadlines.popleft()
-        self.demand_overdue_at = (max(self.demand_deadlines[0], time.time())
-                                  + self.settings.chunk_timeout_s
-                                  if self.demand_deadlines else None)
+        self.demand_overdue_at = (
+            max(self.demand_deadlines[0], time.time()) + self.settings.chunk_timeout_s
+            if self.demand_deadlines
+            else None
+        )
 
     def _chunks_in_hand(self) -> int:
         return sum(1 for item in self.received if not isinstance(item, MigrationNotice))
@@ -639,8 +747,12 @@ class ListenerSession:
         release_at = self.idle_since + self.settings.idle_release_s
         if time.time() < release_at:
             return release_at
-        log.info("session %s idle for %.0f s: generator %s slot given back", self.session_id,
-                 time.time() - self.idle_since, self.link.endpoint.address)
+        log.info(
+            "session %s idle for %.0f s: generator %s slot given back",
+            self.session_id,
+            time.time() - self.idle_since,
+            self.link.endpoint.address,
+        )
         IDLE_RELEASED.inc()
         self._drop_link()
         return None
@@ -661,10 +773,14 @@ class ListenerSession:
         mix = self.injector.mix_for_chunk(self.generated_until_samples)
         if mix is not None:
             INJECTIONS.inc()
-            await self._send_to_generator(generator_pb2.GeneratorRequest(
-                inject=generator_pb2.InjectAudio(mix=mix.astype("<f4").tobytes())))
+            await self._send_to_generator(
+                generator_pb2.GeneratorRequest(
+                    inject=generator_pb2.InjectAudio(mix=mix.astype("<f4").tobytes())
+                )
+            )
         if self.injection_settings.style_weight > 0 and (
-                self._input_embedding_task is None or self._input_embedding_task.done()):
+            self._input_embedding_task is None or self._input_embedding_task.done()
+        ):
             wav = self.injector.recent_input_wav()
             if wav is not None:  # embedded in the background: the pump does not wait for it
                 self._input_embedding_task = asyncio.create_task(self._embed_input(wav))
@@ -680,14 +796,20 @@ class ListenerSession:
 
     async def _apply_style(self) -> None:
         """Send the style the generator should use now: the prompts, with the live input."""
-        self.style = mix_live_style(self.prompt_style, self.prompt_weight_total,
-                                    self.input_embedding, self.injection_settings.style_weight)
+        self.style = mix_live_style(
+            self.prompt_style,
+            self.prompt_weight_total,
+            self.input_embedding,
+            self.injection_settings.style_weight,
+        )
         await self._send_to_generator(generator_pb2.GeneratorRequest(style=self._style_message()))
 
     async def _add_audio_input(self, message: music_pb2.AudioInput) -> None:
         if not self.audio_input_supported:
-            await self._warn_about_input("UNSUPPORTED", f"model '{self.model}' does not take audio "
-                                         f"input; audio_input is ignored")
+            await self._warn_about_input(
+                "UNSUPPORTED",
+                f"model '{self.model}' does not take audio input; audio_input is ignored",
+            )
             return
         if self.injector is None:
             self.injector = AudioInjector()
@@ -701,8 +823,10 @@ class ListenerSession:
         if receipt.dropped_s > 0:
             AUDIO_INPUT_DROPPED.inc(receipt.dropped_s)
             await self._warn_about_input(
-                "AUDIO_INPUT_DROPPED", "audio input arrives faster than real time (or too late): "
-                "the oldest input was dropped before it could be mixed")
+                "AUDIO_INPUT_DROPPED",
+                "audio input arrives faster than real time (or too late): "
+                "the oldest input was dropped before it could be mixed",
+            )
 
     async def _warn_about_input(self, code: str, message: str) -> None:
         """A warning, but the same one at most every few seconds: input streams are chatty."""
@@ -711,14 +835,18 @@ class ListenerSession:
         if message == last_message and now - last_at < AUDIO_INPUT_WARNING_INTERVAL_S:
             return
         self._last_input_warning = (message, now)
-        await self._emit(music_pb2.StreamResponse(warning=music_pb2.Warning(code=code, message=message)))
+        await self._emit(
+            music_pb2.StreamResponse(warning=music_pb2.Warning(code=code, message=message))
+        )
 
     # --- client messages ---------------------------------------------------------------------------
     async def handle(self, request: music_pb2.StreamRequest) -> None:
         """Apply one client message; raises StreamEnded for a malformed stream."""
         kind = request.WhichOneof("request")
         if kind == "setup":
-            raise StreamEnded(grpc.StatusCode.INVALID_ARGUMENT, "`setup` may only be sent once, first")
+            raise StreamEnded(
+                grpc.StatusCode.INVALID_ARGUMENT, "`setup` may only be sent once, first"
+            )
         if kind == "prompts":
             await self._update_prompts(request.prompts)
         elif kind == "config":
@@ -730,9 +858,11 @@ class ListenerSession:
         elif kind == "audio_input":
             await self._add_audio_input(request.audio_input)
         else:
-            raise StreamEnded(grpc.StatusCode.INVALID_ARGUMENT,
-                              "empty StreamRequest: set one of setup, prompts, config, playback, report, "
-                              "audio_input")
+            raise StreamEnded(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "empty StreamRequest: set one of setup, prompts, config, playback, report, "
+                "audio_input",
+            )
         if kind in ("prompts", "config", "playback"):
             self._remember()
         self._changed.set()
@@ -740,35 +870,68 @@ class ListenerSession:
     async def _update_prompts(self, update: music_pb2.PromptUpdate) -> None:
         received_at = time.time()
         try:
-            style = await resolve_prompts(update.prompts, self.embedder, self.settings.prompt_limits)
+            style = await resolve_prompts(
+                update.prompts, self.embedder, self.settings.prompt_limits
+            )
         except PromptError as err:
-            await self._emit(music_pb2.StreamResponse(prompt_status=music_pb2.PromptStatus(
-                accepted=False, message=f"prompt update refused, previous prompts kept: {err}",
-                version=self.prompt_version, prompt_errors=err.errors)))
+            await self._emit(
+                music_pb2.StreamResponse(
+                    prompt_status=music_pb2.PromptStatus(
+                        accepted=False,
+                        message=f"prompt update refused, previous prompts kept: {err}",
+                        version=self.prompt_version,
+                        prompt_errors=err.errors,
+                    )
+                )
+            )
             return
         except BackendUnavailable as err:
-            await self._emit(music_pb2.StreamResponse(prompt_status=music_pb2.PromptStatus(
-                accepted=False, message=f"prompt update not applied, previous prompts kept: {err}",
-                version=self.prompt_version)))
+            await self._emit(
+                music_pb2.StreamResponse(
+                    prompt_status=music_pb2.PromptStatus(
+                        accepted=False,
+                        message=f"prompt update not applied, previous prompts kept: {err}",
+                        version=self.prompt_version,
+                    )
+                )
+            )
             return
         self.prompt_style = style
-        self.prompt_weight_total = sum(prompt_weight(p) for p in update.prompts if prompt_weight(p) > 0)
+        self.prompt_weight_total = sum(
+            prompt_weight(p) for p in update.prompts if prompt_weight(p) > 0
+        )
         self.prompt_version += 1
         self.prompt_received_at[self.prompt_version] = received_at
         await self._apply_style()
-        await self._emit(music_pb2.StreamResponse(prompt_status=music_pb2.PromptStatus(
-            accepted=True, version=self.prompt_version,
-            message="unconditioned" if style is None else f"{len(update.prompts)} prompt(s) mixed")))
+        await self._emit(
+            music_pb2.StreamResponse(
+                prompt_status=music_pb2.PromptStatus(
+                    accepted=True,
+                    version=self.prompt_version,
+                    message="unconditioned"
+                    if style is None
+                    else f"{len(update.prompts)} prompt(s) mixed",
+                )
+            )
+        )
 
     async def _update_config(self, update: music_pb2.GenerationConfig) -> None:
         try:
             sampling = merge_config(self.sampling, update)
             injection_settings = merge_injection_config(self.injection_settings, update)
         except ValueError as err:
-            await self._emit(music_pb2.StreamResponse(warning=music_pb2.Warning(
-                code="INVALID_CONFIG", message=f"config refused, previous settings kept: {err}")))
+            await self._emit(
+                music_pb2.StreamResponse(
+                    warning=music_pb2.Warning(
+                        code="INVALID_CONFIG",
+                        message=f"config refused, previous settings kept: {err}",
+                    )
+                )
+            )
             return
-        style_weight_changed = injection_settings.style_weight != self.injection_settings.style_weight
+        style_weight_changed = (
+            injection_settings.style_weight != self.injection_settings.style_weight
+        )
         self.sampling, self.injection_settings = sampling, injection_settings
         self.config_version += 1
         if self.injector is not None:
@@ -776,9 +939,14 @@ class ListenerSession:
         if style_weight_changed and self.input_embedding is not None:
             await self._apply_style()
         if uses_injection_fields(update) and not self.audio_input_supported:
-            await self._warn_about_input("UNSUPPORTED", f"model '{self.model}' does not take audio "
-                                         f"input; the input_* settings have no effect")
-        await self._send_to_generator(generator_pb2.GeneratorRequest(sampling=self._sampling_message()))
+            await self._warn_about_input(
+                "UNSUPPORTED",
+                f"model '{self.model}' does not take audio "
+                f"input; the input_* settings have no effect",
+            )
+        await self._send_to_generator(
+            generator_pb2.GeneratorRequest(sampling=self._sampling_message())
+        )
 
     async def _playback(self, action: int) -> None:
         Action = music_pb2.PlaybackControl
@@ -807,10 +975,17 @@ class ListenerSession:
             self._drop_link()
         elif action == Action.RESET_CONTEXT:
             self.reset_pending = not await self._send_to_generator(
-                generator_pb2.GeneratorRequest(reset=generator_pb2.ResetContext()))
+                generator_pb2.GeneratorRequest(reset=generator_pb2.ResetContext())
+            )
         else:
-            await self._emit(music_pb2.StreamResponse(warning=music_pb2.Warning(
-                code="INVALID_PLAYBACK", message=f"unknown playback action {action}; ignored")))
+            await self._emit(
+                music_pb2.StreamResponse(
+                    warning=music_pb2.Warning(
+                        code="INVALID_PLAYBACK",
+                        message=f"unknown playback action {action}; ignored",
+                    )
+                )
+            )
 
     async def read_client(self, requests) -> None:
         """Apply client messages in order until the client half-closes."""

@@ -69,15 +69,19 @@ def mix_embeddings(embeddings: Sequence[np.ndarray], weights: Sequence[float]) -
     return np.asarray(mixed, np.float32)
 
 
-async def resolve_prompts(prompts: Sequence[music_pb2.WeightedPrompt], embedder: EmbedderClient,
-                          limits: PromptLimits) -> np.ndarray | None:
+async def resolve_prompts(
+    prompts: Sequence[music_pb2.WeightedPrompt], embedder: EmbedderClient, limits: PromptLimits
+) -> np.ndarray | None:
     """The mixed style embedding of ``prompts`` (None = unconditioned).
 
     Raises PromptError listing every invalid prompt, or BackendUnavailable."""
     if len(prompts) > limits.max_prompts:
         raise PromptError([f"at most {limits.max_prompts} prompts, got {len(prompts)}"])
-    errors = [f"prompts[{i}]: {why}" for i, prompt in enumerate(prompts)
-              if (why := validate_prompt(prompt, limits)) is not None]
+    errors = [
+        f"prompts[{i}]: {why}"
+        for i, prompt in enumerate(prompts)
+        if (why := validate_prompt(prompt, limits)) is not None
+    ]
     if errors:
         raise PromptError(errors)
     active = [(i, p) for i, p in enumerate(prompts) if prompt_weight(p) > 0]
@@ -86,8 +90,11 @@ async def resolve_prompts(prompts: Sequence[music_pb2.WeightedPrompt], embedder:
         source = prompt.WhichOneof("source")
         if source == "embedding":
             return np.asarray(prompt.embedding.values, np.float32)
-        request = (embedder_pb2.EmbedRequest(text=prompt.text) if source == "text"
-                   else embedder_pb2.EmbedRequest(audio=prompt.audio))
+        request = (
+            embedder_pb2.EmbedRequest(text=prompt.text)
+            if source == "text"
+            else embedder_pb2.EmbedRequest(audio=prompt.audio)
+        )
         try:
             return await embedder.embed(request)
         except PromptRejected as err:

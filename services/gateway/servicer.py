@@ -37,11 +37,15 @@ log = logging.getLogger(__name__)
 ACTIVE = Gauge("mrt_gateway_active_sessions", "Listener streams open now")
 STARTED = Counter("mrt_gateway_sessions_started_total", "Sessions started", ["model"])
 ENDED = Counter("mrt_gateway_sessions_ended_total", "Sessions ended, by outcome", ["outcome"])
-RESUMED = Counter("mrt_gateway_sessions_resumed_total",
-                  "Sessions continued from a resume token, by reason (the client's stream was "
-                  "lost, or the gateway asked it to reconnect)", ["reason"])
-RESUME_FAILED = Counter("mrt_gateway_session_resume_failures_total",
-                        "Resume tokens refused, by reason", ["reason"])
+RESUMED = Counter(
+    "mrt_gateway_sessions_resumed_total",
+    "Sessions continued from a resume token, by reason (the client's stream was "
+    "lost, or the gateway asked it to reconnect)",
+    ["reason"],
+)
+RESUME_FAILED = Counter(
+    "mrt_gateway_session_resume_failures_total", "Resume tokens refused, by reason", ["reason"]
+)
 
 SETUP_TIMEOUT_S = 30.0
 # How long a failed session may wait for its handler to end the stream before it is cancelled.
@@ -51,9 +55,16 @@ TASK_EXIT_TIMEOUT_S = 5.0
 
 
 class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
-    def __init__(self, *, pool: GeneratorPool, embedder: EmbedderClient, settings: SessionSettings,
-                 default_model: str = "", store: SessionStore | None = None,
-                 api_keys_enabled: bool = False):
+    def __init__(
+        self,
+        *,
+        pool: GeneratorPool,
+        embedder: EmbedderClient,
+        settings: SessionSettings,
+        default_model: str = "",
+        store: SessionStore | None = None,
+        api_keys_enabled: bool = False,
+    ):
         self.pool = pool
         self.embedder = embedder
         self.settings = settings
@@ -71,12 +82,17 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
             raise StreamEnded(grpc.StatusCode.UNAVAILABLE, "no generator is reachable")
         model = requested or self.default_model or sorted(served)[0]
         if model not in served:
-            raise StreamEnded(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"unknown model '{model}'; this cluster serves: {', '.join(sorted(served))}")
+            raise StreamEnded(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"unknown model '{model}'; this cluster serves: {', '.join(sorted(served))}",
+            )
         return model
 
-    async def Stream(self, request_iterator: AsyncIterator[music_pb2.StreamRequest],
-                     context: grpc.aio.ServicerContext) -> AsyncIterator[music_pb2.StreamResponse]:
+    async def Stream(
+        self,
+        request_iterator: AsyncIterator[music_pb2.StreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[music_pb2.StreamResponse]:
         requests = aiter(request_iterator)
         outcome = "ok"
         session: ListenerSession | None = None
@@ -88,19 +104,24 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
             try:
                 first = await asyncio.wait_for(anext(requests), SETUP_TIMEOUT_S)
             except StopAsyncIteration:
-                raise StreamEnded(grpc.StatusCode.INVALID_ARGUMENT,
-                                  "stream closed before `setup`") from None
+                raise StreamEnded(
+                    grpc.StatusCode.INVALID_ARGUMENT, "stream closed before `setup`"
+                ) from None
             except TimeoutError:
-                raise StreamEnded(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                  f"no `setup` within {SETUP_TIMEOUT_S:.0f} s") from None
+                raise StreamEnded(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, f"no `setup` within {SETUP_TIMEOUT_S:.0f} s"
+                ) from None
             if first.WhichOneof("request") != "setup":
-                raise StreamEnded(grpc.StatusCode.INVALID_ARGUMENT,
-                                  f"the first message must be `setup`, got "
-                                  f"`{first.WhichOneof('request') or 'an empty request'}`")
+                raise StreamEnded(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the first message must be `setup`, got "
+                    f"`{first.WhichOneof('request') or 'an empty request'}`",
+                )
             setup = first.setup
             if self.draining:
-                raise StreamEnded(grpc.StatusCode.UNAVAILABLE,
-                                  "this gateway is shutting down; connect to another")
+                raise StreamEnded(
+                    grpc.StatusCode.UNAVAILABLE, "this gateway is shutting down; connect to another"
+                )
             owner_key = self._owner_key(context)
             if setup.resume_token:
                 session, keeper, initial_audio_warning = await self._resume(setup, owner_key)
@@ -108,10 +129,20 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
                 initial_audio = None
             else:
                 session, initial_audio, initial_audio_warning = await self._new_session(setup)
-                keeper = ResumeKeeper(self.store, new_resume_token(), SessionRecord(
-                    session_id=session.session_id, model=session.model, encoding=setup.encoding,
-                    opus_bitrate=session.encoder.bitrate_bps if setup.encoding == music_pb2.OGG_OPUS else 0,
-                    owner_key=owner_key, points=[ResumePoint(sequence=0, position_s=0.0)]))
+                keeper = ResumeKeeper(
+                    self.store,
+                    new_resume_token(),
+                    SessionRecord(
+                        session_id=session.session_id,
+                        model=session.model,
+                        encoding=setup.encoding,
+                        opus_bitrate=session.encoder.bitrate_bps
+                        if setup.encoding == music_pb2.OGG_OPUS
+                        else 0,
+                        owner_key=owner_key,
+                        points=[ResumePoint(sequence=0, position_s=0.0)],
+                    ),
+                )
             session.fill_record(keeper.record)
             keeper.record.drain_requested = False
             resumable = await keeper.save_now()  # the token works before the client has it
@@ -126,28 +157,43 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
                 RESUMED.labels(resume_reason).inc()
             else:
                 STARTED.labels(model).inc()
-            log.info("session %s %s (model %s, peer %s)", session.session_id,
-                     f"resumed at chunk {session.next_sequence}" if setup.resume_token else "started",
-                     model, context.peer())
-            yield music_pb2.StreamResponse(started=music_pb2.SessionStarted(
-                session_id=session.session_id, model=model, sample_rate=facts.SAMPLE_RATE_HZ,
-                channels=facts.CHANNELS, chunk_seconds=facts.CHUNK_SECONDS, encoding=encoding,
-                buffer_ahead_seconds=self.settings.buffer_ahead_seconds,
-                opus_bitrate=keeper.record.opus_bitrate,
-                audio_input_supported=session.audio_input_supported,
-                resume_token=keeper.token if resumable else "",
-                resumed=bool(setup.resume_token)))
+            log.info(
+                "session %s %s (model %s, peer %s)",
+                session.session_id,
+                f"resumed at chunk {session.next_sequence}" if setup.resume_token else "started",
+                model,
+                context.peer(),
+            )
+            yield music_pb2.StreamResponse(
+                started=music_pb2.SessionStarted(
+                    session_id=session.session_id,
+                    model=model,
+                    sample_rate=facts.SAMPLE_RATE_HZ,
+                    channels=facts.CHANNELS,
+                    chunk_seconds=facts.CHUNK_SECONDS,
+                    encoding=encoding,
+                    buffer_ahead_seconds=self.settings.buffer_ahead_seconds,
+                    opus_bitrate=keeper.record.opus_bitrate,
+                    audio_input_supported=session.audio_input_supported,
+                    resume_token=keeper.token if resumable else "",
+                    resumed=bool(setup.resume_token),
+                )
+            )
             if initial_audio is not None and not session.audio_input_supported:
                 initial_audio_warning = music_pb2.Warning(
-                    code="UNSUPPORTED", message=f"model '{model}' does not take audio input; "
-                                                f"initial_audio is ignored")
+                    code="UNSUPPORTED",
+                    message=f"model '{model}' does not take audio input; initial_audio is ignored",
+                )
             if initial_audio_warning is not None:
                 yield music_pb2.StreamResponse(warning=initial_audio_warning)
-            tasks = [asyncio.create_task(session.read_client(requests)),
-                     asyncio.create_task(session.pump())]
+            tasks = [
+                asyncio.create_task(session.read_client(requests)),
+                asyncio.create_task(session.pump()),
+            ]
             for task in tasks:
                 task.add_done_callback(
-                    self._unstick_on_failure(asyncio.current_task(), watchdogs, cut_off))
+                    self._unstick_on_failure(asyncio.current_task(), watchdogs, cut_off)
+                )
             async for response in self._responses(session, tasks):
                 yield response
         except StreamEnded as ended:
@@ -175,8 +221,13 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
                     await session.keeper.forget()  # ended by the client: nothing to resume
             if tasks:  # let them finish before the session's resources go
                 await asyncio.wait(tasks, timeout=TASK_EXIT_TIMEOUT_S)
-                log.info("session %s closed (%s, %d chunks, %d underruns)", session.session_id,
-                         outcome, session.next_sequence, session.underruns)
+                log.info(
+                    "session %s closed (%s, %d chunks, %d underruns)",
+                    session.session_id,
+                    outcome,
+                    session.next_sequence,
+                    session.underruns,
+                )
             ACTIVE.dec()
             ENDED.labels(outcome).inc()
 
@@ -187,8 +238,9 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
         token = bearer_token(context.invocation_metadata())
         return "" if token is None else key_digest(token).hex()
 
-    async def _new_session(self, setup: music_pb2.SessionSetup
-                           ) -> tuple[ListenerSession, np.ndarray | None, music_pb2.Warning | None]:
+    async def _new_session(
+        self, setup: music_pb2.SessionSetup
+    ) -> tuple[ListenerSession, np.ndarray | None, music_pb2.Warning | None]:
         """A fresh session for ``setup``: (session, initial audio, a warning about it)."""
         encoder = _audio_encoder(setup.encoding, setup.opus_bitrate)
         model = self._resolve_model(setup.model)
@@ -196,56 +248,87 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
         if setup.initial_audio:
             try:
                 initial_audio = await asyncio.to_thread(  # decoding takes a while
-                    decode_initial_audio, setup.initial_audio,
-                    self.settings.prompt_limits.max_audio_bytes)
+                    decode_initial_audio,
+                    setup.initial_audio,
+                    self.settings.prompt_limits.max_audio_bytes,
+                )
             except AudioInputRejected as err:
                 initial_audio_warning = music_pb2.Warning(
-                    code="INVALID_INITIAL_AUDIO", message=f"{err}; the session starts without it")
+                    code="INVALID_INITIAL_AUDIO", message=f"{err}; the session starts without it"
+                )
         session = ListenerSession(
-            session_id=uuid.uuid4().hex, model=model, encoder=encoder,
-            settings=self.settings, pool=self.pool, embedder=self.embedder,
-            seed=secrets.randbits(31), initial_audio=initial_audio)
+            session_id=uuid.uuid4().hex,
+            model=model,
+            encoder=encoder,
+            settings=self.settings,
+            pool=self.pool,
+            embedder=self.embedder,
+            seed=secrets.randbits(31),
+            initial_audio=initial_audio,
+        )
         return session, initial_audio, initial_audio_warning
 
-    async def _resume(self, setup: music_pb2.SessionSetup, owner_key: str
-                      ) -> tuple[ListenerSession, ResumeKeeper, music_pb2.Warning | None]:
+    async def _resume(
+        self, setup: music_pb2.SessionSetup, owner_key: str
+    ) -> tuple[ListenerSession, ResumeKeeper, music_pb2.Warning | None]:
         """The session ``setup.resume_token`` names, continued from the chunk the client needs.
 
         Raises StreamEnded: NOT_FOUND (unknown or expired), PERMISSION_DENIED (another API key's),
         OUT_OF_RANGE (that chunk can no longer be made), UNAVAILABLE (the store failed)."""
+
         def refuse(reason: str, code: grpc.StatusCode, details: str) -> StreamEnded:
             RESUME_FAILED.labels(reason).inc()
             return StreamEnded(code, details)
+
         try:
             record = await self.store.load(token_key(setup.resume_token))
         except StoreUnavailable as err:
-            raise refuse("store_unavailable", grpc.StatusCode.UNAVAILABLE,
-                         f"cannot resume: {err}; start a new session") from None
+            raise refuse(
+                "store_unavailable",
+                grpc.StatusCode.UNAVAILABLE,
+                f"cannot resume: {err}; start a new session",
+            ) from None
         if record is None:
-            raise refuse("unknown", grpc.StatusCode.NOT_FOUND,
-                         "unknown or expired resume token; start a new session")
+            raise refuse(
+                "unknown",
+                grpc.StatusCode.NOT_FOUND,
+                "unknown or expired resume token; start a new session",
+            )
         if record.owner_key != owner_key:
-            raise refuse("wrong_key", grpc.StatusCode.PERMISSION_DENIED,
-                         "this resume token belongs to another API key")
+            raise refuse(
+                "wrong_key",
+                grpc.StatusCode.PERMISSION_DENIED,
+                "this resume token belongs to another API key",
+            )
         point = record.point_for(setup.resume_from_sequence)
         if point is None:
             known = ", ".join(str(p.sequence) for p in record.points)
-            raise refuse("sequence_unavailable", grpc.StatusCode.OUT_OF_RANGE,
-                         f"cannot continue session {record.session_id} at chunk "
-                         f"{setup.resume_from_sequence}: it can continue at chunk {known}")
+            raise refuse(
+                "sequence_unavailable",
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"cannot continue session {record.session_id} at chunk "
+                f"{setup.resume_from_sequence}: it can continue at chunk {known}",
+            )
         self._resolve_model(record.model)
         session = ListenerSession(
-            session_id=record.session_id, model=record.model,
+            session_id=record.session_id,
+            model=record.model,
             encoder=_audio_encoder(record.encoding, record.opus_bitrate),
-            settings=self.settings, pool=self.pool, embedder=self.embedder, seed=0)
+            settings=self.settings,
+            pool=self.pool,
+            embedder=self.embedder,
+            seed=0,
+        )
         record.epoch += 1  # the stream the client left may still write: this one wins
         session.restore(record, point)
         record.add_point(point)  # forget the points of chunks that will now be made anew
         warning = None
         if record.encoding == music_pb2.OGG_OPUS:
             warning = music_pb2.Warning(
-                code="NEW_OGG_STREAM", message="the session resumed: from this chunk on the audio "
-                "is a new Ogg Opus stream (its first chunk starts with its headers)")
+                code="NEW_OGG_STREAM",
+                message="the session resumed: from this chunk on the audio "
+                "is a new Ogg Opus stream (its first chunk starts with its headers)",
+            )
         return session, ResumeKeeper(self.store, setup.resume_token, record), warning
 
     async def drain(self, grace_s: float) -> None:
@@ -253,15 +336,21 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
         keep streaming until each has moved or ``grace_s`` ends."""
         self.draining = True
         sessions = list(self.sessions)
-        log.info("draining: %d session(s) asked to reconnect elsewhere (grace %.0f s)",
-                 len(sessions), grace_s)
+        log.info(
+            "draining: %d session(s) asked to reconnect elsewhere (grace %.0f s)",
+            len(sessions),
+            grace_s,
+        )
         for session in sessions:
             session.ask_to_reconnect()
         try:
             await asyncio.wait_for(self._all_sessions_closed(), grace_s)
         except TimeoutError:
-            log.warning("drain grace of %.0f s over: %d session(s) had not moved; ending them",
-                        grace_s, len(self.sessions))
+            log.warning(
+                "drain grace of %.0f s over: %d session(s) had not moved; ending them",
+                grace_s,
+                len(self.sessions),
+            )
 
     async def _all_sessions_closed(self) -> None:
         while self.sessions:
@@ -269,10 +358,12 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
             await self._sessions_changed.wait()
 
     @staticmethod
-    def _unstick_on_failure(handler: asyncio.Task, watchdogs: list[asyncio.TimerHandle],
-                            cut_off: asyncio.Event):
+    def _unstick_on_failure(
+        handler: asyncio.Task, watchdogs: list[asyncio.TimerHandle], cut_off: asyncio.Event
+    ):
         """A failed session task normally ends the stream through ``_responses``; but a handler
         stuck writing to a client that stopped reading never gets there, so cancel it."""
+
         def on_done(task: asyncio.Task) -> None:
             if task.cancelled() or task.exception() is None:
                 return
@@ -280,12 +371,17 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
             def cancel_handler() -> None:
                 cut_off.set()
                 handler.cancel()
-            watchdogs.append(asyncio.get_running_loop().call_later(STUCK_WRITE_GRACE_S, cancel_handler))
+
+            watchdogs.append(
+                asyncio.get_running_loop().call_later(STUCK_WRITE_GRACE_S, cancel_handler)
+            )
+
         return on_done
 
     @staticmethod
-    async def _responses(session: ListenerSession,
-                         tasks: list[asyncio.Task]) -> AsyncIterator[music_pb2.StreamResponse]:
+    async def _responses(
+        session: ListenerSession, tasks: list[asyncio.Task]
+    ) -> AsyncIterator[music_pb2.StreamResponse]:
         """Yield the session's outbound messages until the pump finishes or a task fails.
 
         The reader finishing normally just means the client half-closed: keep streaming."""
@@ -294,7 +390,9 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
         while True:
             getter = asyncio.ensure_future(session.outbound.get())
             try:
-                done, _ = await asyncio.wait({getter, *waiting}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {getter, *waiting}, return_when=asyncio.FIRST_COMPLETED
+                )
             finally:  # also when the stream is cancelled while waiting
                 if not getter.done():
                     getter.cancel()
@@ -310,8 +408,9 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
                     yield session.outbound.get_nowait()
                 return
 
-    async def EmbedStyle(self, request: music_pb2.EmbedStyleRequest,
-                         context: grpc.aio.ServicerContext) -> music_pb2.EmbedStyleResponse:
+    async def EmbedStyle(
+        self, request: music_pb2.EmbedStyleRequest, context: grpc.aio.ServicerContext
+    ) -> music_pb2.EmbedStyleResponse:
         source = request.WhichOneof("source")
         if source == "text":
             if not request.text.strip():
@@ -331,14 +430,22 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
         return music_pb2.EmbedStyleResponse(embedding=embedding.tolist())
 
-    async def ListModels(self, request: music_pb2.ListModelsRequest,
-                         context: grpc.aio.ServicerContext) -> music_pb2.ListModelsResponse:
+    async def ListModels(
+        self, request: music_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> music_pb2.ListModelsResponse:
         served = self.pool.models()
-        models = [music_pb2.ModelInfo(
-            name=name, loaded=name in served, available=name in served or name in LOCAL_MODELS,
-            sample_rate=facts.SAMPLE_RATE_HZ, chunk_seconds=facts.CHUNK_SECONDS,
-            channels=facts.CHANNELS, description=description)
-            for name, description in MODEL_DESCRIPTIONS.items()]
+        models = [
+            music_pb2.ModelInfo(
+                name=name,
+                loaded=name in served,
+                available=name in served or name in LOCAL_MODELS,
+                sample_rate=facts.SAMPLE_RATE_HZ,
+                chunk_seconds=facts.CHUNK_SECONDS,
+                channels=facts.CHANNELS,
+                description=description,
+            )
+            for name, description in MODEL_DESCRIPTIONS.items()
+        ]
         default = self.default_model or (sorted(served)[0] if served else "")
         return music_pb2.ListModelsResponse(models=models, default_model=default)
 

@@ -23,8 +23,9 @@ _ALIGNMENT = 8
 def batch_buckets(max_batch_size: int) -> tuple[int, ...]:
     """The bucket sizes for batches of 1 to ``max_batch_size`` sessions, ascending."""
     if not 1 <= max_batch_size <= LARGEST_BATCH_SIZE:
-        raise ValueError(f"max batch size must be in [1, {LARGEST_BATCH_SIZE}], "
-                         f"got {max_batch_size}")
+        raise ValueError(
+            f"max batch size must be in [1, {LARGEST_BATCH_SIZE}], got {max_batch_size}"
+        )
     buckets = [1]
     while buckets[-1] < max_batch_size:
         previous = buckets[-1]
@@ -33,7 +34,7 @@ def batch_buckets(max_batch_size: int) -> tuple[int, ...]:
         if step >= _ALIGNED_FROM:
             step = step // _ALIGNMENT * _ALIGNMENT
         buckets.append(min(max(step, previous + 1), max_batch_size))
-    powers_of_two = (2 ** i for i in range(max_batch_size.bit_length()))
+    powers_of_two = (2**i for i in range(max_batch_size.bit_length()))
     return tuple(sorted(set(buckets).union(powers_of_two)))
 
 

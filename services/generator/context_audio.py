@@ -18,9 +18,11 @@ from services.common import model_facts as facts
 from services.common.metrics import LATENCY_BUCKETS_S
 from services.generator.engine import ChunkJob
 
-ENCODE_SECONDS = Histogram("mrt_generator_injection_encode_seconds",
-                           "Wall time of one batched encoder pass over injected audio",
-                           buckets=LATENCY_BUCKETS_S)
+ENCODE_SECONDS = Histogram(
+    "mrt_generator_injection_encode_seconds",
+    "Wall time of one batched encoder pass over injected audio",
+    buckets=LATENCY_BUCKETS_S,
+)
 
 INITIAL_AUDIO_MAX_SAMPLES = round(facts.INITIAL_AUDIO_SECONDS * facts.SAMPLE_RATE_HZ)
 
@@ -39,8 +41,10 @@ class ContextAudio:
         """A live-input mix from the wire; raises ValueError unless it is exactly 66 frames."""
         expected = facts.INJECTION_MIX_SAMPLES * facts.CHANNELS * 4
         if len(data) != expected:
-            raise ValueError(f"inject.mix must be {expected} bytes (66 frames of float32 stereo), "
-                             f"got {len(data)}")
+            raise ValueError(
+                f"inject.mix must be {expected} bytes (66 frames of float32 stereo), "
+                f"got {len(data)}"
+            )
         return cls(_finite_stereo(data, "inject.mix"), facts.INJECTION_EDGE_FRAMES, is_mix=True)
 
     @classmethod
@@ -54,7 +58,7 @@ class ContextAudio:
             raise ValueError("initial_audio must be at most 10 s")
         clip = _finite_stereo(data, "initial_audio")
         padded = np.zeros((INITIAL_AUDIO_MAX_SAMPLES, facts.CHANNELS), np.float32)
-        padded[len(padded) - len(clip):] = clip
+        padded[len(padded) - len(clip) :] = clip
         clip_frames = -(-len(clip) // facts.SAMPLES_PER_FRAME)
         return cls(padded, facts.CONTEXT_FRAMES - clip_frames)
 
@@ -86,10 +90,15 @@ def write_context_audio(jobs: Sequence[ChunkJob], encoder) -> list[ChunkJob]:
             ENCODE_SECONDS.observe(time.perf_counter() - started)
             for row, row_codes in zip(rows, codes):
                 job = jobs[row]
-                written = row_codes[job.context_audio[step].dropped_frames:][-facts.CONTEXT_FRAMES:]
+                written = row_codes[job.context_audio[step].dropped_frames :][
+                    -facts.CONTEXT_FRAMES :
+                ]
                 context = job.state.context_tokens.copy()
-                context[len(context) - len(written):] = written
+                context[len(context) - len(written) :] = written
                 jobs[row] = dataclasses.replace(
-                    job, state=dataclasses.replace(job.state, context_tokens=context))
+                    job, state=dataclasses.replace(job.state, context_tokens=context)
+                )
         step += 1
-    return [dataclasses.replace(job, context_audio=()) if job.context_audio else job for job in jobs]
+    return [
+        dataclasses.replace(job, context_audio=()) if job.context_audio else job for job in jobs
+    ]

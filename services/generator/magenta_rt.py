@@ -43,8 +43,12 @@ CHECKPOINT_ARCHIVES = {
     "large": "checkpoints/llm_large_x3047_c1860k.tar",
 }
 # What the generator loads besides the checkpoint.
-GENERATOR_ASSETS = [spectrostream.DECODER_ASSET, spectrostream.QUANTIZER_ASSET,
-                    spectrostream.ENCODER_ASSET, STYLE_QUANTIZER_ASSET]
+GENERATOR_ASSETS = [
+    spectrostream.DECODER_ASSET,
+    spectrostream.QUANTIZER_ASSET,
+    spectrostream.ENCODER_ASSET,
+    STYLE_QUANTIZER_ASSET,
+]
 # Everything a model needs across the cluster (the embedder's MusicCoCa and vocabulary, the
 # codec encoder for audio input): what `mrt assets download --model <name>` fetches.
 _SHARED_UPSTREAM_ASSETS = [
@@ -65,8 +69,14 @@ MODEL_ASSET_PATHS: dict[str, list[str]] = {
 class MagentaRTEngine(ChunkEngine):
     """Generates the next 2 s chunk for a batch of sessions with one model."""
 
-    def __init__(self, name: str, sampler, decoder: SpectroStreamDecoder,
-                 style_quantizer: StyleQuantizer, encoder: SpectroStreamEncoder | None):
+    def __init__(
+        self,
+        name: str,
+        sampler,
+        decoder: SpectroStreamDecoder,
+        style_quantizer: StyleQuantizer,
+        encoder: SpectroStreamEncoder | None,
+    ):
         """`sampler` is a `sampling.TokenSampler` (or anything with its `sample` method);
         without an `encoder` the engine takes no audio input."""
         self.name = name
@@ -78,9 +88,16 @@ class MagentaRTEngine(ChunkEngine):
         self._style_token_cache: LruCache[np.ndarray] = LruCache(STYLE_TOKEN_CACHE_ENTRIES)
 
     @classmethod
-    def create(cls, model_name: str, store: AssetStore, *, max_batch_size: int,
-               checkpoint: Path | None = None, dtype: str | None = None,
-               random_weights: bool = False) -> MagentaRTEngine:
+    def create(
+        cls,
+        model_name: str,
+        store: AssetStore,
+        *,
+        max_batch_size: int,
+        checkpoint: Path | None = None,
+        dtype: str | None = None,
+        random_weights: bool = False,
+    ) -> MagentaRTEngine:
         """Load a model by name, compiled for batches of up to `max_batch_size` sessions.
 
         `tiny` builds its codec and style assets under the store's tiny root if missing and
@@ -116,8 +133,9 @@ class MagentaRTEngine(ChunkEngine):
             params = convert.load_checkpoint(Path(checkpoint), config)
         log.info("loading %s codec and style quantizer", model_name)
         loaded = SpectroStreamEncoder.from_store(assets)
-        encoder = (loaded if loaded.matches_quantizer(assets.path(spectrostream.QUANTIZER_ASSET))
-                   else None)
+        encoder = (
+            loaded if loaded.matches_quantizer(assets.path(spectrostream.QUANTIZER_ASSET)) else None
+        )
         if encoder is None:
             log.error("the codec quantizer's own encoding differs from ours: audio input is off")
         buckets = batch_buckets(max_batch_size)
@@ -146,12 +164,18 @@ class MagentaRTEngine(ChunkEngine):
         )
         decoded = self._decoder.decode(frames_to_decode(context, chunk_indices, new_codes))
         chunks, tails = crossfade_chunks(
-            decoded, np.stack([state.crossfade_tail for state in states]))
+            decoded, np.stack([state.crossfade_tail for state in states])
+        )
         next_context = tokens.append_to_context(context, new_codes)
         return [
-            ChunkOutput(audio=chunks[row], state=SessionState(
-                context_tokens=next_context[row], crossfade_tail=tails[row],
-                chunk_index=state.chunk_index + 1))
+            ChunkOutput(
+                audio=chunks[row],
+                state=SessionState(
+                    context_tokens=next_context[row],
+                    crossfade_tail=tails[row],
+                    chunk_index=state.chunk_index + 1,
+                ),
+            )
             for row, state in enumerate(states)
         ]
 
@@ -171,8 +195,7 @@ class MagentaRTEngine(ChunkEngine):
                 style_tokens[row] = cached
         if unseen:
             embeddings = np.stack([np.frombuffer(key, np.float32) for key in unseen])
-            for (key, rows), codes in zip(unseen.items(),
-                                          self._style_quantizer.tokens(embeddings)):
+            for (key, rows), codes in zip(unseen.items(), self._style_quantizer.tokens(embeddings)):
                 self._style_token_cache.put(key, codes)
                 style_tokens[rows] = codes
         return style_tokens
@@ -188,8 +211,9 @@ class MagentaRTEngine(ChunkEngine):
 
 def chunk_seeds(jobs: Sequence[ChunkJob]) -> np.ndarray:
     """uint32[B]: each session's PRNG seed for this chunk, seed + chunk index (docs/model.md)."""
-    return np.array([(job.sampling.seed + job.state.chunk_index) % 2**32 for job in jobs],
-                    np.uint32)
+    return np.array(
+        [(job.sampling.seed + job.state.chunk_index) % 2**32 for job in jobs], np.uint32
+    )
 
 
 def checkpoint_path(store: AssetStore, model_name: str) -> Path:

@@ -38,11 +38,16 @@ class MockEngine(ChunkEngine):
         decoded = np.stack([self._decoded_audio(job) for job in jobs])
         chunks, tails = crossfade_chunks(decoded, np.stack([j.state.crossfade_tail for j in jobs]))
         return [
-            ChunkOutput(audio=chunks[row], state=SessionState(
-                context_tokens=np.concatenate(  # oldest chunk out, new chunk in, like the model
-                    [job.state.context_tokens[facts.CHUNK_FRAMES:], self.chunk_codes(job)]),
-                crossfade_tail=tails[row],
-                chunk_index=job.state.chunk_index + 1))
+            ChunkOutput(
+                audio=chunks[row],
+                state=SessionState(
+                    context_tokens=np.concatenate(  # oldest chunk out, new chunk in, like the model
+                        [job.state.context_tokens[facts.CHUNK_FRAMES :], self.chunk_codes(job)]
+                    ),
+                    crossfade_tail=tails[row],
+                    chunk_index=job.state.chunk_index + 1,
+                ),
+            )
             for row, job in enumerate(jobs)
         ]
 
@@ -50,25 +55,28 @@ class MockEngine(ChunkEngine):
     def chunk_codes(job: ChunkJob) -> np.ndarray:
         """int32[50, 16] codes for the job's next chunk: a function of seed, chunk and style."""
         rng = np.random.default_rng(_digest(job, job.state.chunk_index))
-        return rng.integers(0, facts.CODEBOOK_SIZE, (facts.CHUNK_FRAMES, facts.DECODER_RVQ_LEVELS),
-                            dtype=np.int32)
+        return rng.integers(
+            0, facts.CODEBOOK_SIZE, (facts.CHUNK_FRAMES, facts.DECODER_RVQ_LEVELS), dtype=np.int32
+        )
 
     @staticmethod
     def frequencies_hz(job: ChunkJob) -> np.ndarray:
         """float64[2]: the left and right pitch for the job's style, seed and context."""
-        context = hashlib.blake2b(np.ascontiguousarray(job.state.context_tokens).tobytes(),
-                                  digest_size=8).digest()
+        context = hashlib.blake2b(
+            np.ascontiguousarray(job.state.context_tokens).tobytes(), digest_size=8
+        ).digest()
         note = LOWEST_MIDI_NOTE + (_digest(job) + int.from_bytes(context, "little")) % PITCH_CHOICES
         notes = np.array([note, note + RIGHT_CHANNEL_SEMITONES])
         return 440.0 * 2.0 ** ((notes - 69) / 12.0)
 
     def _decoded_audio(self, job: ChunkJob) -> np.ndarray:
         """What the codec would return: 51 frames starting one frame before the chunk."""
-        first_sample = (job.state.chunk_index * facts.CHUNK_SAMPLES - facts.CROSSFADE_SAMPLES)
+        first_sample = job.state.chunk_index * facts.CHUNK_SAMPLES - facts.CROSSFADE_SAMPLES
         samples = first_sample + np.arange(facts.CHUNK_SAMPLES + facts.CROSSFADE_SAMPLES)
         seconds = samples[:, None] / facts.SAMPLE_RATE_HZ
         return (AMPLITUDE * np.sin(2 * np.pi * self.frequencies_hz(job) * seconds)).astype(
-            np.float32)
+            np.float32
+        )
 
 
 def _digest(job: ChunkJob, *extra: int) -> int:

@@ -27,20 +27,31 @@ from services.generator.scheduler import BatchPlan, Delivery, Scheduler
 
 log = logging.getLogger(__name__)
 
-BATCH_SECONDS = Histogram("mrt_generator_chunk_generation_seconds",
-                          "Wall time of one batched chunk generation", buckets=LATENCY_BUCKETS_S)
-QUEUE_WAIT = Histogram("mrt_generator_queue_wait_seconds",
-                       "Time a due session waited for its batch to start", buckets=LATENCY_BUCKETS_S)
-BATCH_SIZE = Histogram("mrt_generator_batch_size", "Sessions per batched generation",
-                       buckets=BATCH_SIZE_BUCKETS)
-REAL_TIME_FACTOR = Gauge("mrt_generator_real_time_factor",
-                         "Audio seconds generated per compute second, recent batches")
+BATCH_SECONDS = Histogram(
+    "mrt_generator_chunk_generation_seconds",
+    "Wall time of one batched chunk generation",
+    buckets=LATENCY_BUCKETS_S,
+)
+QUEUE_WAIT = Histogram(
+    "mrt_generator_queue_wait_seconds",
+    "Time a due session waited for its batch to start",
+    buckets=LATENCY_BUCKETS_S,
+)
+BATCH_SIZE = Histogram(
+    "mrt_generator_batch_size", "Sessions per batched generation", buckets=BATCH_SIZE_BUCKETS
+)
+REAL_TIME_FACTOR = Gauge(
+    "mrt_generator_real_time_factor", "Audio seconds generated per compute second, recent batches"
+)
 CHUNKS = Counter("mrt_generator_chunks_generated_total", "Chunks generated")
-FAILED_BATCHES = Counter("mrt_generator_failed_batches_total",
-                         "Batches whose generation or bookkeeping raised")
-LATENESS = Histogram("mrt_generator_chunk_lateness_seconds",
-                     "How late a chunk was ready against its deadline (0 = on time)",
-                     buckets=LATENCY_BUCKETS_S)
+FAILED_BATCHES = Counter(
+    "mrt_generator_failed_batches_total", "Batches whose generation or bookkeeping raised"
+)
+LATENESS = Histogram(
+    "mrt_generator_chunk_lateness_seconds",
+    "How late a chunk was ready against its deadline (0 = on time)",
+    buckets=LATENCY_BUCKETS_S,
+)
 CAPACITY = Gauge("mrt_generator_capacity_sessions", "Sessions this generator keeps in real time")
 
 # Default seconds without a finished batch, while work is due, before the runner counts as
@@ -53,10 +64,15 @@ DEFAULT_PROBE_INTERVAL_S = 10.0
 class BatchRunner:
     """Runs `Scheduler` plans on a `ChunkEngine` in a thread of its own."""
 
-    def __init__(self, engine: ChunkEngine, scheduler: Scheduler, *,
-                 stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
-                 probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        engine: ChunkEngine,
+        scheduler: Scheduler,
+        *,
+        stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
+        probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S,
+        clock: Callable[[], float] = time.time,
+    ):
         self.engine = engine
         self.scheduler = scheduler
         self.stall_timeout_s = stall_timeout_s
@@ -83,7 +99,8 @@ class BatchRunner:
         while not self.scheduler.closed:
             try:
                 plan = self.scheduler.wait_for_plan(
-                    self.probe_interval_s if self.engine_broken else None)
+                    self.probe_interval_s if self.engine_broken else None
+                )
             except Exception:  # a policy bug: log it and ask again rather than go silent
                 log.exception("planning a batch failed")
                 time.sleep(0.1)
@@ -110,10 +127,16 @@ class BatchRunner:
             return
         self.engine_broken = False
         self._last_finished_unix_s = finished = self.clock()
-        log.debug("batch of %d (bucket %d): started %.3f s after its plan, took %.3f s; "
-                  "deadlines %+.3f to %+.3f s from its end", plan.size, plan.bucket,
-                  started - plan.planned_at_unix_s, generation_s,
-                  min(plan.deadlines_unix_s) - finished, max(plan.deadlines_unix_s) - finished)
+        log.debug(
+            "batch of %d (bucket %d): started %.3f s after its plan, took %.3f s; "
+            "deadlines %+.3f to %+.3f s from its end",
+            plan.size,
+            plan.bucket,
+            started - plan.planned_at_unix_s,
+            generation_s,
+            min(plan.deadlines_unix_s) - finished,
+            max(plan.deadlines_unix_s) - finished,
+        )
         self._running_since_unix_s = None
         self.recent_real_time_factor = plan.size * facts.CHUNK_SECONDS / max(generation_s, 1e-9)
         self._deliver_all(deliveries)
@@ -179,7 +202,12 @@ class BatchRunner:
             self.engine.warmup(size)
             self.scheduler.batch_times.observe(size, self.clock() - started)
         CAPACITY.set(self.scheduler.capacity)
-        log.info("warm-up done: %.3f s per batch of 1, %.3f s per batch of %d; predicted "
-                 "capacity %d sessions; admitting %d", self.scheduler.batch_times.expected_s(1),
-                 self.scheduler.batch_times.expected_s(buckets[-1]), buckets[-1],
-                 self.scheduler.predicted_capacity, self.scheduler.capacity)
+        log.info(
+            "warm-up done: %.3f s per batch of 1, %.3f s per batch of %d; predicted "
+            "capacity %d sessions; admitting %d",
+            self.scheduler.batch_times.expected_s(1),
+            self.scheduler.batch_times.expected_s(buckets[-1]),
+            buckets[-1],
+            self.scheduler.predicted_capacity,
+            self.scheduler.capacity,
+        )

@@ -57,8 +57,9 @@ class BatchTimeModel:
     def observe(self, batch_size: int, seconds: float) -> None:
         bucket = bucket_for(batch_size, self.buckets)
         old = self._seconds.get(bucket)
-        self._seconds[bucket] = seconds if old is None else (
-            (1 - EWMA_WEIGHT) * old + EWMA_WEIGHT * seconds)
+        self._seconds[bucket] = (
+            seconds if old is None else ((1 - EWMA_WEIGHT) * old + EWMA_WEIGHT * seconds)
+        )
 
     def expected_s(self, batch_size: int) -> float:
         if not self._seconds:
@@ -126,9 +127,14 @@ class Scheduler:
     Thread-safe: the servicer changes sessions from the event loop, the runner asks for plans
     and reports results from its own thread."""
 
-    def __init__(self, max_batch_size: int, *,
-                 target_utilization: float = DEFAULT_TARGET_UTILIZATION,
-                 fixed_capacity: int = 0, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        max_batch_size: int,
+        *,
+        target_utilization: float = DEFAULT_TARGET_UTILIZATION,
+        fixed_capacity: int = 0,
+        clock: Callable[[], float] = time.time,
+    ):
         self.buckets = batch_buckets(max_batch_size)
         self.max_batch_size = max_batch_size
         self.target_utilization = target_utilization
@@ -205,21 +211,23 @@ class Scheduler:
     # --- the policy ---------------------------------------------------------------------------
     def _waiting(self) -> list[GeneratorSession]:
         """Sessions with a pending demand and no batch in flight, most urgent first."""
-        return sorted((s for s in self._sessions.values() if s.demands and not s.in_flight),
-                      key=_next_deadline)
+        return sorted(
+            (s for s in self._sessions.values() if s.demands and not s.in_flight),
+            key=_next_deadline,
+        )
 
     def _lead_s(self, waiting: list[GeneratorSession]) -> float:
         """How long before its deadline a session falls due: the expected batch time (of
         every waiting session, up to the maximum) plus the margin."""
-        return (self.batch_times.expected_s(min(len(waiting), self.max_batch_size))
-                + DUE_MARGIN_S)
+        return self.batch_times.expected_s(min(len(waiting), self.max_batch_size)) + DUE_MARGIN_S
 
     def _candidates(self, waiting: list[GeneratorSession], now: float) -> list[GeneratorSession]:
         """The batch the most urgent session runs in: every waiting session that falls due
         within one chunk period of it (or of now, when it is overdue), up to the maximum."""
-        window_end = (max(_next_deadline(waiting[0]), now + self._lead_s(waiting))
-                      + facts.CHUNK_SECONDS)
-        return [s for s in waiting if _next_deadline(s) < window_end][:self.max_batch_size]
+        window_end = (
+            max(_next_deadline(waiting[0]), now + self._lead_s(waiting)) + facts.CHUNK_SECONDS
+        )
+        return [s for s in waiting if _next_deadline(s) < window_end][: self.max_batch_size]
 
     def _due_at(self, deadline_unix_s: float, batch_size: int) -> float:
         return deadline_unix_s - self.batch_times.expected_s(batch_size) - DUE_MARGIN_S
@@ -242,23 +250,32 @@ class Scheduler:
             return None
         batch = self._candidates(self._waiting(), now)
         plan_id = next(self._plan_ids)
-        self._in_flight[plan_id] = [_Planned(s, s.style_version, s.sampling_version)
-                                    for s in batch]
+        self._in_flight[plan_id] = [_Planned(s, s.style_version, s.sampling_version) for s in batch]
         demands = []
         for session in batch:
             session.take_reset()
             session.in_flight = True
             demands.append(session.demands.popleft())
         plan = BatchPlan(
-            plan_id=plan_id, session_ids=tuple(s.session_id for s in batch),
+            plan_id=plan_id,
+            session_ids=tuple(s.session_id for s in batch),
             bucket=bucket_for(len(batch), self.buckets),
-            jobs=tuple(ChunkJob(state=s.state, style_embedding=s.style_embedding,
-                                sampling=s.sampling, context_audio=s.take_context_audio())
-                       for s in batch),
+            jobs=tuple(
+                ChunkJob(
+                    state=s.state,
+                    style_embedding=s.style_embedding,
+                    sampling=s.sampling,
+                    context_audio=s.take_context_audio(),
+                )
+                for s in batch
+            ),
             planned_at_unix_s=now,
             deadlines_unix_s=tuple(deadline for deadline, _ in demands),
-            queue_waits_s=tuple(max(0.0, now - max(demanded_at, self._due_at(deadline, len(batch))))
-                                for deadline, demanded_at in demands))
+            queue_waits_s=tuple(
+                max(0.0, now - max(demanded_at, self._due_at(deadline, len(batch))))
+                for deadline, demanded_at in demands
+            ),
+        )
         return plan
 
     def next_due_unix_s(self) -> float | None:
@@ -296,8 +313,9 @@ class Scheduler:
             self._cond.notify_all()
 
     # --- results (called by the runner) -------------------------------------------------------
-    def complete(self, plan: BatchPlan, outputs: Sequence[ChunkOutput],
-                 generation_s: float) -> list[Delivery]:
+    def complete(
+        self, plan: BatchPlan, outputs: Sequence[ChunkOutput], generation_s: float
+    ) -> list[Delivery]:
         """Record a finished batch: advance each still-open session's state and return what
         to deliver to it."""
         if len(outputs) != plan.size:
@@ -306,17 +324,28 @@ class Scheduler:
         deliveries = []
         with self._cond:
             self._cond.notify_all()  # the batch's sessions may have more demands waiting
-            for planned, output, wait_s in zip(self._in_flight.pop(plan.plan_id), outputs,
-                                               plan.queue_waits_s):
+            for planned, output, wait_s in zip(
+                self._in_flight.pop(plan.plan_id), outputs, plan.queue_waits_s
+            ):
                 session = planned.session
                 session.in_flight = False
                 if session.closed:
                     continue
                 session.state = output.state
-                deliveries.append(Delivery(session.session_id, session.deliver, ChunkResult(
-                    output=output, style_version=planned.style_version,
-                    sampling_version=planned.sampling_version, queue_wait_s=wait_s,
-                    generation_s=generation_s, batch_size=plan.size)))
+                deliveries.append(
+                    Delivery(
+                        session.session_id,
+                        session.deliver,
+                        ChunkResult(
+                            output=output,
+                            style_version=planned.style_version,
+                            sampling_version=planned.sampling_version,
+                            queue_wait_s=wait_s,
+                            generation_s=generation_s,
+                            batch_size=plan.size,
+                        ),
+                    )
+                )
         return deliveries
 
     def fail(self, plan: BatchPlan, error: str) -> list[Delivery]:
@@ -327,9 +356,13 @@ class Scheduler:
             for p in planned:
                 p.session.in_flight = False
             self._cond.notify_all()
-            return [Delivery(p.session.session_id, p.session.deliver,
-                             ChunkResult(output=None, error=error))
-                    for p in planned if not p.session.closed]
+            return [
+                Delivery(
+                    p.session.session_id, p.session.deliver, ChunkResult(output=None, error=error)
+                )
+                for p in planned
+                if not p.session.closed
+            ]
 
 
 def _next_deadline(session: GeneratorSession) -> float:

@@ -25,8 +25,9 @@ from services.generator.sessions import ChunkResult, GeneratorSession
 log = logging.getLogger(__name__)
 
 ACTIVE = Gauge("mrt_generator_active_sessions", "Sessions placed on this generator")
-STARTED = Counter("mrt_generator_sessions_started_total", "Sessions opened (fresh or resumed)",
-                  ["kind"])
+STARTED = Counter(
+    "mrt_generator_sessions_started_total", "Sessions opened (fresh or resumed)", ["kind"]
+)
 ENDED = Counter("mrt_generator_sessions_ended_total", "Sessions ended, by outcome", ["outcome"])
 DRAINING = Gauge("mrt_generator_draining", "1 while the generator is draining")
 
@@ -37,20 +38,30 @@ OUTBOX_CHUNKS = 2
 def sampling_from_proto(message: generator_pb2.Sampling) -> SamplingSettings:
     """Validate fully resolved sampling settings (the gateway resolves defaults)."""
     checks = [
-        (math.isfinite(message.temperature)
-         and facts.TEMPERATURE_RANGE[0] <= message.temperature <= facts.TEMPERATURE_RANGE[1],
-         f"temperature must be in {list(facts.TEMPERATURE_RANGE)}"),
-        (facts.TOP_K_RANGE[0] <= message.top_k <= facts.TOP_K_RANGE[1],
-         f"top_k must be in {list(facts.TOP_K_RANGE)}"),
-        (math.isfinite(message.guidance)
-         and facts.GUIDANCE_RANGE[0] <= message.guidance <= facts.GUIDANCE_RANGE[1],
-         f"guidance must be in {list(facts.GUIDANCE_RANGE)}"),
+        (
+            math.isfinite(message.temperature)
+            and facts.TEMPERATURE_RANGE[0] <= message.temperature <= facts.TEMPERATURE_RANGE[1],
+            f"temperature must be in {list(facts.TEMPERATURE_RANGE)}",
+        ),
+        (
+            facts.TOP_K_RANGE[0] <= message.top_k <= facts.TOP_K_RANGE[1],
+            f"top_k must be in {list(facts.TOP_K_RANGE)}",
+        ),
+        (
+            math.isfinite(message.guidance)
+            and facts.GUIDANCE_RANGE[0] <= message.guidance <= facts.GUIDANCE_RANGE[1],
+            f"guidance must be in {list(facts.GUIDANCE_RANGE)}",
+        ),
     ]
     for ok, why in checks:
         if not ok:
             raise ValueError(why)
-    return SamplingSettings(temperature=message.temperature, top_k=message.top_k,
-                          guidance=message.guidance, seed=message.seed)
+    return SamplingSettings(
+        temperature=message.temperature,
+        top_k=message.top_k,
+        guidance=message.guidance,
+        seed=message.seed,
+    )
 
 
 def style_from_proto(message: generator_pb2.Style) -> np.ndarray | None:
@@ -63,8 +74,9 @@ def style_from_proto(message: generator_pb2.Style) -> np.ndarray | None:
 
 
 class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
-    def __init__(self, scheduler: Scheduler, runner: BatchRunner, *, model_name: str,
-                 generator_id: str):
+    def __init__(
+        self, scheduler: Scheduler, runner: BatchRunner, *, model_name: str, generator_id: str
+    ):
         self.scheduler = scheduler
         self.runner = runner
         self.model_name = model_name
@@ -78,13 +90,19 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         # A draining or unhealthy generator takes no new sessions.
         capacity = 0 if self.draining or not self.runner.healthy() else self.scheduler.capacity
         return generator_pb2.LoadReport(
-            generator_id=self.generator_id, model=self.model_name, active_sessions=active,
-            capacity_sessions=capacity, free_slots=max(0, capacity - active),
+            generator_id=self.generator_id,
+            model=self.model_name,
+            active_sessions=active,
+            capacity_sessions=capacity,
+            free_slots=max(0, capacity - active),
             recent_real_time_factor=self.runner.recent_real_time_factor,
-            draining=self.draining, max_batch_size=self.scheduler.max_batch_size)
+            draining=self.draining,
+            max_batch_size=self.scheduler.max_batch_size,
+        )
 
-    async def GetLoad(self, request: generator_pb2.GetLoadRequest,
-                      context: grpc.aio.ServicerContext) -> generator_pb2.LoadReport:
+    async def GetLoad(
+        self, request: generator_pb2.GetLoadRequest, context: grpc.aio.ServicerContext
+    ) -> generator_pb2.LoadReport:
         return self.load_report()
 
     async def drain(self, grace_s: float) -> None:
@@ -101,28 +119,45 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         log.info("drained; %d sessions left", len(self._streams))
 
     # --- the session stream ---------------------------------------------------------------------
-    async def Session(self, request_iterator: AsyncIterator[generator_pb2.GeneratorRequest],
-                      context: grpc.aio.ServicerContext) -> AsyncIterator[generator_pb2.GeneratorResponse]:
+    async def Session(
+        self,
+        request_iterator: AsyncIterator[generator_pb2.GeneratorRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[generator_pb2.GeneratorResponse]:
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("request") != "open":
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be `open`")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first message must be `open`"
+            )
         open_msg = first.open
         if self.draining:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "generator is draining",
-                                session_end.reason_metadata(session_end.DRAINING))
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "generator is draining",
+                session_end.reason_metadata(session_end.DRAINING),
+            )
         if open_msg.model and open_msg.model != self.model_name:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"this generator serves model '{self.model_name}', not '{open_msg.model}'")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"this generator serves model '{self.model_name}', not '{open_msg.model}'",
+            )
         if not open_msg.session_id or open_msg.session_id in self._streams:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "open.session_id must be set and not already open here")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "open.session_id must be set and not already open here",
+            )
         if self.scheduler.session_count >= self.scheduler.capacity:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"generator {self.generator_id} is at capacity "
-                                f"({self.scheduler.capacity} sessions)")
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"generator {self.generator_id} is at capacity "
+                f"({self.scheduler.capacity} sessions)",
+            )
         try:
-            state = (snapshot_to_state(open_msg.resume_from) if open_msg.HasField("resume_from")
-                     else SessionState.fresh())
+            state = (
+                snapshot_to_state(open_msg.resume_from)
+                if open_msg.HasField("resume_from")
+                else SessionState.fresh()
+            )
             sampling = sampling_from_proto(open_msg.sampling)
             style = style_from_proto(open_msg.style)
         except ValueError as err:
@@ -131,25 +166,39 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         loop = asyncio.get_running_loop()
         outbox: asyncio.Queue[ChunkResult] = asyncio.Queue(maxsize=OUTBOX_CHUNKS)
         session = GeneratorSession(
-            session_id=open_msg.session_id, state=state, sampling=sampling,
-            style_embedding=style, style_version=open_msg.style.version,
+            session_id=open_msg.session_id,
+            state=state,
+            sampling=sampling,
+            style_embedding=style,
+            style_version=open_msg.style.version,
             sampling_version=open_msg.sampling.version,
-            deliver=lambda result: loop.call_soon_threadsafe(outbox.put_nowait, result))
+            deliver=lambda result: loop.call_soon_threadsafe(outbox.put_nowait, result),
+        )
         end_stream = asyncio.Event()
         self._streams[session.session_id] = end_stream
         self.scheduler.add(session)
         ACTIVE.set(self.scheduler.session_count)
         STARTED.labels("resumed" if open_msg.HasField("resume_from") else "fresh").inc()
-        log.info("session %s opened (%s, chunk %d)", session.session_id,
-                 "resumed" if open_msg.HasField("resume_from") else "fresh", state.chunk_index)
+        log.info(
+            "session %s opened (%s, chunk %d)",
+            session.session_id,
+            "resumed" if open_msg.HasField("resume_from") else "fresh",
+            state.chunk_index,
+        )
         outcome = "ok"
         reader = asyncio.create_task(self._read_updates(request_iterator, session.session_id))
         try:
-            yield generator_pb2.GeneratorResponse(opened=generator_pb2.SessionOpened(
-                session_id=session.session_id, model=self.model_name,
-                sample_rate=facts.SAMPLE_RATE_HZ, channels=facts.CHANNELS,
-                chunk_seconds=facts.CHUNK_SECONDS, generator_id=self.generator_id,
-                audio_input_supported=self.runner.engine.supports_audio_input))
+            yield generator_pb2.GeneratorResponse(
+                opened=generator_pb2.SessionOpened(
+                    session_id=session.session_id,
+                    model=self.model_name,
+                    sample_rate=facts.SAMPLE_RATE_HZ,
+                    channels=facts.CHANNELS,
+                    chunk_seconds=facts.CHUNK_SECONDS,
+                    generator_id=self.generator_id,
+                    audio_input_supported=self.runner.engine.supports_audio_input,
+                )
+            )
             while True:
                 result = await self._next_result(outbox, reader, end_stream)
                 if result is None:
@@ -160,9 +209,11 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 yield generator_pb2.GeneratorResponse(chunk=self._chunk_message(result))
             if end_stream.is_set():
                 outcome = "drained"
-                await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                    "generator is draining; resume the session elsewhere",
-                                    session_end.reason_metadata(session_end.DRAINING))
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "generator is draining; resume the session elsewhere",
+                    session_end.reason_metadata(session_end.DRAINING),
+                )
             if reader.done() and reader.exception() is not None:
                 outcome = "invalid_argument"
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(reader.exception()))
@@ -177,8 +228,9 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             ENDED.labels(outcome).inc()
             log.info("session %s ended (%s)", session.session_id, outcome)
 
-    async def _next_result(self, outbox: asyncio.Queue, reader: asyncio.Task,
-                           end_stream: asyncio.Event) -> ChunkResult | None:
+    async def _next_result(
+        self, outbox: asyncio.Queue, reader: asyncio.Task, end_stream: asyncio.Event
+    ) -> ChunkResult | None:
         """The next chunk, or None when the client is done or the stream must end."""
         if not outbox.empty():
             return outbox.get_nowait()
@@ -194,25 +246,31 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             return getter.result()
         return None
 
-    async def _read_updates(self, request_iterator: AsyncIterator[generator_pb2.GeneratorRequest],
-                            session_id: str) -> None:
+    async def _read_updates(
+        self, request_iterator: AsyncIterator[generator_pb2.GeneratorRequest], session_id: str
+    ) -> None:
         """Apply the session's updates as they arrive; raises ValueError on a bad one."""
         async for request in request_iterator:
             kind = request.WhichOneof("request")
             if kind == "style":
-                self.scheduler.set_style(session_id, style_from_proto(request.style),
-                                         request.style.version)
+                self.scheduler.set_style(
+                    session_id, style_from_proto(request.style), request.style.version
+                )
             elif kind == "sampling":
-                self.scheduler.set_sampling(session_id, sampling_from_proto(request.sampling),
-                                            request.sampling.version)
+                self.scheduler.set_sampling(
+                    session_id, sampling_from_proto(request.sampling), request.sampling.version
+                )
             elif kind == "demand":
                 if not math.isfinite(request.demand.deadline_unix_s):
                     raise ValueError("demand.deadline_unix_s must be finite")
                 self.scheduler.demand(session_id, request.demand.deadline_unix_s)
             elif kind in ("inject", "prime"):
                 self._check_audio_input_supported()
-                audio = (ContextAudio.injected_mix(request.inject.mix) if kind == "inject"
-                         else ContextAudio.initial_audio(request.prime.audio))
+                audio = (
+                    ContextAudio.injected_mix(request.inject.mix)
+                    if kind == "inject"
+                    else ContextAudio.initial_audio(request.prime.audio)
+                )
                 self.scheduler.add_context_audio(session_id, audio)
             elif kind == "reset":
                 self.scheduler.request_reset(session_id)
@@ -228,7 +286,12 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         assert result.output is not None
         audio = np.ascontiguousarray(result.output.audio, dtype="<f4")
         return generator_pb2.GeneratedChunk(
-            chunk_index=result.output.state.chunk_index - 1, audio=audio.tobytes(),
-            snapshot=state_to_snapshot(result.output.state), style_version=result.style_version,
-            sampling_version=result.sampling_version, queue_wait_seconds=result.queue_wait_s,
-            generation_seconds=result.generation_s, batch_size=result.batch_size)
+            chunk_index=result.output.state.chunk_index - 1,
+            audio=audio.tobytes(),
+            snapshot=state_to_snapshot(result.output.state),
+            style_version=result.style_version,
+            sampling_version=result.sampling_version,
+            queue_wait_seconds=result.queue_wait_s,
+            generation_seconds=result.generation_s,
+            batch_size=result.batch_size,
+        )

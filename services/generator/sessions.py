@@ -42,7 +42,8 @@ class GeneratorSession:
     reset_requested: bool = False
     # Pending demands in chunk order: (deadline, when it arrived), both unix seconds.
     demands: collections.deque[tuple[float, float]] = dataclasses.field(
-        default_factory=collections.deque)
+        default_factory=collections.deque
+    )
     in_flight: bool = False  # a batch is making its next chunk
     closed: bool = False
     # Encoded into the context before the next chunk, in order; a newer mix replaces an older one.
@@ -51,8 +52,9 @@ class GeneratorSession:
 
     def add_context_audio(self, audio: ContextAudio) -> None:
         """Queue audio for the next chunk; a live-input mix replaces a mix not yet used."""
-        kept = tuple(queued for queued in self.context_audio
-                     if not (queued.is_mix and audio.is_mix))
+        kept = tuple(
+            queued for queued in self.context_audio if not (queued.is_mix and audio.is_mix)
+        )
         self.context_audio = kept + (audio,)
 
     def take_context_audio(self) -> tuple[ContextAudio, ...]:
@@ -64,6 +66,8 @@ class GeneratorSession:
         """Apply a requested RESET_CONTEXT before the next chunk: forget the musical context."""
         if self.reset_requested:
             self.state = dataclasses.replace(
-                SessionState.fresh(), chunk_index=self.state.chunk_index,
-                crossfade_tail=self.state.crossfade_tail)
+                SessionState.fresh(),
+                chunk_index=self.state.chunk_index,
+                crossfade_tail=self.state.crossfade_tail,
+            )
             self.reset_requested = False

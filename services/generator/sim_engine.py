@@ -65,8 +65,13 @@ class SimEngine(ChunkEngine):
 
     name = "sim"
 
-    def __init__(self, cost: SimCost = SimCost(), *, fail_batches: bool = False,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        cost: SimCost = SimCost(),
+        *,
+        fail_batches: bool = False,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.cost = cost
         self.fail_batches = fail_batches
         self._sleep = sleep
@@ -74,7 +79,7 @@ class SimEngine(ChunkEngine):
         tone = (TONE_AMPLITUDE * np.sin(2 * np.pi * TONE_HZ * samples)).astype(np.float32)
         self._audio = np.repeat(tone[:, None], facts.CHANNELS, axis=1)
         self._audio.flags.writeable = False  # one buffer shared by every chunk
-        self._tail = self._audio[-facts.CROSSFADE_SAMPLES:]
+        self._tail = self._audio[-facts.CROSSFADE_SAMPLES :]
 
     def generate(self, jobs: Sequence[ChunkJob]) -> list[ChunkOutput]:
         if not jobs:
@@ -82,11 +87,19 @@ class SimEngine(ChunkEngine):
         self._sleep(self.cost.seconds(len(jobs)))
         if self.fail_batches:
             raise SimulatedBatchError(f"sim engine set to fail every batch ({len(jobs)} jobs)")
-        return [ChunkOutput(audio=self._audio, state=SessionState(
-            context_tokens=np.concatenate(
-                [job.state.context_tokens[facts.CHUNK_FRAMES:], next_codes(job)]),
-            crossfade_tail=self._tail.copy(), chunk_index=job.state.chunk_index + 1))
-            for job in jobs]
+        return [
+            ChunkOutput(
+                audio=self._audio,
+                state=SessionState(
+                    context_tokens=np.concatenate(
+                        [job.state.context_tokens[facts.CHUNK_FRAMES :], next_codes(job)]
+                    ),
+                    crossfade_tail=self._tail.copy(),
+                    chunk_index=job.state.chunk_index + 1,
+                ),
+            )
+            for job in jobs
+        ]
 
     def warmup(self, batch_size: int) -> None:
         """The start-up warm-up takes a batch's time and never fails: a failure drill
@@ -98,13 +111,23 @@ def next_codes(job: ChunkJob) -> np.ndarray:
     """int32[50, 16] codes in [0, 1024): a cheap hash of the context's last frame, the style,
     the seed and the chunk index, so two sessions agree exactly when their states and
     settings do."""
-    style = 0 if job.style_embedding is None else int(
-        np.asarray(job.style_embedding, np.float32).view(np.int32).astype(np.int64).sum())
+    style = (
+        0
+        if job.style_embedding is None
+        else int(np.asarray(job.style_embedding, np.float32).view(np.int32).astype(np.int64).sum())
+    )
     last_frame = job.state.context_tokens[-1].astype(np.int64)
-    seed = np.int64(job.sampling.seed % 2**31) * _HASH_MULTIPLIERS[0] + np.int64(
-        job.state.chunk_index) * _HASH_MULTIPLIERS[1] + np.int64(style % 2**31) * _HASH_MULTIPLIERS[2]
+    seed = (
+        np.int64(job.sampling.seed % 2**31) * _HASH_MULTIPLIERS[0]
+        + np.int64(job.state.chunk_index) * _HASH_MULTIPLIERS[1]
+        + np.int64(style % 2**31) * _HASH_MULTIPLIERS[2]
+    )
     frames = np.arange(facts.CHUNK_FRAMES, dtype=np.int64)[:, None] * _HASH_MULTIPLIERS[3]
-    mixed = (seed + frames + (last_frame + 1)[None, :] * _HASH_MULTIPLIERS[1]
-             + np.arange(facts.DECODER_RVQ_LEVELS, dtype=np.int64)[None, :])
+    mixed = (
+        seed
+        + frames
+        + (last_frame + 1)[None, :] * _HASH_MULTIPLIERS[1]
+        + np.arange(facts.DECODER_RVQ_LEVELS, dtype=np.int64)[None, :]
+    )
     mixed = (mixed ^ (mixed >> 13)) * _HASH_MULTIPLIERS[0]
     return ((mixed ^ (mixed >> 17)) % facts.CODEBOOK_SIZE).astype(np.int32)

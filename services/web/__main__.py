@@ -33,17 +33,42 @@ log = logging.getLogger("services.web")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m services.web", description=__doc__)
     add_flag(parser, "--host", default="0.0.0.0", help="address to listen on")
-    add_flag(parser, "--port", default=8080, type=int,
-             help="HTTP port: WebSocket endpoint, player page, /metrics, /healthz")
-    add_flag(parser, "--log-level", default="INFO", help="logging level",
-             choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_flag(
+        parser,
+        "--port",
+        default=8080,
+        type=int,
+        help="HTTP port: WebSocket endpoint, player page, /metrics, /healthz",
+    )
+    add_flag(
+        parser,
+        "--log-level",
+        default="INFO",
+        help="logging level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    )
     add_flag(parser, "--gateway-address", default="127.0.0.1:50051", help="gateway host:port")
-    add_flag(parser, "--backend-timeout-s", default=10.0, type=float,
-             help="deadline for the gateway calls that open a session")
-    add_flag(parser, "--max-message-bytes", default=16 * 1024 * 1024, type=int,
-             help="largest WebSocket message accepted, and gRPC message sent or received")
-    add_flag(parser, "--shutdown-grace-s", default=5.0, type=float,
-             help="seconds open sessions get to close on shutdown")
+    add_flag(
+        parser,
+        "--backend-timeout-s",
+        default=10.0,
+        type=float,
+        help="deadline for the gateway calls that open a session",
+    )
+    add_flag(
+        parser,
+        "--max-message-bytes",
+        default=16 * 1024 * 1024,
+        type=int,
+        help="largest WebSocket message accepted, and gRPC message sent or received",
+    )
+    add_flag(
+        parser,
+        "--shutdown-grace-s",
+        default=5.0,
+        type=float,
+        help="seconds open sessions get to close on shutdown",
+    )
     add_server_tls_flags(parser)
     add_internal_tls_flags(parser, peers="the gateway")
     return parser
@@ -54,7 +79,8 @@ def server_ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     if args.tls_cert_file is None and args.tls_key_file is None:
         if args.tls_client_ca_file is not None:
             raise SecurityConfigError(
-                "--tls-client-ca-file needs --tls-cert-file and --tls-key-file")
+                "--tls-client-ca-file needs --tls-cert-file and --tls-key-file"
+            )
         return None
     if args.tls_cert_file is None or args.tls_key_file is None:
         raise SecurityConfigError("--tls-cert-file and --tls-key-file must be given together")
@@ -65,8 +91,9 @@ def server_ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
             context.load_verify_locations(cafile=args.tls_client_ca_file)
             context.verify_mode = ssl.CERT_REQUIRED
     except (OSError, ssl.SSLError) as err:
-        raise SecurityConfigError(f"cannot load the TLS files {args.tls_cert_file}, "
-                                  f"{args.tls_key_file}: {err}") from None
+        raise SecurityConfigError(
+            f"cannot load the TLS files {args.tls_cert_file}, {args.tls_key_file}: {err}"
+        ) from None
     return context
 
 
@@ -81,8 +108,9 @@ def _gateway_channel(args: argparse.Namespace) -> grpc.aio.Channel:
 async def serve(args: argparse.Namespace) -> None:
     ssl_context = server_ssl_context(args)
     channel = _gateway_channel(args)
-    app = build_app(channel, rpc_timeout_s=args.backend_timeout_s,
-                    max_message_bytes=args.max_message_bytes)
+    app = build_app(
+        channel, rpc_timeout_s=args.backend_timeout_s, max_message_bytes=args.max_message_bytes
+    )
     runner = web.AppRunner(app, shutdown_timeout=args.shutdown_grace_s, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, ssl_context=ssl_context)
@@ -93,8 +121,13 @@ async def serve(args: argparse.Namespace) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
         scheme = "https" if ssl_context else "http"
-        log.info("web listening on %s://%s:%d/ (player page, Lyria WebSocket, /metrics), "
-                 "gateway %s", scheme, args.host, args.port, args.gateway_address)
+        log.info(
+            "web listening on %s://%s:%d/ (player page, Lyria WebSocket, /metrics), gateway %s",
+            scheme,
+            args.host,
+            args.port,
+            args.gateway_address,
+        )
         await stopping.wait()
         log.info("web shutting down")
     finally:

@@ -43,8 +43,9 @@ async def lyria_socket(request: web.Request) -> web.WebSocketResponse:
     app[_SOCKETS].add(socket)
     ACTIVE_SESSIONS.inc()
     try:
-        await Bridge(socket, app[_STUB], api_key_of(request),
-                     rpc_timeout_s=app[_RPC_TIMEOUT_S]).run()
+        await Bridge(
+            socket, app[_STUB], api_key_of(request), rpc_timeout_s=app[_RPC_TIMEOUT_S]
+        ).run()
     finally:
         ACTIVE_SESSIONS.dec()
     return socket
@@ -67,8 +68,9 @@ async def _close_sockets(app: web.Application) -> None:
         await socket.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
 
 
-def build_app(channel: grpc.aio.Channel, *, rpc_timeout_s: float,
-              max_message_bytes: int) -> web.Application:
+def build_app(
+    channel: grpc.aio.Channel, *, rpc_timeout_s: float, max_message_bytes: int
+) -> web.Application:
     """The application, talking to the gateway over ``channel``."""
     app = web.Application()
     app[_STUB] = music_pb2_grpc.MusicGenerationStub(channel)

@@ -47,8 +47,11 @@ class SessionEnded(Exception):
 def _ended_by_rpc_error(err: grpc.RpcError) -> SessionEnded:
     code = err.code() if isinstance(err, grpc.aio.AioRpcError) else grpc.StatusCode.UNKNOWN
     details = err.details() if isinstance(err, grpc.aio.AioRpcError) else str(err)
-    return SessionEnded(_CLOSE_CODES.get(code, lyria.CLOSE_INTERNAL),
-                        f"{code.name}: {details or 'no details'}", code.name.lower())
+    return SessionEnded(
+        _CLOSE_CODES.get(code, lyria.CLOSE_INTERNAL),
+        f"{code.name}: {details or 'no details'}",
+        code.name.lower(),
+    )
 
 
 class ChunkSources:
@@ -101,8 +104,14 @@ class ChunkSources:
 class Bridge:
     """Runs one session between ``socket`` and the gateway."""
 
-    def __init__(self, socket: web.WebSocketResponse, stub: music_pb2_grpc.MusicGenerationStub,
-                 api_key: str, *, rpc_timeout_s: float):
+    def __init__(
+        self,
+        socket: web.WebSocketResponse,
+        stub: music_pb2_grpc.MusicGenerationStub,
+        api_key: str,
+        *,
+        rpc_timeout_s: float,
+    ):
         self.socket = socket
         self.stub = stub
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
@@ -136,8 +145,11 @@ class Bridge:
         if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
             return None
         if message.type == WSMsgType.ERROR:  # aiohttp has closed with the code that fits (1009)
-            raise SessionEnded(self.socket.close_code or lyria.CLOSE_INVALID_PAYLOAD,
-                               f"bad frame: {self.socket.exception()}", "invalid_message")
+            raise SessionEnded(
+                self.socket.close_code or lyria.CLOSE_INVALID_PAYLOAD,
+                f"bad frame: {self.socket.exception()}",
+                "invalid_message",
+            )
         if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
             raise lyria.ProtocolError(f"unexpected frame type {message.type.name}")
         kind, value = lyria.parse_client_message(message.data)
@@ -152,13 +164,17 @@ class Bridge:
         if kind != "setup":
             raise lyria.ProtocolError(f"the first message must be setup, got {kind}")
         try:
-            models = await self.stub.ListModels(music_pb2.ListModelsRequest(),
-                                                metadata=self.metadata, timeout=self.rpc_timeout_s)
+            models = await self.stub.ListModels(
+                music_pb2.ListModelsRequest(), metadata=self.metadata, timeout=self.rpc_timeout_s
+            )
         except grpc.RpcError as err:
             raise _ended_by_rpc_error(err) from None
         model = lyria.model_name(setup, {m.name for m in models.models})
-        self._requests.put_nowait(music_pb2.StreamRequest(setup=music_pb2.SessionSetup(
-            model=model, encoding=music_pb2.PCM_S16LE)))
+        self._requests.put_nowait(
+            music_pb2.StreamRequest(
+                setup=music_pb2.SessionSetup(model=model, encoding=music_pb2.PCM_S16LE)
+            )
+        )
         call = self.stub.Stream(self._request_iterator(), metadata=self.metadata)
         responses = asyncio.create_task(self._forward_responses(call))
         client = asyncio.create_task(self._forward_client_messages())
@@ -209,12 +225,14 @@ class Bridge:
     async def _forward_response(self, response: music_pb2.StreamResponse) -> None:
         kind = response.WhichOneof("response")
         if kind == "started":
-            log.info("session %s started (model %s)", response.started.session_id,
-                     response.started.model)
+            log.info(
+                "session %s started (model %s)", response.started.session_id, response.started.model
+            )
             await self._send(lyria.setup_complete())
         elif kind == "chunk":
-            await self._send(lyria.audio_message(
-                response.chunk, self.sources.source_metadata(response.chunk)))
+            await self._send(
+                lyria.audio_message(response.chunk, self.sources.source_metadata(response.chunk))
+            )
             CHUNKS_SENT.inc()
         elif kind == "prompt_status":
             status = response.prompt_status

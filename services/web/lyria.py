@@ -29,8 +29,16 @@ from services.common.proto.mrt.v1 import music_pb2
 AUDIO_MIME_TYPE = f"audio/l16;rate={facts.SAMPLE_RATE_HZ};channels={facts.CHANNELS}"
 
 # Lyria config fields the served models have no control for: answered by a warning.
-UNSUPPORTED_CONFIG_FIELDS = ("bpm", "density", "brightness", "scale", "muteBass", "muteDrums",
-                             "onlyBassAndDrums", "musicGenerationMode")
+UNSUPPORTED_CONFIG_FIELDS = (
+    "bpm",
+    "density",
+    "brightness",
+    "scale",
+    "muteBass",
+    "muteDrums",
+    "onlyBassAndDrums",
+    "musicGenerationMode",
+)
 _SUPPORTED_CONFIG_FIELDS = ("temperature", "topK", "guidance", "seed")
 # Values that mean "not set" for the unsupported fields (the SDKs may send enum defaults).
 _UNSET_VALUES = (None, "SCALE_UNSPECIFIED", "MUSIC_GENERATION_MODE_UNSPECIFIED")
@@ -66,7 +74,7 @@ def close_reason(text: str) -> str:
     data = text.encode("utf-8")
     if len(data) <= _MAX_CLOSE_REASON_BYTES:
         return text
-    return data[:_MAX_CLOSE_REASON_BYTES - 3].decode("utf-8", errors="ignore") + "..."
+    return data[: _MAX_CLOSE_REASON_BYTES - 3].decode("utf-8", errors="ignore") + "..."
 
 
 def parse_client_message(text: str | bytes) -> tuple[str, Any]:
@@ -77,9 +85,11 @@ def parse_client_message(text: str | bytes) -> tuple[str, Any]:
     except (ValueError, UnicodeDecodeError) as err:
         raise ProtocolError(f"message is not JSON: {err}") from None
     if not isinstance(message, dict) or len(message) != 1:
-        raise ProtocolError("a message must be a JSON object with exactly one of setup, "
-                            "clientContent, musicGenerationConfig, playbackControl")
-    (kind, value), = message.items()
+        raise ProtocolError(
+            "a message must be a JSON object with exactly one of setup, "
+            "clientContent, musicGenerationConfig, playbackControl"
+        )
+    ((kind, value),) = message.items()
     if kind not in ("setup", "clientContent", "musicGenerationConfig", "playbackControl"):
         raise ProtocolError(f"unknown message {kind!r}")
     return kind, value
@@ -99,10 +109,12 @@ def model_name(setup: Any, cluster_models: set[str]) -> str:
 
 def playback_request(value: Any) -> music_pb2.StreamRequest:
     if value not in _PLAYBACK_ACTIONS:
-        raise ProtocolError(f"playbackControl must be one of {', '.join(_PLAYBACK_ACTIONS)}, "
-                            f"got {value!r}")
-    return music_pb2.StreamRequest(playback=music_pb2.PlaybackControl(
-        action=_PLAYBACK_ACTIONS[value]))
+        raise ProtocolError(
+            f"playbackControl must be one of {', '.join(_PLAYBACK_ACTIONS)}, got {value!r}"
+        )
+    return music_pb2.StreamRequest(
+        playback=music_pb2.PlaybackControl(action=_PLAYBACK_ACTIONS[value])
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,8 +142,12 @@ def prompts_request(content: Any) -> PromptUpdate:
         if not isinstance(prompt, dict):
             raise ProtocolError(f"{where} must be an object")
         weight = prompt.get("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
-                or not math.isfinite(weight) or weight <= 0:
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, (int, float))
+            or not math.isfinite(weight)
+            or weight <= 0
+        ):
             raise ProtocolError(f"{where}.weight must be a number > 0, got {weight!r}")
         if isinstance(prompt.get("text"), str):
             sources.append({"text": prompt["text"]})
@@ -148,10 +164,15 @@ def prompts_request(content: Any) -> PromptUpdate:
         weights.append(float(weight))
     total = sum(weights)
     normalized = [w / total for w in weights]
-    request = music_pb2.StreamRequest(prompts=music_pb2.PromptUpdate(prompts=[
-        music_pb2.WeightedPrompt(weight=w, **source) for w, source in zip(normalized, sources)]))
-    echo = {"weightedPrompts": [{"text": text, "weight": w}
-                                for text, w in zip(texts, normalized)]}
+    request = music_pb2.StreamRequest(
+        prompts=music_pb2.PromptUpdate(
+            prompts=[
+                music_pb2.WeightedPrompt(weight=w, **source)
+                for w, source in zip(normalized, sources)
+            ]
+        )
+    )
+    echo = {"weightedPrompts": [{"text": text, "weight": w} for text, w in zip(texts, normalized)]}
     return PromptUpdate(request, tuple(texts), echo)
 
 
@@ -173,47 +194,61 @@ def config_request(config: Any) -> ConfigUpdate:
     unknown = sorted(set(config) - set(_SUPPORTED_CONFIG_FIELDS) - set(UNSUPPORTED_CONFIG_FIELDS))
     if unknown:
         raise ProtocolError(f"musicGenerationConfig has unknown field(s) {', '.join(unknown)}")
-    unsupported = tuple(name for name in UNSUPPORTED_CONFIG_FIELDS
-                        if config.get(name) not in _UNSET_VALUES)
-    values = {"temperature": config.get("temperature", facts.DEFAULT_TEMPERATURE),
-              "topK": config.get("topK", facts.DEFAULT_TOP_K),
-              "guidance": config.get("guidance", facts.DEFAULT_GUIDANCE),
-              "seed": config.get("seed", secrets.randbits(31))}
+    unsupported = tuple(
+        name for name in UNSUPPORTED_CONFIG_FIELDS if config.get(name) not in _UNSET_VALUES
+    )
+    values = {
+        "temperature": config.get("temperature", facts.DEFAULT_TEMPERATURE),
+        "topK": config.get("topK", facts.DEFAULT_TOP_K),
+        "guidance": config.get("guidance", facts.DEFAULT_GUIDANCE),
+        "seed": config.get("seed", secrets.randbits(31)),
+    }
     for name in ("temperature", "guidance"):
         if isinstance(values[name], bool) or not isinstance(values[name], (int, float)):
             raise ProtocolError(f"musicGenerationConfig.{name} must be a number")
     for name in ("topK", "seed"):
         if isinstance(values[name], bool) or not isinstance(values[name], int):
             raise ProtocolError(f"musicGenerationConfig.{name} must be an integer")
-    if not -2**63 <= values["seed"] < 2**63 or not -2**31 <= values["topK"] < 2**31:
+    if not -(2**63) <= values["seed"] < 2**63 or not -(2**31) <= values["topK"] < 2**31:
         raise ProtocolError("musicGenerationConfig.seed or topK is out of range")
-    request = music_pb2.StreamRequest(config=music_pb2.GenerationConfig(
-        temperature=values["temperature"], top_k=values["topK"], guidance=values["guidance"],
-        seed=values["seed"]))
+    request = music_pb2.StreamRequest(
+        config=music_pb2.GenerationConfig(
+            temperature=values["temperature"],
+            top_k=values["topK"],
+            guidance=values["guidance"],
+            seed=values["seed"],
+        )
+    )
     echo = {name: config[name] for name in _SUPPORTED_CONFIG_FIELDS if name in config}
     return ConfigUpdate(request, unsupported, echo)
 
 
 def unsupported_warning(fields: tuple[str, ...]) -> dict[str, Any]:
-    return {"warning": f"this model cannot honour {', '.join(fields)}; "
-                       f"{'it is' if len(fields) == 1 else 'they are'} ignored"}
+    return {
+        "warning": f"this model cannot honour {', '.join(fields)}; "
+        f"{'it is' if len(fields) == 1 else 'they are'} ignored"
+    }
 
 
 def setup_complete() -> dict[str, Any]:
     return {"setupComplete": {}}
 
 
-def audio_message(chunk: music_pb2.AudioChunk,
-                  source_metadata: dict[str, Any] | None) -> dict[str, Any]:
-    audio: dict[str, Any] = {"data": base64.b64encode(chunk.data).decode("ascii"),
-                             "mimeType": AUDIO_MIME_TYPE}
+def audio_message(
+    chunk: music_pb2.AudioChunk, source_metadata: dict[str, Any] | None
+) -> dict[str, Any]:
+    audio: dict[str, Any] = {
+        "data": base64.b64encode(chunk.data).decode("ascii"),
+        "mimeType": AUDIO_MIME_TYPE,
+    }
     if source_metadata:
         audio["sourceMetadata"] = source_metadata
     return {"serverContent": {"audioChunks": [audio]}}
 
 
-def prompt_status_messages(status: music_pb2.PromptStatus,
-                           texts: tuple[str, ...]) -> list[dict[str, Any]]:
+def prompt_status_messages(
+    status: music_pb2.PromptStatus, texts: tuple[str, ...]
+) -> list[dict[str, Any]]:
     """A refused prompt update -> one filteredPrompt per refused prompt (or one for the update
     when no single prompt is to blame); an accepted one needs no message."""
     if status.accepted:
@@ -223,11 +258,13 @@ def prompt_status_messages(status: music_pb2.PromptStatus,
         match = _PROMPT_ERROR.fullmatch(error)
         index = int(match.group(1)) if match else -1
         text = texts[index] if 0 <= index < len(texts) else ""
-        messages.append({"filteredPrompt": {"text": text,
-                                            "filteredReason": match.group(2) if match else error}})
+        messages.append(
+            {"filteredPrompt": {"text": text, "filteredReason": match.group(2) if match else error}}
+        )
     if not messages:
-        messages.append({"filteredPrompt": {"text": "; ".join(texts),
-                                            "filteredReason": status.message}})
+        messages.append(
+            {"filteredPrompt": {"text": "; ".join(texts), "filteredReason": status.message}}
+        )
     return messages
 
 

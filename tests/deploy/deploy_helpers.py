@@ -18,12 +18,16 @@ K8S = DEPLOY / "k8s"
 OVERLAYS = ("local", "gpu", "tpu")
 RULES_FILE = DEPLOY / "prometheus" / "rules" / "mrt-alerts.yml"
 DASHBOARD_FILE = K8S / "components" / "monitoring" / "dashboards" / "mrt-overview.json"
-ADAPTER_VALUES_FILE = K8S / "components" / "generator-autoscaling" / "prometheus-adapter-values.yaml"
+ADAPTER_VALUES_FILE = (
+    K8S / "components" / "generator-autoscaling" / "prometheus-adapter-values.yaml"
+)
 SERVICES = ("gateway", "embedder", "generator")
 GRPC_PORT = {"gateway": 50051, "embedder": 50052, "generator": 50053}
 METRICS_PORT = {"gateway": 9091, "embedder": 9092, "generator": 9093}
 # Labels Prometheus attaches to every scraped series (deploy/metrics.txt does not list them).
-SCRAPE_LABELS = frozenset({"job", "instance", "namespace", "pod", "service", "endpoint", "container"})
+SCRAPE_LABELS = frozenset(
+    {"job", "instance", "namespace", "pod", "service", "endpoint", "container"}
+)
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 PROMQL_KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "inf", "nan", "atan2"})
 
@@ -35,7 +39,9 @@ def project_version() -> str:
 def tool(name: str) -> str:
     """The path of a command-line tool the tests need: on PATH, or beside this Python (a venv's bin/)."""
     found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-    assert found, f"{name} is not installed: run scripts/ci_system_deps.sh (or make setup for Python tools)"
+    assert found, (
+        f"{name} is not installed: run scripts/ci_system_deps.sh (or make setup for Python tools)"
+    )
     return found
 
 
@@ -68,7 +74,11 @@ class Metric:
         """The series names a query may use for this metric, each with the labels it carries."""
         own = set(self.labels)
         if self.type == "histogram":
-            return {self.name + "_bucket": own | {"le"}, self.name + "_sum": own, self.name + "_count": own}
+            return {
+                self.name + "_bucket": own | {"le"},
+                self.name + "_sum": own,
+                self.name + "_count": own,
+            }
         return {self.name: own}
 
 
@@ -92,7 +102,9 @@ def load_metrics(path: Path = DEPLOY / "metrics.txt") -> dict[str, Metric]:
 
 def series_catalogue(metrics: dict[str, Metric]) -> dict[str, tuple[Metric, set[str]]]:
     """Every series name queries may use -> (its metric, the labels it carries besides scrape labels)."""
-    return {series: (m, labels) for m in metrics.values() for series, labels in m.series_names().items()}
+    return {
+        series: (m, labels) for m in metrics.values() for series, labels in m.series_names().items()
+    }
 
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
@@ -115,8 +127,13 @@ def series_in(expr: str) -> set[str]:
     names = set()
     for match in _IDENT.finditer(text):
         before = text[match.start() - 1] if match.start() else " "
-        after = text[match.end():].lstrip()
-        if before.isdigit() or before in ".$" or after.startswith("(") or match.group() in PROMQL_KEYWORDS:
+        after = text[match.end() :].lstrip()
+        if (
+            before.isdigit()
+            or before in ".$"
+            or after.startswith("(")
+            or match.group() in PROMQL_KEYWORDS
+        ):
             continue  # a number's exponent or unit, a variable, a function / aggregation, an operator
         names.add(match.group())
     return names
@@ -135,7 +152,11 @@ def grouping_labels(expr: str) -> set[str]:
     """Labels named in by / without / on / ignoring / group_* lists (templates left out)."""
     labels = set()
     for group in _GROUPING.finditer(_STRING.sub('""', expr)):
-        labels |= {label.strip() for label in group.group(1).split(",") if label.strip() and "<<" not in label}
+        labels |= {
+            label.strip()
+            for label in group.group(1).split(",")
+            if label.strip() and "<<" not in label
+        }
     return labels
 
 
@@ -144,4 +165,9 @@ def alert_rule_groups() -> list[dict]:
 
 
 def recording_rule_names() -> set[str]:
-    return {rule["record"] for group in alert_rule_groups() for rule in group["rules"] if "record" in rule}
+    return {
+        rule["record"]
+        for group in alert_rule_groups()
+        for rule in group["rules"]
+        if "record" in rule
+    }

@@ -13,7 +13,9 @@ UNIT_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 
 
 def alert_names() -> list[str]:
-    return [rule["alert"] for group in alert_rule_groups() for rule in group["rules"] if "alert" in rule]
+    return [
+        rule["alert"] for group in alert_rule_groups() for rule in group["rules"] if "alert" in rule
+    ]
 
 
 def test_promtool_accepts_the_rules():
@@ -23,7 +25,9 @@ def test_promtool_accepts_the_rules():
 
 def test_promtool_unit_tests_pass():
     assert UNIT_TESTS
-    output = run([tool("promtool"), "test", "rules", *map(str, UNIT_TESTS)], cwd=PROMETHEUS_DIR).stdout
+    output = run(
+        [tool("promtool"), "test", "rules", *map(str, UNIT_TESTS)], cwd=PROMETHEUS_DIR
+    ).stdout
     assert output.count("SUCCESS") == len(UNIT_TESTS)
 
 
@@ -41,31 +45,44 @@ def test_every_alert_is_tested_firing_and_quiet():
 
 
 def test_the_required_alerts_exist_with_severity_and_summary():
-    assert {"MrtBufferUnderrunRateHigh", "MrtGeneratorSlowerThanRealTime", "MrtNoGeneratorCapacity",
-            "MrtSessionErrorRatioHigh", "MrtRpcErrorRatioHigh", "MrtServiceDown"} <= set(alert_names())
+    assert {
+        "MrtBufferUnderrunRateHigh",
+        "MrtGeneratorSlowerThanRealTime",
+        "MrtNoGeneratorCapacity",
+        "MrtSessionErrorRatioHigh",
+        "MrtRpcErrorRatioHigh",
+        "MrtServiceDown",
+    } <= set(alert_names())
     for group in alert_rule_groups():
         for rule in group["rules"]:
             if "alert" in rule:
                 assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
-                assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
+                assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule[
+                    "alert"
+                ]
 
 
 def test_prometheusrule_is_rendered_from_the_rules_file():
-    spec = importlib.util.spec_from_file_location("render_prometheusrule", PROMETHEUS_DIR / "render_prometheusrule.py")
+    spec = importlib.util.spec_from_file_location(
+        "render_prometheusrule", PROMETHEUS_DIR / "render_prometheusrule.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     committed = (K8S / "components" / "monitoring" / "prometheusrule.yaml").read_text()
     assert committed == module.render(), (
         "prometheusrule.yaml is stale: python deploy/prometheus/render_prometheusrule.py "
-        "> deploy/k8s/components/monitoring/prometheusrule.yaml")
+        "> deploy/k8s/components/monitoring/prometheusrule.yaml"
+    )
 
 
 def test_standalone_prometheus_scrapes_the_loopback_cluster():
     config_file = PROMETHEUS_DIR / "prometheus.yml"
     run([tool("promtool"), "check", "config", str(config_file)])
     config = yaml.safe_load(config_file.read_text())
-    targets = {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
-               for job in config["scrape_configs"]}
+    targets = {
+        job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
+        for job in config["scrape_configs"]
+    }
     assert targets == {job: [f"127.0.0.1:{port}"] for job, port in METRICS_PORT.items()}
     assert (config_file.parent / config["rule_files"][0]).resolve() == RULES_FILE
 
@@ -82,7 +99,9 @@ def test_in_cluster_prometheus_config_is_valid(tmp_path):
     checked = tmp_path / "prometheus.yml"
     checked.write_text(yaml.safe_dump(config))
     run([tool("promtool"), "check", "config", str(checked)])
-    relabelled = {r["target_label"]: r["source_labels"] for r in job["relabel_configs"] if "target_label" in r}
+    relabelled = {
+        r["target_label"]: r["source_labels"] for r in job["relabel_configs"] if "target_label" in r
+    }
     assert relabelled["job"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_component"]
     assert relabelled["namespace"] == ["__meta_kubernetes_namespace"]
     assert relabelled["pod"] == ["__meta_kubernetes_pod_name"]

@@ -33,7 +33,11 @@ BUILD_TIMEOUT_S = 1800
 CONTAINER_ASSETS_DIR = "/assets"
 TEST_FILE_PREFIXES = ("test_", "conftest")
 # The large frameworks an image must not carry: the gateway serves no model, the embedder's is TensorFlow.
-NOT_CARRIED = {"gateway": ("tensorflow", "jax", "jaxlib"), "embedder": ("jax", "jaxlib"), "generator": ()}
+NOT_CARRIED = {
+    "gateway": ("tensorflow", "jax", "jaxlib"),
+    "embedder": ("jax", "jaxlib"),
+    "generator": (),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,9 +49,12 @@ class Storage:
     env: dict[str, str]
 
     def buildah(self, *args: str) -> str:
-        proc = subprocess.run(["buildah", *args], env=self.env, capture_output=True, text=True,
-                              timeout=300)
-        assert proc.returncode == 0, f"buildah {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+        proc = subprocess.run(
+            ["buildah", *args], env=self.env, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, (
+            f"buildah {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+        )
         return proc.stdout.strip()
 
 
@@ -69,8 +76,10 @@ def image_name(service: str) -> str:
 def storage() -> Iterator[Storage]:
     missing = [tool for tool in ("buildah", "mmdebstrap") if shutil.which(tool) is None]
     if missing:
-        pytest.skip(f"{' and '.join(missing)} not installed: the image test builds with buildah "
-                    "from a Debian base made by mmdebstrap (scripts/ci_system_deps.sh installs both)")
+        pytest.skip(
+            f"{' and '.join(missing)} not installed: the image test builds with buildah "
+            "from a Debian base made by mmdebstrap (scripts/ci_system_deps.sh installs both)"
+        )
     sources = subprocess.run(["bash", IMAGES_SCRIPT, "sources"], capture_output=True, text=True)
     if sources.returncode != 0:
         pytest.skip(f"no Debian apt sources to make the base image from: {sources.stderr.strip()}")
@@ -78,10 +87,19 @@ def storage() -> Iterator[Storage]:
     root = Path(tempfile.mkdtemp(prefix="mrt-images-"))
     (root / "tmp").mkdir()
     conf = root / "storage.conf"
-    conf.write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{root}/graph"\nrunroot = "{root}/run"\n')
-    env = dict(os.environ, CONTAINERS_STORAGE_CONF=str(conf), TMPDIR=str(root / "tmp"),
-               CONTAINER_TOOL="buildah", PYTHON_IMAGE=BASE_IMAGE, VERSION=project_version(),
-               REGISTRY="localhost/", ACCELERATOR="cpu")
+    conf.write_text(
+        f'[storage]\ndriver = "vfs"\ngraphroot = "{root}/graph"\nrunroot = "{root}/run"\n'
+    )
+    env = dict(
+        os.environ,
+        CONTAINERS_STORAGE_CONF=str(conf),
+        TMPDIR=str(root / "tmp"),
+        CONTAINER_TOOL="buildah",
+        PYTHON_IMAGE=BASE_IMAGE,
+        VERSION=project_version(),
+        REGISTRY="localhost/",
+        ACCELERATOR="cpu",
+    )
     try:
         yield Storage(root, env)
     finally:
@@ -93,9 +111,17 @@ def run_images_script(storage: Storage, log: Path, *args: str) -> float:
     """Run scripts/images.sh in the test's storage, its output to ``log``; its duration in seconds."""
     started = time.monotonic()
     with log.open("w") as out:
-        proc = subprocess.run(["bash", IMAGES_SCRIPT, *args], env=storage.env, stdout=out,
-                              stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT_S, cwd=ROOT)
-    assert proc.returncode == 0, f"scripts/images.sh {' '.join(args)} failed:\n{log.read_text()[-4000:]}"
+        proc = subprocess.run(
+            ["bash", IMAGES_SCRIPT, *args],
+            env=storage.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=BUILD_TIMEOUT_S,
+            cwd=ROOT,
+        )
+    assert proc.returncode == 0, (
+        f"scripts/images.sh {' '.join(args)} failed:\n{log.read_text()[-4000:]}"
+    )
     return time.monotonic() - started
 
 
@@ -123,8 +149,13 @@ def images(storage: Storage, tmp_path_factory) -> dict[str, Image]:
         seconds = run_images_script(storage, log_dir / f"{service}.log", "build", service)
         container = storage.buildah("from", "--quiet", image_name(service))
         rootfs = Path(storage.buildah("mount", container))
-        built[service] = Image(image_name(service), image_size_bytes(storage, image_name(service)),
-                               seconds, container, rootfs)
+        built[service] = Image(
+            image_name(service),
+            image_size_bytes(storage, image_name(service)),
+            seconds,
+            container,
+            rootfs,
+        )
     return built
 
 
@@ -132,15 +163,21 @@ def images(storage: Storage, tmp_path_factory) -> dict[str, Image]:
 def test_image_runs_as_non_root_and_carries_no_tests_or_caches(images, storage, service, capsys):
     image = images[service]
     with capsys.disabled():  # the sizes docs/deploy.md states, in the CI log
-        print(f"\n{image.name}: {image.size_bytes / 1e6:.0f} MB, built in {image.build_seconds:.0f} s")
+        print(
+            f"\n{image.name}: {image.size_bytes / 1e6:.0f} MB, built in {image.build_seconds:.0f} s"
+        )
     assert image_config(storage, image.name)["User"] == "10001:10001"
-    assert storage.buildah("run", "--isolation", "chroot", image.container, "--", "id", "-u") == "10001"
+    assert (
+        storage.buildah("run", "--isolation", "chroot", image.container, "--", "id", "-u")
+        == "10001"
+    )
 
     (site_packages,) = image.rootfs.glob("opt/venv/lib/python3*/site-packages")
     project = site_packages / "services"
     assert (project / service / "__main__.py").is_file()
-    test_code = [p for p in project.rglob("*")
-                 if p.name == "tests" or p.name.startswith(TEST_FILE_PREFIXES)]
+    test_code = [
+        p for p in project.rglob("*") if p.name == "tests" or p.name.startswith(TEST_FILE_PREFIXES)
+    ]
     assert not test_code, f"test code in the image: {test_code}"
     for leftover in ("src", "tmp/requirements", "tests", "root/.cache", "tmp/.cache"):
         assert not (image.rootfs / leftover).exists(), f"{leftover} is in the {service} image"
@@ -156,10 +193,22 @@ def container_spec(storage: Storage, image: Image, assets: Path, spec: ServiceSp
     the image's entrypoint with the same flags, on the host network, the assets volume mounted."""
     entrypoint = image_config(storage, image.name)["Entrypoint"]
     flags = spec.argv[3:]  # after "python -m services.<name>"
-    argv = ("env", f"CONTAINERS_STORAGE_CONF={storage.env['CONTAINERS_STORAGE_CONF']}",
-            "buildah", "run", "--isolation", "chroot", "--network", "host",
-            "--volume", f"{assets}:{CONTAINER_ASSETS_DIR}", image.container, "--",
-            *entrypoint, *flags)
+    argv = (
+        "env",
+        f"CONTAINERS_STORAGE_CONF={storage.env['CONTAINERS_STORAGE_CONF']}",
+        "buildah",
+        "run",
+        "--isolation",
+        "chroot",
+        "--network",
+        "host",
+        "--volume",
+        f"{assets}:{CONTAINER_ASSETS_DIR}",
+        image.container,
+        "--",
+        *entrypoint,
+        *flags,
+    )
     return dataclasses.replace(spec, argv=argv)
 
 
@@ -167,9 +216,16 @@ def test_audio_streams_through_the_three_containers(images, storage, tmp_path):
     assets = tmp_path / "assets"
     assets.mkdir()
     assets.chmod(0o777)  # the services run as user 10001 and build the tiny model's files here
-    config = ClusterConfig(model="tiny", embedder_model="tiny", assets_dir=CONTAINER_ASSETS_DIR,
-                           log_dir=tmp_path / "logs", ready_timeout_s=600).with_free_ports()
-    specs = [container_spec(storage, images[spec.role], assets, spec) for spec in config.service_specs()]
+    config = ClusterConfig(
+        model="tiny",
+        embedder_model="tiny",
+        assets_dir=CONTAINER_ASSETS_DIR,
+        log_dir=tmp_path / "logs",
+        ready_timeout_s=600,
+    ).with_free_ports()
+    specs = [
+        container_spec(storage, images[spec.role], assets, spec) for spec in config.service_specs()
+    ]
     with Cluster(config, specs=specs) as cluster:
         client = StreamClient(cluster.gateway_address)
         try:

@@ -43,20 +43,36 @@ def test_dockerfiles_pass_hadolint():
 def test_image_runs_the_service_as_non_root_from_a_pinned_base(service):
     commands = instructions(service)
     base = next(c for c in commands if c.cmd == "ARG" and c.value[0].startswith("PYTHON_IMAGE="))
-    assert PINNED_BASE.match(base.value[0].split("=", 1)[1]), "base image must be an exact tag and digest"
+    assert PINNED_BASE.match(base.value[0].split("=", 1)[1]), (
+        "base image must be an exact tag and digest"
+    )
     assert all(c.value[0].startswith("${PYTHON_IMAGE}") for c in commands if c.cmd == "FROM")
     final = final_stage(commands)
     (user,) = [c for c in final if c.cmd == "USER"]
     uid = user.value[0].split(":")[0]
-    assert uid.isdigit() and int(uid) >= 10000, "run as a numeric non-root user (Kubernetes runAsNonRoot)"
+    assert uid.isdigit() and int(uid) >= 10000, (
+        "run as a numeric non-root user (Kubernetes runAsNonRoot)"
+    )
     (entrypoint,) = [c for c in final if c.cmd == "ENTRYPOINT"]
     assert entrypoint.json and list(entrypoint.value) == ["python", "-m", f"services.{service}"]
     exposed = {int(port) for c in final if c.cmd == "EXPOSE" for port in c.value}
     assert exposed == {GRPC_PORT[service], METRICS_PORT[service]}
-    env = {c.value[i]: c.value[i + 1] for c in final if c.cmd == "ENV" for i in range(0, len(c.value), 2)}
-    assert env["MRT_PORT"] == str(GRPC_PORT[service]) and env["MRT_METRICS_PORT"] == str(METRICS_PORT[service])
-    installs = " ".join(c.original for c in commands if c.cmd == "RUN" and "pip install" in c.original)
-    assert f"-r /tmp/requirements/{service}.txt" in installs and "-c /tmp/requirements/requirements.lock" in installs
+    env = {
+        c.value[i]: c.value[i + 1]
+        for c in final
+        if c.cmd == "ENV"
+        for i in range(0, len(c.value), 2)
+    }
+    assert env["MRT_PORT"] == str(GRPC_PORT[service]) and env["MRT_METRICS_PORT"] == str(
+        METRICS_PORT[service]
+    )
+    installs = " ".join(
+        c.original for c in commands if c.cmd == "RUN" and "pip install" in c.original
+    )
+    assert (
+        f"-r /tmp/requirements/{service}.txt" in installs
+        and "-c /tmp/requirements/requirements.lock" in installs
+    )
 
 
 def test_generator_image_selects_the_accelerator_runtime():
@@ -69,15 +85,23 @@ def test_generator_image_selects_the_accelerator_runtime():
     for accelerator in ("cuda12", "tpu"):
         runtime = requirement_lines(REQUIREMENTS / f"generator-{accelerator}.txt")
         assert any(r.name == "jax" and r.extras == {accelerator} for r in runtime), accelerator
-        assert all(r.specifier or r.name == "jax" for r in runtime), f"pin every {accelerator} runtime package"
+        assert all(r.specifier or r.name == "jax" for r in runtime), (
+            f"pin every {accelerator} runtime package"
+        )
 
 
 def test_image_requirements_are_pinned_by_the_lock():
-    locked = {canonicalize_name(Requirement(line).name) for line in (ROOT / "requirements.lock").read_text().splitlines()
-              if "==" in line}
+    locked = {
+        canonicalize_name(Requirement(line).name)
+        for line in (ROOT / "requirements.lock").read_text().splitlines()
+        if "==" in line
+    }
     for path in REQUIREMENTS.glob("*.txt"):
         for requirement in requirement_lines(path):
-            assert canonicalize_name(requirement.name) in locked or requirement.specifier, (path.name, requirement.name)
+            assert canonicalize_name(requirement.name) in locked or requirement.specifier, (
+                path.name,
+                requirement.name,
+            )
 
 
 def imported_modules(service: str) -> set[str]:
@@ -98,7 +122,10 @@ def imported_modules(service: str) -> set[str]:
             elif isinstance(node, ast.ImportFrom):
                 module = node.module or ""
                 if node.level:
-                    module = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([module] if module else []))
+                    module = ".".join(
+                        package.split(".")[: len(package.split(".")) - node.level + 1]
+                        + ([module] if module else [])
+                    )
                 names = [module] + [f"{module}.{alias.name}" for alias in node.names]
             else:
                 continue
@@ -157,7 +184,9 @@ def installed_closure(requirements: list[Requirement]) -> set[str]:
 def test_image_installs_what_the_service_imports(service):
     needed = {d for d in map(distribution_of, imported_modules(service)) if d}
     installed = installed_closure(requirement_lines(REQUIREMENTS / f"{service}.txt"))
-    assert needed <= installed, f"add to deploy/docker/requirements/{service}.txt: {sorted(needed - installed)}"
+    assert needed <= installed, (
+        f"add to deploy/docker/requirements/{service}.txt: {sorted(needed - installed)}"
+    )
 
 
 def test_import_scan_follows_project_imports():

@@ -54,17 +54,29 @@ def config_env(objects: list[dict], container_spec: dict) -> dict[str, str]:
 def test_overlay_objects_pass_the_kubernetes_schemas(rendered, overlay):
     objects = rendered[overlay]
     assert {o["kind"] for o in objects} >= {
-        "Namespace", "Deployment", "Service", "ConfigMap", "ServiceAccount", "PersistentVolumeClaim",
-        "Job", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor",
-        "PrometheusRule"}
+        "Namespace",
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "ServiceAccount",
+        "PersistentVolumeClaim",
+        "Job",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "ServiceMonitor",
+        "PrometheusRule",
+    }
     unique = {json.dumps(o, sort_keys=True): o for o in objects if o["kind"] not in CUSTOM_KINDS}
     for obj in unique.values():
         for version in KUBERNETES_VERSIONS:
             try:
                 kubernetes_validate.validate(obj, version, strict=True)
             except kubernetes_validate.ValidationError as error:
-                pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} is invalid on Kubernetes {version}: "
-                            f"{error.message} at {'/'.join(map(str, error.path))}")
+                pytest.fail(
+                    f"{obj['kind']}/{obj['metadata']['name']} is invalid on Kubernetes {version}: "
+                    f"{error.message} at {'/'.join(map(str, error.path))}"
+                )
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -93,11 +105,18 @@ def test_every_object_has_the_recommended_labels_and_namespace(rendered, overlay
 def test_images_carry_the_project_version(rendered, overlay):
     version = project_version()
     accelerator = {"local": "cpu", "gpu": "cuda12", "tpu": "tpu"}[overlay]
-    expected = {"gateway": f"mrt-gateway:{version}", "embedder": f"mrt-embedder:{version}",
-                "generator": f"mrt-generator:{version}-{accelerator}"}
+    expected = {
+        "gateway": f"mrt-gateway:{version}",
+        "embedder": f"mrt-embedder:{version}",
+        "generator": f"mrt-generator:{version}-{accelerator}",
+    }
     for service in SERVICES:
         deployment = find(rendered[overlay], "Deployment", service)
-        images = {c["image"] for c in pod_spec(deployment)["containers"] + pod_spec(deployment).get("initContainers", [])}
+        images = {
+            c["image"]
+            for c in pod_spec(deployment)["containers"]
+            + pod_spec(deployment).get("initContainers", [])
+        }
         assert images == {expected[service]}, service
     job = find(rendered[overlay], "Job", "mrt-assets-fill")
     assert pod_spec(job)["containers"][0]["image"] == expected["generator"]
@@ -130,10 +149,16 @@ def test_services_listen_where_probes_and_scrapers_look(rendered, overlay, servi
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"grpc": GRPC_PORT[service], "metrics": METRICS_PORT[service]}
     env = config_env(objects, c)
-    assert env["MRT_PORT"] == str(GRPC_PORT[service]) and env["MRT_METRICS_PORT"] == str(METRICS_PORT[service])
+    assert env["MRT_PORT"] == str(GRPC_PORT[service]) and env["MRT_METRICS_PORT"] == str(
+        METRICS_PORT[service]
+    )
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert c[probe]["grpc"]["port"] == GRPC_PORT[service], probe  # the standard gRPC health service
-    annotations = find(objects, "Deployment", service)["spec"]["template"]["metadata"]["annotations"]
+        assert c[probe]["grpc"]["port"] == GRPC_PORT[service], (
+            probe
+        )  # the standard gRPC health service
+    annotations = find(objects, "Deployment", service)["spec"]["template"]["metadata"][
+        "annotations"
+    ]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/port"] == str(METRICS_PORT[service])
 
@@ -149,15 +174,21 @@ def test_gateway_finds_embedder_and_every_generator_pod(rendered, overlay):
     assert namespace == NAMESPACE and port == str(GRPC_PORT["generator"])
     headless = find(objects, "Service", service_name)
     assert headless["spec"]["clusterIP"] == "None"
-    generator_pods = find(objects, "Deployment", "generator")["spec"]["template"]["metadata"]["labels"]
+    generator_pods = find(objects, "Deployment", "generator")["spec"]["template"]["metadata"][
+        "labels"
+    ]
     assert headless["spec"]["selector"].items() <= generator_pods.items()
     assert GRPC_PORT["generator"] in {p["port"] for p in headless["spec"]["ports"]}
 
     host, port = env["MRT_EMBEDDER_ADDRESS"].rsplit(":", 1)
     service_name, namespace = host.removesuffix(".svc.cluster.local").split(".")
     assert namespace == NAMESPACE and port == str(GRPC_PORT["embedder"])
-    embedder_pods = find(objects, "Deployment", "embedder")["spec"]["template"]["metadata"]["labels"]
-    assert find(objects, "Service", service_name)["spec"]["selector"].items() <= embedder_pods.items()
+    embedder_pods = find(objects, "Deployment", "embedder")["spec"]["template"]["metadata"][
+        "labels"
+    ]
+    assert (
+        find(objects, "Service", service_name)["spec"]["selector"].items() <= embedder_pods.items()
+    )
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -182,7 +213,11 @@ def test_model_files_come_from_one_volume_filled_by_the_job(rendered, overlay):
         volumes = {v["name"]: v for v in spec["volumes"]}
         mounts = [m for m in c["volumeMounts"] if "persistentVolumeClaim" in volumes[m["name"]]]
         assert len(mounts) == 1
-        return mounts[0]["mountPath"], mounts[0], volumes[mounts[0]["name"]]["persistentVolumeClaim"]["claimName"]
+        return (
+            mounts[0]["mountPath"],
+            mounts[0],
+            volumes[mounts[0]["name"]]["persistentVolumeClaim"]["claimName"],
+        )
 
     job_path, _, claim = assets_mount(pod_spec(job), job_container)
     assert job_env["MRT_ASSETS_DIR"] == job_path
@@ -211,7 +246,9 @@ def test_overlays_pick_model_and_accelerator(rendered):
     c, env, spec = generator("gpu")
     assert env["MRT_MODEL"] == "large"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec[
+        "tolerations"
+    ]
 
     c, env, spec = generator("tpu")
     assert env["MRT_MODEL"] == "large"
@@ -221,13 +258,19 @@ def test_overlays_pick_model_and_accelerator(rendered):
 
     for overlay in ("gpu", "tpu"):
         claim = find(rendered[overlay], "PersistentVolumeClaim", "mrt-assets")
-        assert claim["spec"]["accessModes"] == ["ReadWriteMany"], overlay  # pods on many nodes read it
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"], (
+            overlay
+        )  # pods on many nodes read it
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_autoscalers_and_disruption_budgets_cover_the_deployments(rendered, overlay):
     objects = rendered[overlay]
-    hpas = {o["spec"]["scaleTargetRef"]["name"]: o for o in objects if o["kind"] == "HorizontalPodAutoscaler"}
+    hpas = {
+        o["spec"]["scaleTargetRef"]["name"]: o
+        for o in objects
+        if o["kind"] == "HorizontalPodAutoscaler"
+    }
     for service in ("gateway", "embedder"):
         metric = hpas[service]["spec"]["metrics"][0]
         assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
@@ -237,14 +280,24 @@ def test_autoscalers_and_disruption_budgets_cover_the_deployments(rendered, over
         metric = hpas["generator"]["spec"]["metrics"][0]
         assert metric["type"] == "Pods"
         assert metric["pods"]["metric"]["name"] == "mrt_generator_session_utilization"
-        adapter = yaml.safe_load((K8S / "components" / "generator-autoscaling" / "prometheus-adapter-values.yaml").read_text())
-        assert [r["name"]["as"] for r in adapter["rules"]["custom"]] == ["mrt_generator_session_utilization"]
+        adapter = yaml.safe_load(
+            (
+                K8S / "components" / "generator-autoscaling" / "prometheus-adapter-values.yaml"
+            ).read_text()
+        )
+        assert [r["name"]["as"] for r in adapter["rules"]["custom"]] == [
+            "mrt_generator_session_utilization"
+        ]
     for target in hpas:
         find(objects, "Deployment", target)
     for service in SERVICES:
         pod_labels = find(objects, "Deployment", service)["spec"]["template"]["metadata"]["labels"]
-        budgets = [o for o in objects if o["kind"] == "PodDisruptionBudget"
-                   and o["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()]
+        budgets = [
+            o
+            for o in objects
+            if o["kind"] == "PodDisruptionBudget"
+            and o["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+        ]
         assert len(budgets) == 1, service
 
 
@@ -254,8 +307,12 @@ def test_service_monitor_scrapes_each_service_once(rendered, overlay):
     monitor = find(objects, "ServiceMonitor", "mrt")
     (expression,) = monitor["spec"]["selector"]["matchExpressions"]
     assert expression["operator"] == "In"
-    selected = [s for s in objects if s["kind"] == "Service"
-                and s["metadata"]["labels"].get(expression["key"]) in expression["values"]]
+    selected = [
+        s
+        for s in objects
+        if s["kind"] == "Service"
+        and s["metadata"]["labels"].get(expression["key"]) in expression["values"]
+    ]
     (endpoint,) = monitor["spec"]["endpoints"]
     jobs = {}
     for service in selected:
@@ -273,7 +330,9 @@ def test_monitoring_objects_are_the_committed_rules_and_dashboard(rendered, over
     assert rule["spec"]["groups"] == source["groups"]
     dashboard = find(objects, "ConfigMap", "mrt-grafana-dashboard")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert json.loads(dashboard["data"]["mrt-overview.json"]) == json.loads(DASHBOARD_FILE.read_text())
+    assert json.loads(dashboard["data"]["mrt-overview.json"]) == json.loads(
+        DASHBOARD_FILE.read_text()
+    )
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -298,7 +357,12 @@ def test_several_gateways_share_a_redis_session_store_they_may_reach(rendered, o
     redis_service = find(objects, "Service", "redis")
     assert redis_service["spec"]["ports"][0]["port"] == 6379
     egress = find(objects, "NetworkPolicy", "gateway")["spec"]["egress"]
-    assert any(rule["to"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "mrt-redis"}
-               and rule["ports"][0]["port"] == 6379 for rule in egress)
+    assert any(
+        rule["to"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "mrt-redis"}
+        and rule["ports"][0]["port"] == 6379
+        for rule in egress
+    )
     ingress = find(objects, "NetworkPolicy", "redis")["spec"]["ingress"]
-    assert ingress[0]["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "mrt-gateway"}
+    assert ingress[0]["from"][0]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "mrt-gateway"
+    }

@@ -25,12 +25,26 @@ def pods(objects: list[dict]) -> dict[str, Pod]:
     """Our pods as the overlay labels them, and pods elsewhere that talk to them."""
     ours = {o["metadata"]["name"]: o for o in objects if o["kind"] in ("Deployment", "Job")}
     mrt = {"kubernetes.io/metadata.name": "mrt"}
-    found = {name: Pod(name, "mrt", o["spec"]["template"]["metadata"]["labels"], mrt) for name, o in ours.items()}
+    found = {
+        name: Pod(name, "mrt", o["spec"]["template"]["metadata"]["labels"], mrt)
+        for name, o in ours.items()
+    }
     monitoring = {"kubernetes.io/metadata.name": "monitoring"}
-    found["client"] = Pod("client", "default", {"app": "player"}, {"kubernetes.io/metadata.name": "default"})
-    found["prometheus"] = Pod("prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"}, monitoring)
-    found["grafana"] = Pod("grafana", "monitoring", {"app.kubernetes.io/name": "grafana"}, monitoring)
-    found["kube-dns"] = Pod("kube-dns", "kube-system", {"k8s-app": "kube-dns"}, {"kubernetes.io/metadata.name": "kube-system"})
+    found["client"] = Pod(
+        "client", "default", {"app": "player"}, {"kubernetes.io/metadata.name": "default"}
+    )
+    found["prometheus"] = Pod(
+        "prometheus", "monitoring", {"app.kubernetes.io/name": "prometheus"}, monitoring
+    )
+    found["grafana"] = Pod(
+        "grafana", "monitoring", {"app.kubernetes.io/name": "grafana"}, monitoring
+    )
+    found["kube-dns"] = Pod(
+        "kube-dns",
+        "kube-system",
+        {"k8s-app": "kube-dns"},
+        {"kubernetes.io/metadata.name": "kube-system"},
+    )
     return found
 
 
@@ -50,9 +64,13 @@ def peer_matches(peer: dict, policy_namespace: str, pod: Pod) -> bool:
     return selects(peer.get("podSelector", {}), pod.labels)
 
 
-def rule_allows(rule: dict, peers_key: str, policy_namespace: str, peer: Pod, port: int, protocol: str) -> bool:
+def rule_allows(
+    rule: dict, peers_key: str, policy_namespace: str, peer: Pod, port: int, protocol: str
+) -> bool:
     ports = rule.get("ports")
-    if ports is not None and not any(p["port"] == port and p.get("protocol", "TCP") == protocol for p in ports):
+    if ports is not None and not any(
+        p["port"] == port and p.get("protocol", "TCP") == protocol for p in ports
+    ):
         return False
     peers = rule.get(peers_key)
     return peers is None or any(peer_matches(p, policy_namespace, peer) for p in peers)
@@ -60,25 +78,42 @@ def rule_allows(rule: dict, peers_key: str, policy_namespace: str, peer: Pod, po
 
 def allowed(policies: list[dict], src: Pod, dst: Pod, port: int, protocol: str = "TCP") -> bool:
     """Whether Kubernetes lets src open a connection to dst:port under these policies."""
-    def direction_allows(pod: Pod, policy_type: str, rules_key: str, peers_key: str, peer: Pod) -> bool:
-        applying = [p for p in policies if pod.namespace == p["metadata"]["namespace"]
-                    and policy_type in p["spec"]["policyTypes"] and selects(p["spec"]["podSelector"], pod.labels)]
+
+    def direction_allows(
+        pod: Pod, policy_type: str, rules_key: str, peers_key: str, peer: Pod
+    ) -> bool:
+        applying = [
+            p
+            for p in policies
+            if pod.namespace == p["metadata"]["namespace"]
+            and policy_type in p["spec"]["policyTypes"]
+            and selects(p["spec"]["podSelector"], pod.labels)
+        ]
         if not applying:
             return True  # a pod no policy selects is open in that direction
-        return any(rule_allows(rule, peers_key, p["metadata"]["namespace"], peer, port, protocol)
-                   for p in applying for rule in p["spec"].get(rules_key, []))
+        return any(
+            rule_allows(rule, peers_key, p["metadata"]["namespace"], peer, port, protocol)
+            for p in applying
+            for rule in p["spec"].get(rules_key, [])
+        )
 
-    return (direction_allows(src, "Egress", "egress", "to", dst)
-            and direction_allows(dst, "Ingress", "ingress", "from", src))
+    return direction_allows(src, "Egress", "egress", "to", dst) and direction_allows(
+        dst, "Ingress", "ingress", "from", src
+    )
 
 
 def design_paths(everyone: dict[str, Pod]) -> set[tuple[str, str, int]]:
     """Clients (any pod outside the namespace) -> gateway, gateway -> embedder and generator,
     Prometheus -> every metrics port."""
     clients = {name for name, pod in everyone.items() if pod.namespace != "mrt"}
-    return ({(client, "gateway", GRPC_PORT["gateway"]) for client in clients}
-            | {("gateway", "embedder", GRPC_PORT["embedder"]), ("gateway", "generator", GRPC_PORT["generator"])}
-            | {("prometheus", service, METRICS_PORT[service]) for service in SERVICES})
+    return (
+        {(client, "gateway", GRPC_PORT["gateway"]) for client in clients}
+        | {
+            ("gateway", "embedder", GRPC_PORT["embedder"]),
+            ("gateway", "generator", GRPC_PORT["generator"]),
+        }
+        | {("prometheus", service, METRICS_PORT[service]) for service in SERVICES}
+    )
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -101,5 +136,7 @@ def test_egress_is_dns_plus_the_assets_download(rendered, overlay):
     for name in (*SERVICES, "mrt-assets-fill"):
         assert allowed(policies, everyone[name], everyone["kube-dns"], 53, "UDP"), name
         assert allowed(policies, everyone[name], OUTSIDE, 443) == (name == "mrt-assets-fill"), name
-    assert not allowed(policies, everyone["embedder"], everyone["generator"], GRPC_PORT["generator"])
+    assert not allowed(
+        policies, everyone["embedder"], everyone["generator"], GRPC_PORT["generator"]
+    )
     find(rendered[overlay], "NetworkPolicy", "default-deny")

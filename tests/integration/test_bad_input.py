@@ -44,14 +44,23 @@ def ended_with(address: str, *messages: music_pb2.StreamRequest) -> grpc.RpcErro
 SETUP = music_pb2.StreamRequest(setup=music_pb2.SessionSetup())
 
 
-@pytest.mark.parametrize("messages, needle", [
-    ([music_pb2.StreamRequest(playback=music_pb2.PlaybackControl(action=PLAY))], "first message must be `setup`"),
-    ([music_pb2.StreamRequest()], "first message must be `setup`"),
-    ([music_pb2.StreamRequest(setup=music_pb2.SessionSetup(model="nonexistent"))], "unknown model 'nonexistent'"),
-    ([SETUP, SETUP], "only be sent once"),
-    ([SETUP, music_pb2.StreamRequest()], "empty StreamRequest"),
-    ([], "closed before `setup`"),
-])
+@pytest.mark.parametrize(
+    "messages, needle",
+    [
+        (
+            [music_pb2.StreamRequest(playback=music_pb2.PlaybackControl(action=PLAY))],
+            "first message must be `setup`",
+        ),
+        ([music_pb2.StreamRequest()], "first message must be `setup`"),
+        (
+            [music_pb2.StreamRequest(setup=music_pb2.SessionSetup(model="nonexistent"))],
+            "unknown model 'nonexistent'",
+        ),
+        ([SETUP, SETUP], "only be sent once"),
+        ([SETUP, music_pb2.StreamRequest()], "empty StreamRequest"),
+        ([], "closed before `setup`"),
+    ],
+)
 def test_malformed_streams_end_with_invalid_argument(mock_cluster, witness, messages, needle):
     err = ended_with(mock_cluster.gateway_address, *messages)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -69,18 +78,21 @@ def embedding(values) -> music_pb2.WeightedPrompt:
     return music_pb2.WeightedPrompt(embedding=music_pb2.Embedding(values=values))
 
 
-@pytest.mark.parametrize("prompt, needle", [
-    (music_pb2.WeightedPrompt(text="rock", weight=-1.0), "weight"),
-    (music_pb2.WeightedPrompt(text="rock", weight=math.nan), "weight"),
-    (music_pb2.WeightedPrompt(text="rock", weight=math.inf), "weight"),
-    (embedding([0.1] * 100), "768"),
-    (embedding([math.nan] * 768), "finite"),
-    (music_pb2.WeightedPrompt(text="x" * 5000), "limit"),
-    (music_pb2.WeightedPrompt(audio=b"this is not audio at all" * 10), "audio"),
-    (music_pb2.WeightedPrompt(audio=b""), "empty"),
-    (music_pb2.WeightedPrompt(audio=b"\0" * (11 * 1024 * 1024)), "limit"),
-    (music_pb2.WeightedPrompt(audio=wav_bytes()[:200]), "audio"),
-])
+@pytest.mark.parametrize(
+    "prompt, needle",
+    [
+        (music_pb2.WeightedPrompt(text="rock", weight=-1.0), "weight"),
+        (music_pb2.WeightedPrompt(text="rock", weight=math.nan), "weight"),
+        (music_pb2.WeightedPrompt(text="rock", weight=math.inf), "weight"),
+        (embedding([0.1] * 100), "768"),
+        (embedding([math.nan] * 768), "finite"),
+        (music_pb2.WeightedPrompt(text="x" * 5000), "limit"),
+        (music_pb2.WeightedPrompt(audio=b"this is not audio at all" * 10), "audio"),
+        (music_pb2.WeightedPrompt(audio=b""), "empty"),
+        (music_pb2.WeightedPrompt(audio=b"\0" * (11 * 1024 * 1024)), "limit"),
+        (music_pb2.WeightedPrompt(audio=wav_bytes()[:200]), "audio"),
+    ],
+)
 def test_bad_prompts_are_refused_and_the_music_keeps_playing(mock_cluster, witness, prompt, needle):
     client = StreamClient(mock_cluster.gateway_address)
     try:
@@ -99,14 +111,17 @@ def test_bad_prompts_are_refused_and_the_music_keeps_playing(mock_cluster, witne
         client.close()
 
 
-@pytest.mark.parametrize("config, needle", [
-    (music_pb2.GenerationConfig(top_k=5000), "top_k"),
-    (music_pb2.GenerationConfig(top_k=-3), "top_k"),
-    (music_pb2.GenerationConfig(temperature=9.0), "temperature"),
-    (music_pb2.GenerationConfig(temperature=math.nan), "temperature"),
-    (music_pb2.GenerationConfig(guidance=-2.0), "guidance"),
-    (music_pb2.GenerationConfig(guidance=100.0), "guidance"),
-])
+@pytest.mark.parametrize(
+    "config, needle",
+    [
+        (music_pb2.GenerationConfig(top_k=5000), "top_k"),
+        (music_pb2.GenerationConfig(top_k=-3), "top_k"),
+        (music_pb2.GenerationConfig(temperature=9.0), "temperature"),
+        (music_pb2.GenerationConfig(temperature=math.nan), "temperature"),
+        (music_pb2.GenerationConfig(guidance=-2.0), "guidance"),
+        (music_pb2.GenerationConfig(guidance=100.0), "guidance"),
+    ],
+)
 def test_out_of_range_config_is_refused_with_a_warning(mock_cluster, witness, config, needle):
     client = StreamClient(mock_cluster.gateway_address)
     try:
@@ -125,8 +140,10 @@ def test_a_good_audio_prompt_is_accepted(mock_cluster, witness):
     client = StreamClient(mock_cluster.gateway_address)
     try:
         client.setup()
-        client.prompts(music_pb2.WeightedPrompt(audio=wav_bytes(), weight=0.5),
-                       music_pb2.WeightedPrompt(text="lofi", weight=0.5))
+        client.prompts(
+            music_pb2.WeightedPrompt(audio=wav_bytes(), weight=0.5),
+            music_pb2.WeightedPrompt(text="lofi", weight=0.5),
+        )
         status = client.expect("prompt_status").prompt_status
         assert status.accepted, status.message
     finally:
@@ -180,7 +197,8 @@ def test_backends_down_answer_unavailable_quickly(tmp_path_factory):
         channel = grpc.insecure_channel(cluster.gateway_address)
         with pytest.raises(grpc.RpcError) as embed_err:
             music_pb2_grpc.MusicGenerationStub(channel).EmbedStyle(
-                music_pb2.EmbedStyleRequest(text="x"), timeout=30)
+                music_pb2.EmbedStyleRequest(text="x"), timeout=30
+            )
         channel.close()
         assert embed_err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert time.time() - started < 15

@@ -25,8 +25,9 @@ def test_concurrent_requests_share_model_calls(embedder):
     before = metric(scrape(url), "mrt_embedder_model_calls_total", source="text")
     texts = [f"batched prompt number {i} {time.time()}" for i in range(24)]
     with concurrent.futures.ThreadPoolExecutor(24) as pool:
-        responses = list(pool.map(
-            lambda t: stub.Embed(embedder_pb2.EmbedRequest(text=t), timeout=30), texts))
+        responses = list(
+            pool.map(lambda t: stub.Embed(embedder_pb2.EmbedRequest(text=t), timeout=30), texts)
+        )
     calls = metric(scrape(url), "mrt_embedder_model_calls_total", source="text") - before
     assert all(len(r.embedding) == 768 for r in responses)
     assert 1 <= calls < len(texts)
@@ -42,14 +43,18 @@ def test_a_repeated_request_is_a_cache_hit_and_case_does_not_matter(embedder):
     assert metric(scrape(url), "mrt_embedder_cache_hits_total", source="text") == before + 1
 
 
-@pytest.mark.parametrize("request_, needle", [
-    (embedder_pb2.EmbedRequest(text="x" * 600), "limit is 512"),
-    (embedder_pb2.EmbedRequest(text="   "), "empty"),
-    (embedder_pb2.EmbedRequest(audio=b"\x00\x01" * 500), "audio"),
-    (embedder_pb2.EmbedRequest(), "set `text` or `audio`"),
-])
-def test_bad_requests_are_invalid_argument_and_the_service_stays_up(embedder, mock_cluster,
-                                                                    request_, needle):
+@pytest.mark.parametrize(
+    "request_, needle",
+    [
+        (embedder_pb2.EmbedRequest(text="x" * 600), "limit is 512"),
+        (embedder_pb2.EmbedRequest(text="   "), "empty"),
+        (embedder_pb2.EmbedRequest(audio=b"\x00\x01" * 500), "audio"),
+        (embedder_pb2.EmbedRequest(), "set `text` or `audio`"),
+    ],
+)
+def test_bad_requests_are_invalid_argument_and_the_service_stays_up(
+    embedder, mock_cluster, request_, needle
+):
     stub, _ = embedder
     with pytest.raises(grpc.RpcError) as err:
         stub.Embed(request_, timeout=30)

@@ -20,13 +20,18 @@ from tests.integration.conftest import MRT, run_mrt_up
 def test_mrt_up_serves_the_default_model_and_mrt_stream_writes_a_wav(tmp_path, tmp_path_factory):
     ports = ClusterConfig(web_port=8080).with_free_ports()
     up, output = run_mrt_up(
-        ports, "--log-dir", str(tmp_path / "logs"),
-        env=dict(os.environ, MRT_ASSETS_DIR=str(tmp_path_factory.getbasetemp() / "assets")))
+        ports,
+        "--log-dir",
+        str(tmp_path / "logs"),
+        env=dict(os.environ, MRT_ASSETS_DIR=str(tmp_path_factory.getbasetemp() / "assets")),
+    )
     children: list[psutil.Process] = []
     try:
         assert any("mrt cluster ready" in line for line in output), "".join(output)
-        assert any(f"metrics http://127.0.0.1:{ports.gateway_metrics_port}/metrics" in line
-                   for line in output)
+        assert any(
+            f"metrics http://127.0.0.1:{ports.gateway_metrics_port}/metrics" in line
+            for line in output
+        )
         player_url = f"http://127.0.0.1:{ports.web_port}/"
         assert any(f"Player: open {player_url}" in line for line in output)
         assert b"<html" in urllib.request.urlopen(player_url, timeout=5).read()
@@ -35,9 +40,24 @@ def test_mrt_up_serves_the_default_model_and_mrt_stream_writes_a_wav(tmp_path, t
 
         wav = tmp_path / "synthwave.wav"
         stream = subprocess.run(
-            [MRT, "stream", "--address", f"127.0.0.1:{ports.gateway_port}", "--prompt", "synthwave",
-             "--prompt", "disco:0.5", "--seconds", "4", "--out", str(wav)],
-            capture_output=True, text=True, timeout=300)
+            [
+                MRT,
+                "stream",
+                "--address",
+                f"127.0.0.1:{ports.gateway_port}",
+                "--prompt",
+                "synthwave",
+                "--prompt",
+                "disco:0.5",
+                "--seconds",
+                "4",
+                "--out",
+                str(wav),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert stream.returncode == 0, stream.stderr
         audio, rate = soundfile.read(wav, dtype="float32")
         assert rate == 48000 and audio.shape[1] == 2

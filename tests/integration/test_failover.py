@@ -27,16 +27,19 @@ Action = music_pb2.PlaybackControl
 
 @pytest.fixture(scope="module")
 def two_generators(tmp_path_factory):
-    cluster = start_cluster(tmp_path_factory, generators=2,
-                            env={"MRT_IDLE_RELEASE_S": str(IDLE_RELEASE_S)})
+    cluster = start_cluster(
+        tmp_path_factory, generators=2, env={"MRT_IDLE_RELEASE_S": str(IDLE_RELEASE_S)}
+    )
     yield cluster
     cluster.stop()
 
 
 def generators_holding_sessions(cluster) -> dict[int, float]:
     """Generator index -> sessions it holds, for those holding any."""
-    held = {i: metric(scrape(g.metrics_url), "mrt_generator_active_sessions")
-            for i, g in enumerate(cluster.generators)}
+    held = {
+        i: metric(scrape(g.metrics_url), "mrt_generator_active_sessions")
+        for i, g in enumerate(cluster.generators)
+    }
     return {i: n for i, n in held.items() if n > 0}
 
 
@@ -60,7 +63,8 @@ def silence_heard_s(listener: Listener) -> float:
 
 def same_audio(received, expected) -> bool:
     return len(received) == len(expected) and all(
-        (got == want).all() for got, want in zip(received, expected))
+        (got == want).all() for got, want in zip(received, expected)
+    )
 
 
 def test_kill_9_of_the_generator_holding_a_session_loses_nothing(two_generators):
@@ -131,8 +135,10 @@ def test_a_hung_generator_costs_its_listeners_no_more_than_2_s_of_silence(two_ge
         assert len(migrated) >= held[victim_index]
         assert all(w.code == "SESSION_MIGRATED" for lst in migrated for w in lst.warnings)
         gateway = scrape(two_generators.metrics_urls["gateway"])
-        assert metric(gateway, "mrt_gateway_sessions_migrated_total",
-                      reason="chunk_timeout") >= held[victim_index]
+        assert (
+            metric(gateway, "mrt_gateway_sessions_migrated_total", reason="chunk_timeout")
+            >= held[victim_index]
+        )
     finally:
         for listener in listeners:
             listener.finish()
@@ -164,7 +170,10 @@ def test_a_prompt_update_sent_during_a_failover_is_heard(two_generators):
 
 
 def test_stop_then_play_starts_afresh_and_reset_forgets_the_context(two_generators):
-    stopped, reset = seeded_listener(two_generators, seed=50), seeded_listener(two_generators, seed=51)
+    stopped, reset = (
+        seeded_listener(two_generators, seed=50),
+        seeded_listener(two_generators, seed=51),
+    )
     try:
         for listener in (stopped, reset):
             listener.wait_for_chunks(2)
@@ -179,14 +188,20 @@ def test_stop_then_play_starts_afresh_and_reset_forgets_the_context(two_generato
         # STOP: what was playing, then exactly a fresh session's first chunks (the chunk it
         # took effect before is one of the next two: one may have been on its way).
         audio = stopped.audio()
-        assert any(same_audio(audio, mock_session_audio(50, restart) +
-                              mock_session_audio(50, len(audio) - restart))
-                   for restart in range(stop_sent_at, stop_sent_at + 3)), "not a fresh restart"
+        assert any(
+            same_audio(
+                audio,
+                mock_session_audio(50, restart) + mock_session_audio(50, len(audio) - restart),
+            )
+            for restart in range(stop_sent_at, stop_sent_at + 3)
+        ), "not a fresh restart"
         # RESET_CONTEXT: the same session, its context forgotten before one chunk.
         audio = reset.audio()
         assert not same_audio(audio, mock_session_audio(51, len(audio)))
-        assert any(same_audio(audio, mock_session_audio(51, len(audio), reset_before=reset_at))
-                   for reset_at in range(reset_sent_at, reset_sent_at + 3)), "not a reset"
+        assert any(
+            same_audio(audio, mock_session_audio(51, len(audio), reset_before=reset_at))
+            for reset_at in range(reset_sent_at, reset_sent_at + 3)
+        ), "not a reset"
     finally:
         stopped.finish()
         reset.finish()
@@ -198,8 +213,9 @@ def test_a_paused_session_gives_its_slot_back_and_resumes_contiguous(two_generat
         listener.wait_for_chunks(2)
         listener.client.playback(Action.PAUSE)
         # After --idle-release-s the generator holds nothing; the gateway keeps the session.
-        wait_for_open_sessions(two_generators, gateway=1, generators_total=0,
-                               timeout_s=IDLE_RELEASE_S + 15)
+        wait_for_open_sessions(
+            two_generators, gateway=1, generators_total=0, timeout_s=IDLE_RELEASE_S + 15
+        )
         paused_at = len(listener.chunks)
         listener.client.playback(Action.PLAY)
         listener.wait_for_chunks(paused_at + 3)

@@ -14,26 +14,50 @@ floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
 prompts = st.one_of(
     st.builds(music_pb2.WeightedPrompt, text=st.text(max_size=600), weight=floats),
     st.builds(music_pb2.WeightedPrompt, audio=st.binary(max_size=2048), weight=floats),
-    st.builds(lambda values, w: music_pb2.WeightedPrompt(
-        embedding=music_pb2.Embedding(values=values), weight=w),
-        st.lists(floats, max_size=800), floats),
+    st.builds(
+        lambda values, w: music_pb2.WeightedPrompt(
+            embedding=music_pb2.Embedding(values=values), weight=w
+        ),
+        st.lists(floats, max_size=800),
+        floats,
+    ),
     st.just(music_pb2.WeightedPrompt()),
 )
 requests = st.one_of(
-    st.builds(lambda m, e: music_pb2.StreamRequest(setup=music_pb2.SessionSetup(model=m, encoding=e)),
-              st.sampled_from(["", "mock", "tiny", "nope"]), st.integers(0, 3)),
-    st.builds(lambda ps: music_pb2.StreamRequest(prompts=music_pb2.PromptUpdate(prompts=ps)),
-              st.lists(prompts, max_size=4)),
-    st.builds(lambda t, k, g, s: music_pb2.StreamRequest(config=music_pb2.GenerationConfig(
-        temperature=t, top_k=k, guidance=g, seed=s)),
-        floats, st.integers(-2000, 2000), floats, st.integers(-2**63, 2**63 - 1)),
-    st.builds(lambda a: music_pb2.StreamRequest(playback=music_pb2.PlaybackControl(action=a)),
-              st.integers(0, 6)),
-    st.builds(lambda p, u: music_pb2.StreamRequest(report=music_pb2.ClientReport(
-        played_seconds=p, underruns=u)), st.floats(allow_nan=True), st.integers(0, 2**32 - 1)),
+    st.builds(
+        lambda m, e: music_pb2.StreamRequest(setup=music_pb2.SessionSetup(model=m, encoding=e)),
+        st.sampled_from(["", "mock", "tiny", "nope"]),
+        st.integers(0, 3),
+    ),
+    st.builds(
+        lambda ps: music_pb2.StreamRequest(prompts=music_pb2.PromptUpdate(prompts=ps)),
+        st.lists(prompts, max_size=4),
+    ),
+    st.builds(
+        lambda t, k, g, s: music_pb2.StreamRequest(
+            config=music_pb2.GenerationConfig(temperature=t, top_k=k, guidance=g, seed=s)
+        ),
+        floats,
+        st.integers(-2000, 2000),
+        floats,
+        st.integers(-(2**63), 2**63 - 1),
+    ),
+    st.builds(
+        lambda a: music_pb2.StreamRequest(playback=music_pb2.PlaybackControl(action=a)),
+        st.integers(0, 6),
+    ),
+    st.builds(
+        lambda p, u: music_pb2.StreamRequest(
+            report=music_pb2.ClientReport(played_seconds=p, underruns=u)
+        ),
+        st.floats(allow_nan=True),
+        st.integers(0, 2**32 - 1),
+    ),
     st.just(music_pb2.StreamRequest()),
 )
-STOP = music_pb2.StreamRequest(playback=music_pb2.PlaybackControl(action=music_pb2.PlaybackControl.STOP))
+STOP = music_pb2.StreamRequest(
+    playback=music_pb2.PlaybackControl(action=music_pb2.PlaybackControl.STOP)
+)
 SETUP = music_pb2.StreamRequest(setup=music_pb2.SessionSetup())
 
 
@@ -47,8 +71,11 @@ def test_random_request_sequences_always_end(mock_cluster, sequence, with_setup)
         client.half_close()
         # Whatever was sent, the stream ends (OK or an error status), promptly.
         code = client.status(timeout_s=30)
-        assert code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT,
-                        grpc.StatusCode.UNAVAILABLE), code
+        assert code in (
+            grpc.StatusCode.OK,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.UNAVAILABLE,
+        ), code
     finally:
         client.close()
 

@@ -18,8 +18,14 @@ from tests.streaming_client import StreamClient, chunk_audio
 PLAY, PAUSE = music_pb2.PlaybackControl.PLAY, music_pb2.PlaybackControl.PAUSE
 
 
-def _record(address: str, encoding: int, chunks: int, *, pause_after: int | None = None,
-            opus_bitrate: int = 0) -> tuple[music_pb2.SessionStarted, list[music_pb2.AudioChunk]]:
+def _record(
+    address: str,
+    encoding: int,
+    chunks: int,
+    *,
+    pause_after: int | None = None,
+    opus_bitrate: int = 0,
+) -> tuple[music_pb2.SessionStarted, list[music_pb2.AudioChunk]]:
     client = StreamClient(address)
     try:
         started = client.setup(encoding=encoding, opus_bitrate=opus_bitrate)
@@ -55,10 +61,13 @@ def test_a_pause_leaves_the_opus_stream_contiguous(mock_cluster):
     assert abs(len(decoded) - 3 * facts.CHUNK_SAMPLES) <= facts.SAMPLES_PER_FRAME
 
 
-@pytest.mark.parametrize("setup", [
-    music_pb2.SessionSetup(encoding=music_pb2.OGG_OPUS, opus_bitrate=1_000),
-    music_pb2.SessionSetup(encoding=music_pb2.PCM_S16LE, opus_bitrate=64_000),
-])
+@pytest.mark.parametrize(
+    "setup",
+    [
+        music_pb2.SessionSetup(encoding=music_pb2.OGG_OPUS, opus_bitrate=1_000),
+        music_pb2.SessionSetup(encoding=music_pb2.PCM_S16LE, opus_bitrate=64_000),
+    ],
+)
 def test_an_opus_bitrate_the_session_cannot_use_is_invalid_argument(mock_cluster, setup):
     client = StreamClient(mock_cluster.gateway_address)
     try:
@@ -70,9 +79,27 @@ def test_an_opus_bitrate_the_session_cannot_use_is_invalid_argument(mock_cluster
 
 def test_mrt_stream_writes_an_opus_file(mock_cluster, tmp_path):
     out = tmp_path / "x.opus"
-    subprocess.run([MRT, "stream", "--address", mock_cluster.gateway_address, "--prompt", "dub",
-                    "--seconds", "4", "--encoding", "ogg_opus", "--opus-bitrate", "64000",
-                    "--out", str(out)], check=True, timeout=120, capture_output=True)
+    subprocess.run(
+        [
+            MRT,
+            "stream",
+            "--address",
+            mock_cluster.gateway_address,
+            "--prompt",
+            "dub",
+            "--seconds",
+            "4",
+            "--encoding",
+            "ogg_opus",
+            "--opus-bitrate",
+            "64000",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
     decoded = ffmpeg_decode(out.read_bytes())
     assert abs(len(decoded) - 2 * facts.CHUNK_SAMPLES) <= facts.SAMPLES_PER_FRAME
     assert np.abs(decoded).max() > 0.01

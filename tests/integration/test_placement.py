@@ -24,8 +24,10 @@ def small_generators(tmp_path_factory):
 
 
 def active_sessions(cluster) -> list[int]:
-    return [int(metric(scrape(g.metrics_url), "mrt_generator_active_sessions"))
-            for g in cluster.generators]
+    return [
+        int(metric(scrape(g.metrics_url), "mrt_generator_active_sessions"))
+        for g in cluster.generators
+    ]
 
 
 def test_sessions_spread_by_headroom_and_the_fifth_is_refused(small_generators):
@@ -66,8 +68,11 @@ def test_a_generator_refuses_sessions_beyond_its_capacity(small_generators):
         assert load.capacity_sessions == 2 and load.model == "mock"
         for i in range(3):
             requests = queue.Queue()
-            requests.put(generator_pb2.GeneratorRequest(open=generator_pb2.OpenSession(
-                session_id=f"direct-{i}", sampling=sampling)))
+            requests.put(
+                generator_pb2.GeneratorRequest(
+                    open=generator_pb2.OpenSession(session_id=f"direct-{i}", sampling=sampling)
+                )
+            )
             call = stub.Session(iter(requests.get, None))  # stays open: no half-close
             calls.append(call)
             if i < 2:

@@ -19,7 +19,9 @@ from tests.streaming_client import StreamClient
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
-DASHBOARD = ROOT / "deploy" / "k8s" / "components" / "monitoring" / "dashboards" / "mrt-overview.json"
+DASHBOARD = (
+    ROOT / "deploy" / "k8s" / "components" / "monitoring" / "dashboards" / "mrt-overview.json"
+)
 # Series that legitimately stay empty in a calm run: nothing migrated, nothing drained away.
 KNOWN_EMPTY = ("mrt_gateway_sessions_migrated_total",)
 
@@ -44,18 +46,28 @@ def prometheus(mock_cluster, tmp_path_factory):
     config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = "1s"
     config["rule_files"] = [str(PROMETHEUS_CONFIG.parent / f) for f in config["rule_files"]]
     urls = mock_cluster.metrics_urls
-    targets = {"gateway": [urls["gateway"]], "embedder": [urls["embedder"]],
-               "generator": [u for name, u in urls.items() if name.startswith("generator")]}
+    targets = {
+        "gateway": [urls["gateway"]],
+        "embedder": [urls["embedder"]],
+        "generator": [u for name, u in urls.items() if name.startswith("generator")],
+    }
     for job in config["scrape_configs"]:
-        job["static_configs"] = [{"targets": [u.split("//")[1].split("/")[0]
-                                              for u in targets[job["job_name"]]]}]
+        job["static_configs"] = [
+            {"targets": [u.split("//")[1].split("/")[0] for u in targets[job["job_name"]]]}
+        ]
     workdir = tmp_path_factory.mktemp("prometheus")
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     process = subprocess.Popen(
-        [shutil.which("prometheus") or "prometheus", f"--config.file={workdir / 'prometheus.yml'}",
-         f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=(workdir / "prometheus.log").open("w"))
+        [
+            shutil.which("prometheus") or "prometheus",
+            f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(workdir / "prometheus.log").open("w"),
+    )
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60

@@ -30,12 +30,18 @@ from tests.streaming_client import StreamClient
 
 PLAY = music_pb2.PlaybackControl.PLAY
 MAX_MESSAGE_BYTES = 1024 * 1024
-KEYS = {"alice": "alice-4f1c2a9e8b7d6c5a", "bob": "bob-9a8b7c6d5e4f3a2b",
-        "limited": "limited-1a2b3c4d5e6f7a8b", "retired": "retired-0f9e8d7c6b5a4f3e"}
-KEY_FILE = (f"alice {KEYS['alice']}\n"
-            f"bob {KEYS['bob']}\n"
-            f"limited {KEYS['limited']} max_sessions=1\n"
-            f"retired {KEYS['retired']} revoked\n")
+KEYS = {
+    "alice": "alice-4f1c2a9e8b7d6c5a",
+    "bob": "bob-9a8b7c6d5e4f3a2b",
+    "limited": "limited-1a2b3c4d5e6f7a8b",
+    "retired": "retired-0f9e8d7c6b5a4f3e",
+}
+KEY_FILE = (
+    f"alice {KEYS['alice']}\n"
+    f"bob {KEYS['bob']}\n"
+    f"limited {KEYS['limited']} max_sessions=1\n"
+    f"retired {KEYS['retired']} revoked\n"
+)
 
 
 def bearer(key: str) -> tuple[tuple[str, str], ...]:
@@ -50,14 +56,17 @@ class Pki:
     client: Identity
     stranger: Identity  # a client certificate signed by other_ca
 
-    def credentials(self, *, ca: CertificateAuthority | None = None,
-                    identity: Identity | None = None) -> grpc.ChannelCredentials:
+    def credentials(
+        self, *, ca: CertificateAuthority | None = None, identity: Identity | None = None
+    ) -> grpc.ChannelCredentials:
         ca = ca or self.ca
         if identity is None:
             return grpc.ssl_channel_credentials(root_certificates=ca.cert.read_bytes())
-        return grpc.ssl_channel_credentials(root_certificates=ca.cert.read_bytes(),
-                                            private_key=identity.key.read_bytes(),
-                                            certificate_chain=identity.cert.read_bytes())
+        return grpc.ssl_channel_credentials(
+            root_certificates=ca.cert.read_bytes(),
+            private_key=identity.key.read_bytes(),
+            certificate_chain=identity.cert.read_bytes(),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +74,13 @@ def pki(tmp_path_factory) -> Pki:
     directory = tmp_path_factory.mktemp("pki")
     ca = CertificateAuthority.create(directory, "test-ca")
     other_ca = CertificateAuthority.create(directory, "other-ca")
-    return Pki(ca, other_ca, server=ca.issue("server"), client=ca.issue("client"),
-               stranger=other_ca.issue("stranger"))
+    return Pki(
+        ca,
+        other_ca,
+        server=ca.issue("server"),
+        client=ca.issue("client"),
+        stranger=other_ca.issue("stranger"),
+    )
 
 
 def server_tls_args(pki: Pki, *, require_client_certificates: bool) -> tuple[str, ...]:
@@ -78,31 +92,44 @@ def server_tls_args(pki: Pki, *, require_client_certificates: bool) -> tuple[str
 
 def is_serving(address: str, credentials: grpc.ChannelCredentials | None) -> bool:
     """Health check; plaintext when ``credentials`` is None."""
-    channel = (grpc.insecure_channel(address) if credentials is None
-               else grpc.secure_channel(address, credentials))
+    channel = (
+        grpc.insecure_channel(address)
+        if credentials is None
+        else grpc.secure_channel(address, credentials)
+    )
     with channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
-                                                              timeout=1.0)
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1.0
+            )
         except grpc.RpcError:
             return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def start_tls_cluster(tmp_path_factory, *, gateway_args: tuple[str, ...],
-                      backend_args: tuple[str, ...] = (),
-                      health_credentials: Callable[[str], grpc.ChannelCredentials | None],
-                      timeout_s: float = 240.0) -> Cluster:
+def start_tls_cluster(
+    tmp_path_factory,
+    *,
+    gateway_args: tuple[str, ...],
+    backend_args: tuple[str, ...] = (),
+    health_credentials: Callable[[str], grpc.ChannelCredentials | None],
+    timeout_s: float = 240.0,
+) -> Cluster:
     """A mock cluster whose services get extra flags; readiness is checked over TLS.
 
     ``health_credentials(role)`` gives the credentials to check a service of that role with."""
-    config = ClusterConfig(model="mock", embedder_model="mock",
-                           log_dir=tmp_path_factory.mktemp("logs"),
-                           assets_dir=str(tmp_path_factory.getbasetemp() / "assets")
-                           ).with_free_ports()
-    specs = [dataclasses.replace(spec, argv=spec.argv + (gateway_args if spec.role == GATEWAY
-                                                         else backend_args))
-             for spec in config.service_specs()]
+    config = ClusterConfig(
+        model="mock",
+        embedder_model="mock",
+        log_dir=tmp_path_factory.mktemp("logs"),
+        assets_dir=str(tmp_path_factory.getbasetemp() / "assets"),
+    ).with_free_ports()
+    specs = [
+        dataclasses.replace(
+            spec, argv=spec.argv + (gateway_args if spec.role == GATEWAY else backend_args)
+        )
+        for spec in config.service_specs()
+    ]
     cluster = Cluster(config, specs=specs).start()
     try:
         deadline = time.monotonic() + timeout_s
@@ -148,6 +175,7 @@ def final_status(client: StreamClient, timeout_s: float) -> grpc.StatusCode:
 
 # --- API keys over TLS ------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class KeyedGateway:
     cluster: Cluster
@@ -165,14 +193,16 @@ class KeyedGateway:
         with self.channel() as channel:
             try:
                 music_pb2_grpc.MusicGenerationStub(channel).ListModels(
-                    music_pb2.ListModelsRequest(), metadata=metadata, timeout=10)
+                    music_pb2.ListModelsRequest(), metadata=metadata, timeout=10
+                )
             except grpc.RpcError as err:
                 return err.code()
         return grpc.StatusCode.OK
 
     def client(self, key: str | None) -> StreamClient:
-        return StreamClient(self.address, metadata=bearer(key) if key else (),
-                            channel=self.channel())
+        return StreamClient(
+            self.address, metadata=bearer(key) if key else (), channel=self.channel()
+        )
 
 
 @pytest.fixture(scope="module")
@@ -180,12 +210,19 @@ def keyed(tmp_path_factory, pki) -> KeyedGateway:
     key_file = tmp_path_factory.mktemp("secrets") / "api-keys"
     key_file.write_text(KEY_FILE)
     gateway_args = server_tls_args(pki, require_client_certificates=False) + (
-        "--api-keys-file", str(key_file), "--api-keys-reload-s", "0.2",
-        "--max-message-bytes", str(MAX_MESSAGE_BYTES))
+        "--api-keys-file",
+        str(key_file),
+        "--api-keys-reload-s",
+        "0.2",
+        "--max-message-bytes",
+        str(MAX_MESSAGE_BYTES),
+    )
     public = pki.credentials()
     cluster = start_tls_cluster(
-        tmp_path_factory, gateway_args=gateway_args,
-        health_credentials=lambda role: public if role == GATEWAY else None)
+        tmp_path_factory,
+        gateway_args=gateway_args,
+        health_credentials=lambda role: public if role == GATEWAY else None,
+    )
     yield KeyedGateway(cluster, key_file, pki)
     cluster.stop()
 
@@ -196,19 +233,23 @@ def test_a_valid_key_streams_music_over_tls(keyed):
     try:
         assert client.setup().model == "mock"
         client.playback(PLAY)
-        (_, chunk), = client.chunks(1)
+        ((_, chunk),) = client.chunks(1)
         assert len(chunk.data) == 96000 * 2 * 2
     finally:
         client.close()
 
 
-@pytest.mark.parametrize("metadata", [
-    (),
-    bearer("not-a-key-of-this-cluster"),
-    (("authorization", KEYS["alice"]),),  # no scheme
-    (("authorization", f"Basic {KEYS['alice']}"),),
-    (("authorization", "Bearer "),),
-], ids=["missing", "unknown", "no-scheme", "basic", "empty"])
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        (),
+        bearer("not-a-key-of-this-cluster"),
+        (("authorization", KEYS["alice"]),),  # no scheme
+        (("authorization", f"Basic {KEYS['alice']}"),),
+        (("authorization", "Bearer "),),
+    ],
+    ids=["missing", "unknown", "no-scheme", "basic", "empty"],
+)
 def test_missing_malformed_and_unknown_keys_are_unauthenticated(keyed, metadata):
     assert keyed.list_models_code(metadata) == grpc.StatusCode.UNAUTHENTICATED
     client = StreamClient(keyed.address, metadata=metadata, channel=keyed.channel())
@@ -232,8 +273,11 @@ def test_a_revoked_key_is_permission_denied_and_its_name_not_its_secret_is_told(
         client.close()
     log = keyed.cluster.gateway.log_path.read_text()
     assert "retired" in log and not any(key in log for key in KEYS.values())
-    refused = metric(scrape(keyed.cluster.metrics_urls["gateway"]),
-                     "mrt_gateway_auth_refused_total", code="PERMISSION_DENIED")
+    refused = metric(
+        scrape(keyed.cluster.metrics_urls["gateway"]),
+        "mrt_gateway_auth_refused_total",
+        code="PERMISSION_DENIED",
+    )
     assert refused >= 2
 
 
@@ -242,8 +286,11 @@ def test_a_key_over_its_session_limit_is_refused_while_others_still_work(keyed):
     others: list[StreamClient] = []
     try:
         first.setup()
-        sessions = metric(scrape(keyed.cluster.metrics_urls["gateway"]),
-                          "mrt_gateway_api_key_sessions", key_name="limited")
+        sessions = metric(
+            scrape(keyed.cluster.metrics_urls["gateway"]),
+            "mrt_gateway_api_key_sessions",
+            key_name="limited",
+        )
         assert sessions == 1
         second = keyed.client(KEYS["limited"])
         others.append(second)
@@ -292,8 +339,9 @@ def test_editing_the_key_file_adds_revokes_and_removes_keys_without_restart(keye
             session.close()
         assert keyed.list_models_code(bearer(new_key)) == grpc.StatusCode.PERMISSION_DENIED
         write_atomically(keyed.key_file, KEY_FILE)
-        assert wait_for(lambda: keyed.list_models_code(bearer(new_key))
-                        == grpc.StatusCode.UNAUTHENTICATED)
+        assert wait_for(
+            lambda: keyed.list_models_code(bearer(new_key)) == grpc.StatusCode.UNAUTHENTICATED
+        )
         assert keyed.list_models_code(bearer(KEYS["alice"])) == grpc.StatusCode.OK
     finally:
         write_atomically(keyed.key_file, KEY_FILE)
@@ -302,11 +350,13 @@ def test_editing_the_key_file_adds_revokes_and_removes_keys_without_restart(keye
 
 def test_health_and_reflection_need_no_key(keyed):
     with keyed.channel() as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
-                                                          timeout=5)
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         answers = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        )
         services = {s.name for answer in answers for s in answer.list_services_response.service}
     assert "mrt.v1.MusicGeneration" in services
 
@@ -316,12 +366,14 @@ def test_tls_fails_with_the_wrong_ca_or_without_tls(keyed):
     with grpc.secure_channel(keyed.address, wrong_ca) as channel:
         with pytest.raises(grpc.RpcError) as err:
             music_pb2_grpc.MusicGenerationStub(channel).ListModels(
-                music_pb2.ListModelsRequest(), metadata=bearer(KEYS["alice"]), timeout=5)
+                music_pb2.ListModelsRequest(), metadata=bearer(KEYS["alice"]), timeout=5
+            )
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     with grpc.insecure_channel(keyed.address) as channel:
         with pytest.raises(grpc.RpcError) as err:
             music_pb2_grpc.MusicGenerationStub(channel).ListModels(
-                music_pb2.ListModelsRequest(), metadata=bearer(KEYS["alice"]), timeout=5)
+                music_pb2.ListModelsRequest(), metadata=bearer(KEYS["alice"]), timeout=5
+            )
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
@@ -330,8 +382,10 @@ def test_an_over_limit_message_is_refused_and_the_gateway_stays_up(keyed):
     with keyed.channel() as channel:
         with pytest.raises(grpc.RpcError) as err:
             music_pb2_grpc.MusicGenerationStub(channel).EmbedStyle(
-                music_pb2.EmbedStyleRequest(audio=too_big), metadata=bearer(KEYS["alice"]),
-                timeout=10)
+                music_pb2.EmbedStyleRequest(audio=too_big),
+                metadata=bearer(KEYS["alice"]),
+                timeout=10,
+            )
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     client = keyed.client(KEYS["alice"])
     try:
@@ -352,24 +406,35 @@ def test_the_command_line_reaches_a_keyed_tls_gateway(keyed, tmp_path, monkeypat
     assert "UNAUTHENTICATED" in capsys.readouterr().err
     monkeypatch.setenv("MRT_API_KEY", KEYS["bob"])
     out = tmp_path / "music.wav"
-    assert mrt.main(["stream", *connection, "--seconds", "2", "--prompt", "jazz",
-                     "--out", str(out)]) == 0
+    assert (
+        mrt.main(["stream", *connection, "--seconds", "2", "--prompt", "jazz", "--out", str(out)])
+        == 0
+    )
     audio, rate = soundfile.read(out)
     assert rate == 48000 and audio.shape == (96000, 2)
 
 
 # --- mutual TLS everywhere --------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def mtls(tmp_path_factory, pki) -> Cluster:
     server_args = server_tls_args(pki, require_client_certificates=True)
-    gateway_args = server_args + ("--internal-tls-ca-file", str(pki.ca.cert),
-                                  "--internal-tls-cert-file", str(pki.client.cert),
-                                  "--internal-tls-key-file", str(pki.client.key))
+    gateway_args = server_args + (
+        "--internal-tls-ca-file",
+        str(pki.ca.cert),
+        "--internal-tls-cert-file",
+        str(pki.client.cert),
+        "--internal-tls-key-file",
+        str(pki.client.key),
+    )
     with_client_certificate = pki.credentials(identity=pki.client)
-    cluster = start_tls_cluster(tmp_path_factory, gateway_args=gateway_args,
-                                backend_args=server_args,
-                                health_credentials=lambda role: with_client_certificate)
+    cluster = start_tls_cluster(
+        tmp_path_factory,
+        gateway_args=gateway_args,
+        backend_args=server_args,
+        health_credentials=lambda role: with_client_certificate,
+    )
     yield cluster
     cluster.stop()
 
@@ -377,8 +442,9 @@ def mtls(tmp_path_factory, pki) -> Cluster:
 def list_models_code(address: str, credentials: grpc.ChannelCredentials) -> grpc.StatusCode:
     with grpc.secure_channel(address, credentials) as channel:
         try:
-            music_pb2_grpc.MusicGenerationStub(channel).ListModels(music_pb2.ListModelsRequest(),
-                                                                   timeout=5)
+            music_pb2_grpc.MusicGenerationStub(channel).ListModels(
+                music_pb2.ListModelsRequest(), timeout=5
+            )
         except grpc.RpcError as err:
             return err.code()
     return grpc.StatusCode.OK
@@ -387,8 +453,10 @@ def list_models_code(address: str, credentials: grpc.ChannelCredentials) -> grpc
 def test_mtls_public_port_refuses_clients_without_a_good_certificate(mtls, pki):
     address = mtls.gateway_address
     assert list_models_code(address, pki.credentials()) == grpc.StatusCode.UNAVAILABLE
-    assert list_models_code(address, pki.credentials(identity=pki.stranger)) \
+    assert (
+        list_models_code(address, pki.credentials(identity=pki.stranger))
         == grpc.StatusCode.UNAVAILABLE
+    )
     assert list_models_code(address, pki.credentials(identity=pki.client)) == grpc.StatusCode.OK
 
 
@@ -420,10 +488,23 @@ def test_mrt_up_runs_a_mutual_tls_cluster_that_mrt_stream_reaches(pki, tmp_path)
     certificate, its own health checks pass, and `mrt stream` connects with one."""
     ports = ClusterConfig().with_free_ports()
     up, output = run_mrt_up(
-        ports, "--model", "mock", "--embedder-model", "mock", "--log-dir", str(tmp_path / "logs"),
-        "--tls-cert-file", str(pki.server.cert), "--tls-key-file", str(pki.server.key),
-        "--tls-ca-file", str(pki.ca.cert), "--tls-client-ca-file", str(pki.ca.cert),
-        timeout_s=240)
+        ports,
+        "--model",
+        "mock",
+        "--embedder-model",
+        "mock",
+        "--log-dir",
+        str(tmp_path / "logs"),
+        "--tls-cert-file",
+        str(pki.server.cert),
+        "--tls-key-file",
+        str(pki.server.key),
+        "--tls-ca-file",
+        str(pki.ca.cert),
+        "--tls-client-ca-file",
+        str(pki.ca.cert),
+        timeout_s=240,
+    )
     try:
         assert any("mrt cluster ready" in line for line in output), "".join(output)
         assert any(f"--tls-ca {pki.ca.cert}" in line for line in output)
@@ -431,11 +512,24 @@ def test_mrt_up_runs_a_mutual_tls_cluster_that_mrt_stream_reaches(pki, tmp_path)
             address = f"127.0.0.1:{port}"
             assert is_serving(address, pki.credentials(identity=pki.client))
             assert not is_serving(address, pki.credentials())  # no client certificate
-        stream = [MRT, "stream", "--address", f"127.0.0.1:{ports.gateway_port}",
-                  "--tls-ca", str(pki.ca.cert), "--seconds", "2", "--out", str(tmp_path / "a.wav")]
+        stream = [
+            MRT,
+            "stream",
+            "--address",
+            f"127.0.0.1:{ports.gateway_port}",
+            "--tls-ca",
+            str(pki.ca.cert),
+            "--seconds",
+            "2",
+            "--out",
+            str(tmp_path / "a.wav"),
+        ]
         with_certificate = subprocess.run(
             stream + ["--tls-cert", str(pki.client.cert), "--tls-key", str(pki.client.key)],
-            capture_output=True, text=True, timeout=120)
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert with_certificate.returncode == 0, with_certificate.stderr
         assert soundfile.info(tmp_path / "a.wav").duration == 2.0
         without = subprocess.run(stream, capture_output=True, text=True, timeout=120)
@@ -454,6 +548,7 @@ def test_a_resume_token_works_only_with_the_key_that_opened_the_session(keyed):
         client = keyed.client(key)
         client.send(setup=music_pb2.SessionSetup(resume_token=token))
         return client
+
     thief = resume_with(KEYS["bob"])
     assert final_status(thief, timeout_s=10) == grpc.StatusCode.PERMISSION_DENIED
     thief.close()

@@ -15,7 +15,8 @@ PLAY = music_pb2.PlaybackControl.PLAY
 
 
 def test_a_client_that_never_reads_is_cut_off_and_others_hear_no_underrun(
-        tmp_path_factory, monkeypatch):
+    tmp_path_factory, monkeypatch
+):
     monkeypatch.setenv("MRT_SLOW_CLIENT_TIMEOUT_S", "2")
     cluster = start_cluster(tmp_path_factory)
     gateway_url = cluster.metrics_urls["gateway"]
@@ -28,14 +29,17 @@ def test_a_client_that_never_reads_is_cut_off_and_others_hear_no_underrun(
         for listener in listeners:
             listener.wait_for_chunks(1)
         underruns_before = metric(scrape(gateway_url), "mrt_gateway_buffer_underruns_total")
-        requests = [music_pb2.StreamRequest(setup=music_pb2.SessionSetup(encoding=music_pb2.PCM_F32LE)),
-                    music_pb2.StreamRequest(playback=music_pb2.PlaybackControl(action=PLAY))]
+        requests = [
+            music_pb2.StreamRequest(setup=music_pb2.SessionSetup(encoding=music_pb2.PCM_F32LE)),
+            music_pb2.StreamRequest(playback=music_pb2.PlaybackControl(action=PLAY)),
+        ]
 
         def requests_forever():
             yield from requests
             while True:
                 time.sleep(1)
                 yield music_pb2.StreamRequest(report=music_pb2.ClientReport())
+
         # Start the call and never ask for a response.
         call = music_pb2_grpc.MusicGenerationStub(channel).Stream(requests_forever())
         gateway = psutil.Process(cluster.gateway.pid)

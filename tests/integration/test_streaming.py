@@ -12,8 +12,12 @@ from services.common.proto.mrt.v1 import music_pb2
 from tests.integration.conftest import metric, scrape
 from tests.streaming_client import StreamClient, chunk_audio
 
-PLAY, PAUSE, STOP, RESET = (music_pb2.PlaybackControl.PLAY, music_pb2.PlaybackControl.PAUSE,
-                            music_pb2.PlaybackControl.STOP, music_pb2.PlaybackControl.RESET_CONTEXT)
+PLAY, PAUSE, STOP, RESET = (
+    music_pb2.PlaybackControl.PLAY,
+    music_pb2.PlaybackControl.PAUSE,
+    music_pb2.PlaybackControl.STOP,
+    music_pb2.PlaybackControl.RESET_CONTEXT,
+)
 
 
 def text(t: str, weight: float = 1.0) -> music_pb2.WeightedPrompt:
@@ -48,7 +52,7 @@ def test_float_encoding_is_honoured(mock_cluster):
     try:
         assert c.setup(encoding=music_pb2.PCM_F32LE).encoding == music_pb2.PCM_F32LE
         c.playback(PLAY)
-        (_, chunk), = c.chunks(1)
+        ((_, chunk),) = c.chunks(1)
         audio = chunk_audio(chunk, music_pb2.PCM_F32LE)
         assert audio.shape == (96000, 2) and np.all(np.abs(audio) <= 1.0)
     finally:
@@ -105,7 +109,9 @@ def test_pause_stops_chunks_and_play_resumes_them(client):
     assert all(t - paused_at < 1.0 for t in arrivals)
     client.playback(PLAY)
     resumed = [c for _, c in client.chunks(2)]
-    sequences = [m.chunk.sequence for _, m in client.received if m.WhichOneof("response") == "chunk"]
+    sequences = [
+        m.chunk.sequence for _, m in client.received if m.WhichOneof("response") == "chunk"
+    ]
     assert sequences == list(range(len(sequences)))  # contiguous across the pause
     assert resumed[-1].sequence == len(sequences) - 1
 
@@ -119,7 +125,9 @@ def test_stop_ends_playback_and_play_starts_afresh(client):
         client.expect("chunk", timeout_s=4.0)
     client.playback(PLAY)
     client.chunks(1)
-    sequences = [m.chunk.sequence for _, m in client.received if m.WhichOneof("response") == "chunk"]
+    sequences = [
+        m.chunk.sequence for _, m in client.received if m.WhichOneof("response") == "chunk"
+    ]
     assert sequences == list(range(len(sequences)))
 
 
@@ -178,22 +186,28 @@ def test_metrics_move_during_a_stream(mock_cluster, client):
     client.chunks(2)
     during = {name: scrape(url) for name, url in urls.items()}
     assert metric(during["gateway"], "mrt_gateway_active_sessions") >= 1
-    assert metric(during["gateway"], "mrt_gateway_chunks_sent_total") >= metric(
-        before["gateway"], "mrt_gateway_chunks_sent_total") + 2
+    assert (
+        metric(during["gateway"], "mrt_gateway_chunks_sent_total")
+        >= metric(before["gateway"], "mrt_gateway_chunks_sent_total") + 2
+    )
     assert metric(during["gateway"], "mrt_gateway_time_to_first_audio_seconds_count") > metric(
-        before["gateway"], "mrt_gateway_time_to_first_audio_seconds_count")
+        before["gateway"], "mrt_gateway_time_to_first_audio_seconds_count"
+    )
     assert metric(during["gateway"], "mrt_gateway_rpc_requests_total", method="Stream") >= metric(
-        before["gateway"], "mrt_gateway_rpc_requests_total", method="Stream")
+        before["gateway"], "mrt_gateway_rpc_requests_total", method="Stream"
+    )
     generator = during["generator-0"]
     assert metric(generator, "mrt_generator_active_sessions") >= 1
     assert metric(generator, "mrt_generator_chunks_generated_total") > metric(
-        before["generator-0"], "mrt_generator_chunks_generated_total")
+        before["generator-0"], "mrt_generator_chunks_generated_total"
+    )
     assert metric(generator, "mrt_generator_batch_size_count") > 0
     assert metric(generator, "mrt_generator_real_time_factor") > 0
     assert metric(generator, "mrt_generator_capacity_sessions") >= 1
     embedder = during["embedder"]
     assert metric(embedder, "mrt_embedder_cache_misses_total", source="text") + metric(
-        embedder, "mrt_embedder_cache_hits_total", source="text") > metric(
-        before["embedder"], "mrt_embedder_cache_misses_total", source="text") + metric(
-        before["embedder"], "mrt_embedder_cache_hits_total", source="text")
+        embedder, "mrt_embedder_cache_hits_total", source="text"
+    ) > metric(before["embedder"], "mrt_embedder_cache_misses_total", source="text") + metric(
+        before["embedder"], "mrt_embedder_cache_hits_total", source="text"
+    )
     assert metric(embedder, "mrt_embedder_rpc_requests_total", method="Embed", code="OK") >= 1

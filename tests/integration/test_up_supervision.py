@@ -25,8 +25,12 @@ def _generator_pid(up: psutil.Process, port: int) -> int | None:
             argv = child.cmdline()
         except psutil.NoSuchProcess:
             continue
-        if "services.generator" in argv and str(port) in argv and child.is_running() \
-                and child.status() != psutil.STATUS_ZOMBIE:
+        if (
+            "services.generator" in argv
+            and str(port) in argv
+            and child.is_running()
+            and child.status() != psutil.STATUS_ZOMBIE
+        ):
             return child.pid
     return None
 
@@ -34,8 +38,9 @@ def _generator_pid(up: psutil.Process, port: int) -> int | None:
 def _serving(address: str) -> bool:
     with grpc.insecure_channel(address) as channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
-                                                              timeout=1)
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1
+            )
         except grpc.RpcError:
             return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -51,11 +56,22 @@ def _wait_for(condition, what: str, timeout_s: float = 60) -> None:
 def test_mrt_up_restarts_a_killed_generator_while_its_sessions_play_on(tmp_path, tmp_path_factory):
     ports = ClusterConfig(generators=2).with_free_ports()
     up, output = run_mrt_up(
-        ports, "--generators", "2", "--model", "mock", "--embedder-model", "mock",
-        "--log-dir", str(tmp_path / "logs"),
+        ports,
+        "--generators",
+        "2",
+        "--model",
+        "mock",
+        "--embedder-model",
+        "mock",
+        "--log-dir",
+        str(tmp_path / "logs"),
         # The same capacity on both generators: a new session goes to the one with fewer.
-        env=dict(os.environ, MRT_ASSETS_DIR=str(tmp_path_factory.getbasetemp() / "assets"),
-                 MRT_CAPACITY_SESSIONS="8"))
+        env=dict(
+            os.environ,
+            MRT_ASSETS_DIR=str(tmp_path_factory.getbasetemp() / "assets"),
+            MRT_CAPACITY_SESSIONS="8",
+        ),
+    )
     gateway = f"127.0.0.1:{ports.gateway_port}"
     metrics = [f"http://127.0.0.1:{ports.generator_metrics_port + i}/metrics" for i in range(2)]
     listeners: list[Listener] = []
@@ -80,12 +96,22 @@ def test_mrt_up_restarts_a_killed_generator_while_its_sessions_play_on(tmp_path,
         assert all(w.code == "SESSION_MIGRATED" for lst in listeners for w in lst.warnings)
 
         # mrt up restarted the killed generator; it takes the next session.
-        _wait_for(lambda: _generator_pid(psutil.Process(up.pid), victim_port) not in (None, first_pid),
-                  "the killed generator to be restarted")
+        _wait_for(
+            lambda: _generator_pid(psutil.Process(up.pid), victim_port) not in (None, first_pid),
+            "the killed generator to be restarted",
+        )
         _wait_for(lambda: _serving(f"127.0.0.1:{victim_port}"), "the restarted generator to serve")
-        _wait_for(lambda: metric(scrape(f"http://127.0.0.1:{ports.gateway_metrics_port}/metrics"),
-                                 "mrt_gateway_generators", state="healthy") == 2,
-                  "the gateway to see the restarted generator")
+        _wait_for(
+            lambda: (
+                metric(
+                    scrape(f"http://127.0.0.1:{ports.gateway_metrics_port}/metrics"),
+                    "mrt_gateway_generators",
+                    state="healthy",
+                )
+                == 2
+            ),
+            "the gateway to see the restarted generator",
+        )
         newcomer = Listener(gateway, seed=80)
         listeners.append(newcomer)
         newcomer.wait_for_chunks(2)

@@ -52,7 +52,8 @@ class WebCluster:
     @property
     def wss_url(self) -> str:
         return self.cluster.web_url.replace("https://", "wss://") + (
-            "ws/google.ai.generativelanguage.v1alpha.GenerativeService.BidiGenerateMusic")
+            "ws/google.ai.generativelanguage.v1alpha.GenerativeService.BidiGenerateMusic"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -62,21 +63,41 @@ def web(tmp_path_factory) -> WebCluster:
     server = ca.issue("server")
     keys = pki_dir / "api-keys"
     keys.write_text(f"tester {API_KEY}\n")
-    config = ClusterConfig(model="mock", embedder_model="mock", web_port=8080,
-                           log_dir=tmp_path_factory.mktemp("logs"),
-                           assets_dir=str(tmp_path_factory.getbasetemp() / "assets"),
-                           tls=ClusterTLS(server.cert, server.key, ca.cert),
-                           ready_timeout_s=240).with_free_ports()
-    specs = [dataclasses.replace(spec, argv=spec.argv + ("--api-keys-file", str(keys)))
-             if spec.role == GATEWAY else spec for spec in config.service_specs()]
+    config = ClusterConfig(
+        model="mock",
+        embedder_model="mock",
+        web_port=8080,
+        log_dir=tmp_path_factory.mktemp("logs"),
+        assets_dir=str(tmp_path_factory.getbasetemp() / "assets"),
+        tls=ClusterTLS(server.cert, server.key, ca.cert),
+        ready_timeout_s=240,
+    ).with_free_ports()
+    specs = [
+        dataclasses.replace(spec, argv=spec.argv + ("--api-keys-file", str(keys)))
+        if spec.role == GATEWAY
+        else spec
+        for spec in config.service_specs()
+    ]
     cluster = Cluster(config, specs=specs).__enter__()
     plain_port = ClusterConfig(web_port=8080).with_free_ports().web_port
     plain_spec = dataclasses.replace(
-        cluster.web.spec, name="web-plain", port=plain_port, metrics_port=plain_port,
+        cluster.web.spec,
+        name="web-plain",
+        port=plain_port,
+        metrics_port=plain_port,
         http_scheme="http",
-        argv=(sys.executable, "-m", "services.web", "--port", str(plain_port),
-              "--gateway-address", cluster.gateway_address,
-              "--internal-tls-ca-file", str(ca.cert)))
+        argv=(
+            sys.executable,
+            "-m",
+            "services.web",
+            "--port",
+            str(plain_port),
+            "--gateway-address",
+            cluster.gateway_address,
+            "--internal-tls-ca-file",
+            str(ca.cert),
+        ),
+    )
     plain_web = ServiceProcess(plain_spec, log_dir=config.log_dir)
     try:
         plain_web.start()
@@ -105,16 +126,23 @@ async def next_chunks(session, count: int) -> list[types.AudioChunk]:
 
 def test_the_python_sdk_runs_the_lyria_flow_over_tls(web, monkeypatch):
     monkeypatch.setenv("SSL_CERT_FILE", str(web.ca_file))  # the SDK's TLS trusts the test CA
-    client = genai.Client(api_key=API_KEY, http_options={
-        "base_url": web.cluster.web_url, "api_version": "v1alpha"})
+    client = genai.Client(
+        api_key=API_KEY, http_options={"base_url": web.cluster.web_url, "api_version": "v1alpha"}
+    )
 
     async def flow():
         async with client.aio.live.music.connect(model=LYRIA_MODEL) as session:
-            await session.set_weighted_prompts(prompts=[
-                types.WeightedPrompt(text="minimal techno", weight=1.0),
-                types.WeightedPrompt(text="piano", weight=3.0)])
-            await session.set_music_generation_config(config=types.LiveMusicGenerationConfig(
-                temperature=0.9, top_k=30, guidance=4.0, seed=7))
+            await session.set_weighted_prompts(
+                prompts=[
+                    types.WeightedPrompt(text="minimal techno", weight=1.0),
+                    types.WeightedPrompt(text="piano", weight=3.0),
+                ]
+            )
+            await session.set_music_generation_config(
+                config=types.LiveMusicGenerationConfig(
+                    temperature=0.9, top_k=30, guidance=4.0, seed=7
+                )
+            )
             await session.play()
             first = await asyncio.wait_for(next_chunks(session, 3), 120)
             await session.pause()
@@ -135,7 +163,8 @@ def test_the_python_sdk_runs_the_lyria_flow_over_tls(web, monkeypatch):
     assert metadata.music_generation_config.top_k == 30
     assert [p.text for p in metadata.client_content.weighted_prompts] == ["minimal techno", "piano"]
     assert [p.weight for p in metadata.client_content.weighted_prompts] == pytest.approx(
-        [0.25, 0.75])  # normalized, as Lyria does
+        [0.25, 0.75]
+    )  # normalized, as Lyria does
     samples = scrape(web.cluster.web.metrics_url)  # https, trusted through SSL_CERT_FILE
     assert metric(samples, "mrt_web_chunks_sent_total") >= len(chunks)
 
@@ -158,11 +187,31 @@ def test_unsupported_fields_are_named_in_a_warning_and_refused_prompts_are_filte
         async with _raw_session(web, query_key=True) as socket:
             await socket.send(json.dumps({"setup": {"model": LYRIA_MODEL}}))
             assert await _receive_json(socket) == {"setupComplete": {}}
-            await socket.send(json.dumps({"musicGenerationConfig": {
-                "bpm": 120, "scale": "D_MAJOR_B_MINOR", "muteDrums": True, "temperature": 1.0}}))
+            await socket.send(
+                json.dumps(
+                    {
+                        "musicGenerationConfig": {
+                            "bpm": 120,
+                            "scale": "D_MAJOR_B_MINOR",
+                            "muteDrums": True,
+                            "temperature": 1.0,
+                        }
+                    }
+                )
+            )
             warning = await _receive_json(socket)
-            await socket.send(json.dumps({"clientContent": {"weightedPrompts": [
-                {"text": "jazz", "weight": 1}, {"text": "x" * 600, "weight": 1}]}}))
+            await socket.send(
+                json.dumps(
+                    {
+                        "clientContent": {
+                            "weightedPrompts": [
+                                {"text": "jazz", "weight": 1},
+                                {"text": "x" * 600, "weight": 1},
+                            ]
+                        }
+                    }
+                )
+            )
             filtered = await _receive_json(socket)
             await socket.send(json.dumps({"musicGenerationConfig": {"temperature": 9.5}}))
             refused_config = await _receive_json(socket)
@@ -176,12 +225,15 @@ def test_unsupported_fields_are_named_in_a_warning_and_refused_prompts_are_filte
     assert "temperature" in refused_config["warning"]
 
 
-@pytest.mark.parametrize("key, first_message, code, reason", [
-    (None, {"setup": {}}, 1008, "UNAUTHENTICATED"),
-    ("not-a-key-0000000000", {"setup": {}}, 1008, "UNAUTHENTICATED"),
-    (API_KEY, {"playbackControl": "PLAY"}, 1007, "first message must be setup"),
-    (API_KEY, {"setup": {}, "clientContent": {}}, 1007, "exactly one"),
-])
+@pytest.mark.parametrize(
+    "key, first_message, code, reason",
+    [
+        (None, {"setup": {}}, 1008, "UNAUTHENTICATED"),
+        ("not-a-key-0000000000", {"setup": {}}, 1008, "UNAUTHENTICATED"),
+        (API_KEY, {"playbackControl": "PLAY"}, 1007, "first message must be setup"),
+        (API_KEY, {"setup": {}, "clientContent": {}}, 1007, "exactly one"),
+    ],
+)
 def test_errors_close_the_socket_with_a_code_and_a_reason(web, key, first_message, code, reason):
     async def exchange():
         async with _raw_session(web, key=key) as socket:
@@ -199,18 +251,28 @@ def test_the_js_sdk_the_node_client_and_the_browser_player(web, tmp_path):
     SDK, clients/node (gRPC), and the player page in headless Chromium."""
     node = shutil.which("node")
     assert node, "Node.js is needed (see README)"
-    env = dict(os.environ,
-               NODE_EXTRA_CA_CERTS=str(web.ca_file),
-               MRT_API_KEY=API_KEY,
-               MRT_ADDRESS=web.cluster.gateway_address,
-               MRT_TLS_CA=str(web.ca_file),
-               MRT_WEB_URL=web.cluster.web_url,
-               MRT_PLAYER_URL=f"http://{web.plain_web.address}/",
-               MRT_OUT_DIR=os.environ.get("MRT_WEB_TEST_OUT_DIR", str(tmp_path)))
-    tests = [PROJECT_ROOT / "clients/node/test/client.test.mjs",
-             PROJECT_ROOT / "tests/js/lyria_sdk.test.mjs",
-             PROJECT_ROOT / "tests/js/player.test.mjs"]
-    run = subprocess.run([node, "--test", "--test-concurrency=1", *map(str, tests)],
-                         capture_output=True, text=True, env=env, timeout=400, cwd=PROJECT_ROOT)
+    env = dict(
+        os.environ,
+        NODE_EXTRA_CA_CERTS=str(web.ca_file),
+        MRT_API_KEY=API_KEY,
+        MRT_ADDRESS=web.cluster.gateway_address,
+        MRT_TLS_CA=str(web.ca_file),
+        MRT_WEB_URL=web.cluster.web_url,
+        MRT_PLAYER_URL=f"http://{web.plain_web.address}/",
+        MRT_OUT_DIR=os.environ.get("MRT_WEB_TEST_OUT_DIR", str(tmp_path)),
+    )
+    tests = [
+        PROJECT_ROOT / "clients/node/test/client.test.mjs",
+        PROJECT_ROOT / "tests/js/lyria_sdk.test.mjs",
+        PROJECT_ROOT / "tests/js/player.test.mjs",
+    ]
+    run = subprocess.run(
+        [node, "--test", "--test-concurrency=1", *map(str, tests)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=400,
+        cwd=PROJECT_ROOT,
+    )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
     assert "# fail 0" in run.stdout and "# pass 0" not in run.stdout

@@ -70,12 +70,15 @@ def test_the_bitrate_asked_for_is_what_is_sent(bitrate_bps):
     assert bitrate_bps * 0.8 <= sent_bps - page_overhead_bps <= bitrate_bps * 1.2
 
 
-@pytest.mark.parametrize("encoding, bitrate_bps, message", [
-    (music_pb2.OGG_OPUS, 5_999, "6000-510000"),
-    (music_pb2.OGG_OPUS, 510_001, "6000-510000"),
-    (music_pb2.PCM_S16LE, 64_000, "OGG_OPUS encoding only"),
-    (99, 0, "unknown audio encoding 99"),
-])
+@pytest.mark.parametrize(
+    "encoding, bitrate_bps, message",
+    [
+        (music_pb2.OGG_OPUS, 5_999, "6000-510000"),
+        (music_pb2.OGG_OPUS, 510_001, "6000-510000"),
+        (music_pb2.PCM_S16LE, 64_000, "OGG_OPUS encoding only"),
+        (99, 0, "unknown audio encoding 99"),
+    ],
+)
 def test_settings_an_encoder_cannot_take_are_refused(encoding, bitrate_bps, message):
     with pytest.raises(ValueError, match=message):
         make_encoder(encoding, bitrate_bps)

@@ -25,15 +25,17 @@ from services.embedder.audio_input import (
 PROMPT_SAMPLES = 160_000
 
 
-def encode(samples: np.ndarray, sample_rate_hz: int, fmt: str = "WAV",
-           subtype: str = "PCM_16") -> bytes:
+def encode(
+    samples: np.ndarray, sample_rate_hz: int, fmt: str = "WAV", subtype: str = "PCM_16"
+) -> bytes:
     buffer = io.BytesIO()
     soundfile.write(buffer, samples, sample_rate_hz, format=fmt, subtype=subtype)
     return buffer.getvalue()
 
 
-def tone(seconds: float, sample_rate_hz: int, frequency_hz: float = 440.0,
-         amplitude: float = 0.3) -> np.ndarray:
+def tone(
+    seconds: float, sample_rate_hz: int, frequency_hz: float = 440.0, amplitude: float = 0.3
+) -> np.ndarray:
     t = np.arange(round(seconds * sample_rate_hz)) / sample_rate_hz
     return (amplitude * np.sin(2 * np.pi * frequency_hz * t)).astype(np.float32)
 
@@ -42,18 +44,22 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-@pytest.mark.parametrize("fmt, subtype", [
-    ("WAV", "PCM_16"), ("WAV", "FLOAT"), ("MP3", "MPEG_LAYER_III"), ("OGG", "VORBIS")])
+@pytest.mark.parametrize(
+    "fmt, subtype",
+    [("WAV", "PCM_16"), ("WAV", "FLOAT"), ("MP3", "MPEG_LAYER_III"), ("OGG", "VORBIS")],
+)
 def test_each_format_decodes_to_the_same_16khz_audio(fmt, subtype):
     reference = tone(3.0, 16_000)
     prompt = decode_audio_prompt(encode(tone(3.0, 44_100), 44_100, fmt, subtype))
     assert prompt.shape == (PROMPT_SAMPLES,) and prompt.dtype == np.float32
     # Lossy codecs shift the waveform by a few samples at most: compare the best alignment.
     head = prompt[: len(reference)]
-    best = max(correlation(np.roll(head, shift)[2000:-2000], reference[2000:-2000])
-               for shift in range(-2000, 2001, 1))
+    best = max(
+        correlation(np.roll(head, shift)[2000:-2000], reference[2000:-2000])
+        for shift in range(-2000, 2001, 1)
+    )
     assert best > 0.99
-    assert np.all(prompt[len(reference) + 2000:] == 0.0)  # zero-padded to 10 s
+    assert np.all(prompt[len(reference) + 2000 :] == 0.0)  # zero-padded to 10 s
 
 
 def test_stereo_is_mixed_to_mono_by_averaging():
@@ -121,14 +127,17 @@ def test_a_file_with_no_samples_is_refused():
         decode_audio_prompt(encode(np.zeros((0, 1), np.float32), 16_000))
 
 
-@pytest.mark.parametrize("fmt, subtype, keep_fraction", [
-    ("WAV", "PCM_16", 0.00005),  # cut inside the header
-    ("WAV", "PCM_16", 0.5),
-    ("WAVEX", "FLOAT", 0.5),
-    ("OGG", "VORBIS", 0.5),
-    ("MP3", "MPEG_LAYER_III", 0.5),
-    ("MP3", "MPEG_LAYER_III", 0.005),
-])
+@pytest.mark.parametrize(
+    "fmt, subtype, keep_fraction",
+    [
+        ("WAV", "PCM_16", 0.00005),  # cut inside the header
+        ("WAV", "PCM_16", 0.5),
+        ("WAVEX", "FLOAT", 0.5),
+        ("OGG", "VORBIS", 0.5),
+        ("MP3", "MPEG_LAYER_III", 0.5),
+        ("MP3", "MPEG_LAYER_III", 0.005),
+    ],
+)
 def test_truncated_files_are_refused(fmt, subtype, keep_fraction):
     data = encode(tone(4.0, 44_100), 44_100, fmt, subtype)
     with pytest.raises(AudioInputError):
@@ -150,9 +159,10 @@ def test_a_cut_after_the_first_ten_seconds_does_not_matter():
 def test_a_wav_of_unannounced_length_is_read_as_it_comes():
     data = bytearray(encode(tone(2.0, 16_000), 16_000))
     data_chunk = data.index(b"data")
-    data[data_chunk + 4: data_chunk + 8] = b"\xff\xff\xff\xff"  # as streaming writers leave it
-    np.testing.assert_allclose(decode_audio_prompt(bytes(data))[:32_000], tone(2.0, 16_000),
-                               atol=1e-4)
+    data[data_chunk + 4 : data_chunk + 8] = b"\xff\xff\xff\xff"  # as streaming writers leave it
+    np.testing.assert_allclose(
+        decode_audio_prompt(bytes(data))[:32_000], tone(2.0, 16_000), atol=1e-4
+    )
 
 
 def test_random_bytes_are_refused():
@@ -189,14 +199,27 @@ def test_non_finite_samples_are_refused():
 
 def test_every_refusal_is_a_value_error():
     assert issubclass(AudioInputError, ValueError)
-    for name in ("AudioTooLargeError", "AudioEmptyError", "AudioFormatError",
-                 "AudioTruncatedError", "AudioSampleRateError", "AudioChannelCountError",
-                 "AudioNonFiniteError"):
+    for name in (
+        "AudioTooLargeError",
+        "AudioEmptyError",
+        "AudioFormatError",
+        "AudioTruncatedError",
+        "AudioSampleRateError",
+        "AudioChannelCountError",
+        "AudioNonFiniteError",
+    ):
         assert issubclass(getattr(audio_input, name), AudioInputError)
 
 
-_VALID_FILES = [encode(tone(1.0, 22_050), 22_050, fmt, subtype) for fmt, subtype in [
-    ("WAV", "PCM_16"), ("WAV", "FLOAT"), ("OGG", "VORBIS"), ("MP3", "MPEG_LAYER_III")]]
+_VALID_FILES = [
+    encode(tone(1.0, 22_050), 22_050, fmt, subtype)
+    for fmt, subtype in [
+        ("WAV", "PCM_16"),
+        ("WAV", "FLOAT"),
+        ("OGG", "VORBIS"),
+        ("MP3", "MPEG_LAYER_III"),
+    ]
+]
 
 
 def _decode_or_refuse(data: bytes) -> None:

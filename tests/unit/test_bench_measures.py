@@ -64,14 +64,17 @@ def test_histogram_delta_is_what_happened_between_scrapes():
 def test_counter_values_filter_by_label():
     before, after = prometheus.parse_samples(BEFORE), prometheus.parse_samples(AFTER)
     assert prometheus.value(after, "mrt_generator_sessions_ended_total") == 6.0
-    assert prometheus.counter_delta(before, after, "mrt_generator_sessions_ended_total",
-                                    outcome="ok") == 3.0
+    assert (
+        prometheus.counter_delta(before, after, "mrt_generator_sessions_ended_total", outcome="ok")
+        == 3.0
+    )
     assert prometheus.value(after, "no_such_metric") == 0.0
 
 
 def test_generator_activity_over_a_trial():
-    activity = load.generator_activity(prometheus.parse_samples(BEFORE),
-                                       prometheus.parse_samples(AFTER))
+    activity = load.generator_activity(
+        prometheus.parse_samples(BEFORE), prometheus.parse_samples(AFTER)
+    )
     assert activity["batch_size_mean"] == 4.0
     assert activity["chunk_generation_s_mean"] == 1.0
     # 16 session-chunks of 2 s in 4 s of generation.
@@ -82,9 +85,12 @@ def test_generator_activity_over_a_trial():
 
 
 def test_listener_totals_and_the_held_verdict():
-    fine = ListenerResult(open_s=0.01, time_to_first_audio_s=0.2, chunks=10, lateness_s=[-1.9, -1.8])
-    late = ListenerResult(open_s=0.01, time_to_first_audio_s=0.4, chunks=9, underruns=2,
-                          lateness_s=[0.3, -1.0])
+    fine = ListenerResult(
+        open_s=0.01, time_to_first_audio_s=0.2, chunks=10, lateness_s=[-1.9, -1.8]
+    )
+    late = ListenerResult(
+        open_s=0.01, time_to_first_audio_s=0.4, chunks=9, underruns=2, lateness_s=[0.3, -1.0]
+    )
     refused = ListenerResult(outcome="refused")
     failed = ListenerResult(outcome="error", error="UNAVAILABLE")
     silent = ListenerResult(open_s=0.01)
@@ -105,10 +111,12 @@ def test_listener_totals_and_the_held_verdict():
 def test_a_trial_whose_buffers_drain_steadily_does_not_hold():
     steady = ListenerResult(open_s=0.01, chunks=32, lateness_s=[-1.95, -2.05] * 16)
     # 0.05 s later every chunk: 1.5 s a minute, dry within two minutes, no underrun yet.
-    draining = ListenerResult(open_s=0.01, chunks=32,
-                              lateness_s=[-1.95 + 0.05 * i for i in range(32)])
+    draining = ListenerResult(
+        open_s=0.01, chunks=32, lateness_s=[-1.95 + 0.05 * i for i in range(32)]
+    )
     assert load.summarize_listeners([steady])["lateness_trend_s_per_min"] == pytest.approx(
-        0.0, abs=0.05)
+        0.0, abs=0.05
+    )
     summary = load.summarize_listeners([draining])
     assert summary["lateness_trend_s_per_min"] == pytest.approx(1.5)
     assert summary["underruns"] == 0 and not load.trial_held(summary, 1)
@@ -122,8 +130,7 @@ def test_a_sim_search_runs_from_90_percent_of_the_bound_to_the_bound():
     [mode] = load.modes(args)
     assert mode.label == "launch-bound" and mode.max_batch_size == load.SIM_MAX_BATCH_SIZE
     assert load.search_range(args, mode) == (63, 70)
-    assert mode.generator_flags() == ("--sim-batch-seconds", "0.6",
-                                      "--sim-session-seconds", "0.02")
+    assert mode.generator_flags() == ("--sim-batch-seconds", "0.6", "--sim-session-seconds", "0.02")
     assert args.embedder_model == "mock"
     assert (args.ramp_seconds, args.listen_seconds, args.warmup_seconds) == (30.0, 60.0, 0.0)
     with pytest.raises(ValueError, match="unknown cost model"):
@@ -135,9 +142,16 @@ def test_a_sim_search_runs_from_90_percent_of_the_bound_to_the_bound():
 
 
 def test_listener_scripts_spread_connections_over_the_ramp():
-    settings = load.LoadSettings(listen_s=20, ramp_s=2.0, max_sessions=8, start_sessions=1,
-                                 budget_s=60, warmup_s=0, client_processes=1,
-                                 sample_interval_s=1.0)
+    settings = load.LoadSettings(
+        listen_s=20,
+        ramp_s=2.0,
+        max_sessions=8,
+        start_sessions=1,
+        budget_s=60,
+        warmup_s=0,
+        client_processes=1,
+        sample_interval_s=1.0,
+    )
     scripts = load.listener_scripts(4, settings, "mock")
     assert [s.start_delay_s for s in scripts] == [0.0, 0.5, 1.0, 1.5]
     assert all(s.listen_s == 20 and s.model == "mock" and s.stop_politely for s in scripts)
@@ -174,18 +188,26 @@ def test_soak_scripts_stay_inside_the_session_and_always_resume_after_pause():
         assert 5.0 <= script.listen_s <= 40.0
         times = [r.at_s for r in script.requests]
         assert times == sorted(times) and all(0 < t < script.listen_s for t in times)
-        actions = [r.request.playback.action for r in script.requests
-                   if r.request.WhichOneof("request") == "playback"
-                   and r.request.playback.action in (Action.PAUSE, Action.PLAY)]
+        actions = [
+            r.request.playback.action
+            for r in script.requests
+            if r.request.WhichOneof("request") == "playback"
+            and r.request.playback.action in (Action.PAUSE, Action.PLAY)
+        ]
         assert actions == [Action.PAUSE, Action.PLAY] * (len(actions) // 2)
-    kinds = {r.request.WhichOneof("request") for _ in range(50)
-             for r in random_script(rng, 30.0, 40.0).requests}
+    kinds = {
+        r.request.WhichOneof("request")
+        for _ in range(50)
+        for r in random_script(rng, 30.0, 40.0).requests
+    }
     assert kinds == {"prompts", "config", "playback"}
 
 
 def test_startup_capacity_prediction_from_the_generator_log():
-    log = ("2026-01-01 generator INFO services.generator.runner: warm-up done: 0.500 s per "
-           "batch of 1, 1.000 s per batch of 16; predicted capacity 20 sessions; admitting 1000\n")
+    log = (
+        "2026-01-01 generator INFO services.generator.runner: warm-up done: 0.500 s per "
+        "batch of 1, 1.000 s per batch of 16; predicted capacity 20 sessions; admitting 1000\n"
+    )
     assert startup_capacity_prediction(log) == 20
     assert startup_capacity_prediction("no warm-up yet") is None
 

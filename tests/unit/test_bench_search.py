@@ -9,6 +9,7 @@ def threshold_trial(limit: int, tried: list[int]):
     def trial(sessions: int) -> bool:
         tried.append(sessions)
         return sessions <= limit
+
     return trial
 
 
@@ -44,8 +45,9 @@ def test_the_maximum_is_tried_even_when_not_a_power_of_two():
 
 def test_starts_where_asked_and_bisects_below_a_failing_start():
     tried: list[int] = []
-    result = find_largest_held(threshold_trial(5, tried), max_sessions=64, budget_s=1e9,
-                               start_sessions=8)
+    result = find_largest_held(
+        threshold_trial(5, tried), max_sessions=64, budget_s=1e9, start_sessions=8
+    )
     assert tried == [8, 4, 6, 5]
     assert result.largest_held == 5 and result.exact
 

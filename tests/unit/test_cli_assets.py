@@ -29,19 +29,28 @@ def downloads(monkeypatch):
 def generator_table(monkeypatch):
     module = types.ModuleType(GENERATOR_TABLE)
     module.MODEL_ASSET_PATHS = {
-        "base": ["savedmodels/ssv2_48k_stereo/decoder", "checkpoints/llm_base_x.tar",
-                 "savedmodels/musiccoca_mv212_quant"],  # shared with MusicCoCa: fetched once
+        "base": [
+            "savedmodels/ssv2_48k_stereo/decoder",
+            "checkpoints/llm_base_x.tar",
+            "savedmodels/musiccoca_mv212_quant",
+        ],  # shared with MusicCoCa: fetched once
     }
     monkeypatch.setitem(sys.modules, GENERATOR_TABLE, module)
     return module
 
 
-def test_downloads_the_files_of_the_generator_table(downloads, generator_table, tmp_path,
-                                                    capsys):
+def test_downloads_the_files_of_the_generator_table(downloads, generator_table, tmp_path, capsys):
     assert main(["assets", "download", "--model", "base", "--assets-dir", str(tmp_path)]) == 0
-    assert downloads == [(tmp_path, [
-        "savedmodels/ssv2_48k_stereo/decoder", "checkpoints/llm_base_x.tar",
-        "savedmodels/musiccoca_mv212_quant"])]
+    assert downloads == [
+        (
+            tmp_path,
+            [
+                "savedmodels/ssv2_48k_stereo/decoder",
+                "checkpoints/llm_base_x.tar",
+                "savedmodels/musiccoca_mv212_quant",
+            ],
+        )
+    ]
     assert str(tmp_path / "checkpoints/llm_base_x.tar") in capsys.readouterr().out.splitlines()
 
 
@@ -56,9 +65,12 @@ def test_tiny_is_built_locally_not_downloaded(downloads, tmp_path, capsys):
     assert downloads == []
     assert "needs no download" in capsys.readouterr().err
     tiny = AssetStore(tmp_path).tiny_root()
-    for relpath in ["savedmodels/ssv2_48k_stereo/decoder", "savedmodels/musiccoca_mv212_quant",
-                    "savedmodels/musiccoca_mv212f_cpu_novocab",
-                    "vocabularies/musiccoca_mv212f_vocab.model"]:
+    for relpath in [
+        "savedmodels/ssv2_48k_stereo/decoder",
+        "savedmodels/musiccoca_mv212_quant",
+        "savedmodels/musiccoca_mv212f_cpu_novocab",
+        "vocabularies/musiccoca_mv212f_vocab.model",
+    ]:
         assert (tiny / relpath).exists(), relpath
 
 

@@ -22,8 +22,10 @@ def test_pieces_of_100_ms_from_position_0_in_order():
     assert [len(m.data) // 4 for m in messages] == [4800, 4800, 2745]
     assert messages[0].HasField("start_seconds") and messages[0].start_seconds == 0.0
     assert not any(m.HasField("start_seconds") for m in messages[1:])
-    assert all(m.encoding == music_pb2.PCM_S16LE and m.sample_rate == 48_000 and m.channels == 2
-               for m in messages)
+    assert all(
+        m.encoding == music_pb2.PCM_S16LE and m.sample_rate == 48_000 and m.channels == 2
+        for m in messages
+    )
     pcm = np.frombuffer(b"".join(m.data for m in messages), "<i2").reshape(-1, 2) / 32767.0
     np.testing.assert_allclose(pcm, audio, atol=1 / 32767)
 

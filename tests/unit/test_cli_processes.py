@@ -112,8 +112,9 @@ def _wait_until_gone(pids, timeout_s=PROCESS_WAIT_S) -> list[int]:
 
 
 def _config(dummy_python, **changes) -> ClusterConfig:
-    return ClusterConfig(python=str(dummy_python), ready_timeout_s=PROCESS_WAIT_S,
-                         stop_grace_s=5.0, **changes).with_free_ports()
+    return ClusterConfig(
+        python=str(dummy_python), ready_timeout_s=PROCESS_WAIT_S, stop_grace_s=5.0, **changes
+    ).with_free_ports()
 
 
 def test_start_ready_stop_leaves_no_process(dummy_python, tmp_path):
@@ -125,7 +126,8 @@ def test_start_ready_stop_leaves_no_process(dummy_python, tmp_path):
         records = {r["name"]: r for r in _records(tmp_path)}
     # The children received exactly the launcher's command lines.
     assert {name: [config.python, *r["argv"]] for name, r in records.items()} == {
-        spec.name: list(spec.argv) for spec in config.service_specs()}
+        spec.name: list(spec.argv) for spec in config.service_specs()
+    }
     assert sorted(r["pid"] for r in records.values()) == sorted(pids)
     assert _wait_until_gone(pids, timeout_s=0) == []  # stop() reaped every child
     assert all(p.returncode is not None for p in cluster.services)
@@ -162,8 +164,14 @@ def test_service_that_never_gets_ready_times_out_with_its_name(dummy_python, mon
 
 def test_a_health_check_nobody_answers_says_why(tmp_path):
     port = ClusterConfig().with_free_ports().embedder_port  # nothing listens there
-    spec = ServiceSpec(name="embedder", role="embedder", host="127.0.0.1", port=port,
-                       metrics_port=port + 1, argv=("true",))
+    spec = ServiceSpec(
+        name="embedder",
+        role="embedder",
+        host="127.0.0.1",
+        port=port,
+        metrics_port=port + 1,
+        argv=("true",),
+    )
     process = ServiceProcess(spec)
     try:
         assert not process.check_health(timeout_s=0.3)
@@ -174,8 +182,9 @@ def test_a_health_check_nobody_answers_says_why(tmp_path):
 
 def test_stop_kills_a_service_that_ignores_sigterm(dummy_python, monkeypatch):
     monkeypatch.setenv("DUMMY_MODES", json.dumps({"gateway": "ignore_sigterm"}))
-    config = ClusterConfig(python=str(dummy_python), ready_timeout_s=PROCESS_WAIT_S,
-                           stop_grace_s=0.5).with_free_ports()
+    config = ClusterConfig(
+        python=str(dummy_python), ready_timeout_s=PROCESS_WAIT_S, stop_grace_s=0.5
+    ).with_free_ports()
     with Cluster(config) as cluster:
         pass
     assert cluster.gateway.returncode == -signal.SIGKILL
@@ -189,8 +198,9 @@ def test_killed_generator_is_detected_and_restarted(dummy_python, capsys):
         first_pid = victim.pid
         os.kill(first_pid, signal.SIGKILL)  # a crash from outside: the launcher did not ask
         assert victim.wait(PROCESS_WAIT_S) == -signal.SIGKILL
-        with pytest.raises(ServiceExitedError, match="generator-1: exited unexpectedly with "
-                                                     "signal SIGKILL"):
+        with pytest.raises(
+            ServiceExitedError, match="generator-1: exited unexpectedly with signal SIGKILL"
+        ):
             cluster.check_running()
         cluster.restart_generator(1)
         assert victim.pid != first_pid and victim.check_health()
@@ -213,8 +223,12 @@ LAUNCHER_DRIVER = textwrap.dedent("""\
 
 
 def test_children_die_with_a_sigkilled_launcher(dummy_python):
-    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER_DRIVER, str(dummy_python)],
-                                cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER_DRIVER, str(dummy_python)],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         pids = json.loads(launcher.stdout.readline())
         assert len(pids) == 4 and not any(_is_gone(pid) for pid in pids)
@@ -226,22 +240,41 @@ def test_children_die_with_a_sigkilled_launcher(dummy_python):
 
 def _start_mrt_up(dummy_python, *args):
     """`mrt up` in its own process, with its services run by the stand-in interpreter."""
-    driver = ("import functools, sys\n"
-              "from services.cli import up\n"
-              "from services.cli.main import main\n"
-              "up.ClusterConfig = functools.partial(up.ClusterConfig, python=sys.argv[1])\n"
-              "sys.exit(main(sys.argv[2:]))\n")
+    driver = (
+        "import functools, sys\n"
+        "from services.cli import up\n"
+        "from services.cli.main import main\n"
+        "up.ClusterConfig = functools.partial(up.ClusterConfig, python=sys.argv[1])\n"
+        "sys.exit(main(sys.argv[2:]))\n"
+    )
     ports = ClusterConfig(generators=2).with_free_ports()
-    argv = ["up", "--generators", "2", "--gateway-port", str(ports.gateway_port),
-            "--embedder-port", str(ports.embedder_port),
-            "--generator-port", str(ports.generator_port),
-            "--gateway-metrics-port", str(ports.gateway_metrics_port),
-            "--embedder-metrics-port", str(ports.embedder_metrics_port),
-            "--generator-metrics-port", str(ports.generator_metrics_port),
-            "--web-port", "0", *args]  # the stand-in serves gRPC health only, not HTTP
-    process = subprocess.Popen([sys.executable, "-c", driver, str(dummy_python), *argv],
-                               cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    argv = [
+        "up",
+        "--generators",
+        "2",
+        "--gateway-port",
+        str(ports.gateway_port),
+        "--embedder-port",
+        str(ports.embedder_port),
+        "--generator-port",
+        str(ports.generator_port),
+        "--gateway-metrics-port",
+        str(ports.gateway_metrics_port),
+        "--embedder-metrics-port",
+        str(ports.embedder_metrics_port),
+        "--generator-metrics-port",
+        str(ports.generator_metrics_port),
+        "--web-port",
+        "0",
+        *args,
+    ]  # the stand-in serves gRPC health only, not HTTP
+    process = subprocess.Popen(
+        [sys.executable, "-c", driver, str(dummy_python), *argv],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     return process, ports
 
 
@@ -269,7 +302,11 @@ def test_mrt_up_prints_endpoints_and_stops_cleanly_on_sigterm(dummy_python, tmp_
     assert len(pids) == 4
     assert _wait_until_gone(pids, timeout_s=0) == []  # mrt up reaped them before exiting
     assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == [
-        "embedder.log", "gateway.log", "generator-0.log", "generator-1.log"]
+        "embedder.log",
+        "gateway.log",
+        "generator-0.log",
+        "generator-1.log",
+    ]
 
 
 def test_mrt_up_restarts_a_service_that_dies_and_keeps_the_others(dummy_python, tmp_path):
@@ -283,8 +320,11 @@ def test_mrt_up_restarts_a_service_that_dies_and_keeps_the_others(dummy_python, 
             assert time.monotonic() < deadline, "generator-0 was not restarted"
             assert process.poll() is None, "mrt up ended"
             time.sleep(0.1)
-        restarted = [r["pid"] for r in _records(tmp_path)
-                     if r["name"] == "generator-0" and r["pid"] != first["generator-0"]]
+        restarted = [
+            r["pid"]
+            for r in _records(tmp_path)
+            if r["name"] == "generator-0" and r["pid"] != first["generator-0"]
+        ]
         others = [pid for name, pid in first.items() if name != "generator-0"]
         assert len(restarted) == 1 and _wait_until_gone(others, timeout_s=0) == others
         process.send_signal(signal.SIGINT)  # Ctrl-C
@@ -292,8 +332,10 @@ def test_mrt_up_restarts_a_service_that_dies_and_keeps_the_others(dummy_python, 
     finally:
         process.kill()
     stderr = process.stderr.read()
-    assert ("mrt up: generator-0 exited unexpectedly with signal SIGKILL; restarting it in 1 s"
-            in stderr)
+    assert (
+        "mrt up: generator-0 exited unexpectedly with signal SIGKILL; restarting it in 1 s"
+        in stderr
+    )
     assert "mrt up: generator-0 restarted" in stderr
     assert "[gateway] gateway listening on" in stderr  # console output, prefixed per service
     assert "Traceback" not in stderr

@@ -8,17 +8,20 @@ from services.cli.main import main
 from services.cli.prompts import PromptSpecError, audio_prompt, split_weight, text_prompt
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ("synthwave", ("synthwave", None)),
-    ("disco:0.7", ("disco", 0.7)),
-    ("funk:3", ("funk", 3.0)),
-    ("live at 5:30 am", ("live at 5:30 am", None)),  # "30 am" is no number: stays text
-    ("at 5:30", ("at 5", 30.0)),  # the last colon splits when a number follows
-    ("at 5:30:1.5", ("at 5:30", 1.5)),
-    ("trailing colon:", ("trailing colon:", None)),
-    ("zero:0", ("zero", 0.0)),
-    ("sci:1e-1", ("sci", 0.1)),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("synthwave", ("synthwave", None)),
+        ("disco:0.7", ("disco", 0.7)),
+        ("funk:3", ("funk", 3.0)),
+        ("live at 5:30 am", ("live at 5:30 am", None)),  # "30 am" is no number: stays text
+        ("at 5:30", ("at 5", 30.0)),  # the last colon splits when a number follows
+        ("at 5:30:1.5", ("at 5:30", 1.5)),
+        ("trailing colon:", ("trailing colon:", None)),
+        ("zero:0", ("zero", 0.0)),
+        ("sci:1e-1", ("sci", 0.1)),
+    ],
+)
 def test_split_weight(spec, expected):
     source, weight = split_weight(spec)
     assert source == expected[0]
@@ -62,11 +65,14 @@ def test_audio_prompt_missing_file_is_a_clear_error(tmp_path):
         audio_prompt(str(tmp_path / "nope.wav"))
 
 
-@pytest.mark.parametrize("flag, spec, message", [
-    ("--prompt", "disco:-1", "weight must be a finite number >= 0"),
-    ("--prompt", ":2", "prompt text is empty"),
-    ("--audio-prompt", "/no/such/file.wav:0.5", "cannot read audio prompt"),
-])
+@pytest.mark.parametrize(
+    "flag, spec, message",
+    [
+        ("--prompt", "disco:-1", "weight must be a finite number >= 0"),
+        ("--prompt", ":2", "prompt text is empty"),
+        ("--audio-prompt", "/no/such/file.wav:0.5", "cannot read audio prompt"),
+    ],
+)
 def test_bad_prompts_are_usage_errors(capsys, flag, spec, message):
     with pytest.raises(SystemExit) as exit_info:
         main(["stream", flag, spec, "--seconds", "2"])

@@ -43,28 +43,40 @@ class FakeMusicGeneration(music_pb2_grpc.MusicGenerationServicer):
         for request in request_iterator:
             self.requests.append(request)
             if request.WhichOneof("request") == "setup":
-                yield music_pb2.StreamResponse(started=music_pb2.SessionStarted(
-                    session_id="s-1", model=request.setup.model or "tiny",
-                    sample_rate=facts.SAMPLE_RATE_HZ, channels=facts.CHANNELS,
-                    chunk_seconds=facts.CHUNK_SECONDS, encoding=request.setup.encoding))
+                yield music_pb2.StreamResponse(
+                    started=music_pb2.SessionStarted(
+                        session_id="s-1",
+                        model=request.setup.model or "tiny",
+                        sample_rate=facts.SAMPLE_RATE_HZ,
+                        channels=facts.CHANNELS,
+                        chunk_seconds=facts.CHUNK_SECONDS,
+                        encoding=request.setup.encoding,
+                    )
+                )
             if request.WhichOneof("request") == "prompts":
-                yield music_pb2.StreamResponse(prompt_status=music_pb2.PromptStatus(
-                    accepted=True, version=1))
+                yield music_pb2.StreamResponse(
+                    prompt_status=music_pb2.PromptStatus(accepted=True, version=1)
+                )
             if request.playback.action == music_pb2.PlaybackControl.PLAY:
                 break
         threading.Thread(target=self._drain_requests, args=(request_iterator,)).start()
-        yield music_pb2.StreamResponse(warning=music_pb2.Warning(
-            code="SESSION_MIGRATED", message="moved to generator-1"))
+        yield music_pb2.StreamResponse(
+            warning=music_pb2.Warning(code="SESSION_MIGRATED", message="moved to generator-1")
+        )
         for sequence in range(MAX_CHUNKS):
             if self.end_after_chunks == sequence:
                 return
             if self.abort_after_chunks and self.abort_after_chunks[0] == sequence:
                 context.abort(*self.abort_after_chunks[1:])
             self.chunks_sent = sequence + 1
-            yield music_pb2.StreamResponse(chunk=music_pb2.AudioChunk(
-                sequence=sequence, data=chunk_samples(sequence).astype("<i2").tobytes(),
-                start_seconds=sequence * facts.CHUNK_SECONDS,
-                duration_seconds=facts.CHUNK_SECONDS))
+            yield music_pb2.StreamResponse(
+                chunk=music_pb2.AudioChunk(
+                    sequence=sequence,
+                    data=chunk_samples(sequence).astype("<i2").tobytes(),
+                    start_seconds=sequence * facts.CHUNK_SECONDS,
+                    duration_seconds=facts.CHUNK_SECONDS,
+                )
+            )
 
     def _drain_requests(self, request_iterator):
         try:
@@ -81,14 +93,33 @@ class FakeMusicGeneration(music_pb2_grpc.MusicGenerationServicer):
         if request.text == "refuse me":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "text must not be empty")
         return music_pb2.EmbedStyleResponse(
-            embedding=np.linspace(-1, 1, facts.STYLE_EMBEDDING_DIM, dtype=np.float32))
+            embedding=np.linspace(-1, 1, facts.STYLE_EMBEDDING_DIM, dtype=np.float32)
+        )
 
     def ListModels(self, request, context):
-        return music_pb2.ListModelsResponse(default_model="tiny", models=[
-            music_pb2.ModelInfo(name="tiny", loaded=True, available=True, sample_rate=48_000,
-                                chunk_seconds=2.0, channels=2, description="offline default"),
-            music_pb2.ModelInfo(name="large", loaded=False, available=False, sample_rate=48_000,
-                                chunk_seconds=2.0, channels=2, description="upstream large")])
+        return music_pb2.ListModelsResponse(
+            default_model="tiny",
+            models=[
+                music_pb2.ModelInfo(
+                    name="tiny",
+                    loaded=True,
+                    available=True,
+                    sample_rate=48_000,
+                    chunk_seconds=2.0,
+                    channels=2,
+                    description="offline default",
+                ),
+                music_pb2.ModelInfo(
+                    name="large",
+                    loaded=False,
+                    available=False,
+                    sample_rate=48_000,
+                    chunk_seconds=2.0,
+                    channels=2,
+                    description="upstream large",
+                ),
+            ],
+        )
 
 
 def _serve(servicer, credentials=None):
@@ -119,10 +150,35 @@ def test_stream_sends_the_session_and_writes_the_chunks_received(fake, tmp_path,
     clip = tmp_path / "clip.ogg"
     clip.write_bytes(b"OggS not really")
     out = tmp_path / "disco.wav"
-    code = main(["stream", "--address", fake.address, "--api-key", "k-123", "--model", "base",
-                 "--prompt", "disco:0.7", "--audio-prompt", f"{clip}:0.2", "--prompt", "funk",
-                 "--temperature", "1.3", "--top-k", "30", "--guidance", "4", "--seed", "7",
-                 "--seconds", "5", "--out", str(out)])
+    code = main(
+        [
+            "stream",
+            "--address",
+            fake.address,
+            "--api-key",
+            "k-123",
+            "--model",
+            "base",
+            "--prompt",
+            "disco:0.7",
+            "--audio-prompt",
+            f"{clip}:0.2",
+            "--prompt",
+            "funk",
+            "--temperature",
+            "1.3",
+            "--top-k",
+            "30",
+            "--guidance",
+            "4",
+            "--seed",
+            "7",
+            "--seconds",
+            "5",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 0, err
 
@@ -191,7 +247,8 @@ def test_stream_ended_early_by_the_server_is_an_error(fake, tmp_path, capsys):
     code = main(["stream", "--address", fake.address, "--seconds", "6", "--out", str(out)])
     assert code == 1
     assert "server ended the stream after 2.00 s of audio, before the 6 s asked for" in (
-        capsys.readouterr().err)
+        capsys.readouterr().err
+    )
     assert soundfile.info(out).frames == facts.CHUNK_SAMPLES
 
 
@@ -212,12 +269,27 @@ def test_gateway_down_is_unavailable(tmp_path, capsys):
 def test_stream_over_tls(tmp_path, capsys):
     servicer = FakeMusicGeneration()
     credentials = grpc.ssl_server_credentials(
-        [((TLS_DIR / "server.key").read_bytes(), (TLS_DIR / "server.crt").read_bytes())])
+        [((TLS_DIR / "server.key").read_bytes(), (TLS_DIR / "server.crt").read_bytes())]
+    )
     server, address = _serve(servicer, credentials)
     try:
         out = tmp_path / "tls.wav"
-        assert main(["stream", "--address", address, "--tls-ca", str(TLS_DIR / "server.crt"),
-                     "--seconds", "2", "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "stream",
+                    "--address",
+                    address,
+                    "--tls-ca",
+                    str(TLS_DIR / "server.crt"),
+                    "--seconds",
+                    "2",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         assert soundfile.info(out).frames == facts.CHUNK_SAMPLES
         # Without the CA the client must refuse the server's certificate.
         assert main(["stream", "--address", address, "--seconds", "2", "--out", str(out)]) == 1
@@ -231,10 +303,13 @@ def test_unreadable_tls_ca_is_a_usage_error(capsys, tmp_path):
     assert "cannot read --tls-ca file" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("options, message", [
-    (["--tls-cert", "client.crt", "--tls-key", "client.key"], "need --tls-ca"),
-    (["--tls-ca", "ca.crt", "--tls-cert", "client.crt"], "must be given together"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--tls-cert", "client.crt", "--tls-key", "client.key"], "need --tls-ca"),
+        (["--tls-ca", "ca.crt", "--tls-cert", "client.crt"], "must be given together"),
+    ],
+)
 def test_a_client_certificate_needs_its_key_and_a_ca(options, message, capsys):
     assert main(["models", *options]) == 2
     assert message in capsys.readouterr().err
@@ -268,8 +343,19 @@ def test_models_prints_a_table(fake, capsys):
     assert main(["models", "--address", fake.address]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["MODEL", "LOADED", "AVAILABLE"]
-    assert lines[1].split() == ["tiny", "*", "yes", "yes", "48000", "Hz", "2", "2", "s",
-                                "offline", "default"]
+    assert lines[1].split() == [
+        "tiny",
+        "*",
+        "yes",
+        "yes",
+        "48000",
+        "Hz",
+        "2",
+        "2",
+        "s",
+        "offline",
+        "default",
+    ]
     assert lines[2].split()[:3] == ["large", "no", "no"]
     assert lines[-1] == "* default model: tiny"
 
@@ -282,8 +368,17 @@ def test_out_in_a_missing_directory_is_a_usage_error(fake, tmp_path, capsys):
 
 
 def test_an_opus_bitrate_needs_the_opus_encoding(fake, tmp_path, capsys):
-    code = main(["stream", "--address", fake.address, "--opus-bitrate", "64000",
-                 "--out", str(tmp_path / "x.wav")])
+    code = main(
+        [
+            "stream",
+            "--address",
+            fake.address,
+            "--opus-bitrate",
+            "64000",
+            "--out",
+            str(tmp_path / "x.wav"),
+        ]
+    )
     assert code == 2
     assert "--opus-bitrate needs --encoding ogg_opus" in capsys.readouterr().err
     assert fake.requests == []
@@ -291,11 +386,25 @@ def test_an_opus_bitrate_needs_the_opus_encoding(fake, tmp_path, capsys):
 
 def test_stream_asks_for_opus_and_writes_the_stream_as_received(fake, tmp_path, capsys):
     out = tmp_path / "x.opus"
-    code = main(["stream", "--address", fake.address, "--encoding", "ogg_opus",
-                 "--opus-bitrate", "96000", "--seconds", "4", "--out", str(out)])
+    code = main(
+        [
+            "stream",
+            "--address",
+            fake.address,
+            "--encoding",
+            "ogg_opus",
+            "--opus-bitrate",
+            "96000",
+            "--seconds",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
-    assert fake.requests[0].setup == music_pb2.SessionSetup(encoding=music_pb2.OGG_OPUS,
-                                                            opus_bitrate=96_000)
+    assert fake.requests[0].setup == music_pb2.SessionSetup(
+        encoding=music_pb2.OGG_OPUS, opus_bitrate=96_000
+    )
     # The fake's chunks are whatever bytes it sends: the file is them, in order.
     expected = b"".join(chunk_samples(i).tobytes() for i in range(2))
     assert out.read_bytes() == expected

@@ -46,9 +46,11 @@ def test_a_crashed_service_is_restarted_after_backoff_and_the_others_are_left_al
     generator.crash()
     supervisor.step()
     assert generator.starts == 0
-    assert messages == [f"generator-0 exited unexpectedly with signal SIGKILL; restarting it in "
-                        f"{INITIAL_BACKOFF_S:g} s (crash 1 in a row); the other services keep "
-                        f"serving"]
+    assert messages == [
+        f"generator-0 exited unexpectedly with signal SIGKILL; restarting it in "
+        f"{INITIAL_BACKOFF_S:g} s (crash 1 in a row); the other services keep "
+        f"serving"
+    ]
     clock.now_s += INITIAL_BACKOFF_S / 2
     supervisor.step()
     assert generator.starts == 0
@@ -86,6 +88,7 @@ def test_a_failed_restart_is_tried_again():
 
     def cannot_start():
         raise OSError("no such interpreter")
+
     generator.crash()
     supervisor.step()
     generator.start = cannot_start

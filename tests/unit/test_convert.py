@@ -44,10 +44,12 @@ def test_converted_values_are_the_checkpoint_arrays():
     temporal = "decoder/decoder/temporal_decoder"
     np.testing.assert_array_equal(
         params["temporal"]["layers_1"]["cross_attention"]["value"]["kernel"],
-        upstream[f"{temporal}/layers_1/encoder_decoder_attention/value/kernel"])
+        upstream[f"{temporal}/layers_1/encoder_decoder_attention/value/kernel"],
+    )
     np.testing.assert_array_equal(
         params["depth"]["relative_bias"]["embedding"],
-        upstream["decoder/decoder/depth_decoder/relpos_bias_depth/rel_embedding"])
+        upstream["decoder/decoder/depth_decoder/relpos_bias_depth/rel_embedding"],
+    )
     embedding = params["token_embedding"]["embedding"]
     assert embedding.shape == (29_824, 32) and embedding.dtype == np.float32
     assert 0.9 < embedding.std() < 1.1  # the N(0, 1) init, not zeros or garbage
@@ -62,10 +64,13 @@ def test_loads_a_tar_archive_like_the_released_checkpoints(tmp_path):
         tar.add(optimizer_state, arcname="llm_tiny/state.param_states.unused")
     from_tar = convert.load_checkpoint(archive, CONFIGS["tiny"])
     from_dir = convert.load_checkpoint(CHECKPOINT, CONFIGS["tiny"])
-    np.testing.assert_array_equal(from_tar["logits_dense"]["kernel"],
-                                  from_dir["logits_dense"]["kernel"])
-    np.testing.assert_array_equal(from_tar["encoder"]["layers_0"]["mlp"]["gelu_in"]["kernel"],
-                                  from_dir["encoder"]["layers_0"]["mlp"]["gelu_in"]["kernel"])
+    np.testing.assert_array_equal(
+        from_tar["logits_dense"]["kernel"], from_dir["logits_dense"]["kernel"]
+    )
+    np.testing.assert_array_equal(
+        from_tar["encoder"]["layers_0"]["mlp"]["gelu_in"]["kernel"],
+        from_dir["encoder"]["layers_0"]["mlp"]["gelu_in"]["kernel"],
+    )
 
 
 def test_a_checkpoint_of_another_size_is_refused():

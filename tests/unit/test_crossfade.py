@@ -13,8 +13,9 @@ def test_ramp_is_the_endpoint_free_quarter_sine():
     assert ramp.shape == (FADE,) and ramp.dtype == np.float32
     assert ramp[0] == 0.0
     assert np.all(np.diff(ramp) > 0)
-    np.testing.assert_allclose(ramp[FADE // 2], np.sin(np.pi / 4 * (FADE // 2) / (FADE / 2)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        ramp[FADE // 2], np.sin(np.pi / 4 * (FADE // 2) / (FADE / 2)), rtol=1e-6
+    )
     assert ramp[-1] < 1.0  # endpoint excluded
 
 
@@ -41,10 +42,11 @@ def test_split_keeps_the_last_frame_as_tail_and_fades_the_first():
     chunks, next_tails = crossfade_chunks(decoded, tails)
     assert chunks.shape == (2, facts.CHUNK_SAMPLES, 2) and chunks.dtype == np.float32
     np.testing.assert_array_equal(next_tails, decoded[:, -FADE:])
-    np.testing.assert_array_equal(chunks[:, FADE:], decoded[:, FADE:facts.CHUNK_SAMPLES])
+    np.testing.assert_array_equal(chunks[:, FADE:], decoded[:, FADE : facts.CHUNK_SAMPLES])
     ramp = crossfade_ramp(FADE)[:, None]
-    np.testing.assert_allclose(chunks[:, :FADE], decoded[:, :FADE] * ramp + tails * ramp[::-1],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        chunks[:, :FADE], decoded[:, :FADE] * ramp + tails * ramp[::-1], rtol=1e-6
+    )
 
 
 def test_first_chunk_fades_in_from_silence():
@@ -61,7 +63,7 @@ def _stream(signal: np.ndarray, chunks: int) -> np.ndarray:
     played = []
     for k in range(chunks):
         start = k * facts.CHUNK_SAMPLES
-        chunk, tail = crossfade_chunks(signal[None, start:start + DECODED], tail)
+        chunk, tail = crossfade_chunks(signal[None, start : start + DECODED], tail)
         played.append(chunk[0])
     return np.concatenate(played)
 
@@ -99,7 +101,8 @@ def test_frames_to_decode_prepends_the_last_context_frame():
 
 def test_wrong_shapes_are_refused():
     with pytest.raises(ValueError):
-        crossfade_chunks(np.zeros((1, facts.CHUNK_SAMPLES, 2), np.float32),
-                         np.zeros((1, FADE, 2), np.float32))
+        crossfade_chunks(
+            np.zeros((1, facts.CHUNK_SAMPLES, 2), np.float32), np.zeros((1, FADE, 2), np.float32)
+        )
     with pytest.raises(ValueError):
         crossfade_chunks(np.zeros((2, DECODED, 2), np.float32), np.zeros((1, FADE, 2), np.float32))

@@ -16,9 +16,11 @@ from services.generator.model.configs import CONFIGS, DepthformerConfig
 from services.generator.model.depthformer import Depthformer, EncoderPasses, decode_chunk
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "upstream_v1"
-LEVEL_COLUMNS = (facts.CODEC_TOKEN_OFFSET
-                 + facts.CODEBOOK_SIZE * (np.arange(facts.DECODER_STEPS) % 16)[:, None]
-                 + np.arange(facts.CODEBOOK_SIZE)[None, :])  # [800, 1024] vocabulary ids
+LEVEL_COLUMNS = (
+    facts.CODEC_TOKEN_OFFSET
+    + facts.CODEBOOK_SIZE * (np.arange(facts.DECODER_STEPS) % 16)[:, None]
+    + np.arange(facts.CODEBOOK_SIZE)[None, :]
+)  # [800, 1024] vocabulary ids
 
 
 # The logits upstream's own model computed from the checkpoint (see the fixture's README):
@@ -48,10 +50,13 @@ def test_tiny_is_the_size_of_the_upstream_checkpoint():
 
 def _teacher_forced_hidden(config, params, reference):
     model = Depthformer(config)
-    run = jax.jit(lambda p, e, d: model.apply({"params": p}, e, d,
-                                              method=Depthformer.teacher_forced_hidden))
-    return np.asarray(run(params, reference["encoder_input_tokens"],
-                          reference["decoder_input_tokens"]), np.float32)
+    run = jax.jit(
+        lambda p, e, d: model.apply({"params": p}, e, d, method=Depthformer.teacher_forced_hidden)
+    )
+    return np.asarray(
+        run(params, reference["encoder_input_tokens"], reference["decoder_input_tokens"]),
+        np.float32,
+    )
 
 
 def _level_logits(hidden, params):
@@ -75,11 +80,14 @@ def test_teacher_forced_logits_match_upstream(hidden, params, reference):
     _assert_close(full, reference["full_logits_first_positions"])
 
 
-@pytest.mark.parametrize("encoder_passes", [EncoderPasses(rows=2),
-                                            EncoderPasses(rows=1, query_block=256)],
-                         ids=["whole", "query-blocks"])
-def test_incremental_decode_gives_the_teacher_forced_logits(hidden, params, reference,
-                                                            encoder_passes):
+@pytest.mark.parametrize(
+    "encoder_passes",
+    [EncoderPasses(rows=2), EncoderPasses(rows=1, query_block=256)],
+    ids=["whole", "query-blocks"],
+)
+def test_incremental_decode_gives_the_teacher_forced_logits(
+    hidden, params, reference, encoder_passes
+):
     """Feed the fixture's targets through the KV-cached loop and record each step's logits
     (1 006 encoder queries in blocks of 256 include a padded last block)."""
     config = CONFIGS["tiny"]
@@ -88,8 +96,11 @@ def test_incremental_decode_gives_the_teacher_forced_logits(hidden, params, refe
     def force_targets(logits, frame, level, state):
         return target_codes[:, frame, level], state, logits
 
-    run = jax.jit(lambda p, e: decode_chunk(Depthformer(config), p, e, force_targets,
-                                            encoder_passes=encoder_passes))
+    run = jax.jit(
+        lambda p, e: decode_chunk(
+            Depthformer(config), p, e, force_targets, encoder_passes=encoder_passes
+        )
+    )
     codes, _, step_logits = run(params, reference["encoder_input_tokens"])
     np.testing.assert_array_equal(codes, target_codes)
     # [50, 16, rows, 1024] -> [rows, 800, 1024]
@@ -110,14 +121,19 @@ def test_bfloat16_keeps_the_decoder_residual_stream_in_float32(params):
     the encoder stays in bfloat16."""
     model = Depthformer(CONFIGS["tiny"].with_dtype("bfloat16"))
     tokens_in = jnp.asarray([[facts.PAD_TOKEN, facts.CODEC_TOKEN_OFFSET + 5]], jnp.int32)
-    decoder_embedded = model.apply({"params": params}, tokens_in,
-                                   method=Depthformer.embed_decoder_tokens)
+    decoder_embedded = model.apply(
+        {"params": params}, tokens_in, method=Depthformer.embed_decoder_tokens
+    )
     assert decoder_embedded.dtype == jnp.float32
     table = np.asarray(params["token_embedding"]["embedding"])
     expected = np.asarray(jnp.asarray(table[np.asarray(tokens_in)], jnp.bfloat16), np.float32)
     np.testing.assert_array_equal(np.asarray(decoder_embedded), expected)
     encoded = model.apply({"params": params}, tokens_in, method=Depthformer.encode)
     assert encoded.dtype == jnp.bfloat16
-    hidden_out = model.apply({"params": params}, tokens_in, jnp.zeros((1, 16), jnp.int32),
-                             method=Depthformer.teacher_forced_hidden)
+    hidden_out = model.apply(
+        {"params": params},
+        tokens_in,
+        jnp.zeros((1, 16), jnp.int32),
+        method=Depthformer.teacher_forced_hidden,
+    )
     assert hidden_out.dtype == jnp.bfloat16  # the final norm's output, as upstream's

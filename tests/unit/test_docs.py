@@ -13,11 +13,16 @@ from services.web.__main__ import build_parser as web_parser
 README = (Path(__file__).parents[2] / "README.md").read_text()
 
 
-@pytest.mark.parametrize("build_parser", [gateway_parser, embedder_parser, generator_parser,
-                                          web_parser])
+@pytest.mark.parametrize(
+    "build_parser", [gateway_parser, embedder_parser, generator_parser, web_parser]
+)
 def test_every_flag_is_in_the_readme(build_parser):
-    flags = [option for action in build_parser()._actions for option in action.option_strings
-             if option.startswith("--") and option != "--help"]
+    flags = [
+        option
+        for action in build_parser()._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help"
+    ]
     assert flags
     missing = [flag for flag in flags if f"`{flag}`" not in README]
     assert not missing, f"flags missing from README.md: {missing}"

@@ -56,11 +56,14 @@ class FakeLink:
         if kind == "style":
             self.style_version = request.style.version
         elif kind == "demand":
-            self.ready.put_nowait(generator_pb2.GeneratedChunk(
-                chunk_index=self.next_index,
-                audio=np.zeros((CHUNK_FRAMES, 2), "<f4").tobytes(),
-                snapshot=generator_pb2.SessionSnapshot(chunk_index=self.next_index + 1),
-                style_version=self.style_version))
+            self.ready.put_nowait(
+                generator_pb2.GeneratedChunk(
+                    chunk_index=self.next_index,
+                    audio=np.zeros((CHUNK_FRAMES, 2), "<f4").tobytes(),
+                    snapshot=generator_pb2.SessionSnapshot(chunk_index=self.next_index + 1),
+                    style_version=self.style_version,
+                )
+            )
             self.next_index += 1
             await asyncio.sleep(0.01)  # the chunk may well arrive before the send returns
 
@@ -90,26 +93,43 @@ class Generators:
         self.fail_after = fail_after or {}
         for address, free in (("a:1", 9), ("b:1", 5)):  # a first: it has more room
             self.pool.endpoints[address] = GeneratorEndpoint(
-                address, channel=None, stub=None, healthy=True,
-                load=generator_pb2.LoadReport(model="mock", free_slots=free))
+                address,
+                channel=None,
+                stub=None,
+                healthy=True,
+                load=generator_pb2.LoadReport(model="mock", free_slots=free),
+            )
             self.gates[address] = asyncio.Event()
             self.gates[address].set()
             self.links[address] = []
 
     def open_link(self, endpoint):
-        link = FakeLink(endpoint, self.gates[endpoint.address],
-                        self.fail_after.get(endpoint.address))
+        link = FakeLink(
+            endpoint, self.gates[endpoint.address], self.fail_after.get(endpoint.address)
+        )
         self.links[endpoint.address].append(link)
         return link
 
 
 def make_session(generators: Generators) -> ListenerSession:
-    settings = SessionSettings(buffer_ahead_seconds=0.0, open_timeout_s=WAIT_S,
-                               slow_client_timeout_s=WAIT_S, prompt_limits=PromptLimits(),
-                               chunk_timeout_s=WAIT_S, reconnect_interval_s=0.05)
-    return ListenerSession(session_id="s", model="mock", encoder=PcmEncoder(music_pb2.PCM_F32LE),
-                           settings=settings, pool=generators.pool, embedder=FakeEmbedder(),
-                           seed=1, open_link=generators.open_link)
+    settings = SessionSettings(
+        buffer_ahead_seconds=0.0,
+        open_timeout_s=WAIT_S,
+        slow_client_timeout_s=WAIT_S,
+        prompt_limits=PromptLimits(),
+        chunk_timeout_s=WAIT_S,
+        reconnect_interval_s=0.05,
+    )
+    return ListenerSession(
+        session_id="s",
+        model="mock",
+        encoder=PcmEncoder(music_pb2.PCM_F32LE),
+        settings=settings,
+        pool=generators.pool,
+        embedder=FakeEmbedder(),
+        seed=1,
+        open_link=generators.open_link,
+    )
 
 
 async def next_message(session: ListenerSession) -> music_pb2.StreamResponse:
@@ -120,6 +140,7 @@ async def until(condition) -> None:
     async def poll():
         while not condition():
             await asyncio.sleep(0.005)
+
     await asyncio.wait_for(poll(), WAIT_S)
 
 
@@ -129,8 +150,11 @@ def test_audio_received_keeps_flowing_while_the_session_moves_and_updates_reach_
         generators.gates["b:1"].clear()  # b opens the session only when the test says so
         session = make_session(generators)
         await session.connect()
-        await session.handle(music_pb2.StreamRequest(playback=music_pb2.PlaybackControl(
-            action=music_pb2.PlaybackControl.PLAY)))
+        await session.handle(
+            music_pb2.StreamRequest(
+                playback=music_pb2.PlaybackControl(action=music_pb2.PlaybackControl.PLAY)
+            )
+        )
         pump = asyncio.create_task(session.pump())
         try:
             # a delivered chunks 0..2 and failed; b is still opening the session.
@@ -142,12 +166,23 @@ def test_audio_received_keeps_flowing_while_the_session_moves_and_updates_reach_
                     sequences.append(message.chunk.sequence)
             assert sequences == [0, 1, 2] and not generators.gates["b:1"].is_set()
             # Updates while b opens: a prompt, a config and a reset.
-            await session.handle(music_pb2.StreamRequest(prompts=music_pb2.PromptUpdate(
-                prompts=[music_pb2.WeightedPrompt(text="during the move")])))
-            await session.handle(music_pb2.StreamRequest(config=music_pb2.GenerationConfig(
-                temperature=0.5)))
-            await session.handle(music_pb2.StreamRequest(playback=music_pb2.PlaybackControl(
-                action=music_pb2.PlaybackControl.RESET_CONTEXT)))
+            await session.handle(
+                music_pb2.StreamRequest(
+                    prompts=music_pb2.PromptUpdate(
+                        prompts=[music_pb2.WeightedPrompt(text="during the move")]
+                    )
+                )
+            )
+            await session.handle(
+                music_pb2.StreamRequest(config=music_pb2.GenerationConfig(temperature=0.5))
+            )
+            await session.handle(
+                music_pb2.StreamRequest(
+                    playback=music_pb2.PlaybackControl(
+                        action=music_pb2.PlaybackControl.RESET_CONTEXT
+                    )
+                )
+            )
             generators.gates["b:1"].set()
             kinds = []
             while len(kinds) < 4:
@@ -168,6 +203,7 @@ def test_audio_received_keeps_flowing_while_the_session_moves_and_updates_reach_
         finally:
             pump.cancel()
             await session.close()
+
     asyncio.run(scenario())
 
 
@@ -179,11 +215,15 @@ def test_a_generator_leaving_dns_is_drained_at_a_chunk_boundary_and_closed_once_
         class Channel:
             async def close(self):
                 closed.append(True)
+
         generators.pool.endpoints["a:1"].channel = Channel()
         session = make_session(generators)
         await session.connect()
-        await session.handle(music_pb2.StreamRequest(playback=music_pb2.PlaybackControl(
-            action=music_pb2.PlaybackControl.PLAY)))
+        await session.handle(
+            music_pb2.StreamRequest(
+                playback=music_pb2.PlaybackControl(action=music_pb2.PlaybackControl.PLAY)
+            )
+        )
         pump = asyncio.create_task(session.pump())
         try:
             assert (await next_message(session)).chunk.sequence == 0
@@ -202,6 +242,7 @@ def test_a_generator_leaving_dns_is_drained_at_a_chunk_boundary_and_closed_once_
         finally:
             pump.cancel()
             await session.close()
+
     asyncio.run(scenario())
 
 
@@ -222,8 +263,9 @@ def test_an_idle_session_gives_its_slot_back_and_play_resumes_from_its_snapshot(
     async def scenario():
         generators = Generators()
         session = make_session(generators)
-        session.settings = SessionSettings(**{**session.settings.__dict__,
-                                              "idle_release_s": 0.05 if released else WAIT_S})
+        session.settings = SessionSettings(
+            **{**session.settings.__dict__, "idle_release_s": 0.05 if released else WAIT_S}
+        )
         await session.connect()
         Action = music_pb2.PlaybackControl
         await session.handle(music_pb2.StreamRequest(playback=Action(action=Action.PLAY)))
@@ -244,6 +286,7 @@ def test_an_idle_session_gives_its_slot_back_and_play_resumes_from_its_snapshot(
         finally:
             pump.cancel()
             await session.close()
+
     asyncio.run(scenario())
 
 
@@ -265,6 +308,7 @@ def test_a_session_never_played_gives_its_slot_back_and_play_places_it_afresh():
         finally:
             pump.cancel()
             await session.close()
+
     asyncio.run(scenario())
 
 
@@ -273,8 +317,11 @@ def test_a_chunk_that_arrives_before_its_demand_is_sent_does_not_stall_the_sessi
         generators = Generators()
         session = make_session(generators)
         await session.connect()
-        await session.handle(music_pb2.StreamRequest(playback=music_pb2.PlaybackControl(
-            action=music_pb2.PlaybackControl.PLAY)))
+        await session.handle(
+            music_pb2.StreamRequest(
+                playback=music_pb2.PlaybackControl(action=music_pb2.PlaybackControl.PLAY)
+            )
+        )
         pump = asyncio.create_task(session.pump())
         try:
             sequences = [(await next_message(session)).chunk.sequence for _ in range(5)]
@@ -283,4 +330,5 @@ def test_a_chunk_that_arrives_before_its_demand_is_sent_does_not_stall_the_sessi
         finally:
             pump.cancel()
             await session.close()
+
     asyncio.run(scenario())

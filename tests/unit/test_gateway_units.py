@@ -44,8 +44,11 @@ def test_mix_is_the_weighted_mean_and_zero_weights_are_ignored():
 
 def test_resolve_prompts_mixes_text_and_embedding_and_skips_weight_zero():
     embedder = FakeEmbedder()
-    prompts = [text("ab", 1.0), text("ignored", 0.0),
-               music_pb2.WeightedPrompt(embedding=music_pb2.Embedding(values=[5.0] * 768), weight=3.0)]
+    prompts = [
+        text("ab", 1.0),
+        text("ignored", 0.0),
+        music_pb2.WeightedPrompt(embedding=music_pb2.Embedding(values=[5.0] * 768), weight=3.0),
+    ]
     mixed = asyncio.run(resolve_prompts(prompts, embedder, PromptLimits()))
     np.testing.assert_allclose(mixed, np.full(768, (2.0 * 1 + 5.0 * 3) / 4))
     assert [r.text for r in embedder.requests] == ["ab"]  # weight 0 never reaches the embedder
@@ -56,23 +59,30 @@ def test_unset_weight_means_one():
     np.testing.assert_allclose(mixed, np.full(768, 4.0))
 
 
-@pytest.mark.parametrize("prompt, needle", [
-    (text("x", -1.0), "weight"),
-    (text("x", math.nan), "weight"),
-    (text("x", math.inf), "weight"),
-    (music_pb2.WeightedPrompt(embedding=music_pb2.Embedding(values=[0.0] * 767)), "768"),
-    (music_pb2.WeightedPrompt(embedding=music_pb2.Embedding(values=[math.nan] * 768)), "finite"),
-    (text("y" * 513), "limit is 512"),
-    (text("   "), "empty"),
-    (music_pb2.WeightedPrompt(audio=b""), "audio is empty"),
-    (music_pb2.WeightedPrompt(audio=b"x" * 11), "limit is 10"),
-    (music_pb2.WeightedPrompt(weight=1.0), "set one of"),
-])
+@pytest.mark.parametrize(
+    "prompt, needle",
+    [
+        (text("x", -1.0), "weight"),
+        (text("x", math.nan), "weight"),
+        (text("x", math.inf), "weight"),
+        (music_pb2.WeightedPrompt(embedding=music_pb2.Embedding(values=[0.0] * 767)), "768"),
+        (
+            music_pb2.WeightedPrompt(embedding=music_pb2.Embedding(values=[math.nan] * 768)),
+            "finite",
+        ),
+        (text("y" * 513), "limit is 512"),
+        (text("   "), "empty"),
+        (music_pb2.WeightedPrompt(audio=b""), "audio is empty"),
+        (music_pb2.WeightedPrompt(audio=b"x" * 11), "limit is 10"),
+        (music_pb2.WeightedPrompt(weight=1.0), "set one of"),
+    ],
+)
 def test_invalid_prompts_are_refused_with_a_reason_naming_the_prompt(prompt, needle):
     embedder = FakeEmbedder()
     with pytest.raises(PromptError) as err:
-        asyncio.run(resolve_prompts([text("fine"), prompt], embedder,
-                                    PromptLimits(max_audio_bytes=10)))
+        asyncio.run(
+            resolve_prompts([text("fine"), prompt], embedder, PromptLimits(max_audio_bytes=10))
+        )
     assert err.value.errors[0].startswith("prompts[1]: ")
     assert needle in err.value.errors[0]
     assert embedder.requests == []  # nothing resolved when any prompt is bad
@@ -82,9 +92,14 @@ def test_config_updates_merge_and_out_of_range_values_are_refused():
     settings = SamplingSettings(seed=3)
     merged = merge_config(settings, music_pb2.GenerationConfig(temperature=0.5, top_k=0))
     assert (merged.temperature, merged.top_k, merged.guidance, merged.seed) == (0.5, 0, 5.0, 3)
-    for bad in [music_pb2.GenerationConfig(top_k=1025), music_pb2.GenerationConfig(top_k=-1),
-                music_pb2.GenerationConfig(temperature=4.5), music_pb2.GenerationConfig(temperature=math.nan),
-                music_pb2.GenerationConfig(guidance=-0.1), music_pb2.GenerationConfig(guidance=11)]:
+    for bad in [
+        music_pb2.GenerationConfig(top_k=1025),
+        music_pb2.GenerationConfig(top_k=-1),
+        music_pb2.GenerationConfig(temperature=4.5),
+        music_pb2.GenerationConfig(temperature=math.nan),
+        music_pb2.GenerationConfig(guidance=-0.1),
+        music_pb2.GenerationConfig(guidance=11),
+    ]:
         with pytest.raises(ValueError):
             merge_config(settings, bad)
     assert settings.temperature == pytest.approx(1.1)  # the original is untouched
@@ -121,12 +136,19 @@ class FakeStub:
 
 
 def make_pool(loads, targets, resolver=None):
-    pool = GeneratorPool(targets, poll_interval_s=1, rpc_timeout_s=1, max_message_bytes=1 << 20,
-                         **({"resolver": resolver} if resolver else {}))
+    pool = GeneratorPool(
+        targets,
+        poll_interval_s=1,
+        rpc_timeout_s=1,
+        max_message_bytes=1 << 20,
+        **({"resolver": resolver} if resolver else {}),
+    )
 
     def connect(address):
         from services.gateway.generator_pool import GeneratorEndpoint
+
         return GeneratorEndpoint(address, channel=_NullChannel(), stub=FakeStub(loads, address))
+
     pool._connect = connect
     return pool
 
@@ -137,8 +159,13 @@ class _NullChannel:
 
 
 def load(free, active=0, model="tiny", draining=False):
-    return generator_pb2.LoadReport(model=model, free_slots=free, active_sessions=active,
-                                    capacity_sessions=free + active, draining=draining)
+    return generator_pb2.LoadReport(
+        model=model,
+        free_slots=free,
+        active_sessions=active,
+        capacity_sessions=free + active,
+        draining=draining,
+    )
 
 
 def test_placement_prefers_the_generator_with_most_headroom_and_counts_placements():
@@ -195,12 +222,21 @@ def test_a_session_keeps_three_chunks_demanded_or_in_hand_each_due_at_its_releas
     from services.gateway.listener import CHUNKS_AHEAD, ListenerSession, SessionSettings
 
     async def scenario():
-        settings = SessionSettings(buffer_ahead_seconds=2.0, open_timeout_s=1.0,
-                                   slow_client_timeout_s=1.0,
-                                   prompt_limits=PromptLimits())
-        session = ListenerSession(session_id="s", model="sim",
-                                  encoder=PcmEncoder(music_pb2.PCM_S16LE),
-                                  settings=settings, pool=None, embedder=FakeEmbedder(), seed=0)
+        settings = SessionSettings(
+            buffer_ahead_seconds=2.0,
+            open_timeout_s=1.0,
+            slow_client_timeout_s=1.0,
+            prompt_limits=PromptLimits(),
+        )
+        session = ListenerSession(
+            session_id="s",
+            model="sim",
+            encoder=PcmEncoder(music_pb2.PCM_S16LE),
+            settings=settings,
+            pool=None,
+            embedder=FakeEmbedder(),
+            seed=0,
+        )
         link = session.link = RecordingLink()
         session.playing = True
         before = time.time()

@@ -5,13 +5,16 @@ import pytest
 from services.generator.__main__ import parse_args
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--random-weights", "true", "--checkpoint", "ckpt.tar"], "exclude each other"),
-    (["--max-batch-size", "0"], "--max-batch-size must be in [1, 512], got 0"),
-    (["--max-batch-size", "513"], "--max-batch-size must be in [1, 512], got 513"),
-    (["--model", "sim", "--sim-batch-seconds", "-1"], "must be >= 0"),
-    (["--stall-timeout-s", "0"], "--stall-timeout-s must be > 0"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--random-weights", "true", "--checkpoint", "ckpt.tar"], "exclude each other"),
+        (["--max-batch-size", "0"], "--max-batch-size must be in [1, 512], got 0"),
+        (["--max-batch-size", "513"], "--max-batch-size must be in [1, 512], got 513"),
+        (["--model", "sim", "--sim-batch-seconds", "-1"], "must be >= 0"),
+        (["--stall-timeout-s", "0"], "--stall-timeout-s must be > 0"),
+    ],
+)
 def test_impossible_combinations_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_args(argv)

@@ -24,16 +24,36 @@ def test_the_script_is_valid_bash():
     subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
 
 
-def test_the_benchmark_it_runs_starts_and_writes_its_report(tmp_path, tmp_path_factory,
-                                                            monkeypatch):
+def test_the_benchmark_it_runs_starts_and_writes_its_report(
+    tmp_path, tmp_path_factory, monkeypatch
+):
     arguments = bench_arguments()
-    assert arguments[:6] == ["generator", "--model", "large", "--random-weights", "--dtype",
-                             "bfloat16"]
+    assert arguments[:6] == [
+        "generator",
+        "--model",
+        "large",
+        "--random-weights",
+        "--dtype",
+        "bfloat16",
+    ]
     monkeypatch.setitem(configs.CONFIGS, "large", configs.CONFIGS["tiny"])
     docs = tmp_path / "benchmarks.md"
-    assert bench_main([*arguments, "--repeats", "1", "--results-dir", str(tmp_path),
-                       "--docs", str(docs),
-                       "--assets-dir", str(tmp_path_factory.getbasetemp() / "assets")]) == 0
+    assert (
+        bench_main(
+            [
+                *arguments,
+                "--repeats",
+                "1",
+                "--results-dir",
+                str(tmp_path),
+                "--docs",
+                str(docs),
+                "--assets-dir",
+                str(tmp_path_factory.getbasetemp() / "assets"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "generator_large-random-weights_bfloat16.json").read_text())
     assert report["model"] == "large-random-weights" and report["dtype"] == "bfloat16"
     assert [row["batch_size"] for row in report["batch_sizes"]] == [1]

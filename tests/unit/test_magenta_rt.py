@@ -26,15 +26,21 @@ class RecordingSampler:
         self.calls = []
 
     def sample(self, encoder_tokens, temperature, top_k, guidance, seeds):
-        self.calls.append(dict(encoder_tokens=encoder_tokens, temperature=temperature,
-                               top_k=top_k, guidance=guidance, seeds=seeds))
+        self.calls.append(
+            dict(
+                encoder_tokens=encoder_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                guidance=guidance,
+                seeds=seeds,
+            )
+        )
         return np.stack([self.row_codes(row, seed) for row, seed in zip(encoder_tokens, seeds)])
 
     @staticmethod
     def row_codes(encoder_row, seed):
         rng = np.random.default_rng([int(seed), zlib.crc32(encoder_row.tobytes())])
-        return rng.integers(0, 1024, (facts.CHUNK_FRAMES, facts.DECODER_RVQ_LEVELS),
-                            dtype=np.int32)
+        return rng.integers(0, 1024, (facts.CHUNK_FRAMES, facts.DECODER_RVQ_LEVELS), dtype=np.int32)
 
 
 @pytest.fixture(scope="session")
@@ -56,8 +62,9 @@ def sampler():
 @pytest.fixture
 def engine(tiny_store, decoder, sampler):
     quantizer = StyleQuantizer.load(tiny_store.path(STYLE_QUANTIZER_ASSET))
-    return MagentaRTEngine("tiny", sampler, decoder, quantizer,
-                           SpectroStreamEncoder.from_store(tiny_store))
+    return MagentaRTEngine(
+        "tiny", sampler, decoder, quantizer, SpectroStreamEncoder.from_store(tiny_store)
+    )
 
 
 STYLE = np.random.default_rng(9).standard_normal(768).astype(np.float32)
@@ -116,17 +123,20 @@ def test_audio_is_the_decoded_chunk_crossfaded_with_the_previous_tail(engine, sa
     fade = facts.CROSSFADE_SAMPLES
     # Chunk 0 decodes a frame of codes 0 first; a later chunk, its last context frame.
     first = decoder.decode(np.concatenate([np.zeros((1, 1, 16), np.int32), codes[:1]], axis=1))
-    later = decoder.decode(np.concatenate([jobs[1].state.context_tokens[None, -1:], codes[1:2]],
-                                          axis=1))
+    later = decoder.decode(
+        np.concatenate([jobs[1].state.context_tokens[None, -1:], codes[1:2]], axis=1)
+    )
     for out, decoded, previous_tail in ((outputs[0], first, 0.0), (outputs[1], later, 0.25)):
-        np.testing.assert_allclose(out.audio[fade:], decoded[0, fade:facts.CHUNK_SAMPLES],
-                                   atol=1e-6)
-        np.testing.assert_allclose(out.state.crossfade_tail, decoded[0, facts.CHUNK_SAMPLES:],
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            out.audio[fade:], decoded[0, fade : facts.CHUNK_SAMPLES], atol=1e-6
+        )
+        np.testing.assert_allclose(
+            out.state.crossfade_tail, decoded[0, facts.CHUNK_SAMPLES :], atol=1e-6
+        )
         ramp = np.sin(np.linspace(0, np.pi / 2, fade, endpoint=False))[:, None]
-        np.testing.assert_allclose(out.audio[:fade],
-                                   decoded[0, :fade] * ramp + previous_tail * ramp[::-1],
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            out.audio[:fade], decoded[0, :fade] * ramp + previous_tail * ramp[::-1], atol=1e-5
+        )
 
 
 def test_each_row_gets_what_it_would_get_alone(engine):
@@ -166,24 +176,35 @@ def test_random_weights_need_no_upstream_files(tmp_path, monkeypatch):
     """`base` with random weights builds from the tiny codec and style assets alone (its
     depthformer shrunk here to the tiny size, to keep the test fast)."""
     from services.generator.model import configs
+
     monkeypatch.setitem(configs.CONFIGS, "base", configs.CONFIGS["tiny"])
-    engine = MagentaRTEngine.create("base", AssetStore(tmp_path), max_batch_size=1,
-                                    random_weights=True)
+    engine = MagentaRTEngine.create(
+        "base", AssetStore(tmp_path), max_batch_size=1, random_weights=True
+    )
     assert engine.name == "base"
     output = engine.generate([ChunkJob(SessionState.fresh(), None, SamplingSettings(seed=3))])[0]
     assert output.audio.shape == (facts.CHUNK_SAMPLES, facts.CHANNELS)
     assert output.state.chunk_index == 1
     with pytest.raises(ValueError, match="exclude"):
-        MagentaRTEngine.create("base", AssetStore(tmp_path), max_batch_size=1,
-                               random_weights=True, checkpoint=tmp_path / "checkpoint")
+        MagentaRTEngine.create(
+            "base",
+            AssetStore(tmp_path),
+            max_batch_size=1,
+            random_weights=True,
+            checkpoint=tmp_path / "checkpoint",
+        )
 
 
 def test_asset_table_names_the_upstream_paths():
     for model in ("base", "large"):
         paths = magenta_rt.MODEL_ASSET_PATHS[model]
-        for needed in ("savedmodels/ssv2_48k_stereo/decoder", "savedmodels/ssv2_48k_stereo/quantizer",
-                       "savedmodels/musiccoca_mv212_quant", "savedmodels/musiccoca_mv212f_cpu_novocab",
-                       "vocabularies/musiccoca_mv212f_vocab.model"):
+        for needed in (
+            "savedmodels/ssv2_48k_stereo/decoder",
+            "savedmodels/ssv2_48k_stereo/quantizer",
+            "savedmodels/musiccoca_mv212_quant",
+            "savedmodels/musiccoca_mv212f_cpu_novocab",
+            "vocabularies/musiccoca_mv212f_vocab.model",
+        ):
             assert needed in paths
     assert "checkpoints/llm_large_x3047_c1860k.tar" in magenta_rt.MODEL_ASSET_PATHS["large"]
     assert "checkpoints/llm_base_x4286_c1860k.tar" in magenta_rt.MODEL_ASSET_PATHS["base"]
@@ -210,14 +231,25 @@ def test_the_style_quantizer_runs_once_per_style_not_per_chunk(engine, monkeypat
     quantizer = engine._style_quantizer
     quantized: list[int] = []
     real_tokens = quantizer.tokens
-    monkeypatch.setattr(quantizer, "tokens",
-                        lambda embeddings: quantized.append(len(embeddings)) or real_tokens(embeddings))
+    monkeypatch.setattr(
+        quantizer,
+        "tokens",
+        lambda embeddings: quantized.append(len(embeddings)) or real_tokens(embeddings),
+    )
     other = np.random.default_rng(10).standard_normal(768).astype(np.float32)
-    first = engine.style_tokens([ChunkJob(SessionState.fresh(), STYLE, SamplingSettings()),
-                                 ChunkJob(SessionState.fresh(), STYLE, SamplingSettings()),
-                                 ChunkJob(SessionState.fresh(), None, SamplingSettings())])
-    again = engine.style_tokens([ChunkJob(SessionState.fresh(), other, SamplingSettings()),
-                                 ChunkJob(SessionState.fresh(), STYLE, SamplingSettings())])
+    first = engine.style_tokens(
+        [
+            ChunkJob(SessionState.fresh(), STYLE, SamplingSettings()),
+            ChunkJob(SessionState.fresh(), STYLE, SamplingSettings()),
+            ChunkJob(SessionState.fresh(), None, SamplingSettings()),
+        ]
+    )
+    again = engine.style_tokens(
+        [
+            ChunkJob(SessionState.fresh(), other, SamplingSettings()),
+            ChunkJob(SessionState.fresh(), STYLE, SamplingSettings()),
+        ]
+    )
     assert quantized == [1, 1]  # STYLE once (for two rows), then only the new style
     np.testing.assert_array_equal(first[0], real_tokens(STYLE[None])[0])
     np.testing.assert_array_equal(first[1], first[0])

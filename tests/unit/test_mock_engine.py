@@ -31,8 +31,8 @@ def test_output_shapes_and_state_bookkeeping():
     out.state.validate()
     assert out.state.chunk_index == 1
     codes = MockEngine.chunk_codes(job)
-    np.testing.assert_array_equal(out.state.context_tokens[-facts.CHUNK_FRAMES:], codes)
-    np.testing.assert_array_equal(out.state.context_tokens[:-facts.CHUNK_FRAMES], -1)
+    np.testing.assert_array_equal(out.state.context_tokens[-facts.CHUNK_FRAMES :], codes)
+    np.testing.assert_array_equal(out.state.context_tokens[: -facts.CHUNK_FRAMES], -1)
     # The next chunk drops the oldest 50 frames, exactly like the model's context.
     second = engine.generate([_job(seed=3, state=out.state)])[0]
     np.testing.assert_array_equal(second.state.context_tokens[-100:-50], codes)
@@ -54,8 +54,11 @@ def test_deterministic_and_batch_independent():
 def test_pitch_follows_style_and_seed():
     style_a = np.zeros(768, np.float32)
     style_b = np.ones(768, np.float32)
-    pitches = {tuple(MockEngine.frequencies_hz(_job(seed, style)))
-               for seed in (0, 1, 2) for style in (None, style_a, style_b)}
+    pitches = {
+        tuple(MockEngine.frequencies_hz(_job(seed, style)))
+        for seed in (0, 1, 2)
+        for style in (None, style_a, style_b)
+    }
     assert len(pitches) > 3
     # The loudest frequency of the audio is the chosen pitch (0.5 Hz bins over 2 s).
     job = _job(seed=7, style=style_b)
@@ -68,15 +71,23 @@ def test_audio_follows_the_context_and_the_chunk_index():
     engine = MockEngine()
     first = engine.generate([_job(seed=4)])[0]
     after = _job(seed=4, state=first.state)
-    same_index_fresh_context = _job(seed=4, state=dataclasses.replace(
-        SessionState.fresh(), chunk_index=1, crossfade_tail=first.state.crossfade_tail))
-    assert not np.array_equal(MockEngine.frequencies_hz(after),
-                              MockEngine.frequencies_hz(same_index_fresh_context))
-    assert not np.array_equal(engine.generate([after])[0].audio,
-                              engine.generate([same_index_fresh_context])[0].audio)
+    same_index_fresh_context = _job(
+        seed=4,
+        state=dataclasses.replace(
+            SessionState.fresh(), chunk_index=1, crossfade_tail=first.state.crossfade_tail
+        ),
+    )
+    assert not np.array_equal(
+        MockEngine.frequencies_hz(after), MockEngine.frequencies_hz(same_index_fresh_context)
+    )
+    assert not np.array_equal(
+        engine.generate([after])[0].audio, engine.generate([same_index_fresh_context])[0].audio
+    )
     # The same state gives the same chunk, wherever it is generated (what failover relies on).
-    np.testing.assert_array_equal(engine.generate([after])[0].audio,
-                                  MockEngine().generate([_job(seed=4, state=first.state)])[0].audio)
+    np.testing.assert_array_equal(
+        engine.generate([after])[0].audio,
+        MockEngine().generate([_job(seed=4, state=first.state)])[0].audio,
+    )
 
 
 def test_chunks_join_without_a_jump():
@@ -84,7 +95,7 @@ def test_chunks_join_without_a_jump():
     audio, state = _play(engine, _job(seed=5), chunks=3)
     assert state.chunk_index == 3
     steps = np.abs(np.diff(audio, axis=0))
-    typical = steps[facts.CROSSFADE_SAMPLES:facts.CHUNK_SAMPLES].max()
+    typical = steps[facts.CROSSFADE_SAMPLES : facts.CHUNK_SAMPLES].max()
     for join in (facts.CHUNK_SAMPLES, 2 * facts.CHUNK_SAMPLES):
         assert steps[join - 1].max() <= typical * 1.01
 

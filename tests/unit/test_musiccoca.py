@@ -45,6 +45,7 @@ def encode(samples: np.ndarray, sample_rate_hz: int, fmt: str, subtype: str) -> 
 
 # --- the tiny assets are in the upstream formats -------------------------------------------------
 
+
 def test_tiny_assets_use_the_upstream_paths(store, model):
     assert model.name == "tiny"
     assert (store.tiny_root() / SAVEDMODEL / "saved_model.pb").is_file()
@@ -70,8 +71,10 @@ def test_tiny_savedmodel_has_the_upstream_signatures(store, model):
     assert music_inputs["inputs_0"].dtype == tf.float32
     assert music_inputs["inputs_0"].shape.as_list() == [None, 160_000]
     music_outputs = loaded.signatures["embed_music"].structured_outputs
-    assert set(music_outputs) == {"contrastive_music_embed",
-                                  "contrastive_music_embed_l2_normalized"}
+    assert set(music_outputs) == {
+        "contrastive_music_embed",
+        "contrastive_music_embed_l2_normalized",
+    }
     assert music_outputs["contrastive_music_embed"].shape.as_list() == [None, 768]
 
 
@@ -86,6 +89,7 @@ def test_tiny_vocabulary_has_the_upstream_special_ids(store, model):
 
 # --- preprocessing, as upstream does it --------------------------------------------------------
 
+
 def test_text_preprocessing_prefixes_the_start_id_and_pads(store, model):
     vocab = sentencepiece.SentencePieceProcessor(model_file=str(store.tiny_root() / VOCAB))
     ids, paddings = musiccoca.encode_texts(["Heavy Metal", ""], vocab)
@@ -93,7 +97,7 @@ def test_text_preprocessing_prefixes_the_start_id_and_pads(store, model):
     assert ids.dtype == np.int32 and paddings.dtype == np.float32
     pieces = vocab.EncodeAsIds("heavy metal")
     assert ids[0, : len(pieces) + 1].tolist() == [1, *pieces]
-    assert np.all(ids[0, len(pieces) + 1:] == 0)
+    assert np.all(ids[0, len(pieces) + 1 :] == 0)
     assert paddings[0].tolist() == [0.0] * (len(pieces) + 1) + [1.0] * (127 - len(pieces))
     assert ids[1, 0] == 1 and np.all(ids[1, 1:] == 0)  # an empty text is just the start id
     assert paddings[1, 0] == 0.0 and np.all(paddings[1, 1:] == 1.0)
@@ -118,6 +122,7 @@ def test_audio_is_cut_into_padded_ten_second_clips():
 
 
 # --- text embeddings ---------------------------------------------------------------------------
+
 
 def test_text_embeddings_are_768_finite_floats(model):
     embeddings = model.embed_texts(["ambient pads", "", "日本の音楽", "x" * 2000])
@@ -156,21 +161,25 @@ def test_no_texts_no_embeddings(model):
 
 # --- audio embeddings --------------------------------------------------------------------------
 
+
 def test_the_same_audio_as_wav_mp3_and_ogg_embeds_alike(model):
     samples = tone(6.0, 44_100)
-    prompts = [decode_audio_prompt(encode(samples, 44_100, fmt, subtype))
-               for fmt, subtype in [("WAV", "PCM_16"), ("MP3", "MPEG_LAYER_III"),
-                                    ("OGG", "VORBIS")]]
+    prompts = [
+        decode_audio_prompt(encode(samples, 44_100, fmt, subtype))
+        for fmt, subtype in [("WAV", "PCM_16"), ("MP3", "MPEG_LAYER_III"), ("OGG", "VORBIS")]
+    ]
     wav, mp3, ogg = model.embed_audio(prompts)
     for other in (mp3, ogg):
         assert cosine(wav, other) > 0.995
         assert np.linalg.norm(wav - other) < 0.1 * np.linalg.norm(wav)
 
 
-@pytest.mark.parametrize("channels, sample_rate_hz", [(1, 16_000), (2, 44_100), (1, 8_000),
-                                                      (2, 96_000)])
+@pytest.mark.parametrize(
+    "channels, sample_rate_hz", [(1, 16_000), (2, 44_100), (1, 8_000), (2, 96_000)]
+)
 def test_mono_stereo_and_any_sample_rate_embed_like_the_16khz_original(
-        model, channels, sample_rate_hz):
+    model, channels, sample_rate_hz
+):
     reference = model.embed_audio([tone(10.0, 16_000)])[0]
     samples = np.repeat(tone(10.0, sample_rate_hz)[:, None], channels, axis=1)
     prompt = decode_audio_prompt(encode(samples, sample_rate_hz, "WAV", "FLOAT"))
@@ -212,6 +221,7 @@ def test_audio_batch_equals_one_at_a_time(model):
 
 # --- signatures exported with a fixed batch size (as upstream calls its music signature) --------
 
+
 class _FixedBatchDoubler(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([1, 768], tf.float32, name="inputs_0")])
     def double(self, inputs_0):
@@ -229,6 +239,7 @@ def test_fixed_batch_signatures_are_called_in_chunks(tmp_path):
 
 # --- building and loading ----------------------------------------------------------------------
 
+
 def test_building_twice_changes_nothing(store, model):
     root = store.tiny_root()
     files = sorted(p for p in root.rglob("*") if p.is_file())
@@ -243,8 +254,10 @@ def test_building_twice_changes_nothing(store, model):
 def test_builds_are_deterministic(tmp_path, store, model):
     tiny_musiccoca.build_tiny_musiccoca(tmp_path)
     assert (tmp_path / VOCAB).read_bytes() == (store.tiny_root() / VOCAB).read_bytes()
-    fresh, ours = (tf.train.load_checkpoint(str(root / SAVEDMODEL / "variables" / "variables"))
-                   for root in (tmp_path, store.tiny_root()))
+    fresh, ours = (
+        tf.train.load_checkpoint(str(root / SAVEDMODEL / "variables" / "variables"))
+        for root in (tmp_path, store.tiny_root())
+    )
     names = set(fresh.get_variable_to_shape_map()) - {"_CHECKPOINTABLE_OBJECT_GRAPH"}
     assert names == set(ours.get_variable_to_shape_map()) - {"_CHECKPOINTABLE_OBJECT_GRAPH"}
     assert len(names) >= 10

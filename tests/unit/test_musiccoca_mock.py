@@ -29,8 +29,10 @@ def test_audio_is_keyed_by_its_samples():
     np.testing.assert_array_equal(embeddings[0], embeddings[1])
     assert not np.allclose(embeddings[0], embeddings[2])
     # A text and an audio clip never share an embedding by accident of their bytes.
-    assert not np.allclose(MockStyleModel().embed_texts([""])[0],
-                           MockStyleModel().embed_audio([np.zeros(0, np.float32)])[0])
+    assert not np.allclose(
+        MockStyleModel().embed_texts([""])[0],
+        MockStyleModel().embed_audio([np.zeros(0, np.float32)])[0],
+    )
 
 
 def test_empty_batches_and_single_strings():

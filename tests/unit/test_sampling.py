@@ -39,8 +39,12 @@ def _encoder_tokens(seed: int, sessions: int) -> np.ndarray:
 
 
 def _settings(temperature, top_k, guidance, seeds):
-    return (np.asarray(temperature, np.float32), np.asarray(top_k, np.int32),
-            np.asarray(guidance, np.float32), np.asarray(seeds, np.int64))
+    return (
+        np.asarray(temperature, np.float32),
+        np.asarray(top_k, np.int32),
+        np.asarray(guidance, np.float32),
+        np.asarray(seeds, np.int64),
+    )
 
 
 @pytest.mark.parametrize("threshold_fn", [top_k_threshold, top_k_threshold_by_sorting])
@@ -65,13 +69,13 @@ def test_top_k_threshold_matches_sorting_on_random_scales_and_k():
     rng = np.random.default_rng(7)
     threshold_of = jax.jit(top_k_threshold)
     for _ in range(30):
-        logits = (rng.normal(size=(8, 1024)) * rng.uniform(1e-3, 1e3)
-                  + rng.uniform(-50, 50)).astype(np.float32)
+        logits = (
+            rng.normal(size=(8, 1024)) * rng.uniform(1e-3, 1e3) + rng.uniform(-50, 50)
+        ).astype(np.float32)
         k = rng.integers(1, 1025, 8).astype(np.int32)
         threshold = np.asarray(threshold_of(logits, k))
         kth_largest = -np.sort(-logits, axis=1)[np.arange(8), k - 1]
-        np.testing.assert_array_equal(logits >= threshold[:, None],
-                                      logits >= kth_largest[:, None])
+        np.testing.assert_array_equal(logits >= threshold[:, None], logits >= kth_largest[:, None])
 
 
 def test_the_cpu_and_accelerator_top_k_cuts_draw_the_same_codes():
@@ -82,7 +86,8 @@ def test_the_cpu_and_accelerator_top_k_cuts_draw_the_same_codes():
     uniform = rng.uniform(size=64).astype(np.float32)
     by_search = jax.jit(sample_codes)(logits, temperature, top_k, uniform)
     by_sorting = jax.jit(lambda *a: sample_codes(*a, threshold=top_k_threshold_by_sorting))(
-        logits, temperature, top_k, uniform)
+        logits, temperature, top_k, uniform
+    )
     np.testing.assert_array_equal(by_search, by_sorting)
 
 
@@ -91,8 +96,10 @@ def test_a_sampler_built_for_an_accelerator_samples_the_same_chunk(sampler, para
     accelerator_like = TokenSampler(CONFIG, params, batch_buckets=(1, 4), backend="gpu")
     encoder_tokens = _encoder_tokens(5, 3)
     settings = _settings([1.0, 0.7, 0.0], [40, 0, 40], [3.0, 0.0, 5.0], [1, 2, 3])
-    np.testing.assert_array_equal(sampler.sample(encoder_tokens, *settings),
-                                  accelerator_like.sample(encoder_tokens, *settings))
+    np.testing.assert_array_equal(
+        sampler.sample(encoder_tokens, *settings),
+        accelerator_like.sample(encoder_tokens, *settings),
+    )
 
 
 def test_inverse_cdf_draws_follow_the_top_k_softmax():
@@ -102,9 +109,15 @@ def test_inverse_cdf_draws_follow_the_top_k_softmax():
     rows = len(grid)
     draw = jax.jit(sample_codes)
     for temperature, top_k in [(1.0, 40), (0.5, 0), (2.0, 300)]:
-        codes = np.asarray(draw(np.tile(logits, (rows, 1)), np.full(rows, temperature, np.float32),
-                                np.full(rows, top_k, np.int32), grid))
-        allowed = np.argsort(-logits)[:top_k or 1024]
+        codes = np.asarray(
+            draw(
+                np.tile(logits, (rows, 1)),
+                np.full(rows, temperature, np.float32),
+                np.full(rows, top_k, np.int32),
+                grid,
+            )
+        )
+        allowed = np.argsort(-logits)[: top_k or 1024]
         assert set(codes) <= set(allowed)
         weights = np.exp((logits[allowed] - logits.max()) / temperature)
         expected = np.zeros(1024)
@@ -115,9 +128,12 @@ def test_inverse_cdf_draws_follow_the_top_k_softmax():
 
 def test_zero_temperature_and_top_1_are_greedy():
     logits = np.random.default_rng(2).normal(size=(3, 1024)).astype(np.float32)
-    codes = jax.jit(sample_codes)(logits, np.array([0.0, 1.0, 3.0], np.float32),
-                                  np.array([40, 1, 1], np.int32),
-                                  np.array([0.9, 0.9, 0.1], np.float32))
+    codes = jax.jit(sample_codes)(
+        logits,
+        np.array([0.0, 1.0, 3.0], np.float32),
+        np.array([40, 1, 1], np.int32),
+        np.array([0.9, 0.9, 0.1], np.float32),
+    )
     np.testing.assert_array_equal(codes, logits.argmax(-1))
 
 
@@ -152,8 +168,12 @@ def test_a_session_gets_the_same_logits_alone_or_in_a_batch(params):
     together = np.asarray(run(params, rows))  # [50, 16, 6, 1024]
     for session in range(3):
         alone = np.asarray(run(params, rows[[session, session + 3]]))
-        np.testing.assert_allclose(alone, together[:, :, [session, session + 3]],
-                                   rtol=0, atol=1e-5 * np.abs(together).max())
+        np.testing.assert_allclose(
+            alone,
+            together[:, :, [session, session + 3]],
+            rtol=0,
+            atol=1e-5 * np.abs(together).max(),
+        )
 
 
 def test_a_batch_samples_each_session_with_its_own_settings(sampler):
@@ -161,9 +181,10 @@ def test_a_batch_samples_each_session_with_its_own_settings(sampler):
     settings = _settings([1.1, 0.0, 2.0], [40, 0, 5], [5.0, 0.0, 1.5], [1, 2, 2**40 + 3])
     together = sampler.sample(encoder_tokens, *settings)
     assert sampler.bucket_for(3) == 4
-    first_frame_alone = [sampler.sample(encoder_tokens[row:row + 1],
-                                        *(s[row:row + 1] for s in settings))[0, 0]
-                         for row in range(3)]
+    first_frame_alone = [
+        sampler.sample(encoder_tokens[row : row + 1], *(s[row : row + 1] for s in settings))[0, 0]
+        for row in range(3)
+    ]
     np.testing.assert_array_equal(together[:, 0], first_frame_alone)
 
 
@@ -178,8 +199,9 @@ def test_greedy_codes_maximise_the_guided_teacher_forced_logits(sampler, params)
     rows = np.concatenate([encoder_tokens, tokens.cfg_uncond_copy(encoder_tokens)])
     targets = np.tile(tokens.tokens_from_codes(codes), (2, 1))
     decoder_inputs = np.pad(targets[:, :-1], ((0, 0), (1, 0)))
-    logits = np.asarray(jax.jit(lambda p, e, d: model.apply({"params": p}, e, d))(
-        params, rows, decoder_inputs))  # [4, 800, vocab]
+    logits = np.asarray(
+        jax.jit(lambda p, e, d: model.apply({"params": p}, e, d))(params, rows, decoder_inputs)
+    )  # [4, 800, vocab]
     levels = (np.arange(800) % 16)[:, None] * 1024 + 2 + np.arange(1024)
     level_logits = np.take_along_axis(logits, np.broadcast_to(levels, (4, 800, 1024)), axis=2)
     w = guidance[:, None, None]

@@ -35,8 +35,7 @@ class ScriptedEngine(ChunkEngine):
 
     name = "scripted"
 
-    def __init__(self, clock: FakeClock, a: float = 0.1, b: float = 0.01,
-                 compile_s: float = 0.0):
+    def __init__(self, clock: FakeClock, a: float = 0.1, b: float = 0.01, compile_s: float = 0.0):
         self.clock, self.a, self.b, self.compile_s = clock, a, b, compile_s
         self.batches: list[list[int]] = []
         self.compiled: set[int] = set()
@@ -55,14 +54,24 @@ class ScriptedEngine(ChunkEngine):
             self.clock.now += self.compile_s
         self.clock.now += self.a + self.b * len(jobs)
         self.batches.append([job.sampling.seed for job in jobs])
-        return [ChunkOutput(audio=np.zeros((facts.CHUNK_SAMPLES, facts.CHANNELS), np.float32),
-                            state=SessionState(job.state.context_tokens, job.state.crossfade_tail,
-                                               job.state.chunk_index + 1)) for job in jobs]
+        return [
+            ChunkOutput(
+                audio=np.zeros((facts.CHUNK_SAMPLES, facts.CHANNELS), np.float32),
+                state=SessionState(
+                    job.state.context_tokens, job.state.crossfade_tail, job.state.chunk_index + 1
+                ),
+            )
+            for job in jobs
+        ]
 
 
 def make_session(seed: int, results: list) -> GeneratorSession:
-    return GeneratorSession(session_id=f"s{seed}", state=SessionState.fresh(),
-                            sampling=SamplingSettings(seed=seed), deliver=results.append)
+    return GeneratorSession(
+        session_id=f"s{seed}",
+        state=SessionState.fresh(),
+        sampling=SamplingSettings(seed=seed),
+        deliver=results.append,
+    )
 
 
 def scheduler_with(clock: FakeClock, max_batch_size: int = 4, batch_s: float = 0.1) -> Scheduler:
@@ -167,8 +176,15 @@ def test_a_raising_delivery_does_not_keep_the_others_from_their_chunks():
 
     def broken(result):
         raise RuntimeError("the stream is gone")
-    scheduler.add(GeneratorSession(session_id="broken", state=SessionState.fresh(),
-                                   sampling=SamplingSettings(), deliver=broken))
+
+    scheduler.add(
+        GeneratorSession(
+            session_id="broken",
+            state=SessionState.fresh(),
+            sampling=SamplingSettings(),
+            deliver=broken,
+        )
+    )
     scheduler.add(make_session(1, results))
     scheduler.demand("broken", clock.now)
     scheduler.demand("s1", clock.now)
@@ -211,6 +227,7 @@ def test_a_batch_that_fails_alone_leaves_the_runner_healthy():
             if any(job.sampling.seed == 13 for job in jobs):
                 raise ValueError("a bad row")
             return super().generate(jobs)
+
     runner = BatchRunner(PoisonedEngine(clock), scheduler, clock=clock)
     runner._thread = threading.current_thread()  # as if started
     results: list = []
@@ -268,11 +285,14 @@ def test_warm_up_times_single_batches_not_the_compilation_of_every_bucket():
     assert scheduler.predicted_capacity == 64
 
 
-@pytest.mark.parametrize("seconds_by_size, expected", [
-    ({1: 0.1, 16: 0.4}, 64),  # four batches of 16 fit in 1.6 s
-    ({1: 1.0, 16: 8.0}, 2),   # a batch of 2 (about 1.5 s) fits once
-    ({1: 3.0, 16: 30.0}, 0),  # nothing keeps real time
-])
+@pytest.mark.parametrize(
+    "seconds_by_size, expected",
+    [
+        ({1: 0.1, 16: 0.4}, 64),  # four batches of 16 fit in 1.6 s
+        ({1: 1.0, 16: 8.0}, 2),  # a batch of 2 (about 1.5 s) fits once
+        ({1: 3.0, 16: 30.0}, 0),  # nothing keeps real time
+    ],
+)
 def test_capacity_follows_measured_batch_times(seconds_by_size, expected):
     model = BatchTimeModel(Scheduler(16).buckets)
     for size, seconds in seconds_by_size.items():

@@ -31,10 +31,13 @@ async def ping(request, context):
 
 
 def handlers(service: str) -> grpc.GenericRpcHandler:
-    return grpc.method_handlers_generic_handler(service, {
-        "Stream": grpc.stream_stream_rpc_method_handler(echo),
-        "Ping": grpc.unary_unary_rpc_method_handler(ping),
-    })
+    return grpc.method_handlers_generic_handler(
+        service,
+        {
+            "Stream": grpc.stream_stream_rpc_method_handler(echo),
+            "Ping": grpc.unary_unary_rpc_method_handler(ping),
+        },
+    )
 
 
 async def released(interceptor: ApiKeyInterceptor) -> bool:

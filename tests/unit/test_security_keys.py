@@ -37,15 +37,18 @@ def test_parses_names_keys_hashes_and_options():
     assert keys[2].revoked and keys[2].max_sessions == 1
 
 
-@pytest.mark.parametrize("line, needle", [
-    ("alice", "expected NAME KEY"),
-    ("al/ice 0123456789abcdef0", "may hold only"),
-    ("alice short", "shorter than 16"),
-    ("alice sha256:abc", "64 hex digits"),
-    ("alice 0123456789abcdef0 max_sessions=0", "max_sessions"),
-    ("alice 0123456789abcdef0 max_sessions=two", "max_sessions"),
-    ("alice 0123456789abcdef0 expired", "unknown option 'expired'"),
-])
+@pytest.mark.parametrize(
+    "line, needle",
+    [
+        ("alice", "expected NAME KEY"),
+        ("al/ice 0123456789abcdef0", "may hold only"),
+        ("alice short", "shorter than 16"),
+        ("alice sha256:abc", "64 hex digits"),
+        ("alice 0123456789abcdef0 max_sessions=0", "max_sessions"),
+        ("alice 0123456789abcdef0 max_sessions=two", "max_sessions"),
+        ("alice 0123456789abcdef0 expired", "unknown option 'expired'"),
+    ],
+)
 def test_malformed_lines_are_refused_naming_the_line(line, needle):
     with pytest.raises(KeyFileError) as err:
         parse_api_keys(f"# header\n{line}\n")
@@ -60,17 +63,20 @@ def test_repeated_names_or_keys_are_refused_without_showing_the_key():
     assert ALICE_KEY not in str(err.value)
 
 
-@pytest.mark.parametrize("metadata, token", [
-    ((("authorization", f"Bearer {ALICE_KEY}"),), ALICE_KEY),
-    ((("x-other", "1"), ("authorization", f"bearer   {ALICE_KEY} ")), ALICE_KEY),
-    ((), None),
-    (None, None),
-    ((("authorization", ALICE_KEY),), None),
-    ((("authorization", f"Basic {ALICE_KEY}"),), None),
-    ((("authorization", "Bearer "),), None),
-    ((("authorization", "Bearer two words"),), None),
-    ((("authorization", f"Bearer {ALICE_KEY}"), ("authorization", f"Bearer {BOB_KEY}")), None),
-])
+@pytest.mark.parametrize(
+    "metadata, token",
+    [
+        ((("authorization", f"Bearer {ALICE_KEY}"),), ALICE_KEY),
+        ((("x-other", "1"), ("authorization", f"bearer   {ALICE_KEY} ")), ALICE_KEY),
+        ((), None),
+        (None, None),
+        ((("authorization", ALICE_KEY),), None),
+        ((("authorization", f"Basic {ALICE_KEY}"),), None),
+        ((("authorization", "Bearer "),), None),
+        ((("authorization", "Bearer two words"),), None),
+        ((("authorization", f"Bearer {ALICE_KEY}"), ("authorization", f"Bearer {BOB_KEY}")), None),
+    ],
+)
 def test_bearer_token(metadata, token):
     assert bearer_token(metadata) == token
 

@@ -38,15 +38,18 @@ def test_no_files_means_plaintext():
     assert load_channel_credentials(None) is None
 
 
-@pytest.mark.parametrize("cert, key, client_ca, needle", [
-    ("server.crt", None, None, "must be given together"),
-    (None, "server.key", None, "must be given together"),
-    (None, None, "unit-ca.crt", "needs --tls-cert-file"),
-    ("server.crt", "missing.key", None, "cannot read --tls-key-file"),
-    ("server.crt", "empty.pem", None, "--tls-key-file .* holds no PEM private key"),
-    ("server.key", "server.key", None, "--tls-cert-file .* holds no PEM certificate"),
-    ("server.crt", "server.key", "server.key", "--tls-client-ca-file .* no PEM certificate"),
-])
+@pytest.mark.parametrize(
+    "cert, key, client_ca, needle",
+    [
+        ("server.crt", None, None, "must be given together"),
+        (None, "server.key", None, "must be given together"),
+        (None, None, "unit-ca.crt", "needs --tls-cert-file"),
+        ("server.crt", "missing.key", None, "cannot read --tls-key-file"),
+        ("server.crt", "empty.pem", None, "--tls-key-file .* holds no PEM private key"),
+        ("server.key", "server.key", None, "--tls-cert-file .* holds no PEM certificate"),
+        ("server.crt", "server.key", "server.key", "--tls-client-ca-file .* no PEM certificate"),
+    ],
+)
 def test_server_flag_combinations_that_cannot_work_are_refused(pki, cert, key, client_ca, needle):
     directory = pki[0].cert.parent
     (directory / "empty.pem").write_text("\n")
@@ -54,11 +57,14 @@ def test_server_flag_combinations_that_cannot_work_are_refused(pki, cert, key, c
         load_server_credentials(*paths(directory, cert, key, client_ca))
 
 
-@pytest.mark.parametrize("ca, cert, key, needle", [
-    (None, "client.crt", "client.key", "needs --internal-tls-ca-file"),
-    ("unit-ca.crt", "client.crt", None, "must be given together"),
-    ("missing.crt", None, None, "cannot read --internal-tls-ca-file"),
-])
+@pytest.mark.parametrize(
+    "ca, cert, key, needle",
+    [
+        (None, "client.crt", "client.key", "needs --internal-tls-ca-file"),
+        ("unit-ca.crt", "client.crt", None, "must be given together"),
+        ("missing.crt", None, None, "cannot read --internal-tls-ca-file"),
+    ],
+)
 def test_channel_flag_combinations_that_cannot_work_are_refused(pki, ca, cert, key, needle):
     directory = pki[0].cert.parent
     with pytest.raises(SecurityConfigError, match=needle):
@@ -77,16 +83,22 @@ def test_flags_read_the_environment_and_a_blank_value_means_unset(monkeypatch):
     assert args.internal_tls_ca_file is None and args.tls_client_ca_file is None
 
 
-async def ping_over(server_credentials: grpc.ServerCredentials,
-                    channel_credentials: grpc.ChannelCredentials) -> bytes:
+async def ping_over(
+    server_credentials: grpc.ServerCredentials, channel_credentials: grpc.ChannelCredentials
+) -> bytes:
     """One call over a fresh server (server credentials serve one server only)."""
     server = grpc.aio.server()
 
     async def ping(request, context):
         return request
 
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        "test.Echo", {"Ping": grpc.unary_unary_rpc_method_handler(ping)})])
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "test.Echo", {"Ping": grpc.unary_unary_rpc_method_handler(ping)}
+            )
+        ]
+    )
     port = server.add_secure_port("127.0.0.1:0", server_credentials)
     await server.start()
     try:
@@ -99,17 +111,25 @@ async def ping_over(server_credentials: grpc.ServerCredentials,
 def test_loaded_credentials_make_a_mutual_tls_connection(pki):
     ca, server, client = pki
     with_certificate = load_channel_credentials(ca.cert, client.cert, client.key)
-    assert asyncio.run(ping_over(load_server_credentials(server.cert, server.key, ca.cert),
-                                 with_certificate)) == b"hello"
+    assert (
+        asyncio.run(
+            ping_over(load_server_credentials(server.cert, server.key, ca.cert), with_certificate)
+        )
+        == b"hello"
+    )
     without_certificate = load_channel_credentials(ca.cert)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        asyncio.run(ping_over(load_server_credentials(server.cert, server.key, ca.cert),
-                              without_certificate))
+        asyncio.run(
+            ping_over(
+                load_server_credentials(server.cert, server.key, ca.cert), without_certificate
+            )
+        )
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def serve_through_rotation(directory: Path, old_ca: Path, new_ca: Path,
-                                 new_server) -> list[grpc.StatusCode]:
+async def serve_through_rotation(
+    directory: Path, old_ca: Path, new_ca: Path, new_server
+) -> list[grpc.StatusCode]:
     """Calls trusting the old CA, then the new CA, before and after the files are replaced."""
     cert_file, key_file = directory / "tls.crt", directory / "tls.key"
     server = grpc.aio.server()
@@ -117,10 +137,16 @@ async def serve_through_rotation(directory: Path, old_ca: Path, new_ca: Path,
     async def ping(request, context):
         return request
 
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        "test.Echo", {"Ping": grpc.unary_unary_rpc_method_handler(ping)})])
-    port = server.add_secure_port("127.0.0.1:0", load_server_credentials(
-        cert_file, key_file, check_interval_s=0.0))
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "test.Echo", {"Ping": grpc.unary_unary_rpc_method_handler(ping)}
+            )
+        ]
+    )
+    port = server.add_secure_port(
+        "127.0.0.1:0", load_server_credentials(cert_file, key_file, check_interval_s=0.0)
+    )
     await server.start()
 
     async def code_trusting(ca: Path) -> grpc.StatusCode:
@@ -149,8 +175,9 @@ def test_a_renewed_certificate_is_served_without_a_restart(pki, tmp_path, caplog
     new_ca = CertificateAuthority.create(tmp_path / "new", "new-ca")
     shutil.copy(old_server.cert, tmp_path / "tls.crt")
     shutil.copy(old_server.key, tmp_path / "tls.key")
-    codes = asyncio.run(serve_through_rotation(tmp_path, old_ca.cert, new_ca.cert,
-                                               new_ca.issue("renewed")))
+    codes = asyncio.run(
+        serve_through_rotation(tmp_path, old_ca.cert, new_ca.cert, new_ca.issue("renewed"))
+    )
     ok, unavailable = grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE
     assert codes == [ok, unavailable, ok, ok, unavailable]
     assert "previous certificate stays in use" in caplog.text

@@ -34,13 +34,16 @@ def test_the_state_advances_like_a_model_and_resume_equals_continuing():
     first.state.validate()
     assert first.state.chunk_index == 1
     assert first.audio.shape == (facts.CHUNK_SAMPLES, facts.CHANNELS)
-    new = first.state.context_tokens[-facts.CHUNK_FRAMES:]
+    new = first.state.context_tokens[-facts.CHUNK_FRAMES :]
     assert np.all((new >= 0) & (new < facts.CODEBOOK_SIZE))
-    assert np.all(first.state.context_tokens[:-facts.CHUNK_FRAMES] == -1)
+    assert np.all(first.state.context_tokens[: -facts.CHUNK_FRAMES] == -1)
     continued = engine.generate([job(first.state, 3, style)])[0]
     # A copy of the state (a snapshot) resumed elsewhere gives the same next chunk.
-    snapshot = SessionState(first.state.context_tokens.copy(), first.state.crossfade_tail.copy(),
-                            first.state.chunk_index)
+    snapshot = SessionState(
+        first.state.context_tokens.copy(),
+        first.state.crossfade_tail.copy(),
+        first.state.chunk_index,
+    )
     resumed = SimEngine(sleep=lambda s: None).generate([job(snapshot, 3, style)])[0]
     np.testing.assert_array_equal(continued.state.context_tokens, resumed.state.context_tokens)
     # The codes depend on the context (a reset context gives other codes), seed and style.
@@ -48,9 +51,9 @@ def test_the_state_advances_like_a_model_and_resume_equals_continuing():
     after_reset = engine.generate([job(reset, 3, style)])[0]
     other_seed = engine.generate([job(first.state, 4, style)])[0]
     other_style = engine.generate([job(first.state, 3, None)])[0]
-    last = continued.state.context_tokens[-facts.CHUNK_FRAMES:]
+    last = continued.state.context_tokens[-facts.CHUNK_FRAMES :]
     for other in (after_reset, other_seed, other_style):
-        assert not np.array_equal(last, other.state.context_tokens[-facts.CHUNK_FRAMES:])
+        assert not np.array_equal(last, other.state.context_tokens[-facts.CHUNK_FRAMES :])
 
 
 def test_a_sim_engine_told_to_fail_raises_on_every_batch_served_but_starts():

@@ -29,7 +29,8 @@ def _codes(batch: int, frames: int = FRAMES, seed: int = 0) -> np.ndarray:
 
 def test_codebooks_load_from_the_quantizer_savedmodel(tiny_store):
     codebooks = spectrostream.load_codec_codebooks(
-        tiny_store.path(spectrostream.QUANTIZER_ASSET), levels=16)
+        tiny_store.path(spectrostream.QUANTIZER_ASSET), levels=16
+    )
     assert codebooks.shape == (16, 1024, 256) and codebooks.dtype == np.float32
     np.testing.assert_array_equal(codebooks, tiny_assets.tiny_codec_codebooks()[:16])
 
@@ -57,7 +58,7 @@ def test_each_row_decodes_as_it_would_alone(decoder):
     codes = _codes(3, seed=4)  # padded to the bucket of 4
     batched = decoder.decode(codes)
     for row in range(3):
-        np.testing.assert_allclose(batched[row], decoder.decode(codes[row:row + 1])[0], atol=1e-6)
+        np.testing.assert_allclose(batched[row], decoder.decode(codes[row : row + 1])[0], atol=1e-6)
 
 
 def test_batches_beyond_the_largest_bucket_are_refused(decoder):

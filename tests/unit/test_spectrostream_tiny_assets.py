@@ -59,8 +59,11 @@ def test_codebooks_are_deterministic_with_fixed_norm_levels():
     assert books.shape == (64, 1024, 256) and books.dtype == np.float32
     np.testing.assert_array_equal(books, tiny_assets.tiny_codec_codebooks.__wrapped__())
     norms = np.linalg.norm(books, axis=-1)
-    np.testing.assert_allclose(norms[:, 0], tiny_assets.CODEC_CODE_NORM
-                               * tiny_assets.CODEC_NORM_DECAY ** np.arange(64), rtol=1e-5)
+    np.testing.assert_allclose(
+        norms[:, 0],
+        tiny_assets.CODEC_CODE_NORM * tiny_assets.CODEC_NORM_DECAY ** np.arange(64),
+        rtol=1e-5,
+    )
     assert np.ptp(norms, axis=1).max() < 1e-5 * norms.max()
 
 
@@ -70,8 +73,9 @@ def test_decoded_audio_is_notes_of_the_scale(tiny_store):
     codes = np.random.default_rng(5).integers(0, 1024, (1, 50, 16)).astype(np.int32)
     mono = decoder.decode(codes)[0].mean(axis=1)  # 2 s: a 0.5 Hz frequency grid
     power = np.abs(np.fft.rfft(mono)) ** 2
-    partial_bins = (tiny_assets._note_half_hertz()[:, None]
-                    * np.arange(1, tiny_assets.HARMONICS + 1)).ravel()
+    partial_bins = (
+        tiny_assets._note_half_hertz()[:, None] * np.arange(1, tiny_assets.HARMONICS + 1)
+    ).ravel()
     near = np.zeros_like(power, dtype=bool)
     for offset in range(-8, 9):  # +-4 Hz: sidebands of the amplitude envelopes
         near[np.clip(partial_bins + offset, 0, len(power) - 1)] = True
@@ -132,7 +136,9 @@ def test_encoding_then_decoding_gives_back_the_notes_played(tiny_store):
     right = sum(0.15 * np.sin(2 * np.pi * hz * t) for hz in notes_hz[1:])
     played = np.stack([left, right], axis=1)[None].astype(np.float32)
 
-    decoded = decoder.decode(encoder.encode(played))[0, facts.CHUNK_SAMPLES // 2:-facts.CHUNK_SAMPLES // 2]
+    decoded = decoder.decode(encoder.encode(played))[
+        0, facts.CHUNK_SAMPLES // 2 : -facts.CHUNK_SAMPLES // 2
+    ]
     for channel, expected in ((0, notes_hz[:2]), (1, notes_hz[1:])):
         power = np.abs(np.fft.rfft(decoded[:, channel])) ** 2  # 2 s: 0.5 Hz bins
         strongest = np.sort(np.argsort(power)[-2:] / 2.0)

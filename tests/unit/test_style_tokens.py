@@ -43,7 +43,8 @@ def test_saved_variable_order_is_resolved_to_levels(tmp_path):
     root = tf.__internal__.tracking.AutoTrackable()
     names = sorted(f"codebook_{level}" for level in range(12))  # how the list got its order
     root.variables = [
-        tf.Variable(np.full((768, 1024), float(name.split("_")[1]), np.float32)) for name in names]
+        tf.Variable(np.full((768, 1024), float(name.split("_")[1]), np.float32)) for name in names
+    ]
     tf.saved_model.save(root, str(tmp_path / "quant"))
     codebooks = load_style_codebooks(tmp_path / "quant")
     assert codebooks.shape == (12, 1024, 768)

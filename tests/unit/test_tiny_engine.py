@@ -13,8 +13,9 @@ from services.generator.models import create_engine
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    return create_engine("tiny", AssetStore(tmp_path_factory.getbasetemp() / "assets"),
-                         max_batch_size=4)
+    return create_engine(
+        "tiny", AssetStore(tmp_path_factory.getbasetemp() / "assets"), max_batch_size=4
+    )
 
 
 def style(seed: int) -> np.ndarray:
@@ -22,18 +23,24 @@ def style(seed: int) -> np.ndarray:
 
 
 def test_a_chunk_has_the_shapes_ranges_and_state_of_design_3_4(engine):
-    out, again, other_seed, other_style = engine.generate([
-        ChunkJob(SessionState.fresh(), style(1), SamplingSettings(seed=7)),
-        ChunkJob(SessionState.fresh(), style(1), SamplingSettings(seed=7)),
-        ChunkJob(SessionState.fresh(), style(1), SamplingSettings(seed=8)),
-        ChunkJob(SessionState.fresh(), style(2), SamplingSettings(seed=7)),
-    ])
-    assert out.audio.shape == (facts.CHUNK_SAMPLES, facts.CHANNELS) and out.audio.dtype == np.float32
+    out, again, other_seed, other_style = engine.generate(
+        [
+            ChunkJob(SessionState.fresh(), style(1), SamplingSettings(seed=7)),
+            ChunkJob(SessionState.fresh(), style(1), SamplingSettings(seed=7)),
+            ChunkJob(SessionState.fresh(), style(1), SamplingSettings(seed=8)),
+            ChunkJob(SessionState.fresh(), style(2), SamplingSettings(seed=7)),
+        ]
+    )
+    assert (
+        out.audio.shape == (facts.CHUNK_SAMPLES, facts.CHANNELS) and out.audio.dtype == np.float32
+    )
     assert np.all(np.isfinite(out.audio)) and np.abs(out.audio).max() <= 1.0
     assert np.abs(out.audio).max() > 0.01
-    new = out.state.context_tokens[-facts.CHUNK_FRAMES:]
+    new = out.state.context_tokens[-facts.CHUNK_FRAMES :]
     assert np.all((new >= 0) & (new < facts.CODEBOOK_SIZE))  # 800 codes, each inside its level
-    assert np.all(out.state.context_tokens[:-facts.CHUNK_FRAMES] == -1)  # nothing else generated yet
+    assert np.all(
+        out.state.context_tokens[: -facts.CHUNK_FRAMES] == -1
+    )  # nothing else generated yet
     assert out.state.chunk_index == 1
     assert out.state.crossfade_tail.shape == (facts.CROSSFADE_SAMPLES, facts.CHANNELS)
     np.testing.assert_array_equal(out.audio, again.audio)  # same seed, style and config
@@ -46,11 +53,15 @@ def test_a_session_gets_the_same_chunk_alone_or_in_a_batch_with_other_settings(e
     first = engine.generate([ChunkJob(SessionState.fresh(), style(3), SamplingSettings(seed=5))])[0]
     job = ChunkJob(first.state, style(3), SamplingSettings(temperature=0.9, top_k=10, seed=5))
     alone = engine.generate([job])[0]
-    batched = engine.generate([
-        ChunkJob(SessionState.fresh(), None, SamplingSettings(temperature=2.0, top_k=0, seed=1)),
-        job,
-        ChunkJob(first.state, style(4), SamplingSettings(guidance=0.0, seed=9)),
-    ])[1]
+    batched = engine.generate(
+        [
+            ChunkJob(
+                SessionState.fresh(), None, SamplingSettings(temperature=2.0, top_k=0, seed=1)
+            ),
+            job,
+            ChunkJob(first.state, style(4), SamplingSettings(guidance=0.0, seed=9)),
+        ]
+    )[1]
     np.testing.assert_array_equal(alone.state.context_tokens, batched.state.context_tokens)
     np.testing.assert_allclose(alone.audio, batched.audio, atol=1e-6)
     assert alone.state.chunk_index == 2

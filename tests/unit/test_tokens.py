@@ -25,8 +25,9 @@ def test_encoder_tokens_reproduce_the_upstream_fixture_layout():
     level_offsets = facts.CODEC_TOKEN_OFFSET + facts.CODEBOOK_SIZE * np.arange(4)
     context[0, :, :4] = np.where(known, context_part - level_offsets, -1)
     context[0, :, 4:] = np.where(known[:, :1], 7, -1)  # deeper levels never reach the encoder
-    style = (row[1000:] - facts.STYLE_TOKEN_OFFSET
-             - facts.CODEBOOK_SIZE * np.arange(6))[None].astype(np.int32)
+    style = (row[1000:] - facts.STYLE_TOKEN_OFFSET - facts.CODEBOOK_SIZE * np.arange(6))[
+        None
+    ].astype(np.int32)
     assert np.all((style >= 0) & (style < facts.CODEBOOK_SIZE))
     built = tokens.build_encoder_tokens(context, style)
     np.testing.assert_array_equal(built[0], row)
@@ -43,7 +44,7 @@ def test_encoder_token_layout_is_frame_major_with_offsets_and_masks():
     assert built.shape == (2, 1006) and built.dtype == np.int32
     frame, level = 123, 2
     assert built[0, frame * 4 + level] == 2 + level * 1024 + context[0, frame, level]
-    assert np.all(built[0, :30 * 4] == facts.MASK_TOKEN)
+    assert np.all(built[0, : 30 * 4] == facts.MASK_TOKEN)
     assert built[0, 1000 + 5] == 17_410 + 5 * 1024 + style[0, 5]
     assert np.all(built[1, 1000:] == facts.MASK_TOKEN)
     uncond = tokens.cfg_uncond_copy(built)
@@ -78,9 +79,12 @@ def test_append_to_context_drops_the_oldest_chunk():
     np.testing.assert_array_equal(updated[:, 200:], new)
 
 
-@pytest.mark.parametrize("context_shape, style_shape", [
-    ((250, 16), (1, 6)), ((1, 250, 15), (1, 6)), ((1, 250, 16), (1, 12))])
+@pytest.mark.parametrize(
+    "context_shape, style_shape",
+    [((250, 16), (1, 6)), ((1, 250, 15), (1, 6)), ((1, 250, 16), (1, 12))],
+)
 def test_wrong_shapes_are_refused(context_shape, style_shape):
     with pytest.raises(ValueError):
-        tokens.build_encoder_tokens(np.zeros(context_shape, np.int32),
-                                    np.zeros(style_shape, np.int32))
+        tokens.build_encoder_tokens(
+            np.zeros(context_shape, np.int32), np.zeros(style_shape, np.int32)
+        )

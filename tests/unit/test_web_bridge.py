@@ -19,8 +19,10 @@ def test_chunks_report_the_prompts_and_config_of_their_versions():
     assert sources.prompts_answered(music_pb2.PromptStatus(accepted=False, version=1)) == ("b",)
     sources.config_sent(lyria.config_request({"temperature": 0.5}))
     metadata = sources.source_metadata(_chunk(1, 1))
-    assert metadata == {"clientContent": {"weightedPrompts": [{"text": "a", "weight": 1.0}]},
-                        "musicGenerationConfig": {"temperature": 0.5}}
+    assert metadata == {
+        "clientContent": {"weightedPrompts": [{"text": "a", "weight": 1.0}]},
+        "musicGenerationConfig": {"temperature": 0.5},
+    }
     assert sources.source_metadata(_chunk(0, 0)) == {}  # before any update: nothing to tell
 
 

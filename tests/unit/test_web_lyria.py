@@ -13,32 +13,42 @@ from services.web import lyria
 
 
 def test_weights_are_normalized_and_texts_kept_for_filtered_prompts():
-    update = lyria.prompts_request({"weightedPrompts": [{"text": "techno", "weight": 3},
-                                                        {"text": "piano"}]})
+    update = lyria.prompts_request(
+        {"weightedPrompts": [{"text": "techno", "weight": 3}, {"text": "piano"}]}
+    )
     prompts = update.request.prompts.prompts
     assert [p.text for p in prompts] == ["techno", "piano"]
     assert [p.weight for p in prompts] == pytest.approx([0.75, 0.25])
     assert update.texts == ("techno", "piano")
-    assert update.echo == {"weightedPrompts": [{"text": "techno", "weight": 0.75},
-                                               {"text": "piano", "weight": 0.25}]}
+    assert update.echo == {
+        "weightedPrompts": [{"text": "techno", "weight": 0.75}, {"text": "piano", "weight": 0.25}]
+    }
 
 
 def test_an_audio_prompt_carries_its_file_bytes():
     wav = b"RIFF....WAVEfmt "
-    update = lyria.prompts_request({"weightedPrompts": [
-        {"audio": {"data": base64.b64encode(wav).decode(), "name": "loop.wav"}, "weight": 1}]})
+    update = lyria.prompts_request(
+        {
+            "weightedPrompts": [
+                {"audio": {"data": base64.b64encode(wav).decode(), "name": "loop.wav"}, "weight": 1}
+            ]
+        }
+    )
     assert update.request.prompts.prompts[0].audio == wav
     assert update.texts == ("loop.wav",)
 
 
-@pytest.mark.parametrize("content, reason", [
-    ({}, "weightedPrompts list"),
-    ({"weightedPrompts": []}, "at least one"),
-    ({"weightedPrompts": [{"text": "a", "weight": 0}]}, "weight must be a number > 0"),
-    ({"weightedPrompts": [{"text": "a", "weight": True}]}, "weight must be a number > 0"),
-    ({"weightedPrompts": [{"weight": 1}]}, "needs a text"),
-    ({"weightedPrompts": [{"audio": {"data": "not base64!"}}]}, "not base64"),
-])
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        ({}, "weightedPrompts list"),
+        ({"weightedPrompts": []}, "at least one"),
+        ({"weightedPrompts": [{"text": "a", "weight": 0}]}, "weight must be a number > 0"),
+        ({"weightedPrompts": [{"text": "a", "weight": True}]}, "weight must be a number > 0"),
+        ({"weightedPrompts": [{"weight": 1}]}, "needs a text"),
+        ({"weightedPrompts": [{"audio": {"data": "not base64!"}}]}, "not base64"),
+    ],
+)
 def test_malformed_prompts_are_protocol_errors(content, reason):
     with pytest.raises(lyria.ProtocolError, match=reason) as raised:
         lyria.prompts_request(content)
@@ -62,34 +72,52 @@ def test_an_empty_config_resets_everything_and_draws_a_new_seed():
 
 
 def test_fields_the_model_cannot_honour_are_named_unset_enums_are_not():
-    update = lyria.config_request({"bpm": 90, "scale": "G_MAJOR_E_MINOR", "muteBass": False,
-                                   "musicGenerationMode": "MUSIC_GENERATION_MODE_UNSPECIFIED",
-                                   "temperature": 1.0})
+    update = lyria.config_request(
+        {
+            "bpm": 90,
+            "scale": "G_MAJOR_E_MINOR",
+            "muteBass": False,
+            "musicGenerationMode": "MUSIC_GENERATION_MODE_UNSPECIFIED",
+            "temperature": 1.0,
+        }
+    )
     assert update.unsupported == ("bpm", "scale", "muteBass")
     assert "bpm, scale, muteBass" in lyria.unsupported_warning(update.unsupported)["warning"]
 
 
-@pytest.mark.parametrize("config, reason", [
-    ({"tempo": 1}, "unknown field"), ({"topK": 1.5}, "topK must be an integer"),
-    ({"temperature": "hot"}, "temperature must be a number"), ([], "must be an object"),
-])
+@pytest.mark.parametrize(
+    "config, reason",
+    [
+        ({"tempo": 1}, "unknown field"),
+        ({"topK": 1.5}, "topK must be an integer"),
+        ({"temperature": "hot"}, "temperature must be a number"),
+        ([], "must be an object"),
+    ],
+)
 def test_malformed_configs_are_protocol_errors(config, reason):
     with pytest.raises(lyria.ProtocolError, match=reason):
         lyria.config_request(config)
 
 
-@pytest.mark.parametrize("text, reason", [
-    ("{", "not JSON"), ("[]", "exactly one"), ('{"setup": {}, "playbackControl": "PLAY"}', "exactly one"),
-    ('{"realtimeInput": {}}', "unknown message"),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("{", "not JSON"),
+        ("[]", "exactly one"),
+        ('{"setup": {}, "playbackControl": "PLAY"}', "exactly one"),
+        ('{"realtimeInput": {}}', "unknown message"),
+    ],
+)
 def test_frames_that_are_not_one_lyria_message_are_refused(text, reason):
     with pytest.raises(lyria.ProtocolError, match=reason):
         lyria.parse_client_message(text)
 
 
 def test_playback_actions_map_and_unknown_ones_are_refused():
-    assert lyria.playback_request("RESET_CONTEXT").playback.action == \
-        music_pb2.PlaybackControl.RESET_CONTEXT
+    assert (
+        lyria.playback_request("RESET_CONTEXT").playback.action
+        == music_pb2.PlaybackControl.RESET_CONTEXT
+    )
     with pytest.raises(lyria.ProtocolError, match="PLAY, PAUSE, STOP, RESET_CONTEXT"):
         lyria.playback_request("REWIND")
 
@@ -103,7 +131,7 @@ def test_lyria_model_names_map_to_a_cluster_model_of_that_name_or_the_default():
 def test_an_audio_chunk_is_base64_pcm_with_lyrias_mime_type_and_its_source():
     chunk = music_pb2.AudioChunk(data=b"\x01\x00\xff\xff", prompt_version=2)
     message = lyria.audio_message(chunk, {"clientContent": {"weightedPrompts": []}})
-    audio, = message["serverContent"]["audioChunks"]
+    (audio,) = message["serverContent"]["audioChunks"]
     assert base64.b64decode(audio["data"]) == b"\x01\x00\xff\xff"
     assert audio["mimeType"] == "audio/l16;rate=48000;channels=2"
     assert audio["sourceMetadata"] == {"clientContent": {"weightedPrompts": []}}
@@ -111,13 +139,18 @@ def test_an_audio_chunk_is_base64_pcm_with_lyrias_mime_type_and_its_source():
 
 
 def test_refused_prompts_become_filtered_prompts_naming_the_prompt():
-    status = music_pb2.PromptStatus(accepted=False, message="prompt update refused",
-                                    prompt_errors=["prompts[1]: text is longer than 512"])
+    status = music_pb2.PromptStatus(
+        accepted=False,
+        message="prompt update refused",
+        prompt_errors=["prompts[1]: text is longer than 512"],
+    )
     assert lyria.prompt_status_messages(status, ("ok", "too long")) == [
-        {"filteredPrompt": {"text": "too long", "filteredReason": "text is longer than 512"}}]
+        {"filteredPrompt": {"text": "too long", "filteredReason": "text is longer than 512"}}
+    ]
     whole = music_pb2.PromptStatus(accepted=False, message="embedder unavailable")
     assert lyria.prompt_status_messages(whole, ("a", "b")) == [
-        {"filteredPrompt": {"text": "a; b", "filteredReason": "embedder unavailable"}}]
+        {"filteredPrompt": {"text": "a; b", "filteredReason": "embedder unavailable"}}
+    ]
     assert lyria.prompt_status_messages(music_pb2.PromptStatus(accepted=True), ("a",)) == []
 
 

@@ -29,8 +29,9 @@ from services.generator.model.spectrostream import (
 )
 
 
-def convert_encoder(encoder_dir: Path, example_samples: int = facts.SAMPLE_RATE_HZ
-                    ) -> tuple[Callable, dict]:
+def convert_encoder(
+    encoder_dir: Path, example_samples: int = facts.SAMPLE_RATE_HZ
+) -> tuple[Callable, dict]:
     """Convert the encoder SavedModel's `__call__` to a pure JAX function and its parameters.
 
     `fn(params, samples) -> (embeddings, params)`; traced at [1, example_samples, 2] (one
@@ -50,9 +51,11 @@ def residual_quantize(embeddings: jax.Array, codebooks: jax.Array) -> jax.Array:
 
     embeddings: float[..., 256]; codebooks: float[levels, 1024, 256].
     """
+
     def level(residual, codebook):
-        distances = (jnp.sum(codebook * codebook, axis=-1)
-                     - 2.0 * jnp.einsum("...d,vd->...v", residual, codebook))
+        distances = jnp.sum(codebook * codebook, axis=-1) - 2.0 * jnp.einsum(
+            "...d,vd->...v", residual, codebook
+        )
         codes = jnp.argmin(distances, axis=-1).astype(jnp.int32)
         return residual - codebook[codes], codes
 
@@ -83,8 +86,9 @@ class SpectroStreamEncoder:
         self._compiled: set[tuple[int, int]] = set()  # (padded batch, samples) shapes run so far
 
     @classmethod
-    def load(cls, quantizer_dir: Path, encoder_dir: Path,
-             levels: int = facts.DECODER_RVQ_LEVELS) -> SpectroStreamEncoder:
+    def load(
+        cls, quantizer_dir: Path, encoder_dir: Path, levels: int = facts.DECODER_RVQ_LEVELS
+    ) -> SpectroStreamEncoder:
         """Load codebooks and encoder network from the two SavedModel directories."""
         encoder_fn, encoder_params = convert_encoder(encoder_dir)
         return cls(load_codec_codebooks(quantizer_dir, levels), encoder_fn, encoder_params)
@@ -94,10 +98,14 @@ class SpectroStreamEncoder:
         function gives, on random embeddings (a load-time check of the real assets)."""
         tf = import_tensorflow_cpu_only()
         quantizer = tf.saved_model.load(str(quantizer_dir))
-        embeddings = np.random.default_rng(seed).standard_normal(
-            (1, frames, CODEC_EMBEDDING_DIM)).astype(np.float32)
+        embeddings = (
+            np.random.default_rng(seed)
+            .standard_normal((1, frames, CODEC_EMBEDDING_DIM))
+            .astype(np.float32)
+        )
         reference, _ = quantizer.inference_encoding_with_tf_function(
-            tf.constant(embeddings), num_quantizers=self.levels)
+            tf.constant(embeddings), num_quantizers=self.levels
+        )
         ours = residual_quantize(jnp.asarray(embeddings), self._codebooks)
         return bool(np.array_equal(np.transpose(reference.numpy(), (1, 2, 0)), np.asarray(ours)))
 

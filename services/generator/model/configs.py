@@ -48,16 +48,22 @@ class DepthformerConfig:
         return dataclasses.replace(self, dtype=dtype)
 
     @classmethod
-    def from_size_macros(cls, dims: Mapping[str, int],
-                         dtype: ActivationDtype = "float32") -> DepthformerConfig:
+    def from_size_macros(
+        cls, dims: Mapping[str, int], dtype: ActivationDtype = "float32"
+    ) -> DepthformerConfig:
         """The config of upstream's gin size macros (EMBED_DIM, NUM_HEADS, HEAD_DIM, MLP_DIM,
         NUM_ENCODER_LAYERS, NUM_TEMPORAL_LAYERS, NUM_DEPTH_LAYERS), e.g. of a checkpoint
         trained at another size."""
-        return cls(d_model=dims["EMBED_DIM"], num_heads=dims["NUM_HEADS"],
-                   head_dim=dims["HEAD_DIM"], mlp_dim=dims["MLP_DIM"],
-                   encoder_layers=dims["NUM_ENCODER_LAYERS"],
-                   temporal_layers=dims["NUM_TEMPORAL_LAYERS"],
-                   depth_layers=dims["NUM_DEPTH_LAYERS"], dtype=dtype)
+        return cls(
+            d_model=dims["EMBED_DIM"],
+            num_heads=dims["NUM_HEADS"],
+            head_dim=dims["HEAD_DIM"],
+            mlp_dim=dims["MLP_DIM"],
+            encoder_layers=dims["NUM_ENCODER_LAYERS"],
+            temporal_layers=dims["NUM_TEMPORAL_LAYERS"],
+            depth_layers=dims["NUM_DEPTH_LAYERS"],
+            dtype=dtype,
+        )
 
 
 def activation_dtype(name: str) -> ActivationDtype:
@@ -72,13 +78,34 @@ def activation_dtype(name: str) -> ActivationDtype:
 CONFIGS: dict[str, DepthformerConfig] = {
     # Upstream's released sizes run with bfloat16 activations.
     "large": DepthformerConfig(
-        d_model=1024, num_heads=16, head_dim=64, mlp_dim=2816,
-        encoder_layers=24, temporal_layers=20, depth_layers=4, dtype="bfloat16"),
+        d_model=1024,
+        num_heads=16,
+        head_dim=64,
+        mlp_dim=2816,
+        encoder_layers=24,
+        temporal_layers=20,
+        depth_layers=4,
+        dtype="bfloat16",
+    ),
     "base": DepthformerConfig(
-        d_model=768, num_heads=12, head_dim=64, mlp_dim=2048,
-        encoder_layers=12, temporal_layers=20, depth_layers=4, dtype="bfloat16"),
+        d_model=768,
+        num_heads=12,
+        head_dim=64,
+        mlp_dim=2048,
+        encoder_layers=12,
+        temporal_layers=20,
+        depth_layers=4,
+        dtype="bfloat16",
+    ),
     # The size of the upstream reference fixture (tests/fixtures/upstream_v1/config_tiny.json).
     "tiny": DepthformerConfig(
-        d_model=32, num_heads=2, head_dim=16, mlp_dim=64,
-        encoder_layers=2, temporal_layers=2, depth_layers=2, dtype="float32"),
+        d_model=32,
+        num_heads=2,
+        head_dim=16,
+        mlp_dim=64,
+        encoder_layers=2,
+        temporal_layers=2,
+        depth_layers=2,
+        dtype="float32",
+    ),
 }

@@ -33,49 +33,85 @@ _ATTN = r"(?P<proj>query|key|value|out)"
 NAME_MAP: tuple[tuple[str, str], ...] = (
     ("token_embedder/embedding", "token_embedding/embedding"),
     # encoder
-    (rf"encoder/layers_{_L}/pre_attention_layer_norm/scale",
-     "encoder/layers_{i}/self_attention_norm/scale"),
-    (rf"encoder/layers_{_L}/attention/{_ATTN}/kernel",
-     "encoder/layers_{i}/self_attention/{proj}/kernel"),
+    (
+        rf"encoder/layers_{_L}/pre_attention_layer_norm/scale",
+        "encoder/layers_{i}/self_attention_norm/scale",
+    ),
+    (
+        rf"encoder/layers_{_L}/attention/{_ATTN}/kernel",
+        "encoder/layers_{i}/self_attention/{proj}/kernel",
+    ),
     (rf"encoder/layers_{_L}/pre_mlp_layer_norm/scale", "encoder/layers_{i}/mlp_norm/scale"),
     (rf"encoder/layers_{_L}/mlp/wi_0/kernel", "encoder/layers_{i}/mlp/gelu_in/kernel"),
     (rf"encoder/layers_{_L}/mlp/wi_1/kernel", "encoder/layers_{i}/mlp/linear_in/kernel"),
     (rf"encoder/layers_{_L}/mlp/wo/kernel", "encoder/layers_{i}/mlp/out/kernel"),
     ("encoder/encoder_norm/scale", "encoder/final_norm/scale"),
     # temporal decoder stack
-    ("decoder/decoder/temporal_decoder/relpos_bias/rel_embedding",
-     "temporal/relative_bias/embedding"),
-    (rf"decoder/decoder/temporal_decoder/layers_{_L}/pre_self_attention_layer_norm/scale",
-     "temporal/layers_{i}/self_attention_norm/scale"),
-    (rf"decoder/decoder/temporal_decoder/layers_{_L}/self_attention/{_ATTN}/kernel",
-     "temporal/layers_{i}/self_attention/{proj}/kernel"),
-    (rf"decoder/decoder/temporal_decoder/layers_{_L}/pre_cross_attention_layer_norm/scale",
-     "temporal/layers_{i}/cross_attention_norm/scale"),
-    (rf"decoder/decoder/temporal_decoder/layers_{_L}/encoder_decoder_attention/{_ATTN}/kernel",
-     "temporal/layers_{i}/cross_attention/{proj}/kernel"),
-    (rf"decoder/decoder/temporal_decoder/layers_{_L}/pre_mlp_layer_norm/scale",
-     "temporal/layers_{i}/mlp_norm/scale"),
-    (rf"decoder/decoder/temporal_decoder/layers_{_L}/mlp/wi_0/kernel",
-     "temporal/layers_{i}/mlp/gelu_in/kernel"),
-    (rf"decoder/decoder/temporal_decoder/layers_{_L}/mlp/wi_1/kernel",
-     "temporal/layers_{i}/mlp/linear_in/kernel"),
-    (rf"decoder/decoder/temporal_decoder/layers_{_L}/mlp/wo/kernel",
-     "temporal/layers_{i}/mlp/out/kernel"),
+    (
+        "decoder/decoder/temporal_decoder/relpos_bias/rel_embedding",
+        "temporal/relative_bias/embedding",
+    ),
+    (
+        rf"decoder/decoder/temporal_decoder/layers_{_L}/pre_self_attention_layer_norm/scale",
+        "temporal/layers_{i}/self_attention_norm/scale",
+    ),
+    (
+        rf"decoder/decoder/temporal_decoder/layers_{_L}/self_attention/{_ATTN}/kernel",
+        "temporal/layers_{i}/self_attention/{proj}/kernel",
+    ),
+    (
+        rf"decoder/decoder/temporal_decoder/layers_{_L}/pre_cross_attention_layer_norm/scale",
+        "temporal/layers_{i}/cross_attention_norm/scale",
+    ),
+    (
+        rf"decoder/decoder/temporal_decoder/layers_{_L}/encoder_decoder_attention/{_ATTN}/kernel",
+        "temporal/layers_{i}/cross_attention/{proj}/kernel",
+    ),
+    (
+        rf"decoder/decoder/temporal_decoder/layers_{_L}/pre_mlp_layer_norm/scale",
+        "temporal/layers_{i}/mlp_norm/scale",
+    ),
+    (
+        rf"decoder/decoder/temporal_decoder/layers_{_L}/mlp/wi_0/kernel",
+        "temporal/layers_{i}/mlp/gelu_in/kernel",
+    ),
+    (
+        rf"decoder/decoder/temporal_decoder/layers_{_L}/mlp/wi_1/kernel",
+        "temporal/layers_{i}/mlp/linear_in/kernel",
+    ),
+    (
+        rf"decoder/decoder/temporal_decoder/layers_{_L}/mlp/wo/kernel",
+        "temporal/layers_{i}/mlp/out/kernel",
+    ),
     # depth decoder stack
-    ("decoder/decoder/depth_decoder/relpos_bias_depth/rel_embedding",
-     "depth/relative_bias/embedding"),
-    (rf"decoder/decoder/depth_decoder/depth_layers_{_L}/pre_self_attention_layer_norm/scale",
-     "depth/layers_{i}/self_attention_norm/scale"),
-    (rf"decoder/decoder/depth_decoder/depth_layers_{_L}/self_attention/{_ATTN}/kernel",
-     "depth/layers_{i}/self_attention/{proj}/kernel"),
-    (rf"decoder/decoder/depth_decoder/depth_layers_{_L}/pre_mlp_layer_norm/scale",
-     "depth/layers_{i}/mlp_norm/scale"),
-    (rf"decoder/decoder/depth_decoder/depth_layers_{_L}/mlp/wi_0/kernel",
-     "depth/layers_{i}/mlp/gelu_in/kernel"),
-    (rf"decoder/decoder/depth_decoder/depth_layers_{_L}/mlp/wi_1/kernel",
-     "depth/layers_{i}/mlp/linear_in/kernel"),
-    (rf"decoder/decoder/depth_decoder/depth_layers_{_L}/mlp/wo/kernel",
-     "depth/layers_{i}/mlp/out/kernel"),
+    (
+        "decoder/decoder/depth_decoder/relpos_bias_depth/rel_embedding",
+        "depth/relative_bias/embedding",
+    ),
+    (
+        rf"decoder/decoder/depth_decoder/depth_layers_{_L}/pre_self_attention_layer_norm/scale",
+        "depth/layers_{i}/self_attention_norm/scale",
+    ),
+    (
+        rf"decoder/decoder/depth_decoder/depth_layers_{_L}/self_attention/{_ATTN}/kernel",
+        "depth/layers_{i}/self_attention/{proj}/kernel",
+    ),
+    (
+        rf"decoder/decoder/depth_decoder/depth_layers_{_L}/pre_mlp_layer_norm/scale",
+        "depth/layers_{i}/mlp_norm/scale",
+    ),
+    (
+        rf"decoder/decoder/depth_decoder/depth_layers_{_L}/mlp/wi_0/kernel",
+        "depth/layers_{i}/mlp/gelu_in/kernel",
+    ),
+    (
+        rf"decoder/decoder/depth_decoder/depth_layers_{_L}/mlp/wi_1/kernel",
+        "depth/layers_{i}/mlp/linear_in/kernel",
+    ),
+    (
+        rf"decoder/decoder/depth_decoder/depth_layers_{_L}/mlp/wo/kernel",
+        "depth/layers_{i}/mlp/out/kernel",
+    ),
     # output
     ("decoder/decoder_norm/scale", "decoder_norm/scale"),
     ("decoder/logits_dense/kernel", "logits_dense/kernel"),
@@ -124,9 +160,13 @@ def _read_leaf(checkpoint_dir: Path, leaf: Any) -> np.ndarray:
         return np.asarray(leaf)  # small arrays are inlined in the msgpack
     # The stored spec points at the zarr directory where it was written; read it from here.
     stored_path = leaf["kvstore"]["path"] if "kvstore" in leaf else leaf["path"]
-    spec = {"driver": leaf["driver"],
-            "kvstore": {"driver": "file",
-                        "path": str(checkpoint_dir / Path(stored_path.rstrip("/")).name)}}
+    spec = {
+        "driver": leaf["driver"],
+        "kvstore": {
+            "driver": "file",
+            "path": str(checkpoint_dir / Path(stored_path.rstrip("/")).name),
+        },
+    }
     return ts.open(spec, open=True, read=True).result().read().result()
 
 
@@ -141,7 +181,8 @@ def convert_params(upstream: Mapping[str, np.ndarray], config: DepthformerConfig
             raise CheckpointError(f"{name} -> {ours} is not a parameter of this config")
         if tuple(array.shape) != expected[ours]:
             raise CheckpointError(
-                f"{name}: shape {tuple(array.shape)}, the config expects {expected[ours]}")
+                f"{name}: shape {tuple(array.shape)}, the config expects {expected[ours]}"
+            )
         flat[ours] = array
     missing = sorted(set(expected) - set(flat))
     if missing:
@@ -162,14 +203,16 @@ def _extract_params(archive: tarfile.TarFile, scratch: Path) -> Path:
     """Extract the `checkpoint` file and the `target.*` arrays (not the optimizer state);
     returns the directory that holds them inside `scratch`."""
     members = archive.getmembers()
-    checkpoint_files = [m for m in members
-                        if m.isfile() and Path(m.name).name == CHECKPOINT_FILE]
+    checkpoint_files = [m for m in members if m.isfile() and Path(m.name).name == CHECKPOINT_FILE]
     if not checkpoint_files:
         raise CheckpointError(f"{archive.name!s} holds no t5x '{CHECKPOINT_FILE}' file")
     root = Path(min(checkpoint_files, key=lambda m: m.name.count("/")).name).parent
-    wanted = [m for m in members
-              if (Path(m.name).parent == root and Path(m.name).name == CHECKPOINT_FILE)
-              or _under_target_dir(Path(m.name), root)]
+    wanted = [
+        m
+        for m in members
+        if (Path(m.name).parent == root and Path(m.name).name == CHECKPOINT_FILE)
+        or _under_target_dir(Path(m.name), root)
+    ]
     archive.extractall(scratch, members=wanted, filter="data")
     return scratch / root
 

@@ -29,8 +29,9 @@ def crossfade_ramp(num_samples: int) -> np.ndarray:
     return np.sin(np.linspace(0.0, np.pi / 2, num_samples, endpoint=False, dtype=np.float32))
 
 
-def frames_to_decode(context_tokens: np.ndarray, chunk_indices: np.ndarray,
-                     new_codes: np.ndarray) -> np.ndarray:
+def frames_to_decode(
+    context_tokens: np.ndarray, chunk_indices: np.ndarray, new_codes: np.ndarray
+) -> np.ndarray:
     """int32[B, 51, 16]: each row's last context frame (or codes 0) then its 50 new frames.
 
     context_tokens: int32[B, 250, 16] before this chunk (-1 = never generated);
@@ -42,8 +43,9 @@ def frames_to_decode(context_tokens: np.ndarray, chunk_indices: np.ndarray,
     return np.concatenate([previous_frame, new_codes], axis=1).astype(np.int32)
 
 
-def crossfade_chunks(decoded: np.ndarray, previous_tails: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def crossfade_chunks(
+    decoded: np.ndarray, previous_tails: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Split decoded audio into the chunk to play and the tail kept for the next chunk.
 
     decoded: float32[B, 96000 + 1920, 2] (the 51 decoded frames);
@@ -53,12 +55,13 @@ def crossfade_chunks(decoded: np.ndarray, previous_tails: np.ndarray
     fade = facts.CROSSFADE_SAMPLES
     expected = (facts.CHUNK_SAMPLES + fade, facts.CHANNELS)
     if decoded.shape[1:] != expected:
-        raise ValueError(f"decoded audio must be [batch, {expected[0]}, {expected[1]}], "
-                         f"got {decoded.shape}")
+        raise ValueError(
+            f"decoded audio must be [batch, {expected[0]}, {expected[1]}], got {decoded.shape}"
+        )
     if previous_tails.shape != (decoded.shape[0], fade, facts.CHANNELS):
         raise ValueError(f"previous tails must be [batch, {fade}, 2], got {previous_tails.shape}")
     ramp = crossfade_ramp(fade)[:, None]
-    chunks = decoded[:, :facts.CHUNK_SAMPLES].astype(np.float32, copy=True)
+    chunks = decoded[:, : facts.CHUNK_SAMPLES].astype(np.float32, copy=True)
     chunks[:, :fade] = chunks[:, :fade] * ramp + previous_tails * ramp[::-1]
-    next_tails = decoded[:, facts.CHUNK_SAMPLES:].astype(np.float32, copy=True)
+    next_tails = decoded[:, facts.CHUNK_SAMPLES :].astype(np.float32, copy=True)
     return chunks, next_tails

@@ -72,7 +72,7 @@ def sinusoid_position_table(num_positions: int, features: int) -> np.ndarray:
     angles = np.arange(num_positions)[:, None] * rates[None, :]
     table = np.zeros((num_positions, features), np.float32)
     table[:, :half] = np.sin(angles)
-    table[:, half:2 * half] = np.cos(angles)
+    table[:, half : 2 * half] = np.cos(angles)
     return table
 
 
@@ -84,8 +84,9 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int) 
     """
     distance = np.maximum(np.arange(length)[:, None] - np.arange(length)[None, :], 0)
     exact = num_buckets // 2
-    log_ratio = (np.log(distance.astype(np.float32) / exact + np.finfo(np.float32).eps)
-                 / np.float32(np.log(max_distance / exact)))
+    log_ratio = np.log(distance.astype(np.float32) / exact + np.finfo(np.float32).eps) / np.float32(
+        np.log(max_distance / exact)
+    )
     far = exact + (log_ratio * (num_buckets - exact)).astype(np.int32)
     return np.where(distance < exact, distance, np.minimum(far, num_buckets - 1)).astype(np.int32)
 
@@ -107,8 +108,9 @@ class GatedGeluMlp(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype,
-                                  kernel_init=_SHAPE_ONLY)
+        dense = functools.partial(
+            nn.Dense, use_bias=False, dtype=self.dtype, kernel_init=_SHAPE_ONLY
+        )
         gated = nn.gelu(dense(self.hidden_dim, name="gelu_in")(x), approximate=True)
         linear = dense(self.hidden_dim, name="linear_in")(x)
         return dense(x.shape[-1], name="out")(gated * linear)
@@ -123,8 +125,9 @@ class Attention(nn.Module):
     dtype: Any
 
     def setup(self):
-        dense = functools.partial(nn.Dense, use_bias=False, dtype=self.dtype,
-                                  kernel_init=_SHAPE_ONLY)
+        dense = functools.partial(
+            nn.Dense, use_bias=False, dtype=self.dtype, kernel_init=_SHAPE_ONLY
+        )
         width = self.num_heads * self.head_dim
         self.query = dense(width)
         self.key = dense(width)
@@ -139,8 +142,14 @@ class Attention(nn.Module):
     def keys_values(self, x: Array) -> KeysValues:
         return self._split_heads(self.key(x)), self._split_heads(self.value(x))
 
-    def attend(self, x: Array, keys: Array, values: Array, bias: Array | None = None,
-               query_block: int | None = None) -> Array:
+    def attend(
+        self,
+        x: Array,
+        keys: Array,
+        values: Array,
+        bias: Array | None = None,
+        query_block: int | None = None,
+    ) -> Array:
         """x: [rows, queries, D]; keys / values: [rows, heads, keys, head_dim];
         bias: broadcastable to [rows, heads, queries, keys]. Without a bias, more
         than `query_block` queries are attended `query_block` at a time (same result)."""
@@ -153,8 +162,9 @@ class Attention(nn.Module):
         return self.out(mixed.reshape(*mixed.shape[:-2], -1))
 
 
-def _attention_mix(query: Array, keys: Array, values: Array, bias: Array | None,
-                   dtype: Any) -> Array:
+def _attention_mix(
+    query: Array, keys: Array, values: Array, bias: Array | None, dtype: Any
+) -> Array:
     """softmax(Q K^T + bias) V over [..., heads, positions, head_dim] operands.
 
     Logits and softmax in the activation dtype, the bias rounded to it, as upstream computes
@@ -166,8 +176,9 @@ def _attention_mix(query: Array, keys: Array, values: Array, bias: Array | None,
     return jnp.einsum("...hqk,...hkd->...hqd", weights, values)
 
 
-def _attend_in_query_blocks(query: Array, keys: Array, values: Array, block: int,
-                            dtype: Any) -> Array:
+def _attend_in_query_blocks(
+    query: Array, keys: Array, values: Array, block: int, dtype: Any
+) -> Array:
     """`_attention_mix` without a bias, `block` queries at a time. On CPU the whole
     [heads, 1006, 1006] attention map of an encoder row falls out of cache between its
     matrix products; a block of it stays in, which makes the encoder about 1.5x faster."""
@@ -175,8 +186,9 @@ def _attend_in_query_blocks(query: Array, keys: Array, values: Array, block: int
     padding = -queries % block
     padded = jnp.pad(query, [(0, 0)] * (query.ndim - 2) + [(0, padding), (0, 0)])
     blocks = jnp.moveaxis(padded.reshape(*padded.shape[:-2], -1, block, padded.shape[-1]), -3, 0)
-    mixed = lax.map(lambda block_queries: _attention_mix(block_queries, keys, values, None, dtype),
-                    blocks)
+    mixed = lax.map(
+        lambda block_queries: _attention_mix(block_queries, keys, values, None, dtype), blocks
+    )
     mixed = jnp.moveaxis(mixed, 0, -3)
     return mixed.reshape(*query.shape[:-2], queries + padding, -1)[..., :queries, :]
 
@@ -193,8 +205,7 @@ class TransformerLayer(nn.Module):
 
     def setup(self):
         c = self.config
-        attention = functools.partial(
-            Attention, c.num_heads, c.head_dim, c.d_model, c.dtype)
+        attention = functools.partial(Attention, c.num_heads, c.head_dim, c.d_model, c.dtype)
         self.self_attention_norm = RMSNorm(c.dtype)
         self.self_attention = attention()
         if self.attends_to_encoder:
@@ -206,9 +217,15 @@ class TransformerLayer(nn.Module):
     def cross_keys_values(self, encoded: Array) -> KeysValues:
         return self.cross_attention.keys_values(encoded)
 
-    def __call__(self, x: Array, bias: Array | None, cross_kv: KeysValues | None = None,
-                 cache: KeysValues | None = None, position: Array | None = None,
-                 query_block: int | None = None) -> tuple[Array, KeysValues]:
+    def __call__(
+        self,
+        x: Array,
+        bias: Array | None,
+        cross_kv: KeysValues | None = None,
+        cache: KeysValues | None = None,
+        position: Array | None = None,
+        query_block: int | None = None,
+    ) -> tuple[Array, KeysValues]:
         normed = self.self_attention_norm(x)
         keys, values = self.self_attention.keys_values(normed)
         if cache is not None:
@@ -230,7 +247,8 @@ class RelativePositionBias(nn.Module):
     def __call__(self, length: int) -> Array:
         """float32[heads, length, length]: the causal mask plus the bias of each distance."""
         table = self.param(
-            "embedding", _SHAPE_ONLY, (self.num_heads, self.num_buckets), jnp.float32)
+            "embedding", _SHAPE_ONLY, (self.num_heads, self.num_buckets), jnp.float32
+        )
         buckets = relative_position_buckets(length, self.num_buckets, self.max_distance)
         causal = np.tril(np.ones((length, length), bool))
         return jnp.where(causal, table[:, buckets], _MASKED_LOGIT)
@@ -241,8 +259,9 @@ class Encoder(nn.Module):
 
     def setup(self):
         c = self.config
-        self.layers = [TransformerLayer(c, attends_to_encoder=False)
-                       for _ in range(c.encoder_layers)]
+        self.layers = [
+            TransformerLayer(c, attends_to_encoder=False) for _ in range(c.encoder_layers)
+        ]
         self.final_norm = RMSNorm(c.dtype)
 
     def __call__(self, x: Array, query_block: int | None = None) -> Array:
@@ -263,9 +282,9 @@ class DecoderStack(nn.Module):
     def setup(self):
         c = self.config
         self.relative_bias = RelativePositionBias(
-            c.num_heads, self.relpos_buckets, self.relpos_max_distance)
-        self.layers = [TransformerLayer(c, self.attends_to_encoder)
-                       for _ in range(self.num_layers)]
+            c.num_heads, self.relpos_buckets, self.relpos_max_distance
+        )
+        self.layers = [TransformerLayer(c, self.attends_to_encoder) for _ in range(self.num_layers)]
 
     def attention_bias(self, length: int) -> Array:
         return self.relative_bias(length)
@@ -273,13 +292,19 @@ class DecoderStack(nn.Module):
     def cross_keys_values(self, encoded: Array) -> list[KeysValues]:
         return [layer.cross_keys_values(encoded) for layer in self.layers]
 
-    def __call__(self, x: Array, bias: Array, cross_kv: list[KeysValues] | None = None,
-                 caches: list[KeysValues] | None = None,
-                 position: Array | None = None) -> tuple[Array, list[KeysValues]]:
+    def __call__(
+        self,
+        x: Array,
+        bias: Array,
+        cross_kv: list[KeysValues] | None = None,
+        caches: list[KeysValues] | None = None,
+        position: Array | None = None,
+    ) -> tuple[Array, list[KeysValues]]:
         new_caches = []
         for i, layer in enumerate(self.layers):
-            x, kv = layer(x, bias, cross_kv[i] if cross_kv else None,
-                          caches[i] if caches else None, position)
+            x, kv = layer(
+                x, bias, cross_kv[i] if cross_kv else None, caches[i] if caches else None, position
+            )
             new_caches.append(kv)
         return x, new_caches
 
@@ -292,15 +317,20 @@ class OutputProjection(nn.Module):
 
     def setup(self):
         self.kernel = self.param(
-            "kernel", _SHAPE_ONLY, (self.d_model, self.vocab_rows), jnp.float32)
+            "kernel", _SHAPE_ONLY, (self.d_model, self.vocab_rows), jnp.float32
+        )
 
     def __call__(self, x: Array) -> Array:
         return x.astype(jnp.float32) @ self.kernel
 
     def codec_level_kernels(self) -> Array:
         """float32[16, D, 1024]: the columns of level k's codec tokens, for k = 0..15."""
-        codec = lax.slice_in_dim(self.kernel, facts.CODEC_TOKEN_OFFSET,
-                                 facts.CODEC_TOKEN_OFFSET + LEVELS * facts.CODEBOOK_SIZE, axis=1)
+        codec = lax.slice_in_dim(
+            self.kernel,
+            facts.CODEC_TOKEN_OFFSET,
+            facts.CODEC_TOKEN_OFFSET + LEVELS * facts.CODEBOOK_SIZE,
+            axis=1,
+        )
         return codec.reshape(self.d_model, LEVELS, facts.CODEBOOK_SIZE).transpose(1, 0, 2)
 
 
@@ -312,11 +342,19 @@ class Depthformer(nn.Module):
         self.token_embedding = nn.Embed(c.vocab_rows, c.d_model, embedding_init=_SHAPE_ONLY)
         self.encoder = Encoder(c)
         self.temporal = DecoderStack(
-            c, c.temporal_layers, c.temporal_relpos_buckets, c.temporal_relpos_max_distance,
-            attends_to_encoder=True)
+            c,
+            c.temporal_layers,
+            c.temporal_relpos_buckets,
+            c.temporal_relpos_max_distance,
+            attends_to_encoder=True,
+        )
         self.depth = DecoderStack(
-            c, c.depth_layers, c.depth_relpos_buckets, c.depth_relpos_max_distance,
-            attends_to_encoder=False)
+            c,
+            c.depth_layers,
+            c.depth_relpos_buckets,
+            c.depth_relpos_max_distance,
+            attends_to_encoder=False,
+        )
         self.decoder_norm = RMSNorm(c.dtype)
         self.logits_dense = OutputProjection(c.d_model, c.vocab_rows)
 
@@ -349,8 +387,14 @@ class Depthformer(nn.Module):
         """(temporal [heads, frames, frames], depth [heads, 16, 16]) causal relative biases."""
         return self.temporal.attention_bias(frames), self.depth.attention_bias(LEVELS)
 
-    def temporal_step(self, x: Array, bias: Array, cross_kv: list[KeysValues],
-                      caches: list[KeysValues], frame: Array):
+    def temporal_step(
+        self,
+        x: Array,
+        bias: Array,
+        cross_kv: list[KeysValues],
+        caches: list[KeysValues],
+        frame: Array,
+    ):
         return self.temporal(x, bias, cross_kv, caches, frame)
 
     def depth_step(self, x: Array, bias: Array, caches: list[KeysValues], level: Array):
@@ -376,13 +420,16 @@ class Depthformer(nn.Module):
         # Frame f's slot holds the embeddings at positions 16f-15 .. 16f (frame 0: position 0
         # repeated), so the temporal input is its mean and the depth inputs its last 15.
         padded = jnp.concatenate(
-            [jnp.repeat(embedded[:, :1], LEVELS - 1, axis=1), embedded, embedded[:, -1:]], axis=1)
+            [jnp.repeat(embedded[:, :1], LEVELS - 1, axis=1), embedded, embedded[:, -1:]], axis=1
+        )
         slots = padded.reshape(rows, frames + 1, LEVELS, d_model)
         temporal_bias, depth_bias = self.attention_biases(frames)
         context, _ = self.temporal(
-            jnp.mean(slots[:, :frames], axis=2), temporal_bias,
-            self.temporal.cross_keys_values(encoded))
-        depth_inputs = jnp.concatenate([context[:, :, None], slots[:, 1:, :LEVELS - 1]], axis=2)
+            jnp.mean(slots[:, :frames], axis=2),
+            temporal_bias,
+            self.temporal.cross_keys_values(encoded),
+        )
+        depth_inputs = jnp.concatenate([context[:, :, None], slots[:, 1:, : LEVELS - 1]], axis=2)
         hidden, _ = self.depth(depth_inputs.reshape(rows * frames, LEVELS, d_model), depth_bias)
         return self.decoder_norm(hidden.reshape(rows, length, d_model))
 
@@ -414,10 +461,14 @@ class EncoderPasses:
         return cls(rows=2, query_block=256) if backend == "cpu" else cls(rows=16)
 
 
-def decode_chunk(model: Depthformer, params: Params, encoder_tokens: Array,
-                 choose_codes: ChooseCodes, state: Any = (),
-                 encoder_passes: EncoderPasses = EncoderPasses(rows=2)
-                 ) -> tuple[Array, Any, Any]:
+def decode_chunk(
+    model: Depthformer,
+    params: Params,
+    encoder_tokens: Array,
+    choose_codes: ChooseCodes,
+    state: Any = (),
+    encoder_passes: EncoderPasses = EncoderPasses(rows=2),
+) -> tuple[Array, Any, Any]:
     """Generate one chunk (50 frames x 16 levels) incrementally with KV caches.
 
     Pure JAX (two nested `lax.scan`s); jit it. Only each step's level slice of the output
@@ -430,7 +481,9 @@ def decode_chunk(model: Depthformer, params: Params, encoder_tokens: Array,
     dtype = jnp.dtype(c.dtype)
     encoded = lax.map(
         lambda row: call(row[None], encoder_passes.query_block, method=Depthformer.encode)[0],
-        encoder_tokens, batch_size=encoder_passes.rows)
+        encoder_tokens,
+        batch_size=encoder_passes.rows,
+    )
     cross_kv = call(encoded, method=Depthformer.temporal_cross_keys_values)
     temporal_bias, depth_bias = call(FRAMES, method=Depthformer.attention_biases)
     level_kernels = call(method=Depthformer.codec_level_kernels)
@@ -448,28 +501,32 @@ def decode_chunk(model: Depthformer, params: Params, encoder_tokens: Array,
         tokens = jnp.where(frame == 0, facts.PAD_TOKEN, previous_codes + level_offsets)
         x = call(tokens, method=Depthformer.frame_input)
         bias = lax.dynamic_slice_in_dim(temporal_bias, frame, 1, axis=1)
-        context, temporal_caches = call(x, bias, cross_kv, temporal_caches, frame,
-                                        method=Depthformer.temporal_step)
+        context, temporal_caches = call(
+            x, bias, cross_kv, temporal_caches, frame, method=Depthformer.temporal_step
+        )
 
         def level_step(carry, per_level):
             depth_caches, x, state = carry
             level, kernel, bias = per_level
-            out, depth_caches = call(x, bias[:, None], depth_caches, level,
-                                     method=Depthformer.depth_step)
+            out, depth_caches = call(
+                x, bias[:, None], depth_caches, level, method=Depthformer.depth_step
+            )
             logits = call(out, kernel, method=Depthformer.level_logits)
             codes, state, record = choose_codes(logits, frame, level, state)
             codes = codes.astype(jnp.int32)
-            next_x = call(codes[:, None] + level_offsets[level],
-                          method=Depthformer.embed_decoder_tokens)
+            next_x = call(
+                codes[:, None] + level_offsets[level], method=Depthformer.embed_decoder_tokens
+            )
             return (depth_caches, next_x, state), (codes, record)
 
         (_, _, state), (codes, records) = lax.scan(
-            level_step, (empty_caches(c.depth_layers, LEVELS), context, state),
-            (levels, level_kernels, depth_bias.transpose(1, 0, 2)))
+            level_step,
+            (empty_caches(c.depth_layers, LEVELS), context, state),
+            (levels, level_kernels, depth_bias.transpose(1, 0, 2)),
+        )
         return (temporal_caches, codes.T, state), (codes.T, records)
 
-    initial = (empty_caches(c.temporal_layers, FRAMES), jnp.zeros((rows, LEVELS), jnp.int32),
-               state)
+    initial = (empty_caches(c.temporal_layers, FRAMES), jnp.zeros((rows, LEVELS), jnp.int32), state)
     (_, _, state), (codes, records) = lax.scan(frame_step, initial, jnp.arange(FRAMES))
     return codes.transpose(1, 0, 2), state, records
 
@@ -507,10 +564,11 @@ def init_params(config: DepthformerConfig, seed: int) -> Params:
 def param_shapes(config: DepthformerConfig) -> dict[str, tuple[int, ...]]:
     """Our parameter tree as {"a/b/c": shape}, computed without allocating anything."""
     model = Depthformer(config)
-    tree = jax.eval_shape(lambda key: model.init(key, *_init_inputs())["params"],
-                          jax.random.key(0))
-    return {"/".join(str(k.key) for k in path): tuple(leaf.shape)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    tree = jax.eval_shape(lambda key: model.init(key, *_init_inputs())["params"], jax.random.key(0))
+    return {
+        "/".join(str(k.key) for k in path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 def parameter_count(config: DepthformerConfig) -> int:

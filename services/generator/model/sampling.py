@@ -61,19 +61,24 @@ def top_k_threshold(logits: jax.Array, k: jax.Array) -> jax.Array:
         low, high, round_index = bounds
         key_middle = (low | high) - ((low ^ high) >> 1)  # ceil((low + high) / 2), no overflow
         value_middle = _order_keys((_key_values(low) + _key_values(high)) * 0.5)
-        middle = jnp.clip(jnp.where(round_index < _VALUE_SPLIT_ROUNDS, value_middle, key_middle),
-                          low + 1, high)
+        middle = jnp.clip(
+            jnp.where(round_index < _VALUE_SPLIT_ROUNDS, value_middle, key_middle), low + 1, high
+        )
         count = jnp.sum((keys >= middle[:, None]).astype(jnp.int32), axis=-1)
         # count > k: the answer is in [middle, high]; count == k: middle is a threshold that
         # keeps exactly the top k, done; count < k: the answer is below middle.
         new_low = jnp.where(count >= k, middle, low)
         new_high = jnp.select([count > k, count == k], [high, middle], middle - 1)
         running = low < high
-        return (jnp.where(running, new_low, low), jnp.where(running, new_high, high),
-                round_index + 1)
+        return (
+            jnp.where(running, new_low, low),
+            jnp.where(running, new_high, high),
+            round_index + 1,
+        )
 
     low, _, _ = lax.while_loop(
-        unfinished, narrow, (jnp.min(keys, axis=-1), jnp.max(keys, axis=-1), 0))
+        unfinished, narrow, (jnp.min(keys, axis=-1), jnp.max(keys, axis=-1), 0)
+    )
     return _key_values(low)
 
 
@@ -95,8 +100,13 @@ def top_k_threshold_for_backend(backend: str) -> TopKThreshold:
     return top_k_threshold if backend == "cpu" else top_k_threshold_by_sorting
 
 
-def sample_codes(logits: jax.Array, temperature: jax.Array, top_k: jax.Array,
-                 uniform: jax.Array, threshold: TopKThreshold = top_k_threshold) -> jax.Array:
+def sample_codes(
+    logits: jax.Array,
+    temperature: jax.Array,
+    top_k: jax.Array,
+    uniform: jax.Array,
+    threshold: TopKThreshold = top_k_threshold,
+) -> jax.Array:
     """int32[rows]: one code per row from float32[rows, 1024] logits.
 
     temperature 0 = greedy; top_k 0 (or >= 1024) = no cut; `uniform` in [0, 1) drives the
@@ -116,8 +126,10 @@ def sample_codes(logits: jax.Array, temperature: jax.Array, top_k: jax.Array,
     target = uniform * block_end[:, -1]
     block = _first_above(block_end, target, block_mass)
     in_block = jnp.take_along_axis(blocks, block[:, None, None], axis=1)[:, 0]
-    residual = target - (jnp.take_along_axis(block_end, block[:, None], axis=1)[:, 0]
-                         - jnp.take_along_axis(block_mass, block[:, None], axis=1)[:, 0])
+    residual = target - (
+        jnp.take_along_axis(block_end, block[:, None], axis=1)[:, 0]
+        - jnp.take_along_axis(block_mass, block[:, None], axis=1)[:, 0]
+    )
     code = block * _BLOCK + _first_above(jnp.cumsum(in_block, axis=-1), residual, in_block)
     return jnp.where(temperature > 0, code, greedy).astype(jnp.int32)
 
@@ -137,14 +149,25 @@ def _first_index(flags: jax.Array) -> jax.Array:
     return jnp.min(jnp.where(flags, positions, flags.shape[-1]), axis=-1)
 
 
-def _sample_chunk(model: Depthformer, encoder_passes: EncoderPasses, threshold: TopKThreshold,
-                  params: Params, encoder_tokens: jax.Array, temperature: jax.Array,
-                  top_k: jax.Array, guidance: jax.Array, seeds: jax.Array) -> jax.Array:
+def _sample_chunk(
+    model: Depthformer,
+    encoder_passes: EncoderPasses,
+    threshold: TopKThreshold,
+    params: Params,
+    encoder_tokens: jax.Array,
+    temperature: jax.Array,
+    top_k: jax.Array,
+    guidance: jax.Array,
+    seeds: jax.Array,
+) -> jax.Array:
     """The compiled program: int32[B, 50, 16] codes for B sessions; encoder_tokens holds the
     B conditional rows followed by their B unconditional partners."""
     sessions = temperature.shape[0]
-    uniforms = jax.vmap(lambda seed: jax.random.uniform(
-        jax.random.key(seed), (facts.CHUNK_FRAMES, facts.DECODER_RVQ_LEVELS)))(seeds)
+    uniforms = jax.vmap(
+        lambda seed: jax.random.uniform(
+            jax.random.key(seed), (facts.CHUNK_FRAMES, facts.DECODER_RVQ_LEVELS)
+        )
+    )(seeds)
     weight = guidance[:, None]
 
     def choose(logits, frame, level, state):
@@ -152,8 +175,7 @@ def _sample_chunk(model: Depthformer, encoder_passes: EncoderPasses, threshold: 
         codes = sample_codes(mixed, temperature, top_k, uniforms[:, frame, level], threshold)
         return jnp.concatenate([codes, codes]), state, ()
 
-    codes, _, _ = decode_chunk(model, params, encoder_tokens, choose,
-                               encoder_passes=encoder_passes)
+    codes, _, _ = decode_chunk(model, params, encoder_tokens, choose, encoder_passes=encoder_passes)
     return codes[:sessions]
 
 
@@ -161,17 +183,24 @@ def prepare_params(config: DepthformerConfig, params: Params) -> Params:
     """Device copies of the parameters, stored in the activation dtype (as they are used)
     except the float32 output projection."""
     dtype = jnp.dtype(config.dtype)
+
     def stored(name: str, subtree: Params) -> Params:
         stored_dtype = jnp.float32 if name == "logits_dense" else dtype
         return jax.tree_util.tree_map(lambda a: jnp.asarray(a, stored_dtype), subtree)
+
     return {name: stored(name, subtree) for name, subtree in params.items()}
 
 
 class TokenSampler:
     """Samples a chunk of codes for a batch of sessions with the depthformer."""
 
-    def __init__(self, config: DepthformerConfig, params: Params, batch_buckets: Sequence[int],
-                 backend: str | None = None):
+    def __init__(
+        self,
+        config: DepthformerConfig,
+        params: Params,
+        batch_buckets: Sequence[int],
+        backend: str | None = None,
+    ):
         """`batch_buckets`: the padded batch sizes (see `batch_buckets.batch_buckets`).
         `backend` chooses the speed-only variants (encoder passes, top-k cut); default: JAX's
         default backend."""
@@ -182,9 +211,13 @@ class TokenSampler:
         self._params = prepare_params(config, params)
         backend = backend or jax.default_backend()
         self._program = jax.jit(
-            functools.partial(_sample_chunk, Depthformer(config),
-                              EncoderPasses.for_backend(backend),
-                              top_k_threshold_for_backend(backend)))
+            functools.partial(
+                _sample_chunk,
+                Depthformer(config),
+                EncoderPasses.for_backend(backend),
+                top_k_threshold_for_backend(backend),
+            )
+        )
 
     @property
     def max_batch_size(self) -> int:
@@ -194,9 +227,15 @@ class TokenSampler:
         """The padded batch size a batch of `batch_size` sessions runs at."""
         return bucket_for(batch_size, self.batch_buckets)
 
-    def sample(self, encoder_tokens: np.ndarray, temperature: np.ndarray, top_k: np.ndarray,
-               guidance: np.ndarray, seeds: np.ndarray,
-               uncond_tokens: np.ndarray | None = None) -> np.ndarray:
+    def sample(
+        self,
+        encoder_tokens: np.ndarray,
+        temperature: np.ndarray,
+        top_k: np.ndarray,
+        guidance: np.ndarray,
+        seeds: np.ndarray,
+        uncond_tokens: np.ndarray | None = None,
+    ) -> np.ndarray:
         """int32[B, 50, 16] raw codes in [0, 1024) for B sessions.
 
         encoder_tokens: int32[B, 1006], the conditional rows. temperature: float32[B],
@@ -208,23 +247,32 @@ class TokenSampler:
         encoder_tokens = np.asarray(encoder_tokens, np.int32)
         sessions = len(encoder_tokens)
         if encoder_tokens.shape != (sessions, facts.ENCODER_INPUT_TOKENS) or sessions == 0:
-            raise ValueError(f"encoder_tokens must be [B >= 1, {facts.ENCODER_INPUT_TOKENS}], "
-                             f"got {encoder_tokens.shape}")
+            raise ValueError(
+                f"encoder_tokens must be [B >= 1, {facts.ENCODER_INPUT_TOKENS}], "
+                f"got {encoder_tokens.shape}"
+            )
         if uncond_tokens is None:
             uncond_tokens = token_layout.cfg_uncond_copy(encoder_tokens)
         uncond_tokens = np.asarray(uncond_tokens, np.int32)
         if uncond_tokens.shape != encoder_tokens.shape:
-            raise ValueError(f"uncond_tokens must be {encoder_tokens.shape}, "
-                             f"got {uncond_tokens.shape}")
-        per_row = [np.asarray(temperature, np.float32), np.asarray(top_k, np.int32),
-                   np.asarray(guidance, np.float32),
-                   (np.asarray(seeds).astype(np.int64) & 0xFFFFFFFF).astype(np.uint32)]
+            raise ValueError(
+                f"uncond_tokens must be {encoder_tokens.shape}, got {uncond_tokens.shape}"
+            )
+        per_row = [
+            np.asarray(temperature, np.float32),
+            np.asarray(top_k, np.int32),
+            np.asarray(guidance, np.float32),
+            (np.asarray(seeds).astype(np.int64) & 0xFFFFFFFF).astype(np.uint32),
+        ]
         if any(setting.shape != (sessions,) for setting in per_row):
             raise ValueError(f"temperature, top_k, guidance and seeds must each be [{sessions}]")
         padding = self.bucket_for(sessions) - sessions
         # Padded rows: MASK inputs, greedy; their codes are dropped.
-        rows = np.pad(np.concatenate([encoder_tokens, uncond_tokens]).reshape(2, sessions, -1),
-                      ((0, 0), (0, padding), (0, 0)), constant_values=facts.MASK_TOKEN)
+        rows = np.pad(
+            np.concatenate([encoder_tokens, uncond_tokens]).reshape(2, sessions, -1),
+            ((0, 0), (0, padding), (0, 0)),
+            constant_values=facts.MASK_TOKEN,
+        )
         rows = rows.reshape(-1, facts.ENCODER_INPUT_TOKENS)
         per_row = [np.pad(setting, (0, padding)) for setting in per_row]
         codes = self._program(self._params, rows, *per_row)

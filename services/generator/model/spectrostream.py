@@ -37,7 +37,6 @@ CODEC_EMBEDDING_DIM = 256
 CODEC_RVQ_DEPTH = 64  # levels the quantizer holds; Magenta RT uses the first 16
 
 
-
 def import_tensorflow_cpu_only() -> types.ModuleType:
     """Import TensorFlow with accelerators hidden from it.
 
@@ -60,17 +59,20 @@ def load_codec_codebooks(quantizer_dir: Path, levels: int = facts.DECODER_RVQ_LE
     tf = import_tensorflow_cpu_only()
     quantizer = tf.saved_model.load(str(quantizer_dir))
     per_level = quantizer._quantizers  # the SavedModel's own (underscored) attribute name
-    codebooks = np.stack(
-        [per_level[level].embeddings.numpy().T for level in range(levels)]).astype(np.float32)
+    codebooks = np.stack([per_level[level].embeddings.numpy().T for level in range(levels)]).astype(
+        np.float32
+    )
     expected = (levels, facts.CODEBOOK_SIZE, CODEC_EMBEDDING_DIM)
     if codebooks.shape != expected:
-        raise ValueError(f"codec codebooks in {quantizer_dir} have shape {codebooks.shape}, "
-                         f"expected {expected}")
+        raise ValueError(
+            f"codec codebooks in {quantizer_dir} have shape {codebooks.shape}, expected {expected}"
+        )
     return codebooks
 
 
-def convert_decoder(decoder_dir: Path, example_frames: int = facts.CHUNK_FRAMES + 1
-                    ) -> tuple[Callable, dict]:
+def convert_decoder(
+    decoder_dir: Path, example_frames: int = facts.CHUNK_FRAMES + 1
+) -> tuple[Callable, dict]:
     """Convert the decoder SavedModel's `__call__` to a pure JAX function and its parameters.
 
     The JAX function is `fn(params, embeddings) -> (audio, params)`; the graph is traced at
@@ -92,8 +94,13 @@ class SpectroStreamDecoder:
     programs at warm-up instead of one per distinct batch size.
     """
 
-    def __init__(self, codebooks: np.ndarray, decoder_fn: Callable, decoder_params: dict,
-                 batch_buckets: Sequence[int]):
+    def __init__(
+        self,
+        codebooks: np.ndarray,
+        decoder_fn: Callable,
+        decoder_params: dict,
+        batch_buckets: Sequence[int],
+    ):
         if codebooks.ndim != 3 or codebooks.shape[1:] != (facts.CODEBOOK_SIZE, CODEC_EMBEDDING_DIM):
             raise ValueError(f"codebooks must be [levels, 1024, 256], got {codebooks.shape}")
         self.levels = codebooks.shape[0]
@@ -110,12 +117,18 @@ class SpectroStreamDecoder:
         self._codes_to_audio = jax.jit(codes_to_audio)
 
     @classmethod
-    def load(cls, quantizer_dir: Path, decoder_dir: Path,
-             levels: int = facts.DECODER_RVQ_LEVELS, **kwargs) -> SpectroStreamDecoder:
+    def load(
+        cls,
+        quantizer_dir: Path,
+        decoder_dir: Path,
+        levels: int = facts.DECODER_RVQ_LEVELS,
+        **kwargs,
+    ) -> SpectroStreamDecoder:
         """Load codebooks and decoder network from the two SavedModel directories."""
         decoder_fn, decoder_params = convert_decoder(decoder_dir)
-        return cls(load_codec_codebooks(quantizer_dir, levels), decoder_fn, decoder_params,
-                   **kwargs)
+        return cls(
+            load_codec_codebooks(quantizer_dir, levels), decoder_fn, decoder_params, **kwargs
+        )
 
     @classmethod
     def from_store(cls, store: AssetStore, **kwargs) -> SpectroStreamDecoder:
@@ -130,8 +143,7 @@ class SpectroStreamDecoder:
         if codes.size and (codes.min() < 0 or codes.max() >= facts.CODEBOOK_SIZE):
             raise ValueError("codes must be in [0, 1024)")
         batch_size = codes.shape[0]
-        padded = np.zeros((bucket_for(batch_size, self.batch_buckets),) + codes.shape[1:],
-                          np.int32)
+        padded = np.zeros((bucket_for(batch_size, self.batch_buckets),) + codes.shape[1:], np.int32)
         padded[:batch_size] = codes
         audio = self._run(padded)
         return np.asarray(audio[:batch_size], np.float32)
@@ -143,4 +155,3 @@ class SpectroStreamDecoder:
         # for it, so tf2jax's check against the traced shape is switched off.
         with tf2jax.override_config("strict_shape_check", False):
             return self._codes_to_audio(self._params, self._codebooks, codes)
-

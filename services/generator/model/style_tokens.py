@@ -27,14 +27,17 @@ def load_style_codebooks(quantizer_dir: Path) -> np.ndarray:
     import tensorflow as tf  # imported lazily: only loading needs it; reads files, no devices
 
     checkpoint = tf.train.load_checkpoint(str(Path(quantizer_dir) / "variables" / "variables"))
-    codebooks = np.stack([
-        checkpoint.get_tensor(f"variables/{position}/.ATTRIBUTES/VARIABLE_VALUE").T
-        for position in SAVED_VARIABLE_ORDER
-    ]).astype(np.float32)
+    codebooks = np.stack(
+        [
+            checkpoint.get_tensor(f"variables/{position}/.ATTRIBUTES/VARIABLE_VALUE").T
+            for position in SAVED_VARIABLE_ORDER
+        ]
+    ).astype(np.float32)
     expected = (facts.STYLE_RVQ_LEVELS_TOTAL, facts.CODEBOOK_SIZE, facts.STYLE_EMBEDDING_DIM)
     if codebooks.shape != expected:
-        raise ValueError(f"style codebooks in {quantizer_dir} have shape {codebooks.shape}, "
-                         f"expected {expected}")
+        raise ValueError(
+            f"style codebooks in {quantizer_dir} have shape {codebooks.shape}, expected {expected}"
+        )
     return codebooks
 
 
@@ -42,12 +45,15 @@ class StyleQuantizer:
     """Residual vector quantization of style embeddings onto the first 6 MusicCoCa levels."""
 
     def __init__(self, codebooks: np.ndarray, levels: int = facts.STYLE_RVQ_LEVELS):
-        if codebooks.ndim != 3 or codebooks.shape[0] < levels or codebooks.shape[1:] != (
-                facts.CODEBOOK_SIZE, facts.STYLE_EMBEDDING_DIM):
+        if (
+            codebooks.ndim != 3
+            or codebooks.shape[0] < levels
+            or codebooks.shape[1:] != (facts.CODEBOOK_SIZE, facts.STYLE_EMBEDDING_DIM)
+        ):
             raise ValueError(f"codebooks must be [>={levels}, 1024, 768], got {codebooks.shape}")
         # float64: near-ties between two codes must not be decided by rounding.
         self._codebooks = codebooks[:levels].astype(np.float64)
-        self._squared_norms = np.sum(self._codebooks ** 2, axis=-1)  # [levels, 1024]
+        self._squared_norms = np.sum(self._codebooks**2, axis=-1)  # [levels, 1024]
 
     @classmethod
     def load(cls, quantizer_dir: Path) -> StyleQuantizer:

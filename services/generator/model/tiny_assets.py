@@ -121,8 +121,10 @@ def tiny_codec_codebooks() -> np.ndarray:
     basis, scale_direction = _decoder_subspace()
     rng = np.random.default_rng(CODEC_SEED)
     levels, size = spectrostream.CODEC_RVQ_DEPTH, facts.CODEBOOK_SIZE
-    vectors = (rng.standard_normal((levels, size, basis.shape[1])) @ basis.T
-               + SCALE_DIRECTION_WEIGHT * rng.standard_normal((levels, size, 1)) * scale_direction)
+    vectors = (
+        rng.standard_normal((levels, size, basis.shape[1])) @ basis.T
+        + SCALE_DIRECTION_WEIGHT * rng.standard_normal((levels, size, 1)) * scale_direction
+    )
     vectors /= np.linalg.norm(vectors, axis=-1, keepdims=True)
     vectors *= CODEC_CODE_NORM * CODEC_NORM_DECAY ** np.arange(levels)[:, None, None]
     vectors = vectors.astype(np.float32)
@@ -134,12 +136,17 @@ def tiny_codec_codebooks() -> np.ndarray:
 def tiny_style_codebooks() -> np.ndarray:
     """The tiny MusicCoCa codebooks, float32[12, 1024, 768], in level order."""
     return _fixed_norm_codebooks(
-        np.random.default_rng(STYLE_QUANTIZER_SEED), facts.STYLE_RVQ_LEVELS_TOTAL,
-        facts.STYLE_EMBEDDING_DIM, STYLE_CODE_NORM, STYLE_NORM_DECAY)
+        np.random.default_rng(STYLE_QUANTIZER_SEED),
+        facts.STYLE_RVQ_LEVELS_TOTAL,
+        facts.STYLE_EMBEDDING_DIM,
+        STYLE_CODE_NORM,
+        STYLE_NORM_DECAY,
+    )
 
 
-def _fixed_norm_codebooks(rng: np.random.Generator, levels: int, dim: int, first_norm: float,
-                          decay: float) -> np.ndarray:
+def _fixed_norm_codebooks(
+    rng: np.random.Generator, levels: int, dim: int, first_norm: float, decay: float
+) -> np.ndarray:
     directions = rng.standard_normal((levels, facts.CODEBOOK_SIZE, dim), dtype=np.float32)
     directions /= np.linalg.norm(directions, axis=-1, keepdims=True)
     directions *= first_norm * decay ** np.arange(levels, dtype=np.float32)[:, None, None]
@@ -179,8 +186,12 @@ def _save_codec_quantizer(directory: Path) -> None:
             super().__init__()
             self._quantizers = [Codebook(codebook) for codebook in codebooks]
 
-        @tf.function(input_signature=[tf.TensorSpec([None, None, dim], tf.float32),
-                                      tf.TensorSpec([], tf.int32)])
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec([None, None, dim], tf.float32),
+                tf.TensorSpec([], tf.int32),
+            ]
+        )
         def inference_encoding_with_tf_function(self, embeddings, num_quantizers):
             # Level by level: the nearest code to the residual, then subtract it. Later levels
             # never change earlier codes, so computing all and keeping the first n is exact.
@@ -188,8 +199,9 @@ def _save_codec_quantizer(directory: Path) -> None:
             codes, residuals = [], [residual]
             for quantizer in self._quantizers:
                 codebook = quantizer.embeddings  # [256, 1024]
-                distances = (tf.reduce_sum(tf.square(codebook), axis=0)
-                             - 2.0 * tf.einsum("bsd,dv->bsv", residual, codebook))
+                distances = tf.reduce_sum(tf.square(codebook), axis=0) - 2.0 * tf.einsum(
+                    "bsd,dv->bsv", residual, codebook
+                )
                 level_codes = tf.argmin(distances, axis=-1, output_type=tf.int32)
                 residual = residual - tf.gather(tf.transpose(codebook), level_codes)
                 codes.append(level_codes)
@@ -203,8 +215,9 @@ def _save_codec_quantizer(directory: Path) -> None:
 def _note_half_hertz() -> np.ndarray:
     """Fundamental of each note of the scale in units of 0.5 Hz (rounded), int64[NOTES]."""
     steps = len(SCALE_STEPS_SEMITONES)
-    semitones = np.array([12 * (n // steps) + SCALE_STEPS_SEMITONES[n % steps]
-                          for n in range(NOTES)])
+    semitones = np.array(
+        [12 * (n // steps) + SCALE_STEPS_SEMITONES[n % steps] for n in range(NOTES)]
+    )
     return np.round(2.0 * LOWEST_NOTE_HZ * 2.0 ** (semitones / 12.0)).astype(np.int64)
 
 
@@ -237,16 +250,22 @@ def _save_codec_decoder(directory: Path) -> None:
         def __call__(self, embeddings):
             batch, frames = tf.shape(embeddings)[0], tf.shape(embeddings)[1]
             unit = embeddings * tf.math.rsqrt(
-                tf.reduce_mean(tf.square(embeddings), axis=-1, keepdims=True) + 1e-6)
+                tf.reduce_mean(tf.square(embeddings), axis=-1, keepdims=True) + 1e-6
+            )
             note_logits = tf.einsum("bsd,dn->bsn", unit, self.note_kernel)
             loudness = tf.sigmoid(NOTE_SHARPNESS * (note_logits - NOTE_THRESHOLD))
             pan = tf.sigmoid(tf.einsum("bsd,dn->bsn", unit, self.pan_kernel)) * (np.pi / 2)
             # Smooth over the last ENVELOPE_FRAMES frames (the first frame stands in for history).
             history = tf.concat(
-                [tf.repeat(loudness[:, :1], ENVELOPE_FRAMES - 1, axis=1), loudness], axis=1)
+                [tf.repeat(loudness[:, :1], ENVELOPE_FRAMES - 1, axis=1), loudness], axis=1
+            )
             start = ENVELOPE_FRAMES - 1
-            loudness = tf.add_n([float(tap) * history[:, start - lag:start - lag + frames]
-                                 for lag, tap in enumerate(envelope_taps)])
+            loudness = tf.add_n(
+                [
+                    float(tap) * history[:, start - lag : start - lag + frames]
+                    for lag, tap in enumerate(envelope_taps)
+                ]
+            )
             gains = tf.stack([loudness * tf.cos(pan), loudness * tf.sin(pan)], axis=-1)
             previous_gains = tf.concat([gains[:, :1], gains[:, :-1]], axis=1)
             # Oscillators: sample index modulo the 2 s period, looked up in the wavetable.
@@ -254,8 +273,9 @@ def _save_codec_decoder(directory: Path) -> None:
             notes = tf.gather(self.wavetable, sample_index % WAVE_PERIOD_SAMPLES)  # [S, 1920, N]
             # Gains glide linearly from the previous frame's to this frame's across the frame.
             glide = (tf.range(frame, dtype=tf.float32) + 0.5) / frame
-            audio = (tf.einsum("bsnc,sjn->bsjc", previous_gains, notes * (1.0 - glide)[:, None])
-                     + tf.einsum("bsnc,sjn->bsjc", gains, notes * glide[:, None]))
+            audio = tf.einsum(
+                "bsnc,sjn->bsjc", previous_gains, notes * (1.0 - glide)[:, None]
+            ) + tf.einsum("bsnc,sjn->bsjc", gains, notes * glide[:, None])
             audio = tf.reshape(audio, [batch, frames * frame, facts.CHANNELS])
             return tf.tanh(OUTPUT_GAIN * audio)
 
@@ -285,8 +305,9 @@ def _encoder_constants() -> dict[str, np.ndarray]:
     # A partial of amplitude a at f_q projects a/2 * W(f_q - f_p) onto partial p.
     difference = partial_hz[None, :] - partial_hz[:, None]
     leakage = 0.5 * (window[None, None, :] * np.cos(2 * np.pi * difference[..., None] * t)).sum(-1)
-    unleak = np.linalg.solve(leakage.T @ leakage + LEAKAGE_REGULARIZATION * np.eye(len(partial_hz)),
-                             leakage.T).T  # [partials (measured), partials (true)]
+    unleak = np.linalg.solve(
+        leakage.T @ leakage + LEAKAGE_REGULARIZATION * np.eye(len(partial_hz)), leakage.T
+    ).T  # [partials (measured), partials (true)]
     # Partial amplitudes of the notes sounding at unit level: note n's harmonic h has 1/h.
     note_partials = np.zeros((NOTES, len(partial_hz)))
     for note, half_hz in enumerate(_note_half_hertz()):
@@ -295,11 +316,17 @@ def _encoder_constants() -> dict[str, np.ndarray]:
             note_partials[note, nearest] += 1 / harmonic
     _, scale_direction = _decoder_subspace()
     kernels = np.concatenate(synth_kernels(), axis=1).astype(np.float64)
-    return {name: value.astype(np.float32) for name, value in dict(
-        cos_basis=cos_basis, sin_basis=sin_basis, unleak=unleak,
-        partials_to_notes=np.linalg.pinv(note_partials),  # [partials, NOTES]
-        logits_to_embedding=np.linalg.pinv(kernels.T).T,  # [2 NOTES, 256]
-        scale_direction=scale_direction).items()}
+    return {
+        name: value.astype(np.float32)
+        for name, value in dict(
+            cos_basis=cos_basis,
+            sin_basis=sin_basis,
+            unleak=unleak,
+            partials_to_notes=np.linalg.pinv(note_partials),  # [partials, NOTES]
+            logits_to_embedding=np.linalg.pinv(kernels.T).T,  # [2 NOTES, 256]
+            scale_direction=scale_direction,
+        ).items()
+    }
 
 
 def _save_codec_encoder(directory: Path) -> None:
@@ -324,14 +351,22 @@ def _save_codec_encoder(directory: Path) -> None:
             frames = (length + frame - 1) // frame
             # Undo the decoder's output tanh, then one window per frame, per channel.
             linear = tf.atanh(tf.clip_by_value(samples, -0.999, 0.999)) / OUTPUT_GAIN
-            padded = tf.pad(linear, [[0, 0], [before, frames * frame - length
-                                              + ANALYSIS_FRAMES * frame - before - frame], [0, 0]])
-            windows = tf.signal.frame(tf.transpose(padded, [0, 2, 1]), ANALYSIS_FRAMES * frame,
-                                      frame)[:, :, :frames]  # [B, 2, S, window]
+            padded = tf.pad(
+                linear,
+                [
+                    [0, 0],
+                    [before, frames * frame - length + ANALYSIS_FRAMES * frame - before - frame],
+                    [0, 0],
+                ],
+            )
+            windows = tf.signal.frame(
+                tf.transpose(padded, [0, 2, 1]), ANALYSIS_FRAMES * frame, frame
+            )[:, :, :frames]  # [B, 2, S, window]
             measured_re = windows @ self.cos_basis
             measured_im = windows @ self.sin_basis
-            amplitude = tf.sqrt(tf.square(measured_re @ self.unleak)
-                                + tf.square(measured_im @ self.unleak) + 1e-12)
+            amplitude = tf.sqrt(
+                tf.square(measured_re @ self.unleak) + tf.square(measured_im @ self.unleak) + 1e-12
+            )
             levels = tf.nn.relu(amplitude @ self.partials_to_notes)  # [B, 2, S, NOTES]
             left, right = levels[:, 0], levels[:, 1]
             loudness = tf.sqrt(tf.square(left) + tf.square(right))
@@ -343,7 +378,9 @@ def _save_codec_encoder(directory: Path) -> None:
             # The embedding whose unit-RMS form gives these logits: the kernels' pseudo-inverse,
             # plus the scale direction (which no logit reads) to make its RMS exactly 1.
             core = logits @ self.logits_to_embedding
-            spare = tf.sqrt(tf.nn.relu(float(dim) - tf.reduce_sum(tf.square(core), -1, keepdims=True)))
+            spare = tf.sqrt(
+                tf.nn.relu(float(dim) - tf.reduce_sum(tf.square(core), -1, keepdims=True))
+            )
             return EMBEDDING_SCALE * (core + spare * self.scale_direction)
 
     tf.saved_model.save(SynthAnalysisEncoder(), str(directory))

@@ -11,9 +11,11 @@ import numpy as np
 from services.common import model_facts as facts
 
 _CODEC_LEVEL_OFFSETS = facts.CODEC_TOKEN_OFFSET + facts.CODEBOOK_SIZE * np.arange(
-    facts.DECODER_RVQ_LEVELS, dtype=np.int32)
+    facts.DECODER_RVQ_LEVELS, dtype=np.int32
+)
 _STYLE_LEVEL_OFFSETS = facts.STYLE_TOKEN_OFFSET + facts.CODEBOOK_SIZE * np.arange(
-    facts.STYLE_RVQ_LEVELS, dtype=np.int32)
+    facts.STYLE_RVQ_LEVELS, dtype=np.int32
+)
 
 
 def _check_shape(name: str, array: np.ndarray, tail: tuple[int, ...]) -> None:
@@ -29,12 +31,12 @@ def build_encoder_tokens(context_tokens: np.ndarray, style_tokens: np.ndarray) -
     """
     context_tokens = np.asarray(context_tokens)
     style_tokens = np.asarray(style_tokens)
-    _check_shape("context_tokens", context_tokens,
-                 (facts.CONTEXT_FRAMES, facts.DECODER_RVQ_LEVELS))
+    _check_shape("context_tokens", context_tokens, (facts.CONTEXT_FRAMES, facts.DECODER_RVQ_LEVELS))
     _check_shape("style_tokens", style_tokens, (facts.STYLE_RVQ_LEVELS,))
-    context = context_tokens[:, :, :facts.ENCODER_RVQ_LEVELS]
-    context = np.where(context < 0, facts.MASK_TOKEN,
-                       context + _CODEC_LEVEL_OFFSETS[:facts.ENCODER_RVQ_LEVELS])
+    context = context_tokens[:, :, : facts.ENCODER_RVQ_LEVELS]
+    context = np.where(
+        context < 0, facts.MASK_TOKEN, context + _CODEC_LEVEL_OFFSETS[: facts.ENCODER_RVQ_LEVELS]
+    )
     style = np.where(style_tokens < 0, facts.MASK_TOKEN, style_tokens + _STYLE_LEVEL_OFFSETS)
     return np.concatenate([context.reshape(len(context), -1), style], axis=1).astype(np.int32)
 
@@ -42,7 +44,7 @@ def build_encoder_tokens(context_tokens: np.ndarray, style_tokens: np.ndarray) -
 def cfg_uncond_copy(encoder_tokens: np.ndarray) -> np.ndarray:
     """The classifier-free-guidance partner of each row: the same context, style all MASK."""
     uncond = np.array(encoder_tokens, dtype=np.int32, copy=True)
-    uncond[:, -facts.STYLE_RVQ_LEVELS:] = facts.MASK_TOKEN
+    uncond[:, -facts.STYLE_RVQ_LEVELS :] = facts.MASK_TOKEN
     return uncond
 
 
@@ -66,8 +68,8 @@ def append_to_context(context_tokens: np.ndarray, new_codes: np.ndarray) -> np.n
     """The context after a chunk: the oldest 50 frames dropped, the new 50 appended."""
     context_tokens = np.asarray(context_tokens)
     new_codes = np.asarray(new_codes)
-    _check_shape("context_tokens", context_tokens,
-                 (facts.CONTEXT_FRAMES, facts.DECODER_RVQ_LEVELS))
+    _check_shape("context_tokens", context_tokens, (facts.CONTEXT_FRAMES, facts.DECODER_RVQ_LEVELS))
     _check_shape("new_codes", new_codes, (facts.CHUNK_FRAMES, facts.DECODER_RVQ_LEVELS))
-    return np.concatenate(
-        [context_tokens[:, facts.CHUNK_FRAMES:], new_codes], axis=1).astype(np.int32)
+    return np.concatenate([context_tokens[:, facts.CHUNK_FRAMES :], new_codes], axis=1).astype(
+        np.int32
+    )
