@@ -229,7 +229,7 @@ def load_channel_credentials(
             raise SecurityConfigError("--internal-tls-cert-file needs --internal-tls-ca-file")
         return None
     root_certificates = _read_pem(ca_file, "--internal-tls-ca-file", _CERTIFICATE_PEM)
-    if cert_file is None:
+    if cert_file is None or key_file is None:  # both or neither, checked above
         return grpc.ssl_channel_credentials(root_certificates=root_certificates)
     return grpc.ssl_channel_credentials(
         root_certificates=root_certificates,

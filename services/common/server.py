@@ -6,7 +6,8 @@ import argparse
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -47,7 +48,7 @@ def service_main(
     name: str,
     argv: list[str] | None,
     parse_args: Callable[[list[str] | None], argparse.Namespace],
-    serve: Callable[[argparse.Namespace], Awaitable[None]],
+    serve: Callable[[argparse.Namespace], Coroutine[Any, Any, None]],
     configuration_errors: tuple[type[Exception], ...],
 ) -> int:
     """The ``main`` of every service: flags, logging, serve until stopped.
