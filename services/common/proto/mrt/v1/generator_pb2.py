@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mrt/v1/generator.proto\x12\x06mrt.v1\"V\n\x0fSessionSnapshot\x12\x16\n\x0e\x63ontext_tokens\x18\x01 \x01(\x0c\x12\x16\n\x0e\x63rossfade_tail\x18\x02 \x01(\x0c\x12\x13\n\x0b\x63hunk_index\x18\x03 \x01(\x04\"+\n\x05Style\x12\x11\n\tembedding\x18\x01 \x03(\x02\x12\x0f\n\x07version\x18\x02 \x01(\x04\"_\n\x08Sampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\x10\n\x08guidance\x18\x03 \x01(\x02\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\x04\"\xa0\x01\n\x0bOpenSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12,\n\x0bresume_from\x18\x03 \x01(\x0b\x32\x17.mrt.v1.SessionSnapshot\x12\x1c\n\x05style\x18\x04 \x01(\x0b\x32\r.mrt.v1.Style\x12\"\n\x08sampling\x18\x05 \x01(\x0b\x32\x10.mrt.v1.Sampling\"\x1d\n\x0cPrimeContext\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\"\x1a\n\x0bInjectAudio\x12\x0b\n\x03mix\x18\x01 \x01(\x0c\"&\n\x0b\x43hunkDemand\x12\x17\n\x0f\x64\x65\x61\x64line_unix_s\x18\x01 \x01(\x01\"\x0e\n\x0cResetContext\"\xa4\x02\n\x10GeneratorRequest\x12#\n\x04open\x18\x01 \x01(\x0b\x32\x13.mrt.v1.OpenSessionH\x00\x12\x1e\n\x05style\x18\x02 \x01(\x0b\x32\r.mrt.v1.StyleH\x00\x12$\n\x08sampling\x18\x03 \x01(\x0b\x32\x10.mrt.v1.SamplingH\x00\x12%\n\x06\x64\x65mand\x18\x04 \x01(\x0b\x32\x13.mrt.v1.ChunkDemandH\x00\x12%\n\x05reset\x18\x05 \x01(\x0b\x32\x14.mrt.v1.ResetContextH\x00\x12%\n\x06inject\x18\x06 \x01(\x0b\x32\x13.mrt.v1.InjectAudioH\x00\x12%\n\x05prime\x18\x07 \x01(\x0b\x32\x14.mrt.v1.PrimeContextH\x00\x42\t\n\x07request\"\xa5\x01\n\rSessionOpened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x04 \x01(\x05\x12\x15\n\rchunk_seconds\x18\x05 \x01(\x02\x12\x14\n\x0cgenerator_id\x18\x06 \x01(\t\x12\x1d\n\x15\x61udio_input_supported\x18\x07 \x01(\x08\"\xdc\x01\n\x0eGeneratedChunk\x12\x13\n\x0b\x63hunk_index\x18\x01 \x01(\x04\x12\r\n\x05\x61udio\x18\x02 \x01(\x0c\x12)\n\x08snapshot\x18\x03 \x01(\x0b\x32\x17.mrt.v1.SessionSnapshot\x12\x15\n\rstyle_version\x18\x04 \x01(\x04\x12\x18\n\x10sampling_version\x18\x05 \x01(\x04\x12\x1a\n\x12queue_wait_seconds\x18\x06 \x01(\x01\x12\x1a\n\x12generation_seconds\x18\x07 \x01(\x01\x12\x12\n\nbatch_size\x18\x08 \x01(\x05\"q\n\x11GeneratorResponse\x12\'\n\x06opened\x18\x01 \x01(\x0b\x32\x15.mrt.v1.SessionOpenedH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.mrt.v1.GeneratedChunkH\x00\x42\n\n\x08response\"\x10\n\x0eGetLoadRequest\"\xc4\x01\n\nLoadReport\x12\x14\n\x0cgenerator_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x17\n\x0f\x61\x63tive_sessions\x18\x03 \x01(\x05\x12\x19\n\x11\x63\x61pacity_sessions\x18\x04 \x01(\x05\x12\x12\n\nfree_slots\x18\x05 \x01(\x05\x12\x1f\n\x17recent_real_time_factor\x18\x06 \x01(\x01\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\x12\x16\n\x0emax_batch_size\x18\x08 \x01(\x05\x32\x86\x01\n\tGenerator\x12\x42\n\x07Session\x12\x18.mrt.v1.GeneratorRequest\x1a\x19.mrt.v1.GeneratorResponse(\x01\x30\x01\x12\x35\n\x07GetLoad\x12\x16.mrt.v1.GetLoadRequest\x1a\x12.mrt.v1.LoadReportb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mrt/v1/generator.proto\x12\x06mrt.v1\"V\n\x0fSessionSnapshot\x12\x16\n\x0e\x63ontext_tokens\x18\x01 \x01(\x0c\x12\x16\n\x0e\x63rossfade_tail\x18\x02 \x01(\x0c\x12\x13\n\x0b\x63hunk_index\x18\x03 \x01(\x04\"+\n\x05Style\x12\x11\n\tembedding\x18\x01 \x03(\x02\x12\x0f\n\x07version\x18\x02 \x01(\x04\"_\n\x08Sampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\x10\n\x08guidance\x18\x03 \x01(\x02\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\x04\"\xb6\x01\n\x0bOpenSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12,\n\x0bresume_from\x18\x03 \x01(\x0b\x32\x17.mrt.v1.SessionSnapshot\x12\x1c\n\x05style\x18\x04 \x01(\x0b\x32\r.mrt.v1.Style\x12\"\n\x08sampling\x18\x05 \x01(\x0b\x32\x10.mrt.v1.Sampling\x12\x14\n\x0c\x63hunk_frames\x18\x06 \x01(\x05\"\x1d\n\x0cPrimeContext\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\"\x1a\n\x0bInjectAudio\x12\x0b\n\x03mix\x18\x01 \x01(\x0c\"&\n\x0b\x43hunkDemand\x12\x17\n\x0f\x64\x65\x61\x64line_unix_s\x18\x01 \x01(\x01\"\x0e\n\x0cResetContext\"\xa4\x02\n\x10GeneratorRequest\x12#\n\x04open\x18\x01 \x01(\x0b\x32\x13.mrt.v1.OpenSessionH\x00\x12\x1e\n\x05style\x18\x02 \x01(\x0b\x32\r.mrt.v1.StyleH\x00\x12$\n\x08sampling\x18\x03 \x01(\x0b\x32\x10.mrt.v1.SamplingH\x00\x12%\n\x06\x64\x65mand\x18\x04 \x01(\x0b\x32\x13.mrt.v1.ChunkDemandH\x00\x12%\n\x05reset\x18\x05 \x01(\x0b\x32\x14.mrt.v1.ResetContextH\x00\x12%\n\x06inject\x18\x06 \x01(\x0b\x32\x13.mrt.v1.InjectAudioH\x00\x12%\n\x05prime\x18\x07 \x01(\x0b\x32\x14.mrt.v1.PrimeContextH\x00\x42\t\n\x07request\"\xa5\x01\n\rSessionOpened\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0bsample_rate\x18\x03 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x04 \x01(\x05\x12\x15\n\rchunk_seconds\x18\x05 \x01(\x02\x12\x14\n\x0cgenerator_id\x18\x06 \x01(\t\x12\x1d\n\x15\x61udio_input_supported\x18\x07 \x01(\x08\"\xdc\x01\n\x0eGeneratedChunk\x12\x13\n\x0b\x63hunk_index\x18\x01 \x01(\x04\x12\r\n\x05\x61udio\x18\x02 \x01(\x0c\x12)\n\x08snapshot\x18\x03 \x01(\x0b\x32\x17.mrt.v1.SessionSnapshot\x12\x15\n\rstyle_version\x18\x04 \x01(\x04\x12\x18\n\x10sampling_version\x18\x05 \x01(\x04\x12\x1a\n\x12queue_wait_seconds\x18\x06 \x01(\x01\x12\x1a\n\x12generation_seconds\x18\x07 \x01(\x01\x12\x12\n\nbatch_size\x18\x08 \x01(\x05\"q\n\x11GeneratorResponse\x12\'\n\x06opened\x18\x01 \x01(\x0b\x32\x15.mrt.v1.SessionOpenedH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.mrt.v1.GeneratedChunkH\x00\x42\n\n\x08response\"\x10\n\x0eGetLoadRequest\"\xc4\x01\n\nLoadReport\x12\x14\n\x0cgenerator_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x17\n\x0f\x61\x63tive_sessions\x18\x03 \x01(\x05\x12\x19\n\x11\x63\x61pacity_sessions\x18\x04 \x01(\x05\x12\x12\n\nfree_slots\x18\x05 \x01(\x05\x12\x1f\n\x17recent_real_time_factor\x18\x06 \x01(\x01\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\x12\x16\n\x0emax_batch_size\x18\x08 \x01(\x05\x32\x86\x01\n\tGenerator\x12\x42\n\x07Session\x12\x18.mrt.v1.GeneratorRequest\x1a\x19.mrt.v1.GeneratorResponse(\x01\x30\x01\x12\x35\n\x07GetLoad\x12\x16.mrt.v1.GetLoadRequest\x1a\x12.mrt.v1.LoadReportb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,27 +38,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLING']._serialized_start=167
   _globals['_SAMPLING']._serialized_end=262
   _globals['_OPENSESSION']._serialized_start=265
-  _globals['_OPENSESSION']._serialized_end=425
-  _globals['_PRIMECONTEXT']._serialized_start=427
-  _globals['_PRIMECONTEXT']._serialized_end=456
-  _globals['_INJECTAUDIO']._serialized_start=458
-  _globals['_INJECTAUDIO']._serialized_end=484
-  _globals['_CHUNKDEMAND']._serialized_start=486
-  _globals['_CHUNKDEMAND']._serialized_end=524
-  _globals['_RESETCONTEXT']._serialized_start=526
-  _globals['_RESETCONTEXT']._serialized_end=540
-  _globals['_GENERATORREQUEST']._serialized_start=543
-  _globals['_GENERATORREQUEST']._serialized_end=835
-  _globals['_SESSIONOPENED']._serialized_start=838
-  _globals['_SESSIONOPENED']._serialized_end=1003
-  _globals['_GENERATEDCHUNK']._serialized_start=1006
-  _globals['_GENERATEDCHUNK']._serialized_end=1226
-  _globals['_GENERATORRESPONSE']._serialized_start=1228
-  _globals['_GENERATORRESPONSE']._serialized_end=1341
-  _globals['_GETLOADREQUEST']._serialized_start=1343
-  _globals['_GETLOADREQUEST']._serialized_end=1359
-  _globals['_LOADREPORT']._serialized_start=1362
-  _globals['_LOADREPORT']._serialized_end=1558
-  _globals['_GENERATOR']._serialized_start=1561
-  _globals['_GENERATOR']._serialized_end=1695
+  _globals['_OPENSESSION']._serialized_end=447
+  _globals['_PRIMECONTEXT']._serialized_start=449
+  _globals['_PRIMECONTEXT']._serialized_end=478
+  _globals['_INJECTAUDIO']._serialized_start=480
+  _globals['_INJECTAUDIO']._serialized_end=506
+  _globals['_CHUNKDEMAND']._serialized_start=508
+  _globals['_CHUNKDEMAND']._serialized_end=546
+  _globals['_RESETCONTEXT']._serialized_start=548
+  _globals['_RESETCONTEXT']._serialized_end=562
+  _globals['_GENERATORREQUEST']._serialized_start=565
+  _globals['_GENERATORREQUEST']._serialized_end=857
+  _globals['_SESSIONOPENED']._serialized_start=860
+  _globals['_SESSIONOPENED']._serialized_end=1025
+  _globals['_GENERATEDCHUNK']._serialized_start=1028
+  _globals['_GENERATEDCHUNK']._serialized_end=1248
+  _globals['_GENERATORRESPONSE']._serialized_start=1250
+  _globals['_GENERATORRESPONSE']._serialized_end=1363
+  _globals['_GETLOADREQUEST']._serialized_start=1365
+  _globals['_GETLOADREQUEST']._serialized_end=1381
+  _globals['_LOADREPORT']._serialized_start=1384
+  _globals['_LOADREPORT']._serialized_end=1580
+  _globals['_GENERATOR']._serialized_start=1583
+  _globals['_GENERATOR']._serialized_end=1717
 # @@protoc_insertion_point(module_scope)

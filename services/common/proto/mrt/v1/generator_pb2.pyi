@@ -39,18 +39,20 @@ class Sampling(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., guidance: _Optional[float] = ..., seed: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
 
 class OpenSession(_message.Message):
-    __slots__ = ("session_id", "model", "resume_from", "style", "sampling")
+    __slots__ = ("session_id", "model", "resume_from", "style", "sampling", "chunk_frames")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     RESUME_FROM_FIELD_NUMBER: _ClassVar[int]
     STYLE_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FRAMES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     model: str
     resume_from: SessionSnapshot
     style: Style
     sampling: Sampling
-    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., resume_from: _Optional[_Union[SessionSnapshot, _Mapping]] = ..., style: _Optional[_Union[Style, _Mapping]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ...) -> None: ...
+    chunk_frames: int
+    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., resume_from: _Optional[_Union[SessionSnapshot, _Mapping]] = ..., style: _Optional[_Union[Style, _Mapping]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., chunk_frames: _Optional[int] = ...) -> None: ...
 
 class PrimeContext(_message.Message):
     __slots__ = ("audio",)

@@ -33,20 +33,22 @@ class StreamRequest(_message.Message):
     def __init__(self, setup: _Optional[_Union[SessionSetup, _Mapping]] = ..., prompts: _Optional[_Union[PromptUpdate, _Mapping]] = ..., config: _Optional[_Union[GenerationConfig, _Mapping]] = ..., playback: _Optional[_Union[PlaybackControl, _Mapping]] = ..., report: _Optional[_Union[ClientReport, _Mapping]] = ..., audio_input: _Optional[_Union[AudioInput, _Mapping]] = ...) -> None: ...
 
 class SessionSetup(_message.Message):
-    __slots__ = ("model", "encoding", "opus_bitrate", "initial_audio", "resume_token", "resume_from_sequence")
+    __slots__ = ("model", "encoding", "opus_bitrate", "initial_audio", "resume_token", "resume_from_sequence", "chunk_frames")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     OPUS_BITRATE_FIELD_NUMBER: _ClassVar[int]
     INITIAL_AUDIO_FIELD_NUMBER: _ClassVar[int]
     RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
     RESUME_FROM_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FRAMES_FIELD_NUMBER: _ClassVar[int]
     model: str
     encoding: AudioEncoding
     opus_bitrate: int
     initial_audio: bytes
     resume_token: str
     resume_from_sequence: int
-    def __init__(self, model: _Optional[str] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., opus_bitrate: _Optional[int] = ..., initial_audio: _Optional[bytes] = ..., resume_token: _Optional[str] = ..., resume_from_sequence: _Optional[int] = ...) -> None: ...
+    chunk_frames: int
+    def __init__(self, model: _Optional[str] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., opus_bitrate: _Optional[int] = ..., initial_audio: _Optional[bytes] = ..., resume_token: _Optional[str] = ..., resume_from_sequence: _Optional[int] = ..., chunk_frames: _Optional[int] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("values",)
