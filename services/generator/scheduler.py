@@ -222,12 +222,17 @@ class Scheduler:
         return self.batch_times.expected_s(min(len(waiting), self.max_batch_size)) + DUE_MARGIN_S
 
     def _candidates(self, waiting: list[GeneratorSession], now: float) -> list[GeneratorSession]:
-        """The batch the most urgent session runs in: every waiting session that falls due
-        within one chunk period of it (or of now, when it is overdue), up to the maximum."""
-        window_end = (
-            max(_next_deadline(waiting[0]), now + self._lead_s(waiting)) + facts.CHUNK_SECONDS
-        )
-        return [s for s in waiting if _next_deadline(s) < window_end][: self.max_batch_size]
+        """The batch the most urgent session runs in: every waiting session of its chunk
+        length that falls due within one of its chunk periods (from it, or from now when it
+        is overdue), up to the maximum. A batch runs one compiled decode loop of a fixed
+        length, so sessions of other chunk lengths wait for a batch of their own."""
+        urgent = waiting[0]
+        window_end = max(_next_deadline(urgent), now + self._lead_s(waiting)) + urgent.chunk_seconds
+        return [
+            s
+            for s in waiting
+            if s.chunk_frames == urgent.chunk_frames and _next_deadline(s) < window_end
+        ][: self.max_batch_size]
 
     def _due_at(self, deadline_unix_s: float, batch_size: int) -> float:
         return deadline_unix_s - self.batch_times.expected_s(batch_size) - DUE_MARGIN_S
@@ -266,6 +271,7 @@ class Scheduler:
                     style_embedding=s.style_embedding,
                     sampling=s.sampling,
                     context_audio=s.take_context_audio(),
+                    chunk_frames=s.chunk_frames,
                 )
                 for s in batch
             ),
