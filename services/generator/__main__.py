@@ -9,6 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
+from services.common import model_facts as facts
 from services.common.assets import AssetMissingError, AssetStore
 from services.common.config import add_flag, add_service_flags, parse_bool
 from services.common.models import MODEL_NAMES
@@ -108,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_flag(
         parser,
+        "--warm-chunk-frames",
+        default=(),
+        type=parse_chunk_frames_list,
+        help="comma-separated chunk lengths (frames, 5-50) to compile and time at start-up "
+        "besides 50; any other length compiles when a session first asks for it, and the "
+        "batches waiting meanwhile are late",
+    )
+    add_flag(
+        parser,
         "--generator-id",
         default=f"{socket.gethostname()}-{os.getpid()}",
         help="name reported in load reports and logs",
@@ -128,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, seconds to wait for sessions to move elsewhere",
     )
     return parser
+
+
+def parse_chunk_frames_list(text: str) -> tuple[int, ...]:
+    """ "10,25" -> (10, 25): chunk lengths in frames, each within the allowed range."""
+    low, high = facts.CHUNK_FRAMES_RANGE
+    try:
+        lengths = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from err
+    if any(not low <= frames <= high for frames in lengths):
+        raise argparse.ArgumentTypeError(f"chunk lengths must be in [{low}, {high}] frames")
+    return lengths
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -164,7 +186,12 @@ async def serve(args: argparse.Namespace) -> None:
         target_utilization=args.target_utilization,
         fixed_capacity=args.capacity_sessions,
     )
-    runner = BatchRunner(engine, scheduler, stall_timeout_s=args.stall_timeout_s)
+    runner = BatchRunner(
+        engine,
+        scheduler,
+        stall_timeout_s=args.stall_timeout_s,
+        warm_chunk_frames=args.warm_chunk_frames,
+    )
     await asyncio.to_thread(runner.warm_up)
     runner.start()
     servicer = GeneratorServicer(

@@ -108,7 +108,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             model=self.model_name,
             active_sessions=active,
             capacity_sessions=capacity,
-            free_slots=max(0, capacity - active),
+            free_slots=max(0, math.floor(capacity - self.scheduler.load)),
             recent_real_time_factor=self.runner.recent_real_time_factor,
             draining=self.draining,
             max_batch_size=self.scheduler.max_batch_size,
@@ -160,12 +160,6 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "open.session_id must be set and not already open here",
             )
-        if self.scheduler.session_count >= self.scheduler.capacity:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"generator {self.generator_id} is at capacity "
-                f"({self.scheduler.capacity} sessions)",
-            )
         try:
             state = (
                 snapshot_to_state(open_msg.resume_from)
@@ -177,6 +171,14 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             chunk_frames = chunk_frames_from_proto(open_msg.chunk_frames)
         except ValueError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        if not self.scheduler.has_room_for(chunk_frames):
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"generator {self.generator_id} is at capacity "
+                f"({self.scheduler.capacity} sessions of {facts.CHUNK_FRAMES} frames per "
+                f"chunk; a session of {chunk_frames} counts as "
+                f"{self.scheduler.session_load(chunk_frames):.2f})",
+            )
 
         loop = asyncio.get_running_loop()
         outbox: asyncio.Queue[ChunkResult] = asyncio.Queue(maxsize=OUTBOX_CHUNKS)
