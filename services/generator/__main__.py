@@ -9,9 +9,13 @@ import socket
 import sys
 from pathlib import Path
 
-from services.common import model_facts as facts
 from services.common.assets import AssetMissingError, AssetStore
-from services.common.config import add_flag, add_service_flags, parse_bool
+from services.common.config import (
+    add_flag,
+    add_service_flags,
+    parse_bool,
+    parse_chunk_frames_list,
+)
 from services.common.models import MODEL_NAMES
 from services.common.proto.mrt.v1 import generator_pb2, generator_pb2_grpc
 from services.common.security import (
@@ -138,18 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM, seconds to wait for sessions to move elsewhere",
     )
     return parser
-
-
-def parse_chunk_frames_list(text: str) -> tuple[int, ...]:
-    """ "10,25" -> (10, 25): chunk lengths in frames, each within the allowed range."""
-    low, high = facts.CHUNK_FRAMES_RANGE
-    try:
-        lengths = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from err
-    if any(not low <= frames <= high for frames in lengths):
-        raise argparse.ArgumentTypeError(f"chunk lengths must be in [{low}, {high}] frames")
-    return lengths
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
