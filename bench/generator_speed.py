@@ -3,7 +3,8 @@ chunk length.
 
 In process, no services: build the engine for a model, and for each chunk length and batch
 size run one warm-up step (which compiles that shape), then a few timed steps whose sessions
-carry on from the previous step's state, as a generator's sessions do. The median gives
+carry on from the previous step's state, as a generator's sessions do, interleaved over the
+shapes so that a busy machine's noise falls on all of them alike. The median gives
 seconds per batched chunk, seconds of compute per second of audio (the inverse of the
 real-time factor) and how many sessions of that chunk length the batch size keeps in real
 time when batches run back to back. Shorter chunks cost more per second of audio: each chunk
@@ -88,20 +89,40 @@ def realtime_sessions(
     return batch_size * int(period_s // batch_seconds) if batch_seconds > 0 else 0
 
 
-def measure_batch_size(
-    engine: ChunkEngine, batch_size: int, repeats: int, chunk_frames: int = facts.CHUNK_FRAMES
-) -> dict[str, Any]:
-    """One row: the timed steps of a batch of ``batch_size`` sessions of ``chunk_frames``
-    frames; with audio input too at the default length (its cost does not depend on it)."""
-    jobs = first_jobs(batch_size, chunk_frames=chunk_frames)
-    warmup_s, jobs = time_step(engine, jobs)
-    times = []
+def measure(
+    engine: ChunkEngine, batch_sizes: list[int], chunk_lengths: list[int], repeats: int
+) -> list[dict[str, Any]]:
+    """One row per chunk length and batch size. Each shape gets a warm-up step first, then
+    the timed steps are interleaved (each repeat times every shape once), so that the noise
+    of a busy machine falls on every shape alike. Audio input is timed at the default length
+    only (its cost does not depend on the chunk length)."""
+    shapes = [(frames, size) for frames in chunk_lengths for size in batch_sizes]
+    jobs, warmups_s = {}, {}
+    for frames, size in shapes:
+        warmups_s[frames, size], jobs[frames, size] = time_step(
+            engine, first_jobs(size, chunk_frames=frames)
+        )
+    times: dict[tuple[int, int], list[float]] = {shape: [] for shape in shapes}
     for _ in range(repeats):
-        seconds, jobs = time_step(engine, jobs)
-        times.append(seconds)
+        for shape in shapes:
+            seconds, jobs[shape] = time_step(engine, jobs[shape])
+            times[shape].append(seconds)
+    rows = []
+    for frames, size in shapes:
+        row = timing_row(frames, size, warmups_s[frames, size], times[frames, size])
+        if engine.supports_audio_input and frames == facts.CHUNK_FRAMES:
+            row.update(time_injection(engine, jobs[frames, size], repeats, row["median_s"]))
+        rows.append(row)
+        print_row(row)
+    return rows
+
+
+def timing_row(
+    chunk_frames: int, batch_size: int, warmup_s: float, times: list[float]
+) -> dict[str, Any]:
     median_s = statistics.median(times)
     audio_s = batch_size * chunk_frames / facts.FRAME_RATE_HZ
-    row = {
+    return {
         "chunk_frames": chunk_frames,
         "batch_size": batch_size,
         "warmup_s": warmup_s,
@@ -112,15 +133,22 @@ def measure_batch_size(
         "real_time_factor": audio_s / median_s,
         "realtime_sessions": realtime_sessions(batch_size, median_s, chunk_frames),
     }
-    if engine.supports_audio_input and chunk_frames == facts.CHUNK_FRAMES:
-        _, jobs = time_step(engine, with_injection(jobs))  # compiles the encoder's shape
-        injected = []
-        for repeat in range(repeats):
-            seconds, jobs = time_step(engine, with_injection(jobs, seed=repeat))
-            injected.append(seconds)
-        row["injected_median_s"] = statistics.median(injected)
-        row["injection_extra_s_per_session"] = (row["injected_median_s"] - median_s) / batch_size
-    return row
+
+
+def time_injection(
+    engine: ChunkEngine, jobs: list[ChunkJob], repeats: int, plain_median_s: float
+) -> dict[str, float]:
+    """The same steps with every session playing along (a live-input mix each chunk)."""
+    _, jobs = time_step(engine, with_injection(jobs))  # compiles the encoder's shape
+    injected = []
+    for repeat in range(repeats):
+        seconds, jobs = time_step(engine, with_injection(jobs, seed=repeat))
+        injected.append(seconds)
+    injected_median_s = statistics.median(injected)
+    return {
+        "injected_median_s": injected_median_s,
+        "injection_extra_s_per_session": (injected_median_s - plain_median_s) / len(jobs),
+    }
 
 
 def device_description() -> str:
@@ -146,11 +174,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         random_weights=args.random_weights,
     )
     load_s = time.monotonic() - began
-    rows = []
-    for frames in args.chunk_frames:
-        for size in batch_sizes:
-            rows.append(measure_batch_size(engine, size, args.repeats, frames))
-            print_row(rows[-1])
+    rows = measure(engine, batch_sizes, list(args.chunk_frames), args.repeats)
     results = {
         "kind": "generator",
         "model": label,
