@@ -8,7 +8,9 @@ every session of its chunk length that falls due within its next chunk period (e
 deadline first, up to ``max_batch_size``): sessions whose phases differ then share one batch
 per period instead of splitting the period between several batches, each paying the fixed
 cost of a batch. Sessions of different chunk lengths (``chunk_frames``) never share a batch:
-a batch runs one compiled decode loop of a fixed length. A
+a batch runs one compiled decode loop of a fixed length (a short session riding in a longer
+batch would keep an exact prefix, but pay the long chunk's decoder steps at its own, more
+frequent, period). A
 gateway demands a session's chunks ahead of need, so a session served by one batch
 usually has its next demand waiting already and can join the next batch (otherwise two
 groups of sessions running back to back would each pay the fixed cost forever). A session is
