@@ -107,8 +107,8 @@ const SECONDS_TOLERANCE = 1e-6;
  * gap and no repeat. On RECONNECT the new stream opens at once and the old one is then
  * cancelled; after a loss the retry waits (exponential backoff, see RECONNECT_DEFAULTS; override
  * any of them with `reconnect: {maxAttempts, initialBackoffMs, maxBackoffMs}`, and inject
- * `reconnect.sleep(ms)` to replace the clock). Without a resume token (a gateway without a
- * session store) a loss is final.
+ * `reconnect.sleep(ms)` to replace the clock). Without a resume token (the gateway could not
+ * reach its session store) a loss is final.
  *
  * Resolves to {sessionId, chunks, seconds, reconnects}; rejects with the gRPC error that ended
  * it, or when the server ends the stream early. Audio written before a failure stays in the file.
