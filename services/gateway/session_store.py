@@ -246,11 +246,14 @@ class RedisSessionStore(SessionStore):
         await self.client.aclose()
 
 
-def open_session_store(url: str, *, ttl_s: float, timeout_s: float) -> SessionStore:
-    """The store a ``--session-store`` URL names; raises ValueError for an unknown one."""
+def open_session_store(
+    url: str, *, ttl_s: float, timeout_s: float, memory_max_sessions: int = 10000
+) -> SessionStore:
+    """The store a ``--session-store`` URL names (``memory_max_sessions`` bounds a memory://
+    one); raises ValueError for an unknown one."""
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "memory":
-        return MemorySessionStore(ttl_s, timeout_s)
+        return MemorySessionStore(ttl_s, timeout_s, max_sessions=memory_max_sessions)
     if parsed.scheme == "redis":
         if not parsed.hostname:
             raise ValueError(
