@@ -5,6 +5,7 @@ Real processes: mock services, real gateways, a real ``redis-server`` on a free 
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
@@ -24,6 +25,7 @@ from bench.rolling import (
 )
 from services.cli.launcher import ServiceProcess
 from services.common.proto.mrt.v1 import music_pb2
+from services.gateway.session_store import MemorySessionStore, RedisSessionStore, SessionRecord
 from tests.integration.conftest import metric, scrape, start_cluster
 from tests.streaming_client import StreamClient
 
@@ -126,20 +128,54 @@ def test_an_expired_token_is_refused(tmp_path_factory):
 
 # --- two gateways sharing a real Redis ------------------------------------------------------------
 @pytest.fixture(scope="module")
-def two_gateways(tmp_path_factory):
-    """A mock cluster whose gateway shares a real Redis store with a second gateway process."""
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free loopback port."""
     redis_process, store_url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield store_url
+    redis_process.terminate()
+    redis_process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def two_gateways(tmp_path_factory, redis_url):
+    """A mock cluster whose gateway shares a real Redis store with a second gateway process."""
     cluster = start_cluster(tmp_path_factory)
     gateways = []
     try:
-        gateways = shared_store_gateways(cluster, store_url, count=2, drain_grace_s=20)
+        gateways = shared_store_gateways(cluster, redis_url, count=2, drain_grace_s=20)
         yield cluster, gateways
     finally:
         for extra in gateways[1:]:
             extra.stop()
         cluster.stop()
-        redis_process.terminate()
-        redis_process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_of_two_resumes_of_one_session_at_once_only_the_first_claims_it(redis_url, kind):
+    async def claims() -> list[bool]:
+        store = (
+            MemorySessionStore(ttl_s=10.0)
+            if kind == "memory"
+            else RedisSessionStore(redis_url, ttl_s=10.0)
+        )
+        key = f"claim-{kind}-{time.monotonic_ns()}"
+
+        def record(epoch: int) -> SessionRecord:
+            return SessionRecord("s", "mock", music_pb2.PCM_S16LE, 0, "", epoch=epoch)
+
+        try:
+            await store.save(key, record(0))  # the stream the client left
+            return [
+                await store.save(key, record(1), claim=True),  # a resume: takes the session
+                await store.save(key, record(1), claim=True),  # another, at the same moment
+                await store.save(key, record(1)),  # the winner's own next write
+                await store.save(key, record(0)),  # the stream that was left
+                await store.save(key, record(2), claim=True),  # a later resume takes over
+            ]
+        finally:
+            await store.close()
+
+    assert asyncio.run(claims()) == [True, False, True, False, True]
 
 
 def _serving_gateway(gateways) -> int:
