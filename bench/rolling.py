@@ -204,14 +204,21 @@ class RecordingListener:
 
     def file_is_the_reference(self) -> bool:
         """The file holds exactly the chunks of a `mock` session that never moved."""
-        audio, rate = soundfile.read(self.out_path, dtype="float32")
-        chunks = self.summary.chunks if self.summary else 0
-        expected = np.concatenate(mock_session_audio(self.seed, chunks)) if chunks else audio[:0]
-        return (
-            rate == 48000
-            and audio.shape == expected.shape
-            and float(np.abs(audio - expected).max(initial=0.0)) <= 2 / 32767
+        return wav_is_mock_session(
+            self.out_path, self.seed, self.summary.chunks if self.summary else 0
         )
+
+
+def wav_is_mock_session(path: Path, seed: int, chunks: int) -> bool:
+    """The WAV at ``path`` holds exactly the first ``chunks`` chunks of an unconditioned `mock`
+    session with ``seed`` that never moved: no chunk missing, repeated or out of order."""
+    audio, rate = soundfile.read(path, dtype="float32")
+    expected = np.concatenate(mock_session_audio(seed, chunks)) if chunks else audio[:0]
+    return (
+        rate == 48000
+        and audio.shape == expected.shape
+        and float(np.abs(audio - expected).max(initial=0.0)) <= 2 / 32767
+    )
 
 
 def record_listener(seed: int, seconds: float, out_path: Path, addresses: list[str]) -> dict:

@@ -140,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_flag(
         parser,
+        "--session-store-max-sessions",
+        default=10000,
+        type=int,
+        help="memory:// only: most sessions whose state is kept (the least recently written "
+        "are forgotten first, and can no longer resume)",
+    )
+    add_flag(
+        parser,
         "--session-store-timeout-s",
         default=0.5,
         type=float,
@@ -175,6 +183,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{flag.replace('_', '-')} must be > 0")
     if args.drain_grace_s < 0:
         parser.error("--drain-grace-s must be >= 0")
+    if args.session_store_max_sessions < 1:
+        parser.error("--session-store-max-sessions must be >= 1")
     try:
         open_session_store(args.session_store, ttl_s=1.0, timeout_s=1.0)
     except ValueError as err:
@@ -225,7 +235,10 @@ async def serve(args: argparse.Namespace) -> None:
         max_audio_input_message_bytes=args.max_audio_input_message_bytes,
     )
     store = open_session_store(
-        args.session_store, ttl_s=args.session_ttl_s, timeout_s=args.session_store_timeout_s
+        args.session_store,
+        ttl_s=args.session_ttl_s,
+        timeout_s=args.session_store_timeout_s,
+        memory_max_sessions=args.session_store_max_sessions,
     )
     log.info(
         "session store: %s (records expire after %g s)",

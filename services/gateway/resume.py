@@ -39,11 +39,11 @@ class ResumeKeeper:
         self.failure_unreported: str | None = None  # why resume is unavailable, to tell the client
         self._failed = False
 
-    async def save_now(self) -> bool:
-        """Write the record and wait (at setup: the token must work before it is handed out).
-        False when the store failed."""
+    async def save_now(self, *, claim: bool = False) -> bool:
+        """Write the record and wait (at setup: the token must work before it is handed out;
+        a resumed stream ``claim``s its epoch). False when the store failed."""
         try:
-            self.superseded = not await self.store.save(self._key, self.record)
+            self.superseded = not await self.store.save(self._key, self.record, claim=claim)
             return True
         except (StoreUnavailable, ValueError) as err:
             self._note_failure(err)

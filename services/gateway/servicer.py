@@ -54,6 +54,12 @@ STUCK_WRITE_GRACE_S = 1.0
 TASK_EXIT_TIMEOUT_S = 5.0
 
 
+def _refuse_resume(reason: str, code: grpc.StatusCode, details: str) -> StreamEnded:
+    """A resume refused with ``code``, counted by ``reason``."""
+    RESUME_FAILED.labels(reason).inc()
+    return StreamEnded(code, details)
+
+
 class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
     def __init__(
         self,
@@ -145,7 +151,14 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
                 )
             session.fill_record(keeper.record)
             keeper.record.drain_requested = False
-            resumable = await keeper.save_now()  # the token works before the client has it
+            # The token works before the client has it; a resume claims the session.
+            resumable = await keeper.save_now(claim=bool(setup.resume_token))
+            if keeper.superseded:
+                raise _refuse_resume(
+                    "concurrent",
+                    grpc.StatusCode.ABORTED,
+                    "another stream resumed this session at the same moment and continues it",
+                )
             session.keeper = keeper
             await session.connect()
             self.sessions.add(session)
@@ -275,27 +288,22 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
 
         Raises StreamEnded: NOT_FOUND (unknown or expired), PERMISSION_DENIED (another API key's),
         OUT_OF_RANGE (that chunk can no longer be made), UNAVAILABLE (the store failed)."""
-
-        def refuse(reason: str, code: grpc.StatusCode, details: str) -> StreamEnded:
-            RESUME_FAILED.labels(reason).inc()
-            return StreamEnded(code, details)
-
         try:
             record = await self.store.load(token_key(setup.resume_token))
         except StoreUnavailable as err:
-            raise refuse(
+            raise _refuse_resume(
                 "store_unavailable",
                 grpc.StatusCode.UNAVAILABLE,
                 f"cannot resume: {err}; start a new session",
             ) from None
         if record is None:
-            raise refuse(
+            raise _refuse_resume(
                 "unknown",
                 grpc.StatusCode.NOT_FOUND,
                 "unknown or expired resume token; start a new session",
             )
         if record.owner_key != owner_key:
-            raise refuse(
+            raise _refuse_resume(
                 "wrong_key",
                 grpc.StatusCode.PERMISSION_DENIED,
                 "this resume token belongs to another API key",
@@ -303,7 +311,7 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
         point = record.point_for(setup.resume_from_sequence)
         if point is None:
             known = ", ".join(str(p.sequence) for p in record.points)
-            raise refuse(
+            raise _refuse_resume(
                 "sequence_unavailable",
                 grpc.StatusCode.OUT_OF_RANGE,
                 f"cannot continue session {record.session_id} at chunk "

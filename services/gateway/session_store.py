@@ -7,7 +7,9 @@ so neither the store nor the logs ever hold a usable token.
 
 Each stream that serves a session has an *epoch*; a resumed stream takes the next one, and a
 write from an older epoch is refused (``save`` returns False): the stream the client left learns
-it was superseded instead of overwriting the new one's state.
+it was superseded instead of overwriting the new one's state. A resumed stream's first write
+*claims* its epoch: it is refused when another stream claimed the same epoch first (two resumes
+of one record at the same moment), so only one of them continues the session.
 
 ``memory://`` keeps records in this process (one gateway: a client that lost its connection
 resumes). ``redis://host:port/db`` shares them between gateways. Every store call is bounded by a
@@ -132,12 +134,13 @@ class SessionStore(abc.ABC):
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
 
-    async def save(self, key: str, record: SessionRecord) -> bool:
-        """Write ``record``; False when a newer epoch owns the session. Raises StoreUnavailable."""
+    async def save(self, key: str, record: SessionRecord, *, claim: bool = False) -> bool:
+        """Write ``record``; False when a newer epoch owns the session (with ``claim``: when
+        its own epoch is owned already). Raises StoreUnavailable."""
         data = record.encode()
         if len(data) > MAX_RECORD_BYTES:
             raise ValueError(f"session record of {len(data)} bytes exceeds {MAX_RECORD_BYTES}")
-        return await self._timed("save", self._save(key, record.epoch, data))
+        return await self._timed("save", self._save(key, record.epoch, data, claim))
 
     async def load(self, key: str) -> SessionRecord | None:
         """The record, or None when unknown or expired. Raises StoreUnavailable."""
@@ -160,7 +163,7 @@ class SessionStore(abc.ABC):
             STORE_LATENCY.labels(op).observe(time.perf_counter() - started)
 
     @abc.abstractmethod
-    async def _save(self, key: str, epoch: int, data: bytes) -> bool: ...
+    async def _save(self, key: str, epoch: int, data: bytes, claim: bool) -> bool: ...
 
     @abc.abstractmethod
     async def _load(self, key: str) -> bytes | None: ...
@@ -185,9 +188,9 @@ class MemorySessionStore(SessionStore):
             collections.OrderedDict()
         )
 
-    async def _save(self, key: str, epoch: int, data: bytes) -> bool:
+    async def _save(self, key: str, epoch: int, data: bytes, claim: bool) -> bool:
         current = self._live(key)
-        if current is not None and current[1] > epoch:
+        if current is not None and (current[1] > epoch or (claim and current[1] == epoch)):
             return False
         self._records[key] = (self.clock() + self.ttl_s, epoch, data)
         self._records.move_to_end(key)
@@ -210,10 +213,14 @@ class MemorySessionStore(SessionStore):
         return entry
 
 
-# Write only when no newer epoch owns the key; refresh the expiry.
+# Write only when no newer epoch owns the key (ARGV[4] = 1, a claim: nor this epoch); refresh
+# the expiry.
 _SAVE_SCRIPT = """
 local current = redis.call('HGET', KEYS[1], 'epoch')
-if current and tonumber(current) > tonumber(ARGV[1]) then return 0 end
+if current then
+  local owner, epoch = tonumber(current), tonumber(ARGV[1])
+  if owner > epoch or (ARGV[4] == '1' and owner == epoch) then return 0 end
+end
 redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'data', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
@@ -232,8 +239,10 @@ class RedisSessionStore(SessionStore):
         )
         self._save_script = self.client.register_script(_SAVE_SCRIPT)
 
-    async def _save(self, key: str, epoch: int, data: bytes) -> bool:
-        written = await self._save_script(keys=[key], args=[epoch, data, int(self.ttl_s * 1000)])
+    async def _save(self, key: str, epoch: int, data: bytes, claim: bool) -> bool:
+        written = await self._save_script(
+            keys=[key], args=[epoch, data, int(self.ttl_s * 1000), int(claim)]
+        )
         return bool(written)
 
     async def _load(self, key: str) -> bytes | None:
@@ -246,11 +255,14 @@ class RedisSessionStore(SessionStore):
         await self.client.aclose()
 
 
-def open_session_store(url: str, *, ttl_s: float, timeout_s: float) -> SessionStore:
-    """The store a ``--session-store`` URL names; raises ValueError for an unknown one."""
+def open_session_store(
+    url: str, *, ttl_s: float, timeout_s: float, memory_max_sessions: int = 10000
+) -> SessionStore:
+    """The store a ``--session-store`` URL names (``memory_max_sessions`` bounds a memory://
+    one); raises ValueError for an unknown one."""
     parsed = urllib.parse.urlparse(url)
     if parsed.scheme == "memory":
-        return MemorySessionStore(ttl_s, timeout_s)
+        return MemorySessionStore(ttl_s, timeout_s, max_sessions=memory_max_sessions)
     if parsed.scheme == "redis":
         if not parsed.hostname:
             raise ValueError(

@@ -5,8 +5,13 @@ Real processes: mock services, real gateways, a real ``redis-server`` on a free 
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 import socket
+import subprocess
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -16,12 +21,17 @@ from bench.rolling import (
     restart_until_serving,
     shared_store_gateways,
     start_redis,
+    wav_is_mock_session,
 )
+from services.cli.launcher import ServiceProcess
 from services.common.proto.mrt.v1 import music_pb2
+from services.gateway.session_store import MemorySessionStore, RedisSessionStore, SessionRecord
 from tests.integration.conftest import metric, scrape, start_cluster
 from tests.streaming_client import StreamClient
 
 PLAY = music_pb2.PlaybackControl.PLAY
+NODE_STREAM = Path(__file__).resolve().parents[2] / "clients/node/bin/mrt-stream.mjs"
+WAV_HEADER_BYTES, CHUNK_BYTES = 44, 2 * 48000 * 2 * 2  # 2 s of 48 kHz stereo int16
 
 
 def _resume(address: str, token: str, from_sequence: int, metadata: tuple = ()) -> StreamClient:
@@ -118,20 +128,54 @@ def test_an_expired_token_is_refused(tmp_path_factory):
 
 # --- two gateways sharing a real Redis ------------------------------------------------------------
 @pytest.fixture(scope="module")
-def two_gateways(tmp_path_factory):
-    """A mock cluster whose gateway shares a real Redis store with a second gateway process."""
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free loopback port."""
     redis_process, store_url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield store_url
+    redis_process.terminate()
+    redis_process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def two_gateways(tmp_path_factory, redis_url):
+    """A mock cluster whose gateway shares a real Redis store with a second gateway process."""
     cluster = start_cluster(tmp_path_factory)
     gateways = []
     try:
-        gateways = shared_store_gateways(cluster, store_url, count=2, drain_grace_s=20)
+        gateways = shared_store_gateways(cluster, redis_url, count=2, drain_grace_s=20)
         yield cluster, gateways
     finally:
         for extra in gateways[1:]:
             extra.stop()
         cluster.stop()
-        redis_process.terminate()
-        redis_process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+def test_of_two_resumes_of_one_session_at_once_only_the_first_claims_it(redis_url, kind):
+    async def claims() -> list[bool]:
+        store = (
+            MemorySessionStore(ttl_s=10.0)
+            if kind == "memory"
+            else RedisSessionStore(redis_url, ttl_s=10.0)
+        )
+        key = f"claim-{kind}-{time.monotonic_ns()}"
+
+        def record(epoch: int) -> SessionRecord:
+            return SessionRecord("s", "mock", music_pb2.PCM_S16LE, 0, "", epoch=epoch)
+
+        try:
+            await store.save(key, record(0))  # the stream the client left
+            return [
+                await store.save(key, record(1), claim=True),  # a resume: takes the session
+                await store.save(key, record(1), claim=True),  # another, at the same moment
+                await store.save(key, record(1)),  # the winner's own next write
+                await store.save(key, record(0)),  # the stream that was left
+                await store.save(key, record(2), claim=True),  # a later resume takes over
+            ]
+        finally:
+            await store.close()
+
+    assert asyncio.run(claims()) == [True, False, True, False, True]
 
 
 def _serving_gateway(gateways) -> int:
@@ -144,6 +188,22 @@ def _serving_gateway(gateways) -> int:
     raise AssertionError(f"expected one open session, gateways have {open_now}")
 
 
+def _cut_the_serving_gateway(
+    gateways: list[ServiceProcess], how: str, two_chunks_arrived: Callable[[], bool]
+) -> int:
+    """Once the listener has two chunks, kill -9 (or SIGTERM) the gateway it streams from;
+    returns that gateway's index."""
+    index = _serving_gateway(gateways)
+    deadline = time.time() + 30
+    while not two_chunks_arrived() and time.time() < deadline:
+        time.sleep(0.05)
+    if how == "kill_9":
+        gateways[index].kill()
+    else:
+        gateways[index].terminate()
+    return index
+
+
 @pytest.mark.parametrize("how", ["kill_9", "sigterm"])
 def test_a_listener_moves_to_the_other_gateway_without_gap_or_repeat(two_gateways, tmp_path, how):
     _, gateways = two_gateways
@@ -154,15 +214,8 @@ def test_a_listener_moves_to_the_other_gateway_without_gap_or_repeat(two_gateway
         out_path=tmp_path / "out.wav",
         addresses=[g.address for g in gateways],
     )
-    index = _serving_gateway(gateways)
+    index = _cut_the_serving_gateway(gateways, how, lambda: len(listener.stub.arrivals) >= 2)
     victim = gateways[index]
-    deadline = time.time() + 30
-    while len(listener.stub.arrivals) < 2 and time.time() < deadline:
-        time.sleep(0.05)
-    if how == "kill_9":
-        victim.kill()
-    else:
-        victim.terminate()
     listener.thread.join(timeout=60)
     try:
         assert listener.error is None, listener.error
@@ -188,6 +241,56 @@ def test_a_listener_moves_to_the_other_gateway_without_gap_or_repeat(two_gateway
     finally:
         victim.stop()
         restart_until_serving(victim)
+
+
+@pytest.mark.parametrize("how", ["kill_9", "sigterm"])
+def test_the_node_client_moves_to_the_other_gateway_without_gap_or_repeat(
+    two_gateways, tmp_path, how
+):
+    _, gateways = two_gateways
+    node = shutil.which("node")
+    assert node, "Node.js is needed (see README)"
+    seed, chunks = 37, 5
+    out = tmp_path / "node.wav"
+    client = subprocess.Popen(
+        [
+            node,
+            str(NODE_STREAM),
+            "--address",
+            "ipv4:" + ",".join(g.address for g in gateways),
+            "--seed",
+            str(seed),
+            "--seconds",
+            str(2 * chunks),
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    index = None
+    try:
+        index = _cut_the_serving_gateway(
+            gateways,
+            how,
+            lambda: out.exists() and out.stat().st_size >= WAV_HEADER_BYTES + 2 * CHUNK_BYTES,
+        )
+        _, stderr = client.communicate(timeout=60)
+        assert client.returncode == 0, stderr
+        assert f"wrote {2 * chunks:.2f} s ({chunks} chunks)" in stderr, stderr
+        moved = "stream lost (UNAVAILABLE)" if how == "kill_9" else "asked the client to move"
+        assert moved in stderr and "resumed at chunk" in stderr, stderr
+        assert wav_is_mock_session(out, seed, chunks)  # no chunk missing, repeated or reordered
+        if how == "sigterm":
+            assert gateways[index].wait(30) == 0  # it exited by itself once its client had moved
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+        if index is not None:
+            gateways[index].stop()
+            restart_until_serving(gateways[index])
 
 
 def test_without_a_reachable_store_sessions_play_on_without_resume(tmp_path_factory):

@@ -263,6 +263,7 @@ def test_the_js_sdk_the_node_client_and_the_browser_player(web, tmp_path):
     )
     tests = [
         PROJECT_ROOT / "clients/node/test/client.test.mjs",
+        PROJECT_ROOT / "clients/node/test/reconnect.test.mjs",
         PROJECT_ROOT / "tests/js/lyria_sdk.test.mjs",
         PROJECT_ROOT / "tests/js/player.test.mjs",
     ]

@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+from services.gateway.__main__ import parse_args as gateway_args
 from services.gateway.session_store import (
     RESUME_POINTS_KEPT,
     MemorySessionStore,
@@ -122,3 +123,18 @@ def test_unknown_store_urls_are_refused(url):
 def test_passwords_never_reach_the_logs():
     assert describe_store("redis://:secret@host:6379/0") == "redis://:***@host:6379/0"
     assert describe_store("memory://") == "memory://"
+
+
+def test_the_memory_store_bound_is_a_gateway_flag(monkeypatch, capsys):
+    monkeypatch.setenv("MRT_SESSION_STORE_MAX_SESSIONS", "3")
+    args = gateway_args([])
+    store = open_session_store(
+        args.session_store,
+        ttl_s=1.0,
+        timeout_s=1.0,
+        memory_max_sessions=args.session_store_max_sessions,
+    )
+    assert isinstance(store, MemorySessionStore) and store.max_sessions == 3
+    with pytest.raises(SystemExit):
+        gateway_args(["--session-store-max-sessions", "0"])
+    assert "--session-store-max-sessions must be >= 1" in capsys.readouterr().err

@@ -5,12 +5,12 @@ import { parseArgs } from "node:util";
 
 import grpc from "@grpc/grpc-js";
 
-import { connect, streamToWav } from "./client.mjs";
+import { RECONNECT_DEFAULTS, connect, streamToWav } from "./client.mjs";
 
 const USAGE = `usage: mrt-stream.mjs [--address HOST:PORT] [--api-key KEY] [--tls-ca PEM]
        [--tls-cert PEM --tls-key PEM] [--prompt TEXT[:WEIGHT]]... [--audio-prompt FILE[:WEIGHT]]...
        [--temperature T] [--top-k K] [--guidance G] [--seed S] [--model NAME]
-       [--seconds 20] [--out mrt_stream.wav]`;
+       [--seconds 20] [--out mrt_stream.wav] [--max-reconnects 10]`;
 
 class UsageError extends Error {}
 
@@ -54,6 +54,7 @@ function parse(argv) {
       model: { type: "string", default: "" },
       seconds: { type: "string", default: "20" },
       out: { type: "string", default: "mrt_stream.wav" },
+      "max-reconnects": { type: "string", default: String(RECONNECT_DEFAULTS.maxAttempts) },
       help: { type: "boolean", default: false },
     },
   });
@@ -81,7 +82,12 @@ function parse(argv) {
   }).filter(([, value]) => value !== undefined));
   const seconds = number("seconds", values.seconds);
   if (!(seconds > 0)) throw new UsageError(`--seconds must be > 0, got '${values.seconds}'`);
-  return { values, prompts, config: Object.keys(config).length ? config : undefined, seconds };
+  const maxReconnects = number("max-reconnects", values["max-reconnects"], { integer: true });
+  if (maxReconnects < 0) {
+    throw new UsageError(`--max-reconnects must be >= 0, got '${values["max-reconnects"]}'`);
+  }
+  return { values, prompts, config: Object.keys(config).length ? config : undefined, seconds,
+           maxReconnects };
 }
 
 /** Runs the command; resolves to its exit status (0 ok, 1 failed, 2 bad usage). */
@@ -93,7 +99,7 @@ export async function main(argv) {
     process.stderr.write(`${error.message}\n${USAGE}\n`);
     return 2;
   }
-  const { values, prompts, config, seconds } = options;
+  const { values, prompts, config, seconds, maxReconnects } = options;
   if (values.help) {
     process.stdout.write(`${USAGE}\n`);
     return 0;
@@ -110,6 +116,8 @@ export async function main(argv) {
   try {
     const summary = await streamToWav(connection, {
       seconds, out: values.out, prompts, config, model: values.model,
+      reconnect: { maxAttempts: maxReconnects },
+      onNotice: (text) => process.stderr.write(`${text}\n`),
       onMessage: (response) => {
         if (response.warning) {
           process.stderr.write(`warning [${response.warning.code}]: ${response.warning.message}\n`);
@@ -118,8 +126,9 @@ export async function main(argv) {
         }
       },
     });
+    const resumed = summary.reconnects ? `; resumed ${summary.reconnects} time(s)` : "";
     process.stderr.write(`wrote ${summary.seconds.toFixed(2)} s (${summary.chunks} chunks) of ` +
-                         `session ${summary.sessionId} to ${values.out}\n`);
+                         `session ${summary.sessionId} to ${values.out}${resumed}\n`);
     return 0;
   } catch (error) {
     const status = error.code === undefined ? "" : `${grpc.status[error.code] ?? error.code}: `;
