@@ -988,7 +988,8 @@ class ListenerSession:
             )
 
     async def read_client(self, requests) -> None:
-        """Apply client messages in order until the client half-closes."""
+        """Apply client messages in order until the client half-closes (a cancelled call or a
+        lost connection may end the request stream the same way, before the cancel arrives)."""
         async for request in requests:
             await self.handle(request)
         self.client_done = True

@@ -86,15 +86,6 @@ class ResumeKeeper:
             self.failure_unreported = str(err)
             log.warning("session %s: resume unavailable: %s", self.record.session_id, err)
 
-    async def forget(self) -> None:
-        """The session ended for good: drop its record."""
-        if self._writer is not None:
-            self._writer.cancel()
-        try:
-            await self.store.delete(self._key)
-        except StoreUnavailable as err:
-            log.info("session %s: record not deleted (it expires): %s", self.record.session_id, err)
-
 
 def float_bytes(values: np.ndarray | None) -> bytes:
     return b"" if values is None else np.asarray(values, "<f4").tobytes()

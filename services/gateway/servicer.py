@@ -226,23 +226,36 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
                 handle.cancel()
             for task in tasks:
                 task.cancel()
-            if session is not None:
-                self.sessions.discard(session)
-                self._sessions_changed.set()
-                await session.close()
-                if outcome == "ok" and session.keeper is not None:
-                    await session.keeper.forget()  # ended by the client: nothing to resume
-            if tasks:  # let them finish before the session's resources go
-                await asyncio.wait(tasks, timeout=TASK_EXIT_TIMEOUT_S)
-                log.info(
-                    "session %s closed (%s, %d chunks, %d underruns)",
-                    session.session_id,
-                    outcome,
-                    session.next_sequence,
-                    session.underruns,
-                )
-            ACTIVE.dec()
-            ENDED.labels(outcome).inc()
+            try:
+                if session is not None:
+                    await self._close_stream(session, tasks)
+            except asyncio.CancelledError:
+                # A cancelled call often first ends the request stream like a half-close, and
+                # the cancel itself arrives while the stream closes: it still was a cancel.
+                if outcome == "ok":
+                    outcome = "cancelled"
+                raise
+            finally:
+                if tasks:
+                    log.info(
+                        "session %s closed (%s, %d chunks, %d underruns)",
+                        session.session_id,
+                        outcome,
+                        session.next_sequence,
+                        session.underruns,
+                    )
+                ACTIVE.dec()
+                ENDED.labels(outcome).inc()
+
+    async def _close_stream(self, session: ListenerSession, tasks: list[asyncio.Task]) -> None:
+        """Release what the stream held. The session's resumable state stays in the store until
+        it expires, however the stream ended: a half-close and a cancelled call (or a lost
+        connection) can look the same here, and a lost stream must stay resumable."""
+        self.sessions.discard(session)
+        self._sessions_changed.set()
+        await session.close()
+        if tasks:  # let them finish before the session's resources go
+            await asyncio.wait(tasks, timeout=TASK_EXIT_TIMEOUT_S)
 
     def _owner_key(self, context: grpc.aio.ServicerContext) -> str:
         """Who a resume token belongs to: the caller's API key (hashed), when keys are on."""

@@ -147,9 +147,6 @@ class SessionStore(abc.ABC):
         data = await self._timed("load", self._load(key))
         return None if data is None else SessionRecord.decode(data)
 
-    async def delete(self, key: str) -> None:
-        await self._timed("delete", self._delete(key))
-
     async def _timed(self, op: str, call):
         started = time.perf_counter()
         try:
@@ -167,9 +164,6 @@ class SessionStore(abc.ABC):
 
     @abc.abstractmethod
     async def _load(self, key: str) -> bytes | None: ...
-
-    @abc.abstractmethod
-    async def _delete(self, key: str) -> None: ...
 
     async def close(self) -> None:  # noqa: B027 - most stores hold nothing to close
         """Release connections (a no-op for stores that hold none)."""
@@ -201,9 +195,6 @@ class MemorySessionStore(SessionStore):
     async def _load(self, key: str) -> bytes | None:
         current = self._live(key)
         return None if current is None else current[2]
-
-    async def _delete(self, key: str) -> None:
-        self._records.pop(key, None)
 
     def _live(self, key: str) -> tuple[float, int, bytes] | None:
         entry = self._records.get(key)
@@ -247,9 +238,6 @@ class RedisSessionStore(SessionStore):
 
     async def _load(self, key: str) -> bytes | None:
         return await self.client.hget(key, "data")
-
-    async def _delete(self, key: str) -> None:
-        await self.client.delete(key)
 
     async def close(self) -> None:
         await self.client.aclose()

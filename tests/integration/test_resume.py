@@ -26,10 +26,16 @@ from bench.rolling import (
 from services.cli.launcher import ServiceProcess
 from services.common.proto.mrt.v1 import music_pb2
 from services.gateway.session_store import MemorySessionStore, RedisSessionStore, SessionRecord
-from tests.integration.conftest import metric, scrape, start_cluster
+from tests.integration.conftest import (
+    metric,
+    open_sessions,
+    scrape,
+    start_cluster,
+    wait_for_open_sessions,
+)
 from tests.streaming_client import StreamClient
 
-PLAY = music_pb2.PlaybackControl.PLAY
+PLAY, PAUSE = music_pb2.PlaybackControl.PLAY, music_pb2.PlaybackControl.PAUSE
 NODE_STREAM = Path(__file__).resolve().parents[2] / "clients/node/bin/mrt-stream.mjs"
 WAV_HEADER_BYTES, CHUNK_BYTES = 44, 2 * 48000 * 2 * 2  # 2 s of 48 kHz stereo int16
 
@@ -101,27 +107,65 @@ def test_unknown_tokens_and_unknown_chunks_are_refused(mock_cluster, token, sequ
     client.close()
 
 
-def test_a_session_ended_by_its_client_cannot_be_resumed(mock_cluster):
-    client = StreamClient(mock_cluster.gateway_address)
-    token = client.setup().resume_token
-    client.half_close()  # never played, client done: the session ends normally
-    assert client.status() == grpc.StatusCode.OK
-    again = _resume(mock_cluster.gateway_address, token, 0)
-    assert again.status() == grpc.StatusCode.NOT_FOUND
-    again.close()
+def test_streams_cancelled_before_playing_stay_resumable(mock_cluster):
+    """A cancel reaches the gateway before or after the end of the request stream (which looks
+    like a half-close), by chance: of a few sessions, some see each order."""
+    gateway_open, generators_open = open_sessions(mock_cluster)
+    cancelled = []
+    for _ in range(5):
+        client = StreamClient(mock_cluster.gateway_address)
+        cancelled.append(client.setup())
+        client.close()
+    for started in cancelled:
+        again = _resume(mock_cluster.gateway_address, started.resume_token, 0)
+        resumed = again.expect("started").started
+        again.close()
+        assert resumed.session_id == started.session_id and resumed.resumed
+    # Every stream was counted closed, also one whose cancel arrived while it was closing.
+    wait_for_open_sessions(mock_cluster, gateway_open, sum(generators_open))
+
+
+@pytest.mark.parametrize("end", ["cancel", "half_close"])  # a clean end by the client is kept too
+def test_a_paused_session_whose_stream_ended_continues_on_resume(mock_cluster, end):
+    first = StreamClient(mock_cluster.gateway_address)
+    started = first.setup()
+    first.playback(PLAY)
+    received = [chunk for _, chunk in first.chunks(1)]
+    first.playback(PAUSE)
+    if end == "half_close":
+        first.half_close()
+        assert first.status() == grpc.StatusCode.OK
+    first.close()  # cancels the call (a no-op once it ended) and closes the connection
+
+    second = _resume(mock_cluster.gateway_address, started.resume_token, 1)
+    resumed = second.expect("started").started
+    assert resumed.session_id == started.session_id and resumed.resumed
+    second.playback(PLAY)
+    after = [chunk for _, chunk in second.chunks(2)]
+    second.close()
+    sequences, starts = _sequences_and_starts(received + after)
+    assert sequences == [0, 1, 2]  # it continues where it stopped
+    assert starts == [0.0, 2.0, 4.0]
 
 
 def test_an_expired_token_is_refused(tmp_path_factory):
-    cluster = start_cluster(tmp_path_factory, env={"MRT_SESSION_TTL_S": "1"})
+    cluster = start_cluster(tmp_path_factory, env={"MRT_SESSION_TTL_S": "2"})
     try:
         client = StreamClient(cluster.gateway_address)
-        token = client.setup().resume_token  # not playing: nothing refreshes the record
-        client.close()
-        time.sleep(2.0)  # past the 1 s TTL (the store's own clock, in another process)
-        again = _resume(cluster.gateway_address, token, 0)
-        code = again.status()
+        token = client.setup().resume_token
+        client.playback(PLAY)
+        client.chunks(1)
+        client.close()  # the stream is cut: its session stays resumable...
+        again = _resume(cluster.gateway_address, token, 1)
+        assert again.expect("started").started.resumed
         again.close()
+        time.sleep(3.0)  # ...until its 2 s TTL has passed (the gateway's clock: another process)
+        late = _resume(cluster.gateway_address, token, 1)
+        code = late.status()
+        late.close()
         assert code == grpc.StatusCode.NOT_FOUND
+        samples = scrape(cluster.metrics_urls["gateway"])
+        assert metric(samples, "mrt_gateway_session_resume_failures_total", reason="unknown") == 1
     finally:
         cluster.stop()
 
