@@ -9,6 +9,7 @@ weights, from the asset store).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from services.common.models import MAGENTA_RT_MODELS
 from services.common.session_state import SessionState
 from services.generator.batch_buckets import batch_buckets
 from services.generator.context_audio import INITIAL_AUDIO_MAX_SAMPLES, write_context_audio
-from services.generator.engine import ChunkEngine, ChunkJob, ChunkOutput
+from services.generator.engine import ChunkEngine, ChunkJob, ChunkOutput, fresh_job
 from services.generator.model import spectrostream, tokens
 from services.generator.model.codec_encoder import SpectroStreamEncoder
 from services.generator.model.crossfade import crossfade_chunks, frames_to_decode
@@ -201,12 +202,20 @@ class MagentaRTEngine(ChunkEngine):
         return style_tokens
 
     def warmup(self, batch_size: int) -> None:
-        """One throw-away batch of `batch_size` fresh sessions, and the encoder's programs for
-        the live-input mixes of that many sessions and for an initial clip."""
-        super().warmup(batch_size)
+        """Compile every program a batch of `batch_size` sessions can run (the sampler's, one
+        per count of guidance rows; the encoder's for live-input mixes and an initial clip),
+        then run one throw-away batch of that many prompted sessions: with a guidance row
+        each, the costliest batch of that size, which is what a timed warm-up should see."""
+        self._sampler.compile_batches(batch_size)
         if self._encoder is not None:
             self._encoder.compile_batches(batch_size, facts.INJECTION_MIX_SAMPLES)
             self._encoder.compile_batches(1, INITIAL_AUDIO_MAX_SAMPLES)
+        prompted = dataclasses.replace(fresh_job(), style_embedding=WARMUP_STYLE)
+        self.generate([prompted] * batch_size)
+
+
+# The style of warm-up sessions: any embedding will do (a unit vector, as MusicCoCa's are).
+WARMUP_STYLE = np.full(facts.STYLE_EMBEDDING_DIM, facts.STYLE_EMBEDDING_DIM**-0.5, np.float32)
 
 
 def chunk_seeds(jobs: Sequence[ChunkJob]) -> np.ndarray:

@@ -24,6 +24,10 @@ class RecordingSampler:
 
     def __init__(self):
         self.calls = []
+        self.compiled = []
+
+    def compile_batches(self, batch_size):
+        self.compiled.append(batch_size)
 
     def sample(self, encoder_tokens, temperature, top_k, guidance, seeds):
         self.calls.append(
@@ -256,3 +260,12 @@ def test_the_style_quantizer_runs_once_per_style_not_per_chunk(engine, monkeypat
     assert np.all(first[2] == -1)
     np.testing.assert_array_equal(again[1], first[0])
     np.testing.assert_array_equal(again[0], real_tokens(other[None])[0])
+
+
+def test_warmup_compiles_the_batch_size_and_runs_prompted_guided_sessions(engine, sampler):
+    """Timed warm-ups must see the costliest batch: every session with a guidance row."""
+    engine.warmup(2)
+    assert sampler.compiled == [2]
+    (call,) = sampler.calls
+    assert np.all(call["encoder_tokens"][:, -facts.STYLE_RVQ_LEVELS :] != facts.MASK_TOKEN)
+    assert np.all(call["guidance"] > 0)

@@ -1,11 +1,15 @@
 """Batched chunk sampling: the whole 800-step decode of a batch of sessions as one compiled
 program, with per-row temperature, top-k, guidance and seed.
 
-Classifier-free guidance runs two rows per session (the real encoder input and its copy with
-the style MASKed); each step mixes their logits as (1 + w) * cond - w * uncond and both rows
-take the token sampled from the mix. Every step computes only the current level's 1 024
-logits, which is exact because sampling is restricted to that level's codes. Batches are
-padded up to a bucket size so that a handful of compiled programs serve any number of
+Classifier-free guidance steers each session's logits away from those of its unconditioned
+row (the same input with the style MASKed): each step mixes them as (1 + w) * cond - w * uncond
+and both rows take the token sampled from the mix. A session with no style, or with guidance
+0, gets no unconditioned row: its row would be identical to the session's own (or weighted 0),
+so the program mixes the session's own logits in its place, which gives bit for bit the mix
+two identical rows would give. Every step computes only the current level's 1 024 logits,
+which is exact because sampling is restricted to that level's codes. Batches are padded up to
+a bucket size, and their unconditioned rows to one of the bucket's guidance-row buckets
+(`batch_buckets.guidance_row_buckets`), so that a handful of compiled programs serve any mix of
 sessions; nothing a row computes depends on the other rows, so a session gets the same logits
 whatever batch it is in, up to the float32 rounding of matrix products of other shapes.
 """
@@ -21,7 +25,11 @@ import numpy as np
 from jax import lax
 
 from services.common import model_facts as facts
-from services.generator.batch_buckets import bucket_for
+from services.generator.batch_buckets import (
+    bucket_for,
+    guidance_row_bucket_for,
+    guidance_row_buckets,
+)
 from services.generator.model import tokens as token_layout
 from services.generator.model.configs import DepthformerConfig
 from services.generator.model.depthformer import Depthformer, EncoderPasses, Params, decode_chunk
@@ -149,34 +157,54 @@ def _first_index(flags: jax.Array) -> jax.Array:
     return jnp.min(jnp.where(flags, positions, flags.shape[-1]), axis=-1)
 
 
+def chunk_uniforms(seeds: jax.Array) -> jax.Array:
+    """float32[B, 50, 16] in [0, 1): each session's draw for every step, from its seed alone."""
+    return jax.vmap(
+        lambda seed: jax.random.uniform(
+            jax.random.key(seed), (facts.CHUNK_FRAMES, facts.DECODER_RVQ_LEVELS)
+        )
+    )(seeds)
+
+
 def _sample_chunk(
     model: Depthformer,
     encoder_passes: EncoderPasses,
     threshold: TopKThreshold,
     params: Params,
     encoder_tokens: jax.Array,
+    guide_rows: jax.Array,
+    uncond_sessions: jax.Array,
     temperature: jax.Array,
     top_k: jax.Array,
     guidance: jax.Array,
     seeds: jax.Array,
 ) -> jax.Array:
-    """The compiled program: int32[B, 50, 16] codes for B sessions; encoder_tokens holds the
-    B conditional rows followed by their B unconditional partners."""
+    """The compiled program: int32[B, 50, 16] codes for B sessions.
+
+    encoder_tokens holds the B sessions' rows, then U unconditioned rows; guide_rows[b] is the
+    row session b's guidance steers away from (its unconditioned row, or its own row), and
+    uncond_sessions[u] the session unconditioned row B + u follows."""
     sessions = temperature.shape[0]
-    uniforms = jax.vmap(
-        lambda seed: jax.random.uniform(
-            jax.random.key(seed), (facts.CHUNK_FRAMES, facts.DECODER_RVQ_LEVELS)
-        )
-    )(seeds)
+    uniforms = chunk_uniforms(seeds)
     weight = guidance[:, None]
 
     def choose(logits, frame, level, state):
-        mixed = (1 + weight) * logits[:sessions] - weight * logits[sessions:]
+        mixed = (1 + weight) * logits[:sessions] - weight * logits[guide_rows]
         codes = sample_codes(mixed, temperature, top_k, uniforms[:, frame, level], threshold)
-        return jnp.concatenate([codes, codes]), state, ()
+        return jnp.concatenate([codes, codes[uncond_sessions]]), state, ()
 
     codes, _, _ = decode_chunk(model, params, encoder_tokens, choose, encoder_passes=encoder_passes)
     return codes[:sessions]
+
+
+def sessions_needing_uncond_rows(
+    encoder_tokens: np.ndarray, uncond_tokens: np.ndarray, guidance: np.ndarray
+) -> np.ndarray:
+    """int[U]: the sessions whose guidance needs an unconditioned row of their own: guidance
+    not 0 and an unconditioned row that differs from the session's (a session without a
+    style has its style MASKed already)."""
+    differs = np.any(np.asarray(uncond_tokens) != np.asarray(encoder_tokens), axis=1)
+    return np.flatnonzero(differs & (np.asarray(guidance) != 0))
 
 
 def prepare_params(config: DepthformerConfig, params: Params) -> Params:
@@ -208,6 +236,7 @@ class TokenSampler:
             raise ValueError(f"batch_buckets must be positive sizes, got {batch_buckets}")
         self.config = config
         self.batch_buckets = tuple(sorted(set(batch_buckets)))
+        self._compiled_buckets: set[int] = set()
         self._params = prepare_params(config, params)
         backend = backend or jax.default_backend()
         self._program = jax.jit(
@@ -242,7 +271,8 @@ class TokenSampler:
         0 = greedy. top_k: int32[B], 0 = no cut. guidance: float32[B]. seeds: integers[B];
         row b's random stream is derived from the low 32 bits of seeds[b] alone.
         uncond_tokens: the rows guidance steers away from, [B, 1006]; by default each
-        conditional row with its style MASKed.
+        conditional row with its style MASKed. Only the sessions with guidance not 0 whose
+        unconditioned row differs from their own run one (`sessions_needing_uncond_rows`).
         """
         encoder_tokens = np.asarray(encoder_tokens, np.int32)
         sessions = len(encoder_tokens)
@@ -266,14 +296,51 @@ class TokenSampler:
         ]
         if any(setting.shape != (sessions,) for setting in per_row):
             raise ValueError(f"temperature, top_k, guidance and seeds must each be [{sessions}]")
-        padding = self.bucket_for(sessions) - sessions
-        # Padded rows: MASK inputs, greedy; their codes are dropped.
-        rows = np.pad(
-            np.concatenate([encoder_tokens, uncond_tokens]).reshape(2, sessions, -1),
-            ((0, 0), (0, padding), (0, 0)),
-            constant_values=facts.MASK_TOKEN,
+        guided = sessions_needing_uncond_rows(encoder_tokens, uncond_tokens, per_row[2])
+        codes = self._run(encoder_tokens, uncond_tokens[guided], guided, per_row)
+        return codes[:sessions]
+
+    def compile_batches(self, batch_size: int) -> None:
+        """Compile every program a batch of `batch_size` sessions can run (one per
+        guidance-row bucket) with throw-away batches; a bucket already compiled is skipped."""
+        batch_rows = self.bucket_for(batch_size)
+        if batch_rows in self._compiled_buckets:
+            return
+        masked = np.full((batch_rows, facts.ENCODER_INPUT_TOKENS), facts.MASK_TOKEN, np.int32)
+        settings = [
+            np.zeros(batch_rows, np.float32),
+            np.zeros(batch_rows, np.int32),
+            np.ones(batch_rows, np.float32),
+            np.zeros(batch_rows, np.uint32),
+        ]
+        for uncond_rows in guidance_row_buckets(batch_rows):
+            guided = np.arange(uncond_rows)
+            self._run(masked, masked[guided], guided, settings)
+        self._compiled_buckets.add(batch_rows)
+
+    def _run(
+        self,
+        encoder_tokens: np.ndarray,
+        uncond_tokens: np.ndarray,
+        guided: np.ndarray,
+        per_row: list[np.ndarray],
+    ) -> np.ndarray:
+        """Pad the B sessions' rows and their U unconditioned rows (those of the sessions
+        `guided`) to their buckets and run the program; int32[bucket, 50, 16] codes.
+
+        Padded rows: MASK inputs, greedy, guided by their own row; their codes are dropped."""
+        sessions, guided_sessions = len(encoder_tokens), len(guided)
+        batch_rows = self.bucket_for(sessions)
+        uncond_rows = guidance_row_bucket_for(guided_sessions, batch_rows)
+        rows = np.full(
+            (batch_rows + uncond_rows, facts.ENCODER_INPUT_TOKENS), facts.MASK_TOKEN, np.int32
         )
-        rows = rows.reshape(-1, facts.ENCODER_INPUT_TOKENS)
-        per_row = [np.pad(setting, (0, padding)) for setting in per_row]
-        codes = self._program(self._params, rows, *per_row)
-        return np.asarray(codes)[:sessions]
+        rows[:sessions] = encoder_tokens
+        rows[batch_rows : batch_rows + guided_sessions] = uncond_tokens
+        guide_rows = np.arange(batch_rows, dtype=np.int32)
+        guide_rows[guided] = batch_rows + np.arange(guided_sessions)
+        uncond_sessions = np.zeros(uncond_rows, np.int32)
+        uncond_sessions[:guided_sessions] = guided
+        padded = [np.pad(setting, (0, batch_rows - sessions)) for setting in per_row]
+        codes = self._program(self._params, rows, guide_rows, uncond_sessions, *padded)
+        return np.asarray(codes)
