@@ -30,8 +30,9 @@ from services.generator.engine import ChunkEngine, ChunkJob
 from services.generator.models import create_engine
 
 
-def first_jobs(batch_size: int, seed: int = 0) -> list[ChunkJob]:
-    """Fresh sessions with distinct seeds and random styles (prompted sessions, as in use)."""
+def first_jobs(batch_size: int, seed: int = 0, styled: bool = True) -> list[ChunkJob]:
+    """Fresh sessions with distinct seeds and random styles (prompted sessions, as in use),
+    or (`styled` False) no style at all, which needs no guidance rows."""
     rng = np.random.default_rng(seed)
     jobs = []
     for row in range(batch_size):
@@ -39,7 +40,7 @@ def first_jobs(batch_size: int, seed: int = 0) -> list[ChunkJob]:
         jobs.append(
             ChunkJob(
                 state=SessionState.fresh(),
-                style_embedding=style / np.linalg.norm(style),
+                style_embedding=style / np.linalg.norm(style) if styled else None,
                 sampling=SamplingSettings(seed=seed + row),
             )
         )
@@ -79,8 +80,10 @@ def realtime_sessions(batch_size: int, batch_seconds: float) -> int:
     return batch_size * int(facts.CHUNK_SECONDS // batch_seconds) if batch_seconds > 0 else 0
 
 
-def measure_batch_size(engine: ChunkEngine, batch_size: int, repeats: int) -> dict[str, Any]:
-    jobs = first_jobs(batch_size)
+def measure_batch_size(
+    engine: ChunkEngine, batch_size: int, repeats: int, styled: bool = True
+) -> dict[str, Any]:
+    jobs = first_jobs(batch_size, styled=styled)
     warmup_s, jobs = time_step(engine, jobs)
     times = []
     for _ in range(repeats):
@@ -120,7 +123,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """The micro-benchmark for ``args`` (see ``python -m bench generator --help``)."""
     batch_sizes = [int(s) for s in args.batch_sizes.split(",")]
     began, machine = time.monotonic(), report.machine_info()
-    label = args.model + ("-random-weights" if args.random_weights else "")
+    label = (
+        args.model
+        + ("-random-weights" if args.random_weights else "")
+        + ("-without-style" if args.without_style else "")
+    )
     print(f"[generator] building the {label} engine ({args.dtype})", flush=True)
     engine = create_engine(
         args.model,
@@ -132,7 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     load_s = time.monotonic() - began
     rows = []
     for size in batch_sizes:
-        row = measure_batch_size(engine, size, args.repeats)
+        row = measure_batch_size(engine, size, args.repeats, styled=not args.without_style)
         rows.append(row)
         print(
             f"  batch {size:>3}: {row['median_s']:.4f} s per batched chunk "
@@ -152,6 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": label,
         "dtype": args.dtype,
         "random_weights": args.random_weights,
+        "styled": not args.without_style,
         "device": device_description(),
         "machine": machine,
         "repeats": args.repeats,
@@ -200,6 +208,11 @@ def markdown(results: dict[str, Any], json_path: Path) -> str:
                 " Random depthformer weights with the tiny codec (`--random-weights`): the codec's "
                 "share of the time is the tiny one's."
                 if results.get("random_weights")
+                else ""
+            )
+            + (
+                " Sessions without a style (no prompt), so no guidance rows."
+                if not results.get("styled", True)
                 else ""
             ),
             "",
