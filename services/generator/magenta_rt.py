@@ -2,9 +2,10 @@
 
 One `generate` call runs the chunk algorithm of docs/model.md for a whole batch of sessions at
 once, each row with its own context, style, sampling settings and seed, so a row gets exactly
-what it would get alone. Models: `tiny` (our small depthformer with random weights from a fixed
-seed and the locally built tiny codec, works offline) and upstream's `base` and `large` (real
-weights, from the asset store).
+what it would get alone. The host builds the batch's inputs and reads back its outputs; from
+tokens to audio it is one compiled program (`model/chunk_program.py`). Models: `tiny` (our
+small depthformer with random weights from a fixed seed and the locally built tiny codec,
+works offline) and upstream's `base` and `large` (real weights, from the asset store).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from services.generator.batch_buckets import batch_buckets
 from services.generator.context_audio import INITIAL_AUDIO_MAX_SAMPLES, write_context_audio
 from services.generator.engine import ChunkEngine, ChunkJob, ChunkOutput, fresh_job
 from services.generator.model import spectrostream, tokens
+from services.generator.model.chunk_program import ChunkProgram
 from services.generator.model.codec_encoder import SpectroStreamEncoder
-from services.generator.model.crossfade import crossfade_chunks, frames_to_decode
+from services.generator.model.crossfade import previous_frames
 from services.generator.model.spectrostream import SpectroStreamDecoder
 from services.generator.model.style_tokens import STYLE_QUANTIZER_ASSET, StyleQuantizer
 from services.generator.model.tiny_assets import ensure_tiny_assets
@@ -73,16 +75,14 @@ class MagentaRTEngine(ChunkEngine):
     def __init__(
         self,
         name: str,
-        sampler,
-        decoder: SpectroStreamDecoder,
+        program: ChunkProgram,
         style_quantizer: StyleQuantizer,
         encoder: SpectroStreamEncoder | None,
     ):
-        """`sampler` is a `sampling.TokenSampler` (or anything with its `sample` method);
-        without an `encoder` the engine takes no audio input."""
+        """`program` samples, decodes and crossfades a batch; without an `encoder` the engine
+        takes no audio input."""
         self.name = name
-        self._sampler = sampler
-        self._decoder = decoder
+        self._program = program
         self._style_quantizer = style_quantizer
         self._encoder = encoder
         self.supports_audio_input = encoder is not None
@@ -142,8 +142,10 @@ class MagentaRTEngine(ChunkEngine):
         buckets = batch_buckets(max_batch_size)
         return cls(
             model_name,
-            sampling.TokenSampler(config, params, batch_buckets=buckets),
-            SpectroStreamDecoder.from_store(assets, batch_buckets=buckets),
+            ChunkProgram(
+                sampling.TokenSampler(config, params, batch_buckets=buckets),
+                SpectroStreamDecoder.from_store(assets, batch_buckets=buckets),
+            ),
             StyleQuantizer.load(assets.path(STYLE_QUANTIZER_ASSET)),
             encoder,
         )
@@ -155,17 +157,17 @@ class MagentaRTEngine(ChunkEngine):
         states = [job.state for job in jobs]
         context = np.stack([state.context_tokens for state in states])
         chunk_indices = np.array([state.chunk_index for state in states])
-        encoder_tokens = tokens.build_encoder_tokens(context, self.style_tokens(jobs))
-        new_codes = self._sampler.sample(
-            encoder_tokens,
+        batch = self._program.sampler.batch(
+            tokens.build_encoder_tokens(context, self.style_tokens(jobs)),
             temperature=np.array([job.sampling.temperature for job in jobs], np.float32),
             top_k=np.array([job.sampling.top_k for job in jobs], np.int32),
             guidance=np.array([job.sampling.guidance for job in jobs], np.float32),
             seeds=chunk_seeds(jobs),
         )
-        decoded = self._decoder.decode(frames_to_decode(context, chunk_indices, new_codes))
-        chunks, tails = crossfade_chunks(
-            decoded, np.stack([state.crossfade_tail for state in states])
+        new_codes, chunks, tails = self._program.run(
+            batch,
+            previous_frames(context, chunk_indices),
+            np.stack([state.crossfade_tail for state in states]),
         )
         next_context = tokens.append_to_context(context, new_codes)
         return [
@@ -206,7 +208,7 @@ class MagentaRTEngine(ChunkEngine):
         per count of guidance rows; the encoder's for live-input mixes and an initial clip),
         then run one throw-away batch of that many prompted sessions: with a guidance row
         each, the costliest batch of that size, which is what a timed warm-up should see."""
-        self._sampler.compile_batches(batch_size)
+        self._program.compile_batches(batch_size)
         if self._encoder is not None:
             self._encoder.compile_batches(batch_size, facts.INJECTION_MIX_SAMPLES)
             self._encoder.compile_batches(1, INITIAL_AUDIO_MAX_SAMPLES)

@@ -278,12 +278,10 @@ def test_only_sessions_with_a_style_and_guidance_run_an_unconditioned_row(sample
     assert program_rows == [4 + 2, 4, 4 + 4]
 
 
-def test_compiling_a_batch_size_runs_each_guidance_row_bucket_once(params, monkeypatch):
-    sampler = TokenSampler(CONFIG, params, batch_buckets=(1, 4))
-    program_rows = _record_program_rows(sampler, monkeypatch)
-    sampler.compile_batches(3)
-    sampler.compile_batches(4)  # the same bucket: nothing more to compile
-    assert program_rows == [4, 4 + 2, 4 + 4]
+def test_warmup_batches_cover_every_guidance_row_bucket(sampler):
+    batches = sampler.warmup_batches(3)
+    assert [len(batch.arguments[0]) for batch in batches] == [4, 4 + 2, 4 + 4]
+    assert all(batch.padded_sessions == 4 for batch in batches)
 
 
 def test_skipping_unconditioned_rows_changes_no_code(sampler, params):

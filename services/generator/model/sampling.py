@@ -16,6 +16,7 @@ whatever batch it is in, up to the float32 rounding of matrix products of other 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 
@@ -219,8 +220,26 @@ def prepare_params(config: DepthformerConfig, params: Params) -> Params:
     return {name: stored(name, subtree) for name, subtree in params.items()}
 
 
+@dataclasses.dataclass(frozen=True)
+class SamplerBatch:
+    """A batch padded for the sampling program: its first `sessions` rows are real.
+
+    `arguments`: the program's inputs after its parameters (rows, guide_rows,
+    uncond_sessions, temperature, top_k, guidance, seeds; see `_sample_chunk`)."""
+
+    sessions: int
+    arguments: tuple[np.ndarray, ...]
+
+    @property
+    def padded_sessions(self) -> int:
+        return len(self.arguments[1])
+
+
 class TokenSampler:
-    """Samples a chunk of codes for a batch of sessions with the depthformer."""
+    """Samples a chunk of codes for a batch of sessions with the depthformer.
+
+    `sample` runs its own compiled program; `batch` and `sample_chunk` let a bigger compiled
+    program (`chunk_program.ChunkProgram`) sample as part of its work."""
 
     def __init__(
         self,
@@ -236,17 +255,16 @@ class TokenSampler:
             raise ValueError(f"batch_buckets must be positive sizes, got {batch_buckets}")
         self.config = config
         self.batch_buckets = tuple(sorted(set(batch_buckets)))
-        self._compiled_buckets: set[int] = set()
-        self._params = prepare_params(config, params)
+        self.params = prepare_params(config, params)
         backend = backend or jax.default_backend()
-        self._program = jax.jit(
-            functools.partial(
-                _sample_chunk,
-                Depthformer(config),
-                EncoderPasses.for_backend(backend),
-                top_k_threshold_for_backend(backend),
-            )
+        # The traceable program: (params, *SamplerBatch.arguments) -> int32[padded, 50, 16].
+        self.sample_chunk: Callable[..., jax.Array] = functools.partial(
+            _sample_chunk,
+            Depthformer(config),
+            EncoderPasses.for_backend(backend),
+            top_k_threshold_for_backend(backend),
         )
+        self._program = jax.jit(self.sample_chunk)
 
     @property
     def max_batch_size(self) -> int:
@@ -265,7 +283,21 @@ class TokenSampler:
         seeds: np.ndarray,
         uncond_tokens: np.ndarray | None = None,
     ) -> np.ndarray:
-        """int32[B, 50, 16] raw codes in [0, 1024) for B sessions.
+        """int32[B, 50, 16] raw codes in [0, 1024) for B sessions; arguments as `batch`."""
+        batch = self.batch(encoder_tokens, temperature, top_k, guidance, seeds, uncond_tokens)
+        codes = self._program(self.params, *batch.arguments)
+        return np.asarray(codes)[: batch.sessions]
+
+    def batch(
+        self,
+        encoder_tokens: np.ndarray,
+        temperature: np.ndarray,
+        top_k: np.ndarray,
+        guidance: np.ndarray,
+        seeds: np.ndarray,
+        uncond_tokens: np.ndarray | None = None,
+    ) -> SamplerBatch:
+        """B sessions' inputs, checked and padded for the program.
 
         encoder_tokens: int32[B, 1006], the conditional rows. temperature: float32[B],
         0 = greedy. top_k: int32[B], 0 = no cut. guidance: float32[B]. seeds: integers[B];
@@ -297,15 +329,12 @@ class TokenSampler:
         if any(setting.shape != (sessions,) for setting in per_row):
             raise ValueError(f"temperature, top_k, guidance and seeds must each be [{sessions}]")
         guided = sessions_needing_uncond_rows(encoder_tokens, uncond_tokens, per_row[2])
-        codes = self._run(encoder_tokens, uncond_tokens[guided], guided, per_row)
-        return codes[:sessions]
+        return self._padded(encoder_tokens, uncond_tokens[guided], guided, per_row)
 
-    def compile_batches(self, batch_size: int) -> None:
-        """Compile every program a batch of `batch_size` sessions can run (one per
-        guidance-row bucket) with throw-away batches; a bucket already compiled is skipped."""
+    def warmup_batches(self, batch_size: int) -> list[SamplerBatch]:
+        """Throw-away batches, one per program a batch of `batch_size` sessions can run (one
+        per guidance-row bucket of its batch bucket): what compiling that size runs."""
         batch_rows = self.bucket_for(batch_size)
-        if batch_rows in self._compiled_buckets:
-            return
         masked = np.full((batch_rows, facts.ENCODER_INPUT_TOKENS), facts.MASK_TOKEN, np.int32)
         settings = [
             np.zeros(batch_rows, np.float32),
@@ -313,22 +342,21 @@ class TokenSampler:
             np.ones(batch_rows, np.float32),
             np.zeros(batch_rows, np.uint32),
         ]
-        for uncond_rows in guidance_row_buckets(batch_rows):
-            guided = np.arange(uncond_rows)
-            self._run(masked, masked[guided], guided, settings)
-        self._compiled_buckets.add(batch_rows)
+        return [
+            self._padded(masked, masked[:uncond_rows], np.arange(uncond_rows), settings)
+            for uncond_rows in guidance_row_buckets(batch_rows)
+        ]
 
-    def _run(
+    def _padded(
         self,
         encoder_tokens: np.ndarray,
         uncond_tokens: np.ndarray,
         guided: np.ndarray,
         per_row: list[np.ndarray],
-    ) -> np.ndarray:
-        """Pad the B sessions' rows and their U unconditioned rows (those of the sessions
-        `guided`) to their buckets and run the program; int32[bucket, 50, 16] codes.
-
-        Padded rows: MASK inputs, greedy, guided by their own row; their codes are dropped."""
+    ) -> SamplerBatch:
+        """The B sessions' rows and their U unconditioned rows (those of the sessions
+        `guided`), each padded to its bucket. Padded rows: MASK inputs, greedy, guided by
+        their own row; their codes are dropped."""
         sessions, guided_sessions = len(encoder_tokens), len(guided)
         batch_rows = self.bucket_for(sessions)
         uncond_rows = guidance_row_bucket_for(guided_sessions, batch_rows)
@@ -342,5 +370,4 @@ class TokenSampler:
         uncond_sessions = np.zeros(uncond_rows, np.int32)
         uncond_sessions[:guided_sessions] = guided
         padded = [np.pad(setting, (0, batch_rows - sessions)) for setting in per_row]
-        codes = self._program(self._params, rows, guide_rows, uncond_sessions, *padded)
-        return np.asarray(codes)
+        return SamplerBatch(sessions, (rows, guide_rows, uncond_sessions, *padded))
