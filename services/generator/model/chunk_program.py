@@ -72,7 +72,11 @@ class ChunkProgram:
             outputs = self._program(
                 self.sampler.params, self._decoder.params, frames, tails, *batch.arguments
             )
-        codes, chunks, next_tails = (np.asarray(output[: batch.sessions]) for output in outputs)
+        # One read-back of the padded outputs (slicing on the device would dispatch, and
+        # compile, a small program per batch size).
+        codes, chunks, next_tails = (
+            np.asarray(output)[: batch.sessions] for output in jax.device_get(outputs)
+        )
         return codes, chunks, next_tails
 
     def compile_batches(self, batch_size: int) -> None:
