@@ -157,17 +157,14 @@ class MagentaRTEngine(ChunkEngine):
         states = [job.state for job in jobs]
         context = np.stack([state.context_tokens for state in states])
         chunk_indices = np.array([state.chunk_index for state in states])
-        batch = self._program.sampler.batch(
+        new_codes, chunks, tails = self._program.run(
             tokens.build_encoder_tokens(context, self.style_tokens(jobs)),
             temperature=np.array([job.sampling.temperature for job in jobs], np.float32),
             top_k=np.array([job.sampling.top_k for job in jobs], np.int32),
             guidance=np.array([job.sampling.guidance for job in jobs], np.float32),
             seeds=chunk_seeds(jobs),
-        )
-        new_codes, chunks, tails = self._program.run(
-            batch,
-            previous_frames(context, chunk_indices),
-            np.stack([state.crossfade_tail for state in states]),
+            previous_frames=previous_frames(context, chunk_indices),
+            previous_tails=np.stack([state.crossfade_tail for state in states]),
         )
         next_context = tokens.append_to_context(context, new_codes)
         return [
@@ -204,10 +201,11 @@ class MagentaRTEngine(ChunkEngine):
         return style_tokens
 
     def warmup(self, batch_size: int) -> None:
-        """Compile every program a batch of `batch_size` sessions can run (the sampler's, one
-        per count of guidance rows; the encoder's for live-input mixes and an initial clip),
-        then run one throw-away batch of that many prompted sessions: with a guidance row
-        each, the costliest batch of that size, which is what a timed warm-up should see."""
+        """Compile every program a batch of `batch_size` sessions can run (the chunk
+        program's, one per guidance-row bucket; the encoder's for live-input mixes and an
+        initial clip), then run one throw-away batch of that many prompted sessions: with a
+        guidance row each, the costliest batch of that size, which is what a timed warm-up
+        should see."""
         self._program.compile_batches(batch_size)
         if self._encoder is not None:
             self._encoder.compile_batches(batch_size, facts.INJECTION_MIX_SAMPLES)

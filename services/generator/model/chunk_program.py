@@ -57,14 +57,24 @@ class ChunkProgram:
 
     def run(
         self,
-        batch: SamplerBatch,
+        encoder_tokens: np.ndarray,
+        temperature: np.ndarray,
+        top_k: np.ndarray,
+        guidance: np.ndarray,
+        seeds: np.ndarray,
         previous_frames: np.ndarray,
         previous_tails: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(codes int32[B, 50, 16], chunks float32[B, 96000, 2], next tails float32[B, 1920,
-        2]) for the B sessions of `batch` (from `sampler.batch`), whose frames decoded first
-        are previous_frames int32[B, 1, 16] (`crossfade.previous_frames`) and whose last
-        chunks left previous_tails float32[B, 1920, 2]."""
+        2]) for B sessions. The sampling inputs are `TokenSampler.batch`'s; previous_frames
+        int32[B, 1, 16] are the frames decoded first (`crossfade.previous_frames`) and
+        previous_tails float32[B, 1920, 2] what the sessions' last chunks left."""
+        batch = self.sampler.batch(encoder_tokens, temperature, top_k, guidance, seeds)
+        return self._run(batch, previous_frames, previous_tails)
+
+    def _run(
+        self, batch: SamplerBatch, previous_frames: np.ndarray, previous_tails: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         padding = ((0, batch.padded_sessions - batch.sessions), (0, 0), (0, 0))
         frames = np.pad(np.asarray(previous_frames, np.int32), padding)
         tails = jax.device_put(np.pad(np.asarray(previous_tails, np.float32), padding))
@@ -88,5 +98,5 @@ class ChunkProgram:
         for batch in self.sampler.warmup_batches(batch_rows):
             frames = np.zeros((batch.sessions, 1, self._decoder.levels), np.int32)
             tails = np.zeros((batch.sessions, facts.CROSSFADE_SAMPLES, facts.CHANNELS), np.float32)
-            self.run(batch, frames, tails)
+            self._run(batch, frames, tails)
         self._compiled_buckets.add(batch_rows)

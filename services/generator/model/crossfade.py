@@ -14,12 +14,15 @@ never generated.
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 from services.common import model_facts as facts
 
 CROSSFADE_FRAMES = facts.CROSSFADE_SAMPLES // facts.SAMPLES_PER_FRAME  # 1
+# A NumPy array, or a jax.numpy one inside a compiled program.
+Array = Any
 
 
 def crossfade_ramp(num_samples: int) -> np.ndarray:
@@ -43,7 +46,9 @@ def previous_frames(context_tokens: np.ndarray, chunk_indices: np.ndarray) -> np
     return np.where(no_previous[:, None, None], 0, previous_frame).astype(np.int32)
 
 
-def crossfade_chunks(decoded, previous_tails, xp: ModuleType = np):
+def crossfade_chunks(
+    decoded: Array, previous_tails: Array, *, xp: ModuleType = np
+) -> tuple[Array, Array]:
     """Split decoded audio into the chunk to play and the tail kept for the next chunk.
 
     decoded: float32[B, 96000 + 1920, 2] (the 51 decoded frames);
