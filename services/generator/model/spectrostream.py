@@ -92,7 +92,8 @@ class SpectroStreamDecoder:
     """Decodes batches of codec codes to audio with one compiled program per batch bucket.
 
     Batches are padded up to the next bucket size so a serving process compiles a handful of
-    programs at warm-up instead of one per distinct batch size.
+    programs at warm-up instead of one per distinct batch size. The Magenta RT engine calls
+    `codes_to_audio` inside its own chunk program instead (`chunk_program.py`).
     """
 
     def __init__(
