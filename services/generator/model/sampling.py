@@ -5,8 +5,8 @@ Classifier-free guidance steers each session's logits away from those of its unc
 row (the same input with the style MASKed): each step mixes them as (1 + w) * cond - w * uncond
 and both rows take the token sampled from the mix. A session with no style, or with guidance
 0, gets no unconditioned row: its row would be identical to the session's own (or weighted 0),
-so the program mixes the session's own logits in its place, which gives bit for bit the mix
-two identical rows would give. Every step computes only the current level's 1 024 logits,
+so the program mixes the session's own logits in its place: the same arithmetic on the same
+numbers as with two identical rows. Every step computes only the current level's 1 024 logits,
 which is exact because sampling is restricted to that level's codes. Batches are padded up to
 a bucket size, and their unconditioned rows to one of the bucket's guidance-row buckets
 (`batch_buckets.guidance_row_buckets`), so that a handful of compiled programs serve any mix of
