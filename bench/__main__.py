@@ -209,6 +209,12 @@ def add_generator_options(parser: argparse.ArgumentParser) -> None:
         "where the upstream files are not (e.g. an offline GPU host)",
     )
     group.add_argument(
+        "--without-style",
+        action="store_true",
+        help="time sessions without a style (no prompt), which run no guidance rows "
+        "(default: prompted sessions, one guidance row each)",
+    )
+    group.add_argument(
         "--repeats",
         type=int,
         default=3,

@@ -35,9 +35,10 @@ from services.generator.models import create_engine
 
 
 def first_jobs(
-    batch_size: int, seed: int = 0, chunk_frames: int = facts.CHUNK_FRAMES
+    batch_size: int, seed: int = 0, chunk_frames: int = facts.CHUNK_FRAMES, styled: bool = True
 ) -> list[ChunkJob]:
-    """Fresh sessions with distinct seeds and random styles (prompted sessions, as in use)."""
+    """Fresh sessions with distinct seeds and random styles (prompted sessions, as in use),
+    or (`styled` False) no style at all, which needs no guidance rows."""
     rng = np.random.default_rng(seed)
     jobs = []
     for row in range(batch_size):
@@ -45,7 +46,7 @@ def first_jobs(
         jobs.append(
             ChunkJob(
                 state=SessionState.fresh(),
-                style_embedding=style / np.linalg.norm(style),
+                style_embedding=style / np.linalg.norm(style) if styled else None,
                 sampling=SamplingSettings(seed=seed + row),
                 chunk_frames=chunk_frames,
             )
@@ -90,7 +91,11 @@ def realtime_sessions(
 
 
 def measure(
-    engine: ChunkEngine, batch_sizes: list[int], chunk_lengths: list[int], repeats: int
+    engine: ChunkEngine,
+    batch_sizes: list[int],
+    chunk_lengths: list[int],
+    repeats: int,
+    styled: bool = True,
 ) -> list[dict[str, Any]]:
     """One row per chunk length and batch size. Each shape gets a warm-up step first, then
     the timed steps are interleaved (each repeat times every shape once), so that the noise
@@ -100,7 +105,7 @@ def measure(
     jobs, warmups_s = {}, {}
     for frames, size in shapes:
         warmups_s[frames, size], jobs[frames, size] = time_step(
-            engine, first_jobs(size, chunk_frames=frames)
+            engine, first_jobs(size, chunk_frames=frames, styled=styled)
         )
     times: dict[tuple[int, int], list[float]] = {shape: [] for shape in shapes}
     for _ in range(repeats):
@@ -164,7 +169,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """The micro-benchmark for ``args`` (see ``python -m bench generator --help``)."""
     batch_sizes = [int(s) for s in args.batch_sizes.split(",")]
     began, machine = time.monotonic(), report.machine_info()
-    label = args.model + ("-random-weights" if args.random_weights else "")
+    label = (
+        args.model
+        + ("-random-weights" if args.random_weights else "")
+        + ("-without-style" if args.without_style else "")
+    )
     print(f"[generator] building the {label} engine ({args.dtype})", flush=True)
     engine = create_engine(
         args.model,
@@ -174,12 +183,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         random_weights=args.random_weights,
     )
     load_s = time.monotonic() - began
-    rows = measure(engine, batch_sizes, list(args.chunk_frames), args.repeats)
+    rows = measure(
+        engine, batch_sizes, list(args.chunk_frames), args.repeats, styled=not args.without_style
+    )
     results = {
         "kind": "generator",
         "model": label,
         "dtype": args.dtype,
         "random_weights": args.random_weights,
+        "styled": not args.without_style,
         "device": device_description(),
         "machine": machine,
         "repeats": args.repeats,
@@ -248,6 +260,11 @@ def markdown(results: dict[str, Any], json_path: Path) -> str:
                 " Random depthformer weights with the tiny codec (`--random-weights`): the codec's "
                 "share of the time is the tiny one's."
                 if results.get("random_weights")
+                else ""
+            )
+            + (
+                " Sessions without a style (no prompt), so no guidance rows."
+                if not results.get("styled", True)
                 else ""
             ),
             "",

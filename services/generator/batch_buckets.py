@@ -6,6 +6,10 @@ batch size. The buckets grow geometrically so that padding wastes at most
 are multiples of 8, which accelerators' matrix units prefer, and every power of two is a
 bucket too (the sizes benchmarks time). The largest bucket is the generator's
 ``--max-batch-size`` itself.
+
+Within a batch bucket, the rows classifier-free guidance adds (one per session that has a
+style and a guidance weight) are padded to one of `guidance_row_buckets`: none, half the
+bucket or all of it, so a bucket compiles at most three programs.
 """
 
 from __future__ import annotations
@@ -44,3 +48,19 @@ def bucket_for(batch_size: int, buckets: tuple[int, ...]) -> int:
     if batch_size < 1 or index == len(buckets):
         raise ValueError(f"a batch of {batch_size} does not fit the buckets {buckets}")
     return buckets[index]
+
+
+def guidance_row_buckets(batch_bucket: int) -> tuple[int, ...]:
+    """The padded counts of guidance rows a batch of ``batch_bucket`` rows runs with: 0, half
+    the bucket (rounded up) and the whole bucket, ascending."""
+    if batch_bucket < 1:
+        raise ValueError(f"a batch bucket must be positive, got {batch_bucket}")
+    return tuple(sorted({0, -(-batch_bucket // 2), batch_bucket}))
+
+
+def guidance_row_bucket_for(rows: int, batch_bucket: int) -> int:
+    """The padded count of guidance rows for ``rows`` of them in a batch of ``batch_bucket``."""
+    buckets = guidance_row_buckets(batch_bucket)
+    if not 0 <= rows <= batch_bucket:
+        raise ValueError(f"{rows} guidance rows do not fit a batch of {batch_bucket}")
+    return buckets[bisect.bisect_left(buckets, rows)]

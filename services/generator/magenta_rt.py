@@ -2,13 +2,15 @@
 
 One `generate` call runs the chunk algorithm of docs/model.md for a whole batch of sessions at
 once, each row with its own context, style, sampling settings and seed, so a row gets exactly
-what it would get alone. Models: `tiny` (our small depthformer with random weights from a fixed
-seed and the locally built tiny codec, works offline) and upstream's `base` and `large` (real
-weights, from the asset store).
+what it would get alone. The host builds the batch's inputs and reads back its outputs; from
+tokens to audio it is one compiled program (`model/chunk_program.py`). Models: `tiny` (our
+small depthformer with random weights from a fixed seed and the locally built tiny codec,
+works offline) and upstream's `base` and `large` (real weights, from the asset store).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,10 +24,17 @@ from services.common.models import MAGENTA_RT_MODELS
 from services.common.session_state import SessionState
 from services.generator.batch_buckets import batch_buckets
 from services.generator.context_audio import INITIAL_AUDIO_MAX_SAMPLES, write_context_audio
-from services.generator.engine import ChunkEngine, ChunkJob, ChunkOutput, check_one_chunk_length
+from services.generator.engine import (
+    ChunkEngine,
+    ChunkJob,
+    ChunkOutput,
+    check_one_chunk_length,
+    fresh_job,
+)
 from services.generator.model import spectrostream, tokens
+from services.generator.model.chunk_program import ChunkProgram
 from services.generator.model.codec_encoder import SpectroStreamEncoder
-from services.generator.model.crossfade import crossfade_chunks, frames_to_decode
+from services.generator.model.crossfade import previous_frames
 from services.generator.model.spectrostream import SpectroStreamDecoder
 from services.generator.model.style_tokens import STYLE_QUANTIZER_ASSET, StyleQuantizer
 from services.generator.model.tiny_assets import ensure_tiny_assets
@@ -73,16 +82,14 @@ class MagentaRTEngine(ChunkEngine):
     def __init__(
         self,
         name: str,
-        sampler,
-        decoder: SpectroStreamDecoder,
+        program: ChunkProgram,
         style_quantizer: StyleQuantizer,
         encoder: SpectroStreamEncoder | None,
     ):
-        """`sampler` is a `sampling.TokenSampler` (or anything with its `sample` method);
-        without an `encoder` the engine takes no audio input."""
+        """`program` samples, decodes and crossfades a batch; without an `encoder` the engine
+        takes no audio input."""
         self.name = name
-        self._sampler = sampler
-        self._decoder = decoder
+        self._program = program
         self._style_quantizer = style_quantizer
         self._encoder = encoder
         self.supports_audio_input = encoder is not None
@@ -142,8 +149,10 @@ class MagentaRTEngine(ChunkEngine):
         buckets = batch_buckets(max_batch_size)
         return cls(
             model_name,
-            sampling.TokenSampler(config, params, batch_buckets=buckets),
-            SpectroStreamDecoder.from_store(assets, batch_buckets=buckets),
+            ChunkProgram(
+                sampling.TokenSampler(config, params, batch_buckets=buckets),
+                SpectroStreamDecoder.from_store(assets, batch_buckets=buckets),
+            ),
             StyleQuantizer.load(assets.path(STYLE_QUANTIZER_ASSET)),
             encoder,
         )
@@ -156,18 +165,15 @@ class MagentaRTEngine(ChunkEngine):
         states = [job.state for job in jobs]
         context = np.stack([state.context_tokens for state in states])
         chunk_indices = np.array([state.chunk_index for state in states])
-        encoder_tokens = tokens.build_encoder_tokens(context, self.style_tokens(jobs))
-        new_codes = self._sampler.sample(
-            encoder_tokens,
+        new_codes, chunks, tails = self._program.run(
+            tokens.build_encoder_tokens(context, self.style_tokens(jobs)),
             temperature=np.array([job.sampling.temperature for job in jobs], np.float32),
             top_k=np.array([job.sampling.top_k for job in jobs], np.int32),
             guidance=np.array([job.sampling.guidance for job in jobs], np.float32),
             seeds=chunk_seeds(jobs),
+            previous_frames=previous_frames(context, chunk_indices),
+            previous_tails=np.stack([state.crossfade_tail for state in states]),
             frames=frames,
-        )
-        decoded = self._decoder.decode(frames_to_decode(context, chunk_indices, new_codes))
-        chunks, tails = crossfade_chunks(
-            decoded, np.stack([state.crossfade_tail for state in states]), frames
         )
         next_context = tokens.append_to_context(context, new_codes)
         return [
@@ -204,13 +210,21 @@ class MagentaRTEngine(ChunkEngine):
         return style_tokens
 
     def warmup(self, batch_size: int, chunk_frames: int = facts.CHUNK_FRAMES) -> None:
-        """One throw-away batch of `batch_size` fresh sessions of `chunk_frames` frames, and
-        the encoder's programs for the live-input mixes of that many sessions and for an
-        initial clip."""
-        super().warmup(batch_size, chunk_frames)
+        """Compile every program a batch of `batch_size` sessions of `chunk_frames` frames can
+        run (the chunk program's, one per guidance-row bucket; the encoder's for live-input
+        mixes and an initial clip), then run one throw-away batch of that many prompted
+        sessions: with a guidance row each, the costliest batch of that size, which is what a
+        timed warm-up should see."""
+        self._program.compile_batches(batch_size, chunk_frames)
         if self._encoder is not None:
             self._encoder.compile_batches(batch_size, facts.INJECTION_MIX_SAMPLES)
             self._encoder.compile_batches(1, INITIAL_AUDIO_MAX_SAMPLES)
+        prompted = dataclasses.replace(fresh_job(chunk_frames), style_embedding=WARMUP_STYLE)
+        self.generate([prompted] * batch_size)
+
+
+# The style of warm-up sessions: any embedding will do (a unit vector, as MusicCoCa's are).
+WARMUP_STYLE = np.full(facts.STYLE_EMBEDDING_DIM, facts.STYLE_EMBEDDING_DIM**-0.5, np.float32)
 
 
 def chunk_seeds(jobs: Sequence[ChunkJob]) -> np.ndarray:

@@ -7,6 +7,8 @@ from services.generator.batch_buckets import (
     MAX_PADDING_FRACTION,
     batch_buckets,
     bucket_for,
+    guidance_row_bucket_for,
+    guidance_row_buckets,
 )
 
 
@@ -30,3 +32,11 @@ def test_sizes_outside_the_buckets_are_refused():
     for bad in (0, LARGEST_BATCH_SIZE + 1):
         with pytest.raises(ValueError, match="max batch size"):
             batch_buckets(bad)
+
+
+def test_guidance_rows_pad_to_none_half_or_all_of_the_bucket():
+    assert guidance_row_buckets(1) == (0, 1)
+    assert guidance_row_buckets(9) == (0, 5, 9)
+    assert [guidance_row_bucket_for(rows, 9) for rows in (0, 1, 5, 6, 9)] == [0, 5, 5, 9, 9]
+    with pytest.raises(ValueError, match="do not fit"):
+        guidance_row_bucket_for(10, 9)

@@ -14,22 +14,13 @@ from services.generator.context_audio import ContextAudio
 from services.generator.engine import ChunkJob
 from services.generator.magenta_rt import MagentaRTEngine
 from services.generator.model import spectrostream, tiny_assets, tokens
+from services.generator.model.chunk_program import ChunkProgram
 from services.generator.model.codec_encoder import SpectroStreamEncoder, convert_encoder
 from services.generator.model.spectrostream import SpectroStreamDecoder
 from services.generator.model.style_tokens import STYLE_QUANTIZER_ASSET, StyleQuantizer
 from services.generator.sessions import GeneratorSession
 from tests.codec_reference import tensorflow_codes
-
-
-class RecordingSampler:
-    """Stands in for the token sampler: fixed codes, and a record of each call's encoder input."""
-
-    def __init__(self):
-        self.encoder_tokens = []
-
-    def sample(self, encoder_tokens, temperature, top_k, guidance, seeds, frames):
-        self.encoder_tokens.append(encoder_tokens)
-        return np.full((len(encoder_tokens), frames, facts.DECODER_RVQ_LEVELS), 7, np.int32)
+from tests.stand_in_sampler import RecordingSampler
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +32,9 @@ def tiny_store(tmp_path_factory) -> AssetStore:
 def engine(tiny_store):
     return MagentaRTEngine(
         "tiny",
-        RecordingSampler(),
-        SpectroStreamDecoder.from_store(tiny_store, batch_buckets=(1, 2, 4)),
+        ChunkProgram(
+            RecordingSampler(), SpectroStreamDecoder.from_store(tiny_store, batch_buckets=(1, 2, 4))
+        ),
         StyleQuantizer.load(tiny_store.path(STYLE_QUANTIZER_ASSET)),
         SpectroStreamEncoder.from_store(tiny_store),
     )
@@ -71,7 +63,7 @@ def test_injected_mix_overwrites_the_last_58_frames_with_its_encoding(engine, ti
         SamplingSettings(seed=1),
         context_audio=(ContextAudio.injected_mix(mix.astype("<f4").tobytes()),),
     )
-    engine._sampler.encoder_tokens.clear()
+    engine._program.sampler.calls.clear()
     outputs = engine.generate([plain, injected])  # one batch: with and without injection
 
     expected = tensorflow_codes(tiny_store, mix)[facts.INJECTION_EDGE_FRAMES :]
@@ -83,9 +75,11 @@ def test_injected_mix_overwrites_the_last_58_frames_with_its_encoding(engine, ti
     np.testing.assert_array_equal(
         context[: -facts.CHUNK_FRAMES - 58], before.context_tokens[facts.CHUNK_FRAMES : -58]
     )
-    np.testing.assert_array_equal(context[-facts.CHUNK_FRAMES :], 7)
     # The model saw the injected frames; the session without injection saw its own context.
-    (encoder_tokens,) = engine._sampler.encoder_tokens
+    (call,) = engine._program.sampler.calls
+    new_codes = engine._program.sampler.stand_in_codes(**call)
+    np.testing.assert_array_equal(context[-facts.CHUNK_FRAMES :], new_codes[1])
+    encoder_tokens = call["encoder_tokens"]
     overwritten = before.context_tokens.copy()
     overwritten[-58:] = expected
     np.testing.assert_array_equal(
@@ -108,7 +102,7 @@ def test_initial_audio_fills_the_end_of_a_fresh_context(engine, tiny_store):
         SamplingSettings(seed=2),
         context_audio=(ContextAudio.initial_audio(clip.astype("<f4").tobytes()),),
     )
-    engine._sampler.encoder_tokens.clear()
+    engine._program.sampler.calls.clear()
     (output,) = engine.generate([job])
     behind_silence = np.concatenate([np.zeros((7 * facts.SAMPLE_RATE_HZ, 2), np.float32), clip])
     expected = tensorflow_codes(tiny_store, behind_silence)[-75:]  # 3 s = 75 frames

@@ -1,8 +1,10 @@
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from services.common import model_facts as facts
-from services.generator.model.crossfade import crossfade_chunks, crossfade_ramp, frames_to_decode
+from services.generator.model.crossfade import crossfade_chunks, crossfade_ramp, previous_frames
 
 FADE = facts.CROSSFADE_SAMPLES
 DECODED = facts.CHUNK_SAMPLES + FADE
@@ -86,14 +88,12 @@ def test_chunks_of_a_continuous_signal_join_without_a_jump(kind):
     assert np.abs(played).max() <= 0.5 * np.sqrt(2) + 1e-6
 
 
-def test_frames_to_decode_prepends_the_last_context_frame():
+def test_the_frame_decoded_first_is_the_last_context_frame():
     rng = np.random.default_rng(2)
     context = rng.integers(0, 1024, (3, facts.CONTEXT_FRAMES, 16)).astype(np.int32)
-    new = rng.integers(0, 1024, (3, facts.CHUNK_FRAMES, 16)).astype(np.int32)
     context[2, -1, 5] = -1  # a restored context whose last frame was never generated
-    frames = frames_to_decode(context, np.array([0, 7, 7]), new)
-    assert frames.shape == (3, facts.CHUNK_FRAMES + 1, 16) and frames.dtype == np.int32
-    np.testing.assert_array_equal(frames[:, 1:], new)
+    frames = previous_frames(context, np.array([0, 7, 7]))
+    assert frames.shape == (3, 1, 16) and frames.dtype == np.int32
     np.testing.assert_array_equal(frames[0, 0], 0)  # first chunk: codes 0, like upstream
     np.testing.assert_array_equal(frames[1, 0], context[1, -1])
     np.testing.assert_array_equal(frames[2, 0], 0)
@@ -106,3 +106,12 @@ def test_wrong_shapes_are_refused():
         )
     with pytest.raises(ValueError):
         crossfade_chunks(np.zeros((2, DECODED, 2), np.float32), np.zeros((1, FADE, 2), np.float32))
+
+
+def test_the_compiled_crossfade_is_the_numpy_one():
+    rng = np.random.default_rng(3)
+    decoded = rng.standard_normal((2, DECODED, 2)).astype(np.float32)
+    tails = rng.standard_normal((2, FADE, 2)).astype(np.float32)
+    compiled = jax.jit(lambda d, t: crossfade_chunks(d, t, xp=jnp))(decoded, tails)
+    for on_device, on_host in zip(compiled, crossfade_chunks(decoded, tails)):
+        np.testing.assert_allclose(on_device, on_host, rtol=1e-6, atol=1e-7)

@@ -1,7 +1,6 @@
 """The Magenta RT engine's chunk algorithm, on the tiny codec with a stand-in token sampler."""
 
 import dataclasses
-import zlib
 
 import numpy as np
 import pytest
@@ -14,37 +13,11 @@ from services.generator import magenta_rt
 from services.generator.engine import ChunkJob
 from services.generator.magenta_rt import MagentaRTEngine
 from services.generator.model import tiny_assets
+from services.generator.model.chunk_program import ChunkProgram
 from services.generator.model.codec_encoder import SpectroStreamEncoder
 from services.generator.model.spectrostream import SpectroStreamDecoder
 from services.generator.model.style_tokens import STYLE_QUANTIZER_ASSET, StyleQuantizer
-
-
-class RecordingSampler:
-    """Stands in for `sampling.TokenSampler`: codes that depend only on each row's encoder
-    tokens and seed (as real per-row sampling does), and a record of every call."""
-
-    def __init__(self):
-        self.calls = []
-
-    def sample(self, encoder_tokens, temperature, top_k, guidance, seeds, frames=50):
-        self.calls.append(
-            dict(
-                encoder_tokens=encoder_tokens,
-                temperature=temperature,
-                top_k=top_k,
-                guidance=guidance,
-                seeds=seeds,
-                frames=frames,
-            )
-        )
-        return np.stack(
-            [self.row_codes(row, seed, frames) for row, seed in zip(encoder_tokens, seeds)]
-        )
-
-    @staticmethod
-    def row_codes(encoder_row, seed, frames):
-        rng = np.random.default_rng([int(seed), zlib.crc32(encoder_row.tobytes())])
-        return rng.integers(0, 1024, (frames, facts.DECODER_RVQ_LEVELS), dtype=np.int32)
+from tests.stand_in_sampler import RecordingSampler
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +40,10 @@ def sampler():
 def engine(tiny_store, decoder, sampler):
     quantizer = StyleQuantizer.load(tiny_store.path(STYLE_QUANTIZER_ASSET))
     return MagentaRTEngine(
-        "tiny", sampler, decoder, quantizer, SpectroStreamEncoder.from_store(tiny_store)
+        "tiny",
+        ChunkProgram(sampler, decoder),
+        quantizer,
+        SpectroStreamEncoder.from_store(tiny_store),
     )
 
 
@@ -107,7 +83,7 @@ def test_style_tokens_are_quantized_per_row_and_minus_one_without_style(engine, 
 def test_state_update(engine, sampler):
     jobs = _jobs()
     outputs = engine.generate(jobs)
-    codes = sampler.sample(**sampler.calls[0])
+    codes = sampler.stand_in_codes(**sampler.calls[0])
     for job, out, new in zip(jobs, outputs, codes):
         assert out.audio.shape == (facts.CHUNK_SAMPLES, 2) and out.audio.dtype == np.float32
         assert np.all(np.abs(out.audio) <= 1.0)
@@ -123,7 +99,7 @@ def test_state_update(engine, sampler):
 def test_audio_is_the_decoded_chunk_crossfaded_with_the_previous_tail(engine, sampler, decoder):
     jobs = _jobs()
     outputs = engine.generate(jobs)
-    codes = sampler.sample(**sampler.calls[0])
+    codes = sampler.stand_in_codes(**sampler.calls[0])
     fade = facts.CROSSFADE_SAMPLES
     # Chunk 0 decodes a frame of codes 0 first; a later chunk, its last context frame.
     first = decoder.decode(np.concatenate([np.zeros((1, 1, 16), np.int32), codes[:1]], axis=1))
@@ -265,8 +241,7 @@ def test_the_style_quantizer_runs_once_per_style_not_per_chunk(engine, monkeypat
 def test_a_short_chunk_decodes_its_frames_and_advances_the_context_by_them(engine, sampler):
     jobs = [dataclasses.replace(job, chunk_frames=10) for job in _jobs()]
     outputs = engine.generate(jobs)
-    assert sampler.calls[0]["frames"] == 10
-    codes = sampler.sample(**sampler.calls[0])
+    codes = sampler.stand_in_codes(frames=10, **sampler.calls[0])
     for job, out, new in zip(jobs, outputs, codes):
         assert out.audio.shape == (10 * facts.SAMPLES_PER_FRAME, 2)
         out.state.validate()
@@ -274,3 +249,24 @@ def test_a_short_chunk_decodes_its_frames_and_advances_the_context_by_them(engin
         np.testing.assert_array_equal(out.state.context_tokens[-10:], new)
     with pytest.raises(ValueError, match="one chunk length"):
         engine.generate([jobs[0], _jobs()[1]])
+
+
+def test_warmup_compiles_the_batch_size_and_runs_prompted_guided_sessions(
+    engine, sampler, monkeypatch
+):
+    """Every guidance-row bucket of the size is compiled; a timed warm-up must see the
+    costliest batch: every session with a guidance row."""
+    program_rows = []
+    program = engine._program._program
+
+    def recording(*arguments, **static):
+        program_rows.append(len(arguments[4]))  # the sampler's rows, after frames and tails
+        return program(*arguments, **static)
+
+    monkeypatch.setattr(engine._program, "_program", recording)
+    engine.warmup(2)
+    engine.warmup(2)  # compiled already: only the timed batch
+    assert program_rows == [2, 2 + 1, 2 + 2, 2 + 2, 2 + 2]
+    call = sampler.calls[0]
+    assert np.all(call["encoder_tokens"][:, -facts.STYLE_RVQ_LEVELS :] != facts.MASK_TOKEN)
+    assert np.all(call["guidance"] > 0)

@@ -8,9 +8,15 @@ import pytest
 from services.common import model_facts as facts
 from services.generator.model import tokens
 from services.generator.model.configs import CONFIGS
-from services.generator.model.depthformer import Depthformer, decode_chunk, init_params
+from services.generator.model.depthformer import (
+    Depthformer,
+    EncoderPasses,
+    decode_chunk,
+    init_params,
+)
 from services.generator.model.sampling import (
     TokenSampler,
+    chunk_uniforms,
     sample_codes,
     top_k_threshold,
     top_k_threshold_by_sorting,
@@ -29,12 +35,13 @@ def sampler(params):
     return TokenSampler(CONFIG, params, batch_buckets=(1, 4))
 
 
-def _encoder_tokens(seed: int, sessions: int) -> np.ndarray:
-    """Sessions with a half-filled context and a style each."""
+def _encoder_tokens(seed: int, sessions: int, styled=True) -> np.ndarray:
+    """Sessions with a half-filled context and a style each (`styled`: all or per session)."""
     rng = np.random.default_rng(seed)
     context = rng.integers(0, facts.CODEBOOK_SIZE, (sessions, 250, 16)).astype(np.int32)
     context[:, :125] = -1
     style = rng.integers(0, facts.CODEBOOK_SIZE, (sessions, 6)).astype(np.int32)
+    style[~np.broadcast_to(styled, (sessions,))] = -1  # -1: no style (MASK)
     return tokens.build_encoder_tokens(context, style)
 
 
@@ -235,5 +242,78 @@ def test_a_short_chunk_is_the_start_of_the_long_one_and_lengths_are_bounded(samp
     assert short.shape == (2, 5, 16)
     np.testing.assert_array_equal(short, long[:, :5])
     for frames in (0, 51):
-        with pytest.raises(ValueError, match="frames must be in"):
+        with pytest.raises(ValueError, match="a chunk has 1 to 50 frames"):
             sampler.sample(encoder_tokens, *settings, frames=frames)
+
+
+def _two_row_chunk(params, encoder_tokens, settings):
+    """The chunk as a program that gives every session an unconditioned row samples it."""
+    temperature, top_k, guidance, seeds = settings
+    sessions = len(encoder_tokens)
+    rows = np.concatenate([encoder_tokens, tokens.cfg_uncond_copy(encoder_tokens)])
+    uniforms = chunk_uniforms(jnp.asarray(seeds, jnp.uint32))
+    weight = guidance[:, None]
+
+    def choose(logits, frame, level, state):
+        mixed = (1 + weight) * logits[:sessions] - weight * logits[sessions:]
+        codes = sample_codes(mixed, temperature, top_k, uniforms[:, frame, level])
+        return jnp.concatenate([codes, codes]), state, ()
+
+    model, passes = Depthformer(CONFIG), EncoderPasses.for_backend("cpu")
+    run = jax.jit(lambda p, e: decode_chunk(model, p, e, choose, encoder_passes=passes)[0])
+    return np.asarray(run(params, rows))[:sessions]
+
+
+# A styled session with guidance, one with no style, one with guidance 0, one with neither.
+MIXED_STYLED = np.array([True, False, True, False])
+MIXED_SETTINGS = _settings([1.1, 1.1, 0.0, 0.9], [40, 40, 0, 5], [3.0, 5.0, 0.0, 0.0], [1, 2, 3, 4])
+
+
+def _record_program_rows(sampler, monkeypatch) -> list[int]:
+    """The row count of every run of the sampler's program, from now on."""
+    program_rows: list[int] = []
+    program = sampler._program
+
+    def recording(params, rows, *rest, **static):
+        program_rows.append(len(rows))
+        return program(params, rows, *rest, **static)
+
+    monkeypatch.setattr(sampler, "_program", recording)
+    return program_rows
+
+
+def test_only_sessions_with_a_style_and_guidance_run_an_unconditioned_row(sampler, monkeypatch):
+    program_rows = _record_program_rows(sampler, monkeypatch)
+    sampler.sample(_encoder_tokens(8, 4, MIXED_STYLED), *MIXED_SETTINGS)
+    sampler.sample(_encoder_tokens(8, 3, False), *(s[:3] for s in MIXED_SETTINGS))
+    sampler.sample(_encoder_tokens(8, 4), *_settings([1.0] * 4, [40] * 4, [2.0] * 4, range(4)))
+    # 4 sessions + 1 unconditioned row (padded to 2); 3 unstyled sessions padded to 4, none;
+    # 4 styled sessions with guidance, 4 (the two-row layout).
+    assert program_rows == [4 + 2, 4, 4 + 4]
+
+
+def test_warmup_batches_cover_every_guidance_row_bucket(sampler):
+    batches = sampler.warmup_batches(3)
+    assert [len(batch.arguments[0]) for batch in batches] == [4, 4 + 2, 4 + 4]
+    assert all(batch.padded_sessions == 4 for batch in batches)
+
+
+def test_skipping_unconditioned_rows_changes_no_code(sampler, params):
+    """Sessions without a style or without guidance sample the same chunk as when every
+    session ran an unconditioned row (same seeds; the matrix products differ in shape, so
+    this holds as long as no draw lands within float32 rounding of a boundary)."""
+    encoder_tokens = _encoder_tokens(8, 4, MIXED_STYLED)
+    np.testing.assert_array_equal(
+        sampler.sample(encoder_tokens, *MIXED_SETTINGS),
+        _two_row_chunk(params, encoder_tokens, MIXED_SETTINGS),
+    )
+
+
+def test_a_mixed_batch_gives_each_session_its_chunk_alone(sampler):
+    encoder_tokens = _encoder_tokens(8, 4, MIXED_STYLED)
+    together = sampler.sample(encoder_tokens, *MIXED_SETTINGS)
+    for row in range(4):
+        alone = sampler.sample(
+            encoder_tokens[row : row + 1], *(s[row : row + 1] for s in MIXED_SETTINGS)
+        )
+        np.testing.assert_array_equal(together[row], alone[0])

@@ -14,11 +14,16 @@ never generated.
 
 from __future__ import annotations
 
+from types import ModuleType
+from typing import Any
+
 import numpy as np
 
 from services.common import model_facts as facts
 
 CROSSFADE_FRAMES = facts.CROSSFADE_SAMPLES // facts.SAMPLES_PER_FRAME  # 1
+# A NumPy array, or a jax.numpy one inside a compiled program.
+Array = Any
 
 
 def crossfade_ramp(num_samples: int) -> np.ndarray:
@@ -30,28 +35,31 @@ def crossfade_ramp(num_samples: int) -> np.ndarray:
     return np.sin(np.linspace(0.0, np.pi / 2, num_samples, endpoint=False, dtype=np.float32))
 
 
-def frames_to_decode(
-    context_tokens: np.ndarray, chunk_indices: np.ndarray, new_codes: np.ndarray
-) -> np.ndarray:
-    """int32[B, F + 1, 16]: each row's last context frame (or codes 0) then its F new frames.
+def previous_frames(context_tokens: np.ndarray, chunk_indices: np.ndarray) -> np.ndarray:
+    """int32[B, 1, 16]: the frame each row decodes in front of its new ones, its last context
+    frame (or codes 0).
 
     context_tokens: int32[B, 250, 16] before this chunk (-1 = never generated);
-    chunk_indices: int[B], the chunk being generated; new_codes: int32[B, F, 16].
+    chunk_indices: int[B], the chunk being generated.
     """
     previous_frame = context_tokens[:, -CROSSFADE_FRAMES:]
     no_previous = (np.asarray(chunk_indices) == 0) | np.any(previous_frame < 0, axis=(1, 2))
-    previous_frame = np.where(no_previous[:, None, None], 0, previous_frame)
-    return np.concatenate([previous_frame, new_codes], axis=1).astype(np.int32)
+    return np.where(no_previous[:, None, None], 0, previous_frame).astype(np.int32)
 
 
 def crossfade_chunks(
-    decoded: np.ndarray, previous_tails: np.ndarray, chunk_frames: int = facts.CHUNK_FRAMES
-) -> tuple[np.ndarray, np.ndarray]:
+    decoded: Array,
+    previous_tails: Array,
+    chunk_frames: int = facts.CHUNK_FRAMES,
+    *,
+    xp: ModuleType = np,
+) -> tuple[Array, Array]:
     """Split decoded audio into the chunk to play and the tail kept for the next chunk.
 
     decoded: float32[B, S + 1920, 2] (the chunk's frames plus one, decoded), where
     S = chunk_frames * 1920; previous_tails: float32[B, 1920, 2] from the previous chunk
     (zeros on the first). Returns (chunks float32[B, S, 2], next_tails float32[B, 1920, 2]).
+    `xp` is the array module: NumPy, or `jax.numpy` inside a compiled program.
     """
     fade = facts.CROSSFADE_SAMPLES
     chunk_samples = chunk_frames * facts.SAMPLES_PER_FRAME
@@ -63,7 +71,6 @@ def crossfade_chunks(
     if previous_tails.shape != (decoded.shape[0], fade, facts.CHANNELS):
         raise ValueError(f"previous tails must be [batch, {fade}, 2], got {previous_tails.shape}")
     ramp = crossfade_ramp(fade)[:, None]
-    chunks = decoded[:, :chunk_samples].astype(np.float32, copy=True)
-    chunks[:, :fade] = chunks[:, :fade] * ramp + previous_tails * ramp[::-1]
-    next_tails = decoded[:, chunk_samples:].astype(np.float32, copy=True)
-    return chunks, next_tails
+    faded_in = decoded[:, :fade] * ramp + previous_tails * ramp[::-1]
+    chunks = xp.concatenate([faded_in, decoded[:, fade:chunk_samples]], axis=1)
+    return chunks.astype(xp.float32), decoded[:, chunk_samples:].astype(xp.float32)

@@ -2,17 +2,22 @@
 for a 50-frame chunk) as one compiled program, with per-row temperature, top-k, guidance and
 seed. Each chunk length a batch runs at is a program of its own.
 
-Classifier-free guidance runs two rows per session (the real encoder input and its copy with
-the style MASKed); each step mixes their logits as (1 + w) * cond - w * uncond and both rows
-take the token sampled from the mix. Every step computes only the current level's 1 024
-logits, which is exact because sampling is restricted to that level's codes. Batches are
-padded up to a bucket size so that a handful of compiled programs serve any number of
+Classifier-free guidance steers each session's logits away from those of its unconditioned
+row (the same input with the style MASKed): each step mixes them as (1 + w) * cond - w * uncond
+and both rows take the token sampled from the mix. A session with no style, or with guidance
+0, gets no unconditioned row: its row would be identical to the session's own (or weighted 0),
+so the program mixes the session's own logits in its place: the same arithmetic on the same
+numbers as with two identical rows. Every step computes only the current level's 1 024 logits,
+which is exact because sampling is restricted to that level's codes. Batches are padded up to
+a bucket size, and their unconditioned rows to one of the bucket's guidance-row buckets
+(`batch_buckets.guidance_row_buckets`), so that a handful of compiled programs serve any mix of
 sessions; nothing a row computes depends on the other rows, so a session gets the same logits
 whatever batch it is in, up to the float32 rounding of matrix products of other shapes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 
@@ -22,7 +27,11 @@ import numpy as np
 from jax import lax
 
 from services.common import model_facts as facts
-from services.generator.batch_buckets import bucket_for
+from services.generator.batch_buckets import (
+    bucket_for,
+    guidance_row_bucket_for,
+    guidance_row_buckets,
+)
 from services.generator.model import tokens as token_layout
 from services.generator.model.configs import DepthformerConfig
 from services.generator.model.depthformer import Depthformer, EncoderPasses, Params, decode_chunk
@@ -150,40 +159,59 @@ def _first_index(flags: jax.Array) -> jax.Array:
     return jnp.min(jnp.where(flags, positions, flags.shape[-1]), axis=-1)
 
 
+def chunk_uniforms(seeds: jax.Array) -> jax.Array:
+    """float32[B, 50, 16] in [0, 1): each session's draw for every step, from its seed alone."""
+    return jax.vmap(
+        lambda seed: jax.random.uniform(
+            jax.random.key(seed), (facts.CHUNK_FRAMES, facts.DECODER_RVQ_LEVELS)
+        )
+    )(seeds)
+
+
 def _sample_chunk(
     model: Depthformer,
     encoder_passes: EncoderPasses,
     threshold: TopKThreshold,
     params: Params,
     encoder_tokens: jax.Array,
+    guide_rows: jax.Array,
+    uncond_sessions: jax.Array,
     temperature: jax.Array,
     top_k: jax.Array,
     guidance: jax.Array,
     seeds: jax.Array,
     frames: int = facts.CHUNK_FRAMES,
 ) -> jax.Array:
-    """The compiled program: int32[B, frames, 16] codes for B sessions; encoder_tokens holds
-    the B conditional rows followed by their B unconditional partners.
+    """The compiled program: int32[B, frames, 16] codes for B sessions.
 
-    The uniforms are always drawn for a full 50-frame chunk and the first ``frames`` used, so
-    frame f's draw does not depend on the chunk length."""
+    encoder_tokens holds the B sessions' rows, then U unconditioned rows; guide_rows[b] is the
+    row session b's guidance steers away from (its unconditioned row, or its own row), and
+    uncond_sessions[u] the session unconditioned row B + u follows. The uniforms are always
+    drawn for a full 50-frame chunk and the first ``frames`` used, so frame f's draw does not
+    depend on the chunk length."""
     sessions = temperature.shape[0]
-    uniforms = jax.vmap(
-        lambda seed: jax.random.uniform(
-            jax.random.key(seed), (facts.CHUNK_FRAMES, facts.DECODER_RVQ_LEVELS)
-        )
-    )(seeds)
+    uniforms = chunk_uniforms(seeds)
     weight = guidance[:, None]
 
     def choose(logits, frame, level, state):
-        mixed = (1 + weight) * logits[:sessions] - weight * logits[sessions:]
+        mixed = (1 + weight) * logits[:sessions] - weight * logits[guide_rows]
         codes = sample_codes(mixed, temperature, top_k, uniforms[:, frame, level], threshold)
-        return jnp.concatenate([codes, codes]), state, ()
+        return jnp.concatenate([codes, codes[uncond_sessions]]), state, ()
 
     codes, _, _ = decode_chunk(
         model, params, encoder_tokens, choose, encoder_passes=encoder_passes, frames=frames
     )
     return codes[:sessions]
+
+
+def sessions_needing_uncond_rows(
+    encoder_tokens: np.ndarray, uncond_tokens: np.ndarray, guidance: np.ndarray
+) -> np.ndarray:
+    """int[U]: the sessions whose guidance needs an unconditioned row of their own: guidance
+    not 0 and an unconditioned row that differs from the session's (a session without a
+    style has its style MASKed already)."""
+    differs = np.any(np.asarray(uncond_tokens) != np.asarray(encoder_tokens), axis=1)
+    return np.flatnonzero(differs & (np.asarray(guidance) != 0))
 
 
 def prepare_params(config: DepthformerConfig, params: Params) -> Params:
@@ -198,8 +226,26 @@ def prepare_params(config: DepthformerConfig, params: Params) -> Params:
     return {name: stored(name, subtree) for name, subtree in params.items()}
 
 
+@dataclasses.dataclass(frozen=True)
+class SamplerBatch:
+    """A batch padded for the sampling program: its first `sessions` rows are real.
+
+    `arguments`: the program's inputs after its parameters (rows, guide_rows,
+    uncond_sessions, temperature, top_k, guidance, seeds; see `_sample_chunk`)."""
+
+    sessions: int
+    arguments: tuple[np.ndarray, ...]
+
+    @property
+    def padded_sessions(self) -> int:
+        return len(self.arguments[1])
+
+
 class TokenSampler:
-    """Samples a chunk of codes for a batch of sessions with the depthformer."""
+    """Samples a chunk of codes for a batch of sessions with the depthformer.
+
+    `sample` runs its own compiled program; `batch` and `sample_chunk` let a bigger compiled
+    program (`chunk_program.ChunkProgram`) sample as part of its work."""
 
     def __init__(
         self,
@@ -215,17 +261,17 @@ class TokenSampler:
             raise ValueError(f"batch_buckets must be positive sizes, got {batch_buckets}")
         self.config = config
         self.batch_buckets = tuple(sorted(set(batch_buckets)))
-        self._params = prepare_params(config, params)
+        self.params = prepare_params(config, params)
         backend = backend or jax.default_backend()
-        self._program = jax.jit(
-            functools.partial(
-                _sample_chunk,
-                Depthformer(config),
-                EncoderPasses.for_backend(backend),
-                top_k_threshold_for_backend(backend),
-            ),
-            static_argnames="frames",  # one program per (batch bucket, chunk length) used
+        # The traceable program: (params, *SamplerBatch.arguments) -> int32[padded, frames, 16];
+        # `frames` (keyword) is static: one program per (batch bucket, chunk length) used.
+        self.sample_chunk: Callable[..., jax.Array] = functools.partial(
+            _sample_chunk,
+            Depthformer(config),
+            EncoderPasses.for_backend(backend),
+            top_k_threshold_for_backend(backend),
         )
+        self._program = jax.jit(self.sample_chunk, static_argnames="frames")
 
     @property
     def max_batch_size(self) -> int:
@@ -246,13 +292,30 @@ class TokenSampler:
         frames: int = facts.CHUNK_FRAMES,
     ) -> np.ndarray:
         """int32[B, frames, 16] raw codes in [0, 1024) for B sessions: the next ``frames``
-        frames (1 to 50) after their contexts. A chunk length is compiled when first used.
+        frames (1 to 50) after their contexts; arguments as `batch`. A chunk length is compiled
+        when first used."""
+        token_layout.check_chunk_frames(frames)
+        batch = self.batch(encoder_tokens, temperature, top_k, guidance, seeds, uncond_tokens)
+        codes = self._program(self.params, *batch.arguments, frames=frames)
+        return np.asarray(codes)[: batch.sessions]
+
+    def batch(
+        self,
+        encoder_tokens: np.ndarray,
+        temperature: np.ndarray,
+        top_k: np.ndarray,
+        guidance: np.ndarray,
+        seeds: np.ndarray,
+        uncond_tokens: np.ndarray | None = None,
+    ) -> SamplerBatch:
+        """B sessions' inputs, checked and padded for the program.
 
         encoder_tokens: int32[B, 1006], the conditional rows. temperature: float32[B],
         0 = greedy. top_k: int32[B], 0 = no cut. guidance: float32[B]. seeds: integers[B];
         row b's random stream is derived from the low 32 bits of seeds[b] alone.
         uncond_tokens: the rows guidance steers away from, [B, 1006]; by default each
-        conditional row with its style MASKed.
+        conditional row with its style MASKed. Only the sessions with guidance not 0 whose
+        unconditioned row differs from their own run one (`sessions_needing_uncond_rows`).
         """
         encoder_tokens = np.asarray(encoder_tokens, np.int32)
         sessions = len(encoder_tokens)
@@ -276,16 +339,46 @@ class TokenSampler:
         ]
         if any(setting.shape != (sessions,) for setting in per_row):
             raise ValueError(f"temperature, top_k, guidance and seeds must each be [{sessions}]")
-        if not 1 <= frames <= facts.CHUNK_FRAMES:
-            raise ValueError(f"frames must be in [1, {facts.CHUNK_FRAMES}], got {frames}")
-        padding = self.bucket_for(sessions) - sessions
-        # Padded rows: MASK inputs, greedy; their codes are dropped.
-        rows = np.pad(
-            np.concatenate([encoder_tokens, uncond_tokens]).reshape(2, sessions, -1),
-            ((0, 0), (0, padding), (0, 0)),
-            constant_values=facts.MASK_TOKEN,
+        guided = sessions_needing_uncond_rows(encoder_tokens, uncond_tokens, per_row[2])
+        return self._padded(encoder_tokens, uncond_tokens[guided], guided, per_row)
+
+    def warmup_batches(self, batch_size: int) -> list[SamplerBatch]:
+        """Throw-away batches, one per program a batch of `batch_size` sessions can run (one
+        per guidance-row bucket of its batch bucket): what compiling that size runs."""
+        batch_rows = self.bucket_for(batch_size)
+        masked = np.full((batch_rows, facts.ENCODER_INPUT_TOKENS), facts.MASK_TOKEN, np.int32)
+        settings = [
+            np.zeros(batch_rows, np.float32),
+            np.zeros(batch_rows, np.int32),
+            np.ones(batch_rows, np.float32),
+            np.zeros(batch_rows, np.uint32),
+        ]
+        return [
+            self._padded(masked, masked[:uncond_rows], np.arange(uncond_rows), settings)
+            for uncond_rows in guidance_row_buckets(batch_rows)
+        ]
+
+    def _padded(
+        self,
+        encoder_tokens: np.ndarray,
+        uncond_tokens: np.ndarray,
+        guided: np.ndarray,
+        per_row: list[np.ndarray],
+    ) -> SamplerBatch:
+        """The B sessions' rows and their U unconditioned rows (those of the sessions
+        `guided`), each padded to its bucket. Padded rows: MASK inputs, greedy, guided by
+        their own row; their codes are dropped."""
+        sessions, guided_sessions = len(encoder_tokens), len(guided)
+        batch_rows = self.bucket_for(sessions)
+        uncond_rows = guidance_row_bucket_for(guided_sessions, batch_rows)
+        rows = np.full(
+            (batch_rows + uncond_rows, facts.ENCODER_INPUT_TOKENS), facts.MASK_TOKEN, np.int32
         )
-        rows = rows.reshape(-1, facts.ENCODER_INPUT_TOKENS)
-        per_row = [np.pad(setting, (0, padding)) for setting in per_row]
-        codes = self._program(self._params, rows, *per_row, frames=frames)
-        return np.asarray(codes)[:sessions]
+        rows[:sessions] = encoder_tokens
+        rows[batch_rows : batch_rows + guided_sessions] = uncond_tokens
+        guide_rows = np.arange(batch_rows, dtype=np.int32)
+        guide_rows[guided] = batch_rows + np.arange(guided_sessions)
+        uncond_sessions = np.zeros(uncond_rows, np.int32)
+        uncond_sessions[:guided_sessions] = guided
+        padded = [np.pad(setting, (0, batch_rows - sessions)) for setting in per_row]
+        return SamplerBatch(sessions, (rows, guide_rows, uncond_sessions, *padded))

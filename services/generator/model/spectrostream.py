@@ -17,6 +17,7 @@ SavedModel formats (upstream's, and what `tiny_assets` writes):
 
 from __future__ import annotations
 
+import contextlib
 import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -91,7 +92,8 @@ class SpectroStreamDecoder:
     """Decodes batches of codec codes to audio with one compiled program per batch bucket.
 
     Batches are padded up to the next bucket size so a serving process compiles a handful of
-    programs at warm-up instead of one per distinct batch size.
+    programs at warm-up instead of one per distinct batch size. The Magenta RT engine calls
+    `codes_to_audio` inside its own chunk program instead (`chunk_program.py`).
     """
 
     def __init__(
@@ -105,16 +107,19 @@ class SpectroStreamDecoder:
             raise ValueError(f"codebooks must be [levels, 1024, 256], got {codebooks.shape}")
         self.levels = codebooks.shape[0]
         self.batch_buckets = tuple(sorted(set(batch_buckets)))
-        self._codebooks = jnp.asarray(codebooks, jnp.float32)
-        self._params = decoder_params
+        self.params = jax.device_put((decoder_params, np.asarray(codebooks, np.float32)))
+        self._decoder_fn = decoder_fn
+        self._codes_to_audio = jax.jit(self.codes_to_audio)
 
-        def codes_to_audio(params, codebooks, codes):
-            # Dequantize: one codebook vector per level, summed -> [B, frames, 256].
-            level_vectors = codebooks[jnp.arange(codebooks.shape[0]), codes]
-            audio, _ = decoder_fn(params, level_vectors.sum(axis=-2))
-            return audio
-
-        self._codes_to_audio = jax.jit(codes_to_audio)
+    def codes_to_audio(self, params: tuple[dict, jax.Array], codes: jax.Array) -> jax.Array:
+        """float32[B, frames * 1920, 2] for int32[B, frames, levels] codes, traceable: a
+        compiled program can call it with `params` (run its first call per shape under
+        `any_batch_shape`)."""
+        decoder_params, codebooks = params
+        # Dequantize: one codebook vector per level, summed -> [B, frames, 256].
+        level_vectors = codebooks[jnp.arange(codebooks.shape[0]), codes]
+        audio, _ = self._decoder_fn(decoder_params, level_vectors.sum(axis=-2))
+        return audio
 
     @classmethod
     def load(
@@ -149,9 +154,14 @@ class SpectroStreamDecoder:
         return np.asarray(audio[:batch_size], np.float32)
 
     def _run(self, codes: np.ndarray) -> jax.Array:
-        import tf2jax
+        with any_batch_shape():
+            return self._codes_to_audio(self.params, codes)
 
-        # The converted graph was traced at one shape; other batch / frame counts are valid
-        # for it, so tf2jax's check against the traced shape is switched off.
-        with tf2jax.override_config("strict_shape_check", False):
-            return self._codes_to_audio(self._params, self._codebooks, codes)
+
+def any_batch_shape() -> contextlib.AbstractContextManager:
+    """The context for tracing the converted decoder at a shape of its own: its graph was
+    traced at one shape, other batch and frame counts are valid for it, so tf2jax's check
+    against the traced shape is switched off."""
+    import tf2jax
+
+    return tf2jax.override_config("strict_shape_check", False)

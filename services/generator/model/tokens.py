@@ -64,6 +64,12 @@ def tokens_from_codes(codes: np.ndarray) -> np.ndarray:
     return (codes + _CODEC_LEVEL_OFFSETS).reshape(len(codes), -1).astype(np.int32)
 
 
+def check_chunk_frames(frames: int) -> None:
+    """Refuse a chunk length the model cannot generate: 1 to 50 frames."""
+    if not 1 <= frames <= facts.CHUNK_FRAMES:
+        raise ValueError(f"a chunk has 1 to {facts.CHUNK_FRAMES} frames, got {frames}")
+
+
 def append_to_context(context_tokens: np.ndarray, new_codes: np.ndarray) -> np.ndarray:
     """The context after a chunk of F frames (1 to 50): the oldest F frames dropped, the new
     F appended."""
