@@ -8,6 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
+from services.common import model_facts as facts
 from services.common.proto.mrt.v1 import generator_pb2, music_pb2
 from services.gateway.audio_encoding import PcmEncoder
 from services.gateway.generator_link import LinkError
@@ -48,7 +49,10 @@ class FakeLink:
         self.style_version = request.style.version
         self.next_index = request.resume_from.chunk_index
         await self.gate.wait()
-        return generator_pb2.SessionOpened(session_id=request.session_id)
+        frames = request.chunk_frames or facts.CHUNK_FRAMES
+        return generator_pb2.SessionOpened(
+            session_id=request.session_id, chunk_seconds=frames / facts.FRAME_RATE_HZ
+        )
 
     async def send(self, request):
         self.sent.append(request)
