@@ -18,6 +18,7 @@ import sys
 
 from bench import report
 from bench.cost_models import COST_MODELS
+from services.common.config import parse_chunk_frames_list
 from services.common.models import MODEL_NAMES
 
 SUBCOMMANDS = ("load", "generator", "soak", "encoding", "chaos", "rolling", "all")
@@ -193,6 +194,13 @@ def add_generator_options(parser: argparse.ArgumentParser) -> None:
         "--batch-sizes",
         default="1,2,4,8,16,32",
         help="comma-separated batch sizes to time (default 1,2,4,8,16,32)",
+    )
+    group.add_argument(
+        "--chunk-frames",
+        type=parse_chunk_frames_list,
+        default=(50,),
+        help="comma-separated chunk lengths in frames of 40 ms (5-50) to time each batch "
+        "size at, e.g. 50,25,10,5 (default 50)",
     )
     group.add_argument(
         "--random-weights",

@@ -1,10 +1,14 @@
-"""The generator micro-benchmark: how long one batched chunk step takes, by batch size.
+"""The generator micro-benchmark: how long one batched chunk step takes, by batch size and
+chunk length.
 
-In process, no services: build the engine for a model, and for each batch size run one
-warm-up step (which compiles that shape), then a few timed steps whose sessions carry on from
-the previous step's state, as a generator's sessions do. The median gives seconds per batched
-chunk, its real-time factor (audio seconds per compute second) and how many sessions that
-batch size keeps in real time when batches run back to back.
+In process, no services: build the engine for a model, and for each chunk length and batch
+size run one warm-up step (which compiles that shape), then a few timed steps whose sessions
+carry on from the previous step's state, as a generator's sessions do, interleaved over the
+shapes so that a busy machine's noise falls on all of them alike. The median gives
+seconds per batched chunk, seconds of compute per second of audio (the inverse of the
+real-time factor) and how many sessions of that chunk length the batch size keeps in real
+time when batches run back to back. Shorter chunks cost more per second of audio: each chunk
+runs the encoder over the whole context and pays the fixed cost of a batch.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from services.generator.engine import ChunkEngine, ChunkJob
 from services.generator.models import create_engine
 
 
-def first_jobs(batch_size: int, seed: int = 0) -> list[ChunkJob]:
+def first_jobs(
+    batch_size: int, seed: int = 0, chunk_frames: int = facts.CHUNK_FRAMES
+) -> list[ChunkJob]:
     """Fresh sessions with distinct seeds and random styles (prompted sessions, as in use)."""
     rng = np.random.default_rng(seed)
     jobs = []
@@ -41,6 +47,7 @@ def first_jobs(batch_size: int, seed: int = 0) -> list[ChunkJob]:
                 state=SessionState.fresh(),
                 style_embedding=style / np.linalg.norm(style),
                 sampling=SamplingSettings(seed=seed + row),
+                chunk_frames=chunk_frames,
             )
         )
     return jobs
@@ -74,37 +81,74 @@ def time_step(engine: ChunkEngine, jobs: list[ChunkJob]) -> tuple[float, list[Ch
     return seconds, [dataclasses.replace(job, state=out.state) for job, out in zip(jobs, outputs)]
 
 
-def realtime_sessions(batch_size: int, batch_seconds: float) -> int:
+def realtime_sessions(
+    batch_size: int, batch_seconds: float, chunk_frames: int = facts.CHUNK_FRAMES
+) -> int:
     """Sessions kept in real time by back-to-back batches of this size (no headroom)."""
-    return batch_size * int(facts.CHUNK_SECONDS // batch_seconds) if batch_seconds > 0 else 0
+    period_s = chunk_frames / facts.FRAME_RATE_HZ
+    return batch_size * int(period_s // batch_seconds) if batch_seconds > 0 else 0
 
 
-def measure_batch_size(engine: ChunkEngine, batch_size: int, repeats: int) -> dict[str, Any]:
-    jobs = first_jobs(batch_size)
-    warmup_s, jobs = time_step(engine, jobs)
-    times = []
+def measure(
+    engine: ChunkEngine, batch_sizes: list[int], chunk_lengths: list[int], repeats: int
+) -> list[dict[str, Any]]:
+    """One row per chunk length and batch size. Each shape gets a warm-up step first, then
+    the timed steps are interleaved (each repeat times every shape once), so that the noise
+    of a busy machine falls on every shape alike. Audio input is timed at the default length
+    only (its cost does not depend on the chunk length)."""
+    shapes = [(frames, size) for frames in chunk_lengths for size in batch_sizes]
+    jobs, warmups_s = {}, {}
+    for frames, size in shapes:
+        warmups_s[frames, size], jobs[frames, size] = time_step(
+            engine, first_jobs(size, chunk_frames=frames)
+        )
+    times: dict[tuple[int, int], list[float]] = {shape: [] for shape in shapes}
     for _ in range(repeats):
-        seconds, jobs = time_step(engine, jobs)
-        times.append(seconds)
+        for shape in shapes:
+            seconds, jobs[shape] = time_step(engine, jobs[shape])
+            times[shape].append(seconds)
+    rows = []
+    for frames, size in shapes:
+        row = timing_row(frames, size, warmups_s[frames, size], times[frames, size])
+        if engine.supports_audio_input and frames == facts.CHUNK_FRAMES:
+            row.update(time_injection(engine, jobs[frames, size], repeats, row["median_s"]))
+        rows.append(row)
+        print_row(row)
+    return rows
+
+
+def timing_row(
+    chunk_frames: int, batch_size: int, warmup_s: float, times: list[float]
+) -> dict[str, Any]:
     median_s = statistics.median(times)
-    row = {
+    audio_s = batch_size * chunk_frames / facts.FRAME_RATE_HZ
+    return {
+        "chunk_frames": chunk_frames,
         "batch_size": batch_size,
         "warmup_s": warmup_s,
         "seconds": times,
         "median_s": median_s,
         "seconds_per_session_chunk": median_s / batch_size,
-        "real_time_factor": batch_size * facts.CHUNK_SECONDS / median_s,
-        "realtime_sessions": realtime_sessions(batch_size, median_s),
+        "compute_s_per_audio_s": median_s / audio_s,
+        "real_time_factor": audio_s / median_s,
+        "realtime_sessions": realtime_sessions(batch_size, median_s, chunk_frames),
     }
-    if engine.supports_audio_input:  # the same steps with every session playing along
-        _, jobs = time_step(engine, with_injection(jobs))  # compiles the encoder's shape
-        injected = []
-        for repeat in range(repeats):
-            seconds, jobs = time_step(engine, with_injection(jobs, seed=repeat))
-            injected.append(seconds)
-        row["injected_median_s"] = statistics.median(injected)
-        row["injection_extra_s_per_session"] = (row["injected_median_s"] - median_s) / batch_size
-    return row
+
+
+def time_injection(
+    engine: ChunkEngine, jobs: list[ChunkJob], repeats: int, plain_median_s: float
+) -> dict[str, float]:
+    """The same steps with every session playing along (a live-input mix each chunk)."""
+    _, jobs = time_step(engine, with_injection(jobs))  # compiles the encoder's shape
+    injected = []
+    for repeat in range(repeats):
+        seconds, jobs = time_step(engine, with_injection(jobs, seed=repeat))
+        injected.append(seconds)
+    injected_median_s = statistics.median(injected)
+    return {
+        "injected_median_s": injected_median_s,
+        "injection_extra_s_per_session": (injected_median_s - plain_median_s) / len(jobs),
+    }
 
 
 def device_description() -> str:
@@ -130,23 +174,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         random_weights=args.random_weights,
     )
     load_s = time.monotonic() - began
-    rows = []
-    for size in batch_sizes:
-        row = measure_batch_size(engine, size, args.repeats)
-        rows.append(row)
-        print(
-            f"  batch {size:>3}: {row['median_s']:.4f} s per batched chunk "
-            f"(warm-up {row['warmup_s']:.2f} s), {row['seconds_per_session_chunk']:.4f} s per "
-            f"session, RTF {row['real_time_factor']:.2f}, "
-            f"{row['realtime_sessions']} sessions in real time"
-            + (
-                f"; with audio input {row['injected_median_s']:.4f} s "
-                f"(+{row['injection_extra_s_per_session']:.4f} s per session)"
-                if "injected_median_s" in row
-                else ""
-            ),
-            flush=True,
-        )
+    rows = measure(engine, batch_sizes, list(args.chunk_frames), args.repeats)
     results = {
         "kind": "generator",
         "model": label,
@@ -167,21 +195,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def print_row(row: dict[str, Any]) -> None:
+    print(
+        f"  {row['chunk_frames']:>2} frames, batch {row['batch_size']:>3}: "
+        f"{row['median_s']:.4f} s per batched chunk "
+        f"(warm-up {row['warmup_s']:.2f} s), {row['seconds_per_session_chunk']:.4f} s per "
+        f"session, {row['compute_s_per_audio_s']:.4f} s per audio s, "
+        f"RTF {row['real_time_factor']:.2f}, "
+        f"{row['realtime_sessions']} sessions in real time"
+        + (
+            f"; with audio input {row['injected_median_s']:.4f} s "
+            f"(+{row['injection_extra_s_per_session']:.4f} s per session)"
+            if "injected_median_s" in row
+            else ""
+        ),
+        flush=True,
+    )
+
+
 def markdown(results: dict[str, Any], json_path: Path) -> str:
-    injection = all("injected_median_s" in r for r in results["batch_sizes"])
+    injection = any("injected_median_s" in r for r in results["batch_sizes"])
     rows = [
         [
+            r.get("chunk_frames", facts.CHUNK_FRAMES),
             r["batch_size"],
             report.fmt(r["median_s"], 4),
             report.fmt(r["seconds_per_session_chunk"], 4),
+            report.fmt(r.get("compute_s_per_audio_s"), 4),
             report.fmt(r["real_time_factor"], 2),
             r["realtime_sessions"],
             report.fmt(r["warmup_s"], 2),
         ]
         + (
             [
-                report.fmt(r["injected_median_s"], 4),
-                report.fmt(r["injection_extra_s_per_session"], 4),
+                report.fmt(r.get("injected_median_s"), 4),
+                report.fmt(r.get("injection_extra_s_per_session"), 4),
             ]
             if injection
             else []
@@ -205,9 +253,11 @@ def markdown(results: dict[str, Any], json_path: Path) -> str:
             "",
             report.markdown_table(
                 [
+                    "frames per chunk",
                     "batch size",
                     "s per batched chunk",
                     "s per session-chunk",
+                    "compute s per audio s",
                     "RTF",
                     "sessions in real time",
                     "warm-up s",

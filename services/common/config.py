@@ -12,6 +12,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from services.common import model_facts as facts
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -27,6 +29,19 @@ def parse_bool(text: str) -> bool:
     if value in _FALSE:
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
+
+
+def parse_chunk_frames_list(text: str) -> tuple[int, ...]:
+    """ "10,25" -> (10, 25): chunk lengths in frames of 40 ms, each in the range sessions may
+    ask for; "" -> ()."""
+    low, high = facts.CHUNK_FRAMES_RANGE
+    try:
+        lengths = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from err
+    if any(not low <= frames <= high for frames in lengths):
+        raise argparse.ArgumentTypeError(f"chunk lengths must be in [{low}, {high}] frames")
+    return lengths
 
 
 def add_flag(

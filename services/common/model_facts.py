@@ -11,8 +11,7 @@ SAMPLES_PER_FRAME = SAMPLE_RATE_HZ // FRAME_RATE_HZ  # 1 920 samples = 40 ms
 CHUNK_SECONDS = 2.0
 CHUNK_FRAMES = 50
 CHUNK_SAMPLES = CHUNK_FRAMES * SAMPLES_PER_FRAME  # 96 000
-# A session may ask for shorter chunks (SessionSetup.chunk_frames): each chunk generates that
-# many frames and the context advances by as many. The defaults above are the 50-frame chunk.
+# Sessions may ask for shorter chunks: 5 to 50 frames (0.2 to 2 s); 50 is the default.
 CHUNK_FRAMES_RANGE = (5, CHUNK_FRAMES)
 CONTEXT_FRAMES = 250  # 10 s = 5 chunks
 CROSSFADE_SAMPLES = SAMPLES_PER_FRAME  # one frame, 40 ms

@@ -10,7 +10,12 @@ import sys
 from pathlib import Path
 
 from services.common.assets import AssetMissingError, AssetStore
-from services.common.config import add_flag, add_service_flags, parse_bool
+from services.common.config import (
+    add_flag,
+    add_service_flags,
+    parse_bool,
+    parse_chunk_frames_list,
+)
 from services.common.models import MODEL_NAMES
 from services.common.proto.mrt.v1 import generator_pb2, generator_pb2_grpc
 from services.common.security import (
@@ -108,6 +113,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_flag(
         parser,
+        "--warm-chunk-frames",
+        default=(),
+        type=parse_chunk_frames_list,
+        help="comma-separated chunk lengths (frames, 5-50) to compile and time at start-up "
+        "besides 50; any other length compiles when a session first asks for it, and the "
+        "batches waiting meanwhile are late",
+    )
+    add_flag(
+        parser,
         "--generator-id",
         default=f"{socket.gethostname()}-{os.getpid()}",
         help="name reported in load reports and logs",
@@ -164,7 +178,12 @@ async def serve(args: argparse.Namespace) -> None:
         target_utilization=args.target_utilization,
         fixed_capacity=args.capacity_sessions,
     )
-    runner = BatchRunner(engine, scheduler, stall_timeout_s=args.stall_timeout_s)
+    runner = BatchRunner(
+        engine,
+        scheduler,
+        stall_timeout_s=args.stall_timeout_s,
+        warm_chunk_frames=args.warm_chunk_frames,
+    )
     await asyncio.to_thread(runner.warm_up)
     runner.start()
     servicer = GeneratorServicer(

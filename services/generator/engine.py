@@ -1,8 +1,10 @@
 """The interface between the generator's scheduler and a model: one batched chunk step.
 
-A `ChunkEngine` turns a batch of `ChunkJob`s (each a session's state, style and sampling
-settings) into one 2-second chunk of audio and the next state per session. The scheduler
-decides which sessions share a batch; the engine only computes.
+A `ChunkEngine` turns a batch of `ChunkJob`s (each a session's state, style, sampling
+settings and chunk length) into one chunk of audio and the next state per session. A chunk is
+``chunk_frames`` codec frames of 40 ms (50 = 2 s by default): the engine generates that many
+new frames and the context advances by that many. The scheduler decides which sessions share
+a batch (all of one chunk length); the engine only computes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from services.common import model_facts as facts
 from services.common.sampling import SamplingSettings
 from services.common.session_state import SessionState
 
@@ -28,11 +31,17 @@ class ChunkJob:
     sampling: SamplingSettings
     # Audio to encode into the context first, in order (initial audio, a live-input mix).
     context_audio: tuple[ContextAudio, ...] = ()
+    chunk_frames: int = facts.CHUNK_FRAMES  # new codec frames this chunk (5..50)
+
+    @property
+    def chunk_samples(self) -> int:
+        """Audio samples (per channel) of this job's chunk."""
+        return self.chunk_frames * facts.SAMPLES_PER_FRAME
 
 
 @dataclasses.dataclass
 class ChunkOutput:
-    audio: np.ndarray  # float32[96000, 2]
+    audio: np.ndarray  # float32[chunk_frames * 1920, 2]
     state: SessionState
 
 
@@ -44,13 +53,28 @@ class ChunkEngine(abc.ABC):
 
     @abc.abstractmethod
     def generate(self, jobs: Sequence[ChunkJob]) -> list[ChunkOutput]:
-        """One chunk per job, in order. Must give each job what it would get alone."""
+        """One chunk per job, in order. Must give each job what it would get alone. The
+        jobs of one call share one chunk length (`check_one_chunk_length`)."""
 
-    def warmup(self, batch_size: int) -> None:
+    def warmup(self, batch_size: int, chunk_frames: int = facts.CHUNK_FRAMES) -> None:
         """Run one throw-away batch of ``batch_size`` fresh sessions (compiles that shape)."""
-        self.generate([fresh_job()] * batch_size)
+        self.generate([fresh_job(chunk_frames)] * batch_size)
 
 
-def fresh_job() -> ChunkJob:
+def fresh_job(chunk_frames: int = facts.CHUNK_FRAMES) -> ChunkJob:
     """A fresh session with default settings: what warm-ups and probes generate."""
-    return ChunkJob(state=SessionState.fresh(), style_embedding=None, sampling=SamplingSettings())
+    return ChunkJob(
+        state=SessionState.fresh(),
+        style_embedding=None,
+        sampling=SamplingSettings(),
+        chunk_frames=chunk_frames,
+    )
+
+
+def check_one_chunk_length(jobs: Sequence[ChunkJob]) -> int:
+    """The chunk length (frames) the jobs share; ValueError when they differ, as a batch
+    runs one compiled decode loop of a fixed length."""
+    lengths = {job.chunk_frames for job in jobs}
+    if len(lengths) != 1:
+        raise ValueError(f"a batch holds one chunk length, got {sorted(lengths)} frames")
+    return lengths.pop()

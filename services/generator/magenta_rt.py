@@ -22,7 +22,7 @@ from services.common.models import MAGENTA_RT_MODELS
 from services.common.session_state import SessionState
 from services.generator.batch_buckets import batch_buckets
 from services.generator.context_audio import INITIAL_AUDIO_MAX_SAMPLES, write_context_audio
-from services.generator.engine import ChunkEngine, ChunkJob, ChunkOutput
+from services.generator.engine import ChunkEngine, ChunkJob, ChunkOutput, check_one_chunk_length
 from services.generator.model import spectrostream, tokens
 from services.generator.model.codec_encoder import SpectroStreamEncoder
 from services.generator.model.crossfade import crossfade_chunks, frames_to_decode
@@ -67,7 +67,8 @@ MODEL_ASSET_PATHS: dict[str, list[str]] = {
 
 
 class MagentaRTEngine(ChunkEngine):
-    """Generates the next 2 s chunk for a batch of sessions with one model."""
+    """Generates the next chunk (2 s, or the sessions' shorter length) for a batch of
+    sessions with one model."""
 
     def __init__(
         self,
@@ -150,6 +151,7 @@ class MagentaRTEngine(ChunkEngine):
     def generate(self, jobs: Sequence[ChunkJob]) -> list[ChunkOutput]:
         if not jobs:
             return []
+        frames = check_one_chunk_length(jobs)
         jobs = write_context_audio(jobs, self._encoder)
         states = [job.state for job in jobs]
         context = np.stack([state.context_tokens for state in states])
@@ -161,10 +163,11 @@ class MagentaRTEngine(ChunkEngine):
             top_k=np.array([job.sampling.top_k for job in jobs], np.int32),
             guidance=np.array([job.sampling.guidance for job in jobs], np.float32),
             seeds=chunk_seeds(jobs),
+            frames=frames,
         )
         decoded = self._decoder.decode(frames_to_decode(context, chunk_indices, new_codes))
         chunks, tails = crossfade_chunks(
-            decoded, np.stack([state.crossfade_tail for state in states])
+            decoded, np.stack([state.crossfade_tail for state in states]), frames
         )
         next_context = tokens.append_to_context(context, new_codes)
         return [
@@ -200,10 +203,11 @@ class MagentaRTEngine(ChunkEngine):
                 style_tokens[rows] = codes
         return style_tokens
 
-    def warmup(self, batch_size: int) -> None:
-        """One throw-away batch of `batch_size` fresh sessions, and the encoder's programs for
-        the live-input mixes of that many sessions and for an initial clip."""
-        super().warmup(batch_size)
+    def warmup(self, batch_size: int, chunk_frames: int = facts.CHUNK_FRAMES) -> None:
+        """One throw-away batch of `batch_size` fresh sessions of `chunk_frames` frames, and
+        the encoder's programs for the live-input mixes of that many sessions and for an
+        initial clip."""
+        super().warmup(batch_size, chunk_frames)
         if self._encoder is not None:
             self._encoder.compile_batches(batch_size, facts.INJECTION_MIX_SAMPLES)
             self._encoder.compile_batches(1, INITIAL_AUDIO_MAX_SAMPLES)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -71,13 +71,18 @@ class BatchRunner:
         *,
         stall_timeout_s: float = DEFAULT_STALL_TIMEOUT_S,
         probe_interval_s: float = DEFAULT_PROBE_INTERVAL_S,
+        warm_chunk_frames: Sequence[int] = (),
         clock: Callable[[], float] = time.time,
     ):
+        """``warm_chunk_frames``: chunk lengths compiled and timed at start-up besides the
+        default 50 frames; any other length compiles when a session first asks for it (and
+        its first batch waits for that)."""
         self.engine = engine
         self.scheduler = scheduler
         self.stall_timeout_s = stall_timeout_s
         self.probe_interval_s = probe_interval_s
         self.clock = clock
+        self.warm_chunk_frames = tuple(sorted(set(warm_chunk_frames) - {facts.CHUNK_FRAMES}))
         self.recent_real_time_factor = 0.0
         self.engine_broken = False  # a batch and the probe after it both failed
         self._last_finished_unix_s = clock()
@@ -128,17 +133,18 @@ class BatchRunner:
         self.engine_broken = False
         self._last_finished_unix_s = finished = self.clock()
         log.debug(
-            "batch of %d (bucket %d): started %.3f s after its plan, took %.3f s; "
+            "batch of %d (bucket %d, %d frames): started %.3f s after its plan, took %.3f s; "
             "deadlines %+.3f to %+.3f s from its end",
             plan.size,
             plan.bucket,
+            plan.chunk_frames,
             started - plan.planned_at_unix_s,
             generation_s,
             min(plan.deadlines_unix_s) - finished,
             max(plan.deadlines_unix_s) - finished,
         )
         self._running_since_unix_s = None
-        self.recent_real_time_factor = plan.size * facts.CHUNK_SECONDS / max(generation_s, 1e-9)
+        self.recent_real_time_factor = plan.audio_seconds / max(generation_s, 1e-9)
         self._deliver_all(deliveries)
         try:
             self._record(plan, generation_s, finished)
@@ -192,15 +198,19 @@ class BatchRunner:
 
     # --- start-up -----------------------------------------------------------------------------
     def warm_up(self) -> None:
-        """Compile every batch bucket, then time single batches so that capacity is known
-        before serving. Each size is timed on its own, after every shape is compiled."""
-        for bucket in self.scheduler.buckets:
-            self.engine.warmup(bucket)
+        """Compile every batch bucket at each warmed chunk length, then time single batches
+        so that capacity is known before serving. Each size is timed on its own, after every
+        shape is compiled."""
+        lengths = (facts.CHUNK_FRAMES, *self.warm_chunk_frames)
         buckets = self.scheduler.buckets
-        for size in sorted({1, buckets[len(buckets) // 2], buckets[-1]}):
-            started = self.clock()
-            self.engine.warmup(size)
-            self.scheduler.batch_times.observe(size, self.clock() - started)
+        for frames in lengths:
+            for bucket in buckets:
+                self.engine.warmup(bucket, frames)
+        for frames in lengths:
+            for size in sorted({1, buckets[len(buckets) // 2], buckets[-1]}):
+                started = self.clock()
+                self.engine.warmup(size, frames)
+                self.scheduler.batch_times.observe(size, self.clock() - started, frames)
         CAPACITY.set(self.scheduler.capacity)
         log.info(
             "warm-up done: %.3f s per batch of 1, %.3f s per batch of %d; predicted "
@@ -211,3 +221,13 @@ class BatchRunner:
             self.scheduler.predicted_capacity,
             self.scheduler.capacity,
         )
+        for frames in self.warm_chunk_frames:
+            log.info(
+                "warm-up at %d frames per chunk: %.3f s per batch of %d; a session counts "
+                "as %.2f sessions of %d frames",
+                frames,
+                self.scheduler.batch_times.expected_s(buckets[-1], frames),
+                buckets[-1],
+                self.scheduler.session_load(frames),
+                facts.CHUNK_FRAMES,
+            )

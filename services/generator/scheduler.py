@@ -4,19 +4,29 @@ Each session with a pending demand has a deadline (when the gateway releases tha
 the listener). A session falls *due* one expected batch time (plus a margin) before its
 deadline, so the generator does not race far ahead of the listener and prompt changes are
 heard soon. When the most urgent session falls due, the scheduler plans one batch with it and
-every session that falls due within the next chunk period (earliest deadline first, up to
-``max_batch_size``): sessions whose phases differ then share one batch per period instead of
-splitting the period between several batches, each paying the fixed cost of a batch. A
+every session of its chunk length that falls due within its next chunk period (earliest
+deadline first, up to ``max_batch_size``): sessions whose phases differ then share one batch
+per period instead of splitting the period between several batches, each paying the fixed
+cost of a batch. Sessions of different chunk lengths (``chunk_frames``) never share a batch:
+a batch runs one compiled decode loop of a fixed length (a short session riding in a longer
+batch would keep an exact prefix, but pay the long chunk's decoder steps at its own, more
+frequent, period). A
 gateway demands a session's chunks ahead of need, so a session served by one batch
 usually has its next demand waiting already and can join the next batch (otherwise two
 groups of sessions running back to back would each pay the fixed cost forever). A session is
 in at most one batch at a time, as each chunk continues the state of the one before. The
 scheduler only decides; `BatchRunner` executes the plans. Its clock is injected,
 so the policy is tested without threads or sleeps.
+
+Capacity is counted in sessions of the default 50-frame chunk. A session of shorter chunks
+counts as the ratio of the predicted capacities at the two lengths (`Scheduler.session_load`):
+its batches come more often, and each pays the per-chunk encoder pass and the fixed cost of a
+batch, so it takes more of the generator per second of audio.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import threading
@@ -45,45 +55,65 @@ UNMEASURED_BATCH_S = 1.0
 
 
 class BatchTimeModel:
-    """Expected seconds of one batch as a function of its size, learned from what ran.
+    """Expected seconds of one batch as a function of its size and chunk length, learned from
+    what ran.
 
-    Times are kept per bucket (a batch costs what its padded bucket costs) and interpolated
-    linearly between measured buckets."""
+    Times are kept per chunk length and bucket (a batch costs what its padded bucket costs)
+    and interpolated linearly between measured buckets. A chunk length not measured yet is
+    assumed to cost what the nearest longer measured length costs, or, longer than any
+    measured, that length's cost scaled up in proportion to the frames: both upper bounds,
+    as a batch's cost grows with its frames (16 decoder steps each) but never faster."""
 
     def __init__(self, buckets: Sequence[int]):
         self.buckets = tuple(buckets)
-        self._seconds: dict[int, float] = {}
+        self._seconds: dict[int, dict[int, float]] = {}  # chunk frames -> bucket -> seconds
 
-    def observe(self, batch_size: int, seconds: float) -> None:
+    def observe(
+        self, batch_size: int, seconds: float, chunk_frames: int = facts.CHUNK_FRAMES
+    ) -> None:
         bucket = bucket_for(batch_size, self.buckets)
-        old = self._seconds.get(bucket)
-        self._seconds[bucket] = (
+        measured = self._seconds.setdefault(chunk_frames, {})
+        old = measured.get(bucket)
+        measured[bucket] = (
             seconds if old is None else ((1 - EWMA_WEIGHT) * old + EWMA_WEIGHT * seconds)
         )
 
-    def expected_s(self, batch_size: int) -> float:
+    def measured_chunk_frames(self) -> tuple[int, ...]:
+        """The chunk lengths with a measured batch time, ascending."""
+        return tuple(sorted(self._seconds))
+
+    def expected_s(self, batch_size: int, chunk_frames: int = facts.CHUNK_FRAMES) -> float:
         if not self._seconds:
             return UNMEASURED_BATCH_S
+        if chunk_frames in self._seconds:
+            return self._interpolated_s(self._seconds[chunk_frames], batch_size)
+        longer = [frames for frames in self._seconds if frames > chunk_frames]
+        if longer:
+            return self._interpolated_s(self._seconds[min(longer)], batch_size)
+        longest = max(self._seconds)
+        return self._interpolated_s(self._seconds[longest], batch_size) * chunk_frames / longest
+
+    def _interpolated_s(self, measured: dict[int, float], batch_size: int) -> float:
         bucket = bucket_for(batch_size, self.buckets)
-        if bucket in self._seconds:
-            return self._seconds[bucket]
-        sizes = sorted(self._seconds)
+        if bucket in measured:
+            return measured[bucket]
+        sizes = sorted(measured)
         below = [s for s in sizes if s < bucket]
         above = [s for s in sizes if s > bucket]
         if below and above:  # linear between the nearest measured buckets
             lo, hi = below[-1], above[0]
-            return float(np.interp(bucket, [lo, hi], [self._seconds[lo], self._seconds[hi]]))
+            return float(np.interp(bucket, [lo, hi], [measured[lo], measured[hi]]))
         if below:  # past the largest measured: no cheaper per session than it
-            return self._seconds[below[-1]] * bucket / below[-1]
-        return self._seconds[above[0]]
+            return measured[below[-1]] * bucket / below[-1]
+        return measured[above[0]]
 
-    def capacity(self, utilization: float) -> int:
-        """Most sessions kept in real time when batches run back to back and take at most
-        ``utilization`` of each chunk period."""
-        budget_s = facts.CHUNK_SECONDS * utilization
+    def capacity(self, utilization: float, chunk_frames: int = facts.CHUNK_FRAMES) -> int:
+        """Most sessions of ``chunk_frames`` frames per chunk kept in real time when batches
+        run back to back and take at most ``utilization`` of each chunk period."""
+        budget_s = chunk_frames / facts.FRAME_RATE_HZ * utilization
         best = 0
         for size in range(1, self.buckets[-1] + 1):
-            batches_per_chunk = int(budget_s // self.expected_s(size))
+            batches_per_chunk = int(budget_s // self.expected_s(size, chunk_frames))
             best = max(best, batches_per_chunk * size)
         return best
 
@@ -99,10 +129,16 @@ class BatchPlan:
     planned_at_unix_s: float
     deadlines_unix_s: tuple[float, ...]
     queue_waits_s: tuple[float, ...]  # from falling due (or the demand, if later) to the plan
+    chunk_frames: int = facts.CHUNK_FRAMES  # every job's chunk length
 
     @property
     def size(self) -> int:
         return len(self.session_ids)
+
+    @property
+    def audio_seconds(self) -> float:
+        """Seconds of audio the batch generates, over all its sessions."""
+        return self.size * self.chunk_frames / facts.FRAME_RATE_HZ
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,16 +189,46 @@ class Scheduler:
         with self._cond:
             return len(self._sessions)
 
+    def predicted_capacity_for(self, chunk_frames: int) -> int:
+        """Sessions of ``chunk_frames`` frames per chunk the measured batch times keep in
+        real time. Even a model slower than real time serves one listener (who will hear
+        underruns)."""
+        return max(1, self.batch_times.capacity(self.target_utilization, chunk_frames))
+
     @property
     def predicted_capacity(self) -> int:
-        """Sessions the measured batch times keep in real time. Even a model slower than real
-        time serves one listener (who will hear underruns)."""
-        return max(1, self.batch_times.capacity(self.target_utilization))
+        """Sessions of the default chunk length the measured batch times keep in real time."""
+        return self.predicted_capacity_for(facts.CHUNK_FRAMES)
 
     @property
     def capacity(self) -> int:
-        """Sessions admitted before RESOURCE_EXHAUSTED: the override, else the prediction."""
+        """Sessions of the default chunk length admitted before RESOURCE_EXHAUSTED: the
+        override, else the prediction. Sessions of shorter chunks count by `session_load`."""
         return self.fixed_capacity or self.predicted_capacity
+
+    def session_load(self, chunk_frames: int) -> float:
+        """What one session of ``chunk_frames`` frames per chunk takes of the capacity, in
+        default-length sessions: 1 at 50 frames; more for shorter chunks, in the ratio of the
+        predicted capacities (their batches run more often, and each pays the encoder pass
+        and the fixed cost of a batch). Until a length's batches are measured, its batches
+        are assumed to cost what 50-frame batches cost, so its load is at most 50 / frames."""
+        if chunk_frames == facts.CHUNK_FRAMES:
+            return 1.0
+        return self.predicted_capacity / self.predicted_capacity_for(chunk_frames)
+
+    @property
+    def load(self) -> float:
+        """The placed sessions' summed `session_load`, comparable with `capacity`."""
+        with self._cond:
+            counts = collections.Counter(s.chunk_frames for s in self._sessions.values())
+        return sum(count * self.session_load(frames) for frames, count in counts.items())
+
+    def has_room_for(self, chunk_frames: int) -> bool:
+        """Whether a session of ``chunk_frames`` frames per chunk is admitted: the first
+        always is; any other while the load stays within the capacity."""
+        return self.session_count == 0 or (
+            self.load + self.session_load(chunk_frames) <= self.capacity + 1e-9
+        )
 
     # --- session changes (called from the event loop) -----------------------------------------
     def add(self, session: GeneratorSession) -> None:
@@ -217,20 +283,32 @@ class Scheduler:
         )
 
     def _lead_s(self, waiting: list[GeneratorSession]) -> float:
-        """How long before its deadline a session falls due: the expected batch time (of
-        every waiting session, up to the maximum) plus the margin."""
-        return self.batch_times.expected_s(min(len(waiting), self.max_batch_size)) + DUE_MARGIN_S
+        """How long before its deadline the most urgent session falls due: the expected time
+        of a batch of every waiting session of its chunk length (up to the maximum) plus the
+        margin."""
+        frames = waiting[0].chunk_frames
+        batch_size = sum(1 for s in waiting if s.chunk_frames == frames)
+        return (
+            self.batch_times.expected_s(min(batch_size, self.max_batch_size), frames) + DUE_MARGIN_S
+        )
 
     def _candidates(self, waiting: list[GeneratorSession], now: float) -> list[GeneratorSession]:
-        """The batch the most urgent session runs in: every waiting session that falls due
-        within one chunk period of it (or of now, when it is overdue), up to the maximum."""
-        window_end = (
-            max(_next_deadline(waiting[0]), now + self._lead_s(waiting)) + facts.CHUNK_SECONDS
-        )
-        return [s for s in waiting if _next_deadline(s) < window_end][: self.max_batch_size]
+        """The batch the most urgent session runs in: every waiting session of its chunk
+        length that falls due within one of its chunk periods (from it, or from now when it
+        is overdue), up to the maximum. A batch runs one compiled decode loop of a fixed
+        length, so sessions of other chunk lengths wait for a batch of their own."""
+        urgent = waiting[0]
+        window_end = max(_next_deadline(urgent), now + self._lead_s(waiting)) + urgent.chunk_seconds
+        return [
+            s
+            for s in waiting
+            if s.chunk_frames == urgent.chunk_frames and _next_deadline(s) < window_end
+        ][: self.max_batch_size]
 
-    def _due_at(self, deadline_unix_s: float, batch_size: int) -> float:
-        return deadline_unix_s - self.batch_times.expected_s(batch_size) - DUE_MARGIN_S
+    def _due_at(self, deadline_unix_s: float, batch_size: int, chunk_frames: int) -> float:
+        return (
+            deadline_unix_s - self.batch_times.expected_s(batch_size, chunk_frames) - DUE_MARGIN_S
+        )
 
     def plan(self) -> BatchPlan | None:
         """The batch to run now, or None when no session is due yet."""
@@ -249,6 +327,7 @@ class Scheduler:
         if start_at is None or start_at > now:
             return None
         batch = self._candidates(self._waiting(), now)
+        chunk_frames = batch[0].chunk_frames
         plan_id = next(self._plan_ids)
         self._in_flight[plan_id] = [_Planned(s, s.style_version, s.sampling_version) for s in batch]
         demands = []
@@ -266,15 +345,20 @@ class Scheduler:
                     style_embedding=s.style_embedding,
                     sampling=s.sampling,
                     context_audio=s.take_context_audio(),
+                    chunk_frames=chunk_frames,
                 )
                 for s in batch
             ),
             planned_at_unix_s=now,
             deadlines_unix_s=tuple(deadline for deadline, _ in demands),
             queue_waits_s=tuple(
-                max(0.0, now - max(demanded_at, self._due_at(deadline, len(batch))))
+                max(
+                    0.0,
+                    now - max(demanded_at, self._due_at(deadline, len(batch), chunk_frames)),
+                )
                 for deadline, demanded_at in demands
             ),
+            chunk_frames=chunk_frames,
         )
         return plan
 
@@ -320,7 +404,7 @@ class Scheduler:
         to deliver to it."""
         if len(outputs) != plan.size:
             raise ValueError(f"the engine returned {len(outputs)} outputs for {plan.size} jobs")
-        self.batch_times.observe(plan.size, generation_s)
+        self.batch_times.observe(plan.size, generation_s, plan.chunk_frames)
         deliveries = []
         with self._cond:
             self._cond.notify_all()  # the batch's sessions may have more demands waiting

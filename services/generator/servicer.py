@@ -64,6 +64,20 @@ def sampling_from_proto(message: generator_pb2.Sampling) -> SamplingSettings:
     )
 
 
+def chunk_frames_from_proto(chunk_frames: int) -> int:
+    """The session's codec frames per chunk: 0 means the default 50; ValueError outside the
+    allowed range."""
+    if chunk_frames == 0:
+        return facts.CHUNK_FRAMES
+    low, high = facts.CHUNK_FRAMES_RANGE
+    if not low <= chunk_frames <= high:
+        raise ValueError(
+            f"open.chunk_frames must be in [{low}, {high}] (frames of 40 ms) or 0 for the "
+            f"default {facts.CHUNK_FRAMES}, got {chunk_frames}"
+        )
+    return chunk_frames
+
+
 def style_from_proto(message: generator_pb2.Style) -> np.ndarray | None:
     if not message.embedding:
         return None
@@ -94,7 +108,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             model=self.model_name,
             active_sessions=active,
             capacity_sessions=capacity,
-            free_slots=max(0, capacity - active),
+            free_slots=max(0, math.floor(capacity - self.scheduler.load)),
             recent_real_time_factor=self.runner.recent_real_time_factor,
             draining=self.draining,
             max_batch_size=self.scheduler.max_batch_size,
@@ -146,12 +160,6 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "open.session_id must be set and not already open here",
             )
-        if self.scheduler.session_count >= self.scheduler.capacity:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"generator {self.generator_id} is at capacity "
-                f"({self.scheduler.capacity} sessions)",
-            )
         try:
             state = (
                 snapshot_to_state(open_msg.resume_from)
@@ -160,8 +168,17 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             )
             sampling = sampling_from_proto(open_msg.sampling)
             style = style_from_proto(open_msg.style)
+            chunk_frames = chunk_frames_from_proto(open_msg.chunk_frames)
         except ValueError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        if not self.scheduler.has_room_for(chunk_frames):
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"generator {self.generator_id} is at capacity "
+                f"({self.scheduler.capacity} sessions of {facts.CHUNK_FRAMES} frames per "
+                f"chunk; a session of {chunk_frames} counts as "
+                f"{self.scheduler.session_load(chunk_frames):.2f})",
+            )
 
         loop = asyncio.get_running_loop()
         outbox: asyncio.Queue[ChunkResult] = asyncio.Queue(maxsize=OUTBOX_CHUNKS)
@@ -173,6 +190,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             style_version=open_msg.style.version,
             sampling_version=open_msg.sampling.version,
             deliver=lambda result: loop.call_soon_threadsafe(outbox.put_nowait, result),
+            chunk_frames=chunk_frames,
         )
         end_stream = asyncio.Event()
         self._streams[session.session_id] = end_stream
@@ -180,10 +198,11 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
         ACTIVE.set(self.scheduler.session_count)
         STARTED.labels("resumed" if open_msg.HasField("resume_from") else "fresh").inc()
         log.info(
-            "session %s opened (%s, chunk %d)",
+            "session %s opened (%s, chunk %d, %d frames per chunk)",
             session.session_id,
             "resumed" if open_msg.HasField("resume_from") else "fresh",
             state.chunk_index,
+            chunk_frames,
         )
         outcome = "ok"
         reader = asyncio.create_task(self._read_updates(request_iterator, session.session_id))
@@ -194,7 +213,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
                     model=self.model_name,
                     sample_rate=facts.SAMPLE_RATE_HZ,
                     channels=facts.CHANNELS,
-                    chunk_seconds=facts.CHUNK_SECONDS,
+                    chunk_seconds=session.chunk_seconds,
                     generator_id=self.generator_id,
                     audio_input_supported=self.runner.engine.supports_audio_input,
                 )

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from services.common import model_facts as facts
 from services.common.sampling import SamplingSettings
 from services.common.session_state import SessionState
 from services.generator.context_audio import ContextAudio
@@ -49,6 +50,12 @@ class GeneratorSession:
     # Encoded into the context before the next chunk, in order; a newer mix replaces an older one.
     context_audio: tuple[ContextAudio, ...] = ()
     opened_at_unix_s: float = dataclasses.field(default_factory=time.time)
+    chunk_frames: int = facts.CHUNK_FRAMES  # codec frames per chunk, fixed for the session
+
+    @property
+    def chunk_seconds(self) -> float:
+        """Audio seconds of each of the session's chunks: its chunk period in real time."""
+        return self.chunk_frames / facts.FRAME_RATE_HZ
 
     def add_context_audio(self, audio: ContextAudio) -> None:
         """Queue audio for the next chunk; a live-input mix replaces a mix not yet used."""

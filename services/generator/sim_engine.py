@@ -4,9 +4,12 @@ A batched chunk takes ``batch_seconds + session_seconds * batch_size`` of wall t
 sleeping (no CPU), which is how a chunk costs on an accelerator: a fixed part (hundreds of
 sequential decoder steps bound by kernel launches and weight reads) plus a small part per
 session. So the scheduler, the gateway and the clients can be measured against a GPU's or
-TPU's costs on any machine. The music is not music: the audio is a quiet fixed tone.
+TPU's costs on any machine. The music is not music: the audio is a quiet fixed tone. The cost
+is that of a 50-frame chunk; a batch of shorter chunks costs its share of it
+(``frames / 50``), as the sequential decoder steps that dominate it are per frame (the
+per-chunk encoder pass, which makes short chunks dearer per second of audio, is not modelled).
 
-The session state is real: each chunk appends 50 frames of codes to the context that are a
+The session state is real: each chunk appends its frames of codes to the context that are a
 cheap deterministic function of the previous context, the style, the seed and the chunk
 index, and the crossfade tail and chunk index advance as with a real model. So snapshots,
 resume and RESET_CONTEXT behave as they would with one.
@@ -23,7 +26,7 @@ import numpy as np
 
 from services.common import model_facts as facts
 from services.common.session_state import SessionState
-from services.generator.engine import ChunkEngine, ChunkJob, ChunkOutput
+from services.generator.engine import ChunkEngine, ChunkJob, ChunkOutput, check_one_chunk_length
 
 DEFAULT_BATCH_SECONDS = 0.25
 DEFAULT_SESSION_SECONDS = 0.0125
@@ -44,8 +47,10 @@ class SimCost:
         if not (self.batch_seconds >= 0 and self.session_seconds >= 0):
             raise ValueError("sim batch and session seconds must be >= 0")
 
-    def seconds(self, batch_size: int) -> float:
-        return self.batch_seconds + self.session_seconds * batch_size
+    def seconds(self, batch_size: int, chunk_frames: int = facts.CHUNK_FRAMES) -> float:
+        """Wall time of a batch of ``batch_size`` chunks of ``chunk_frames`` frames each."""
+        full_chunk_s = self.batch_seconds + self.session_seconds * batch_size
+        return full_chunk_s * chunk_frames / facts.CHUNK_FRAMES
 
     def held_sessions_bound(self, period_s: float = facts.CHUNK_SECONDS) -> int:
         """N*: no scheduler keeps more sessions in real time, all of them in one batch per
@@ -84,15 +89,17 @@ class SimEngine(ChunkEngine):
     def generate(self, jobs: Sequence[ChunkJob]) -> list[ChunkOutput]:
         if not jobs:
             return []
-        self._sleep(self.cost.seconds(len(jobs)))
+        frames = check_one_chunk_length(jobs)
+        self._sleep(self.cost.seconds(len(jobs), frames))
         if self.fail_batches:
             raise SimulatedBatchError(f"sim engine set to fail every batch ({len(jobs)} jobs)")
+        audio = self._audio[: frames * facts.SAMPLES_PER_FRAME]
         return [
             ChunkOutput(
-                audio=self._audio,
+                audio=audio,
                 state=SessionState(
                     context_tokens=np.concatenate(
-                        [job.state.context_tokens[facts.CHUNK_FRAMES :], next_codes(job)]
+                        [job.state.context_tokens[frames:], next_codes(job)]
                     ),
                     crossfade_tail=self._tail.copy(),
                     chunk_index=job.state.chunk_index + 1,
@@ -101,14 +108,14 @@ class SimEngine(ChunkEngine):
             for job in jobs
         ]
 
-    def warmup(self, batch_size: int) -> None:
+    def warmup(self, batch_size: int, chunk_frames: int = facts.CHUNK_FRAMES) -> None:
         """The start-up warm-up takes a batch's time and never fails: a failure drill
         (``fail_batches``) fails the batches the generator serves, after it has started."""
-        self._sleep(self.cost.seconds(batch_size))
+        self._sleep(self.cost.seconds(batch_size, chunk_frames))
 
 
 def next_codes(job: ChunkJob) -> np.ndarray:
-    """int32[50, 16] codes in [0, 1024): a cheap hash of the context's last frame, the style,
+    """int32[chunk_frames, 16] codes in [0, 1024): a cheap hash of the context's last frame, the style,
     the seed and the chunk index, so two sessions agree exactly when their states and
     settings do."""
     style = (
@@ -122,7 +129,7 @@ def next_codes(job: ChunkJob) -> np.ndarray:
         + np.int64(job.state.chunk_index) * _HASH_MULTIPLIERS[1]
         + np.int64(style % 2**31) * _HASH_MULTIPLIERS[2]
     )
-    frames = np.arange(facts.CHUNK_FRAMES, dtype=np.int64)[:, None] * _HASH_MULTIPLIERS[3]
+    frames = np.arange(job.chunk_frames, dtype=np.int64)[:, None] * _HASH_MULTIPLIERS[3]
     mixed = (
         seed
         + frames

@@ -1,6 +1,7 @@
 """What the benchmark measures and how it judges: metrics deltas, listener totals, statistics,
 soak scripts, the capacity prediction and the command line."""
 
+import json
 import random
 
 import pytest
@@ -215,6 +216,7 @@ def test_startup_capacity_prediction_from_the_generator_log():
 def test_realtime_sessions():
     assert realtime_sessions(4, 0.5) == 16  # four batches of four per 2 s chunk
     assert realtime_sessions(8, 2.5) == 0
+    assert realtime_sessions(4, 0.15, chunk_frames=10) == 8  # two batches per 0.4 s chunk
 
 
 def test_command_line_defaults_to_the_load_benchmark():
@@ -226,3 +228,26 @@ def test_command_line_defaults_to_the_load_benchmark():
     assert everything.minutes == 2.0 and everything.batch_sizes == "1,2,4,8,16,32"
     assert parse_args(["soak"]).minutes == 10.0
     assert parse_args(["generator", "--dtype", "bfloat16"]).dtype == "bfloat16"
+
+
+def test_the_generator_benchmark_times_each_chunk_length(tmp_path, capsys):
+    from bench.__main__ import main
+
+    docs = tmp_path / "benchmarks.md"
+    argv = ["generator", "--model", "mock", "--batch-sizes", "1,2", "--chunk-frames", "50,10"]
+    argv += ["--repeats", "1", "--results-dir", str(tmp_path), "--docs", str(docs)]
+    assert main(argv) == 0
+    rows = json.loads((tmp_path / "generator_mock_float32.json").read_text())["batch_sizes"]
+    assert [(r["chunk_frames"], r["batch_size"]) for r in rows] == [
+        (50, 1),
+        (50, 2),
+        (10, 1),
+        (10, 2),
+    ]
+    for row in rows:
+        audio_s = row["batch_size"] * row["chunk_frames"] * 0.04
+        assert row["compute_s_per_audio_s"] == pytest.approx(row["median_s"] / audio_s)
+    assert "| frames per chunk | batch size |" in docs.read_text()
+    with pytest.raises(SystemExit):
+        parse_args(["generator", "--chunk-frames", "50,4"])
+    assert "chunk lengths must be in [5, 50] frames" in capsys.readouterr().err

@@ -27,11 +27,9 @@ class RecordingSampler:
     def __init__(self):
         self.encoder_tokens = []
 
-    def sample(self, encoder_tokens, temperature, top_k, guidance, seeds):
+    def sample(self, encoder_tokens, temperature, top_k, guidance, seeds, frames):
         self.encoder_tokens.append(encoder_tokens)
-        return np.full(
-            (len(encoder_tokens), facts.CHUNK_FRAMES, facts.DECODER_RVQ_LEVELS), 7, np.int32
-        )
+        return np.full((len(encoder_tokens), frames, facts.DECODER_RVQ_LEVELS), 7, np.int32)
 
 
 @pytest.fixture(scope="module")

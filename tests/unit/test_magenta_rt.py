@@ -1,5 +1,6 @@
 """The Magenta RT engine's chunk algorithm, on the tiny codec with a stand-in token sampler."""
 
+import dataclasses
 import zlib
 
 import numpy as np
@@ -25,7 +26,7 @@ class RecordingSampler:
     def __init__(self):
         self.calls = []
 
-    def sample(self, encoder_tokens, temperature, top_k, guidance, seeds):
+    def sample(self, encoder_tokens, temperature, top_k, guidance, seeds, frames=50):
         self.calls.append(
             dict(
                 encoder_tokens=encoder_tokens,
@@ -33,14 +34,17 @@ class RecordingSampler:
                 top_k=top_k,
                 guidance=guidance,
                 seeds=seeds,
+                frames=frames,
             )
         )
-        return np.stack([self.row_codes(row, seed) for row, seed in zip(encoder_tokens, seeds)])
+        return np.stack(
+            [self.row_codes(row, seed, frames) for row, seed in zip(encoder_tokens, seeds)]
+        )
 
     @staticmethod
-    def row_codes(encoder_row, seed):
+    def row_codes(encoder_row, seed, frames):
         rng = np.random.default_rng([int(seed), zlib.crc32(encoder_row.tobytes())])
-        return rng.integers(0, 1024, (facts.CHUNK_FRAMES, facts.DECODER_RVQ_LEVELS), dtype=np.int32)
+        return rng.integers(0, 1024, (frames, facts.DECODER_RVQ_LEVELS), dtype=np.int32)
 
 
 @pytest.fixture(scope="session")
@@ -256,3 +260,17 @@ def test_the_style_quantizer_runs_once_per_style_not_per_chunk(engine, monkeypat
     assert np.all(first[2] == -1)
     np.testing.assert_array_equal(again[1], first[0])
     np.testing.assert_array_equal(again[0], real_tokens(other[None])[0])
+
+
+def test_a_short_chunk_decodes_its_frames_and_advances_the_context_by_them(engine, sampler):
+    jobs = [dataclasses.replace(job, chunk_frames=10) for job in _jobs()]
+    outputs = engine.generate(jobs)
+    assert sampler.calls[0]["frames"] == 10
+    codes = sampler.sample(**sampler.calls[0])
+    for job, out, new in zip(jobs, outputs, codes):
+        assert out.audio.shape == (10 * facts.SAMPLES_PER_FRAME, 2)
+        out.state.validate()
+        np.testing.assert_array_equal(out.state.context_tokens[:-10], job.state.context_tokens[10:])
+        np.testing.assert_array_equal(out.state.context_tokens[-10:], new)
+    with pytest.raises(ValueError, match="one chunk length"):
+        engine.generate([jobs[0], _jobs()[1]])

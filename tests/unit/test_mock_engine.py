@@ -1,12 +1,13 @@
 import dataclasses
 
 import numpy as np
+import pytest
 
 from services.common import model_facts as facts
 from services.common.sampling import SamplingSettings
 from services.common.session_state import SessionState
 from services.generator.engine import ChunkJob
-from services.generator.mock_engine import MockEngine
+from services.generator.mock_engine import AMPLITUDE, MockEngine
 
 
 def _job(seed=0, style=None, state=None) -> ChunkJob:
@@ -102,3 +103,30 @@ def test_chunks_join_without_a_jump():
 
 def test_empty_batch():
     assert MockEngine().generate([]) == []
+
+
+def test_short_chunks_advance_the_context_and_the_audio_by_their_own_length():
+    engine = MockEngine()
+    short = dataclasses.replace(_job(seed=6), chunk_frames=10)
+    first = engine.generate([short])[0]
+    assert first.audio.shape == (10 * facts.SAMPLES_PER_FRAME, 2)
+    np.testing.assert_array_equal(first.state.context_tokens[-10:], MockEngine.chunk_codes(short))
+    np.testing.assert_array_equal(first.state.context_tokens[:-10], -1)
+    after = dataclasses.replace(short, state=first.state)
+    second = engine.generate([after])[0]
+    assert second.audio.shape == (10 * facts.SAMPLES_PER_FRAME, 2)
+    np.testing.assert_array_equal(
+        second.state.context_tokens[-20:-10], MockEngine.chunk_codes(short)
+    )
+    # Chunk 1 of a 10-frame session decodes its samples from 19 200 (less the one frame in
+    # front), not from 96 000: past the crossfade its audio is the sine at those samples.
+    fade, chunk_samples = facts.CROSSFADE_SAMPLES, 10 * facts.SAMPLES_PER_FRAME
+    seconds = (chunk_samples - fade + np.arange(chunk_samples)) / facts.SAMPLE_RATE_HZ
+    pitch_hz = MockEngine.frequencies_hz(after)
+    expected = AMPLITUDE * np.sin(2 * np.pi * pitch_hz * seconds[:, None])
+    np.testing.assert_allclose(second.audio[fade:], expected[fade:], atol=1e-5)
+
+
+def test_a_batch_of_mixed_chunk_lengths_is_refused():
+    with pytest.raises(ValueError, match="one chunk length"):
+        MockEngine().generate([_job(), dataclasses.replace(_job(), chunk_frames=25)])

@@ -223,3 +223,17 @@ def test_guidance_zero_ignores_the_unconditional_rows(sampler):
 def test_batches_beyond_the_largest_bucket_are_refused(sampler):
     with pytest.raises(ValueError, match="bucket"):
         sampler.sample(_encoder_tokens(6, 5), *_settings([1.0] * 5, [40] * 5, [1.0] * 5, range(5)))
+
+
+def test_a_short_chunk_is_the_start_of_the_long_one_and_lengths_are_bounded(sampler):
+    """Frame f is drawn from the frames before it and the same uniforms, whatever the chunk
+    length: 5 frames from a state and seed are the first 5 of the 50 from them."""
+    encoder_tokens = _encoder_tokens(7, 2)
+    settings = _settings([1.1, 0.8], [40, 5], [5.0, 1.0], [21, 22])
+    long = sampler.sample(encoder_tokens, *settings)
+    short = sampler.sample(encoder_tokens, *settings, frames=5)
+    assert short.shape == (2, 5, 16)
+    np.testing.assert_array_equal(short, long[:, :5])
+    for frames in (0, 51):
+        with pytest.raises(ValueError, match="frames must be in"):
+            sampler.sample(encoder_tokens, *settings, frames=frames)

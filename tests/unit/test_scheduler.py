@@ -39,6 +39,7 @@ class ScriptedEngine(ChunkEngine):
         self.clock, self.a, self.b, self.compile_s = clock, a, b, compile_s
         self.batches: list[list[int]] = []
         self.compiled: set[int] = set()
+        self.frames_seen: set[int] = set()
         self.failing = False
         self.gate: threading.Event | None = None
         self.entered = threading.Event()
@@ -54,6 +55,7 @@ class ScriptedEngine(ChunkEngine):
             self.clock.now += self.compile_s
         self.clock.now += self.a + self.b * len(jobs)
         self.batches.append([job.sampling.seed for job in jobs])
+        self.frames_seen.update(job.chunk_frames for job in jobs)
         return [
             ChunkOutput(
                 audio=np.zeros((facts.CHUNK_SAMPLES, facts.CHANNELS), np.float32),
@@ -65,12 +67,13 @@ class ScriptedEngine(ChunkEngine):
         ]
 
 
-def make_session(seed: int, results: list) -> GeneratorSession:
+def make_session(seed: int, results: list, chunk_frames: int = 50) -> GeneratorSession:
     return GeneratorSession(
         session_id=f"s{seed}",
         state=SessionState.fresh(),
         sampling=SamplingSettings(seed=seed),
         deliver=results.append,
+        chunk_frames=chunk_frames,
     )
 
 
@@ -339,3 +342,84 @@ def test_pending_demands_per_session_are_bounded():
         scheduler.demand("s0", 0.0)
     with pytest.raises(ValueError, match="demands may be pending"):
         scheduler.demand("s0", 0.0)
+
+
+def test_sessions_of_different_chunk_lengths_never_share_a_batch():
+    clock = FakeClock()
+    scheduler = scheduler_with(clock, max_batch_size=8)
+    for seed, frames, deadline_in_s in [(1, 10, -0.3), (2, 50, -0.2), (3, 10, -0.1), (4, 50, 0)]:
+        scheduler.add(make_session(seed, [], chunk_frames=frames))
+        scheduler.demand(f"s{seed}", clock.now + deadline_in_s)
+    first, second = scheduler.plan(), scheduler.plan()
+    assert first is not None and first.session_ids == ("s1", "s3") and first.chunk_frames == 10
+    assert [job.chunk_frames for job in first.jobs] == [10, 10]
+    assert first.audio_seconds == pytest.approx(0.8)
+    assert second is not None and second.session_ids == ("s2", "s4")
+    assert second.chunk_frames == 50 and [job.chunk_frames for job in second.jobs] == [50, 50]
+
+
+def test_a_batch_gathers_the_sessions_due_within_the_urgent_sessions_own_chunk_period():
+    clock = FakeClock()
+    scheduler = scheduler_with(clock, max_batch_size=8)
+    # 0.4 s chunks: deadlines 0.3 s apart share a batch, 0.5 s apart do not (as 2 s would).
+    for seed, frames, deadline_in_s in [(0, 10, 0.5), (1, 10, 0.8), (2, 10, 1.0)]:
+        scheduler.add(make_session(seed, [], chunk_frames=frames))
+        scheduler.demand(f"s{seed}", clock.now + deadline_in_s)
+    clock.now = scheduler.next_due_unix_s()
+    plan = scheduler.plan()
+    assert plan is not None and plan.session_ids == ("s0", "s1")
+
+
+def test_batch_times_are_learned_per_chunk_length_with_an_upper_bound_until_measured():
+    model = BatchTimeModel(Scheduler(4).buckets)
+    model.observe(4, 1.0)  # 50 frames
+    assert model.expected_s(4, chunk_frames=10) == 1.0  # not measured: no dearer than 50
+    model.observe(4, 0.3, chunk_frames=10)
+    assert model.expected_s(4, chunk_frames=10) == 0.3
+    assert model.expected_s(4, chunk_frames=5) == 0.3  # the nearest longer length measured
+    assert model.expected_s(4) == 1.0
+    assert model.measured_chunk_frames() == (10, 50)
+    # 0.95 of a 0.4 s period holds one batch of 4 at 0.3 s; of 0.2 s, none.
+    assert model.capacity(0.95, chunk_frames=10) == 4
+    assert model.capacity(0.95, chunk_frames=5) == 0
+
+
+def test_a_finished_batch_teaches_the_time_of_its_own_chunk_length():
+    clock = FakeClock()
+    scheduler = scheduler_with(clock, batch_s=0.5)
+    runner = BatchRunner(ScriptedEngine(clock, a=0.2, b=0.0), scheduler, clock=clock)
+    scheduler.add(make_session(0, [], chunk_frames=10))
+    scheduler.demand("s0", clock.now)
+    runner.run(scheduler.plan())
+    assert scheduler.batch_times.expected_s(1, chunk_frames=10) == pytest.approx(0.2)
+    assert scheduler.batch_times.expected_s(1) == pytest.approx(0.5)
+    assert runner.recent_real_time_factor == pytest.approx(0.4 / 0.2)
+
+
+def test_short_chunk_sessions_count_for_more_of_the_capacity():
+    clock = FakeClock()
+    scheduler = Scheduler(4, clock=clock)
+    for size in scheduler.buckets:
+        scheduler.batch_times.observe(size, 0.9)  # 50 frames: two batches of 4 per 2 s
+        scheduler.batch_times.observe(size, 0.3, chunk_frames=10)  # one of 4 per 0.4 s
+    assert scheduler.capacity == 8
+    assert scheduler.session_load(50) == 1.0
+    assert scheduler.session_load(10) == 2.0
+    assert scheduler.session_load(5) == 8.0  # unmeasured and too slow: the whole generator
+    for seed in range(3):
+        scheduler.add(make_session(seed, [], chunk_frames=10))
+    assert scheduler.load == pytest.approx(6.0)
+    assert scheduler.has_room_for(10) and scheduler.has_room_for(50)
+    scheduler.add(make_session(3, [], chunk_frames=10))
+    assert not scheduler.has_room_for(50)
+    # The first session is always admitted, even one the generator cannot keep in real time.
+    assert Scheduler(4, clock=clock).has_room_for(5)
+
+
+def test_warm_up_times_the_listed_chunk_lengths_too():
+    clock = FakeClock()
+    scheduler = Scheduler(4, clock=clock)
+    engine = ScriptedEngine(clock, a=0.25, b=0.0)
+    BatchRunner(engine, scheduler, warm_chunk_frames=(10, 50), clock=clock).warm_up()
+    assert scheduler.batch_times.measured_chunk_frames() == (10, 50)
+    assert engine.frames_seen == {10, 50}

@@ -64,3 +64,18 @@ def test_a_sim_engine_told_to_fail_raises_on_every_batch_served_but_starts():
     for _ in range(2):
         with pytest.raises(SimulatedBatchError):
             engine.generate([job(SessionState.fresh())])
+
+
+def test_short_chunks_cost_their_share_and_advance_the_context_by_their_frames():
+    slept: list[float] = []
+    engine = SimEngine(SimCost(batch_seconds=0.6, session_seconds=0.02), sleep=slept.append)
+    jobs = [
+        ChunkJob(SessionState.fresh(), None, SamplingSettings(seed=seed), chunk_frames=10)
+        for seed in range(4)
+    ]
+    outputs = engine.generate(jobs)
+    assert slept == [pytest.approx((0.6 + 0.02 * 4) * 10 / 50)]
+    for output in outputs:
+        assert output.audio.shape == (10 * facts.SAMPLES_PER_FRAME, facts.CHANNELS)
+        assert np.all(output.state.context_tokens[:-10] == -1)
+        assert np.all(output.state.context_tokens[-10:] >= 0)

@@ -1,5 +1,7 @@
 """The real `tiny` engine end to end: depthformer sampling, codec decode, crossfade, state."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -65,3 +67,28 @@ def test_a_session_gets_the_same_chunk_alone_or_in_a_batch_with_other_settings(e
     np.testing.assert_array_equal(alone.state.context_tokens, batched.state.context_tokens)
     np.testing.assert_allclose(alone.audio, batched.audio, atol=1e-6)
     assert alone.state.chunk_index == 2
+
+
+def test_a_short_chunk_is_its_frames_conditioned_on_the_whole_context(engine):
+    first = engine.generate([ChunkJob(SessionState.fresh(), style(5), SamplingSettings(seed=2))])[0]
+    long_job = ChunkJob(first.state, style(5), SamplingSettings(seed=6))
+    short_job = dataclasses.replace(long_job, chunk_frames=10)
+    long = engine.generate([long_job])[0]
+    short, other = engine.generate(
+        [short_job, dataclasses.replace(short_job, sampling=SamplingSettings(top_k=3, seed=1))]
+    )
+    assert short.audio.shape == (10 * facts.SAMPLES_PER_FRAME, facts.CHANNELS)
+    assert short.state.chunk_index == 2
+    # The context advanced by 10 frames: the 50 of the first chunk moved back by 10 ...
+    np.testing.assert_array_equal(short.state.context_tokens[:-10], first.state.context_tokens[10:])
+    # ... and the 10 new ones are what the 50-frame chunk begins with: each frame is sampled
+    # from the same context, the frames before it and the same uniforms, whatever the length.
+    np.testing.assert_array_equal(
+        short.state.context_tokens[-10:], long.state.context_tokens[-50:-40]
+    )
+    # In a batch of its length with other settings, a session gets what it gets alone.
+    alone = engine.generate([short_job])[0]
+    np.testing.assert_array_equal(alone.state.context_tokens, short.state.context_tokens)
+    np.testing.assert_allclose(alone.audio, short.audio, atol=1e-6)
+    np.testing.assert_allclose(alone.state.crossfade_tail, short.state.crossfade_tail, atol=1e-6)
+    assert not np.array_equal(other.state.context_tokens, short.state.context_tokens)

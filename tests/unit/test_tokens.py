@@ -70,13 +70,21 @@ def test_tokens_outside_their_level_wrap_modulo_1024():
     assert codes[0, 0, 1] == (0 - 2) % 1024
 
 
-def test_append_to_context_drops_the_oldest_chunk():
+@pytest.mark.parametrize("frames", [50, 10])
+def test_append_to_context_drops_the_oldest_chunk(frames):
     rng = np.random.default_rng(2)
     context = _random_codes(rng, 2, 250, 16)
-    new = _random_codes(rng, 2, 50, 16)
+    new = _random_codes(rng, 2, frames, 16)
     updated = tokens.append_to_context(context, new)
-    np.testing.assert_array_equal(updated[:, :200], context[:, 50:])
-    np.testing.assert_array_equal(updated[:, 200:], new)
+    assert updated.shape == (2, 250, 16)
+    np.testing.assert_array_equal(updated[:, : 250 - frames], context[:, frames:])
+    np.testing.assert_array_equal(updated[:, 250 - frames :], new)
+
+
+@pytest.mark.parametrize("new_shape", [(2, 51, 16), (2, 0, 16), (2, 10, 15), (10, 16)])
+def test_append_to_context_refuses_other_chunk_shapes(new_shape):
+    with pytest.raises(ValueError, match="new_codes"):
+        tokens.append_to_context(np.zeros((2, 250, 16), np.int32), np.zeros(new_shape, np.int32))
 
 
 @pytest.mark.parametrize(

@@ -55,7 +55,6 @@ Params = Any  # the nested dict of parameter arrays
 KeysValues = tuple[Array, Array]  # keys, values: [rows, heads, length, head_dim]
 
 LEVELS = facts.DECODER_RVQ_LEVELS
-FRAMES = facts.CHUNK_FRAMES
 _NORM_EPSILON = 1e-6
 _MASKED_LOGIT = -1e10  # upstream's additive attention mask
 # Parameter values come from a checkpoint or from `init_params`; the modules only declare
@@ -468,12 +467,15 @@ def decode_chunk(
     choose_codes: ChooseCodes,
     state: Any = (),
     encoder_passes: EncoderPasses = EncoderPasses(rows=2),
+    frames: int = facts.CHUNK_FRAMES,
 ) -> tuple[Array, Any, Any]:
-    """Generate one chunk (50 frames x 16 levels) incrementally with KV caches.
+    """Generate one chunk (``frames`` frames x 16 levels) incrementally with KV caches.
 
-    Pure JAX (two nested `lax.scan`s); jit it. Only each step's level slice of the output
-    projection is computed. Returns (codes int32[rows, 50, 16], final state, what
-    `choose_codes` recorded, stacked as [50, 16, ...]).
+    Pure JAX (two nested `lax.scan`s); jit it with ``frames`` static. Only each step's level
+    slice of the output projection is computed. Frame f depends only on the encoder input and
+    frames before it, so a shorter chunk is conditioned on the whole context just as a long
+    one is. Returns (codes int32[rows, frames, 16], final state, what `choose_codes`
+    recorded, stacked as [frames, 16, ...]).
     """
     c = model.config
     call = functools.partial(model.apply, {"params": params})
@@ -485,7 +487,7 @@ def decode_chunk(
         batch_size=encoder_passes.rows,
     )
     cross_kv = call(encoded, method=Depthformer.temporal_cross_keys_values)
-    temporal_bias, depth_bias = call(FRAMES, method=Depthformer.attention_biases)
+    temporal_bias, depth_bias = call(frames, method=Depthformer.attention_biases)
     level_kernels = call(method=Depthformer.codec_level_kernels)
     levels = jnp.arange(LEVELS)
     level_offsets = facts.CODEC_TOKEN_OFFSET + facts.CODEBOOK_SIZE * levels
@@ -526,8 +528,8 @@ def decode_chunk(
         )
         return (temporal_caches, codes.T, state), (codes.T, records)
 
-    initial = (empty_caches(c.temporal_layers, FRAMES), jnp.zeros((rows, LEVELS), jnp.int32), state)
-    (_, _, state), (codes, records) = lax.scan(frame_step, initial, jnp.arange(FRAMES))
+    initial = (empty_caches(c.temporal_layers, frames), jnp.zeros((rows, LEVELS), jnp.int32), state)
+    (_, _, state), (codes, records) = lax.scan(frame_step, initial, jnp.arange(frames))
     return codes.transpose(1, 0, 2), state, records
 
 

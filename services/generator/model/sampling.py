@@ -1,5 +1,6 @@
-"""Batched chunk sampling: the whole 800-step decode of a batch of sessions as one compiled
-program, with per-row temperature, top-k, guidance and seed.
+"""Batched chunk sampling: the whole decode of a batch of sessions (16 steps per frame, 800
+for a 50-frame chunk) as one compiled program, with per-row temperature, top-k, guidance and
+seed. Each chunk length a batch runs at is a program of its own.
 
 Classifier-free guidance runs two rows per session (the real encoder input and its copy with
 the style MASKed); each step mixes their logits as (1 + w) * cond - w * uncond and both rows
@@ -159,9 +160,13 @@ def _sample_chunk(
     top_k: jax.Array,
     guidance: jax.Array,
     seeds: jax.Array,
+    frames: int = facts.CHUNK_FRAMES,
 ) -> jax.Array:
-    """The compiled program: int32[B, 50, 16] codes for B sessions; encoder_tokens holds the
-    B conditional rows followed by their B unconditional partners."""
+    """The compiled program: int32[B, frames, 16] codes for B sessions; encoder_tokens holds
+    the B conditional rows followed by their B unconditional partners.
+
+    The uniforms are always drawn for a full 50-frame chunk and the first ``frames`` used, so
+    frame f's draw does not depend on the chunk length."""
     sessions = temperature.shape[0]
     uniforms = jax.vmap(
         lambda seed: jax.random.uniform(
@@ -175,7 +180,9 @@ def _sample_chunk(
         codes = sample_codes(mixed, temperature, top_k, uniforms[:, frame, level], threshold)
         return jnp.concatenate([codes, codes]), state, ()
 
-    codes, _, _ = decode_chunk(model, params, encoder_tokens, choose, encoder_passes=encoder_passes)
+    codes, _, _ = decode_chunk(
+        model, params, encoder_tokens, choose, encoder_passes=encoder_passes, frames=frames
+    )
     return codes[:sessions]
 
 
@@ -216,7 +223,8 @@ class TokenSampler:
                 Depthformer(config),
                 EncoderPasses.for_backend(backend),
                 top_k_threshold_for_backend(backend),
-            )
+            ),
+            static_argnames="frames",  # one program per (batch bucket, chunk length) used
         )
 
     @property
@@ -235,8 +243,10 @@ class TokenSampler:
         guidance: np.ndarray,
         seeds: np.ndarray,
         uncond_tokens: np.ndarray | None = None,
+        frames: int = facts.CHUNK_FRAMES,
     ) -> np.ndarray:
-        """int32[B, 50, 16] raw codes in [0, 1024) for B sessions.
+        """int32[B, frames, 16] raw codes in [0, 1024) for B sessions: the next ``frames``
+        frames (1 to 50) after their contexts. A chunk length is compiled when first used.
 
         encoder_tokens: int32[B, 1006], the conditional rows. temperature: float32[B],
         0 = greedy. top_k: int32[B], 0 = no cut. guidance: float32[B]. seeds: integers[B];
@@ -266,6 +276,8 @@ class TokenSampler:
         ]
         if any(setting.shape != (sessions,) for setting in per_row):
             raise ValueError(f"temperature, top_k, guidance and seeds must each be [{sessions}]")
+        if not 1 <= frames <= facts.CHUNK_FRAMES:
+            raise ValueError(f"frames must be in [1, {facts.CHUNK_FRAMES}], got {frames}")
         padding = self.bucket_for(sessions) - sessions
         # Padded rows: MASK inputs, greedy; their codes are dropped.
         rows = np.pad(
@@ -275,5 +287,5 @@ class TokenSampler:
         )
         rows = rows.reshape(-1, facts.ENCODER_INPUT_TOKENS)
         per_row = [np.pad(setting, (0, padding)) for setting in per_row]
-        codes = self._program(self._params, rows, *per_row)
+        codes = self._program(self._params, rows, *per_row, frames=frames)
         return np.asarray(codes)[:sessions]

@@ -65,11 +65,13 @@ def tokens_from_codes(codes: np.ndarray) -> np.ndarray:
 
 
 def append_to_context(context_tokens: np.ndarray, new_codes: np.ndarray) -> np.ndarray:
-    """The context after a chunk: the oldest 50 frames dropped, the new 50 appended."""
+    """The context after a chunk of F frames (1 to 50): the oldest F frames dropped, the new
+    F appended."""
     context_tokens = np.asarray(context_tokens)
     new_codes = np.asarray(new_codes)
     _check_shape("context_tokens", context_tokens, (facts.CONTEXT_FRAMES, facts.DECODER_RVQ_LEVELS))
-    _check_shape("new_codes", new_codes, (facts.CHUNK_FRAMES, facts.DECODER_RVQ_LEVELS))
-    return np.concatenate([context_tokens[:, facts.CHUNK_FRAMES :], new_codes], axis=1).astype(
-        np.int32
-    )
+    frames = new_codes.shape[1] if new_codes.ndim == 3 else 0
+    if not 1 <= frames <= facts.CHUNK_FRAMES:
+        raise ValueError(f"new_codes must be [batch, 1..50, 16], got {new_codes.shape}")
+    _check_shape("new_codes", new_codes, (frames, facts.DECODER_RVQ_LEVELS))
+    return np.concatenate([context_tokens[:, frames:], new_codes], axis=1).astype(np.int32)
