@@ -982,7 +982,9 @@ class ListenerSession:
         if style_weight_changed and self.input_embedding is not None:
             await self._apply_style()
         if uses_injection_fields(update) and (why := self._why_no_audio_input()) is not None:
-            await self._warn_about_input("UNSUPPORTED", f"{why}; the input_* settings have no effect")
+            await self._warn_about_input(
+                "UNSUPPORTED", f"{why}; the input_* settings have no effect"
+            )
         await self._send_to_generator(
             generator_pb2.GeneratorRequest(sampling=self._sampling_message())
         )
@@ -1004,7 +1006,9 @@ class ListenerSession:
             self.idle_since = time.time()
             self.anchor = None
             self.generated_until_samples -= sum(
-                _audio_samples(item) for item in self.received if not isinstance(item, MigrationNotice)
+                _audio_samples(item)
+                for item in self.received
+                if not isinstance(item, MigrationNotice)
             )
             self.received.clear()
             if self.injector is not None:
