@@ -8,8 +8,9 @@ made with the new prompt. Prompts are sent as embeddings (fetched once with Embe
 embedder's time is not part of what is measured.
 
 Reported per chunk length:
-- the gateway's `mrt_gateway_prompt_to_audio_seconds` (prompt update received -> first chunk
-  sent with it), from its histogram before and after each session: mean and bucket p50 / p90;
+- the gateway's `mrt_gateway_prompt_to_audio_seconds` (prompt update received -> the listener's
+  player reaches the first chunk made with it, on the gateway's model of the player), from its
+  histogram before and after each session: mean and bucket p50 / p90;
 - what the client saw: prompt sent -> that chunk received, and -> that chunk starts playing on
   the modelled player (`bench/player.py`: playback starts with the first chunk; the chunk with
   the new prompt plays once the audio before it has played), the latency a listener hears;
@@ -74,16 +75,12 @@ class _Session:
     def send(self, request: music_pb2.StreamRequest) -> None:
         self._requests.put(request)
 
-    def next(self, kind: str) -> tuple[float, Any]:
-        """The next response of ``kind`` and when it arrived; raises on a failed stream."""
-        while True:
-            arrived, response = self._responses.get(timeout=RESPONSE_TIMEOUT_S)
-            if isinstance(response, grpc.RpcError):
-                raise RuntimeError(
-                    f"the stream failed: {response.code().name}: {response.details()}"
-                )
-            if response.WhichOneof("response") == kind:
-                return arrived, getattr(response, kind)
+    def next(self) -> tuple[float, music_pb2.StreamResponse]:
+        """The next response and when it arrived; raises on a failed stream."""
+        arrived, response = self._responses.get(timeout=RESPONSE_TIMEOUT_S)
+        if isinstance(response, grpc.RpcError):
+            raise RuntimeError(f"the stream failed: {response.code().name}: {response.details()}")
+        return arrived, response
 
     def close(self) -> None:
         self._requests.put(None)
@@ -106,35 +103,39 @@ def measure_session(
     """One session of ``chunk_frames``: ``changes`` prompt changes, each timed."""
     session = _Session(stub, music_pb2.SessionSetup(chunk_frames=chunk_frames))
     try:
-        _, started = session.next("started")
-        period_s = started.chunk_seconds
+        _, first = session.next()
+        started, period_s = first.started, first.started.chunk_seconds
         session.send(music_pb2.StreamRequest(prompts=music_pb2.PromptUpdate(prompts=[prompts[0]])))
         session.send(playback(music_pb2.PlaybackControl.PLAY))
         plays_at: float | None = None  # when the next chunk starts playing (the player)
+        chunks_played = 0
 
-        def play(arrived: float, chunk: music_pb2.AudioChunk) -> float:
-            nonlocal plays_at
-            starts = arrived if plays_at is None else max(arrived, plays_at)
-            plays_at = starts + chunk_seconds(chunk, started)
-            return starts
+        def until_chunk(version: int) -> tuple[float, float]:
+            """Play what arrives until a chunk made with prompt ``version`` (after the warm-in
+            chunks): when it arrived and when it starts playing."""
+            nonlocal plays_at, chunks_played
+            while True:
+                arrived, response = session.next()
+                kind = response.WhichOneof("response")
+                if kind == "prompt_status" and not response.prompt_status.accepted:
+                    raise RuntimeError(f"prompt refused: {response.prompt_status.message}")
+                if kind != "chunk":
+                    continue
+                starts = arrived if plays_at is None else max(arrived, plays_at)
+                plays_at = starts + chunk_seconds(response.chunk, started)
+                chunks_played += 1
+                if response.chunk.prompt_version >= version and chunks_played > WARM_IN_CHUNKS:
+                    return arrived, starts
 
-        for _ in range(WARM_IN_CHUNKS):
-            play(*session.next("chunk"))
+        until_chunk(version=1)
         timings = []
         for change in range(1, changes + 1):
             time.sleep(rng.uniform(0.0, period_s))
             sent = time.time()
             update = music_pb2.PromptUpdate(prompts=[prompts[change % len(prompts)]])
             session.send(music_pb2.StreamRequest(prompts=update))
-            _, status = session.next("prompt_status")
-            if not status.accepted:
-                raise RuntimeError(f"prompt refused: {status.message}")
-            while True:
-                arrived, chunk = session.next("chunk")
-                starts = play(arrived, chunk)
-                if chunk.prompt_version >= status.version:
-                    timings.append(ChangeTiming(received_s=arrived - sent, heard_s=starts - sent))
-                    break
+            arrived, starts = until_chunk(version=1 + change)
+            timings.append(ChangeTiming(received_s=arrived - sent, heard_s=starts - sent))
         return timings
     finally:
         session.close()
@@ -246,6 +247,7 @@ def summary_row(
         "gateway_prompt_to_audio_p90_bucket_s": pooled.quantile_upper_bound(0.9),
         "received_median_s": quantile(received, 0.5),
         "received_p90_s": quantile(received, 0.9),
+        "heard_mean_s": statistics.fmean(heard) if heard else None,
         "heard_median_s": quantile(heard, 0.5),
         "heard_p90_s": quantile(heard, 0.9),
         "heard_max_s": max(heard) if heard else None,
@@ -265,6 +267,7 @@ def markdown(results: dict[str, Any], json_path: Path) -> str:
             le(r["gateway_prompt_to_audio_p50_bucket_s"]),
             le(r["gateway_prompt_to_audio_p90_bucket_s"]),
             report.fmt(r["received_median_s"]),
+            report.fmt(r["heard_mean_s"]),
             report.fmt(r["heard_median_s"]),
             report.fmt(r["heard_p90_s"]),
             report.fmt(r["heard_max_s"]),
@@ -286,10 +289,11 @@ def markdown(results: dict[str, Any], json_path: Path) -> str:
                 [
                     "frames per chunk",
                     "prompt changes",
-                    "gateway: prompt to audio, mean s",
+                    "gateway: prompt to audio heard, mean s",
                     "gateway p50 (bucket)",
                     "gateway p90 (bucket)",
                     "client: sent to chunk received, median s",
+                    "heard after, mean s",
                     "heard after, median s",
                     "heard after, p90 s",
                     "heard after, max s",

@@ -79,7 +79,8 @@ LATENESS = Histogram(
 )
 PROMPT_TO_AUDIO = Histogram(
     "mrt_gateway_prompt_to_audio_seconds",
-    "From a prompt update to the first chunk sent with it",
+    "From a prompt update to when the listener's player reaches the first chunk made with it "
+    "(the chunk is sent the session's buffer ahead before that)",
     buckets=LATENCY_BUCKETS_S,
 )
 AUDIO_INPUT_RECEIVED = Counter(
@@ -104,7 +105,7 @@ IDLE_RELEASED = Counter(
     "Paused or unplayed sessions that gave their generator slot back",
 )
 
-# Messages queued for a client before the session waits for it to read (about 8 s of audio).
+# Messages queued for a client before the session waits for it to read (8 s of 2 s chunks).
 OUTBOX_MESSAGES = 4
 # The same audio-input warning is repeated at most this often (a live stream sends many messages).
 AUDIO_INPUT_WARNING_INTERVAL_S = 5.0
@@ -608,8 +609,9 @@ class ListenerSession:
                 UNDERRUNS.inc()
                 wall, position = self.anchor
                 self.anchor = (wall + lateness, position)  # the player stalled this long
+        plays_at = self._need_time(self.next_position_s)  # the listener's player reaches it then
         for version in [v for v in self.prompt_received_at if v <= chunk.style_version]:
-            PROMPT_TO_AUDIO.observe(now - self.prompt_received_at.pop(version))
+            PROMPT_TO_AUDIO.observe(plays_at - self.prompt_received_at.pop(version))
         audio = np.frombuffer(chunk.audio, "<f4").reshape(-1, facts.CHANNELS)
         duration_s = audio.shape[0] / facts.SAMPLE_RATE_HZ
         if self.keeper is not None:  # where the session continues after this chunk: stored first

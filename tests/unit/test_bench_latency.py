@@ -44,4 +44,4 @@ def test_a_row_pools_the_sessions_histograms_and_ranks_the_client_timings():
         },
         Path("latency_mock.json"),
     )
-    assert "| 10 (0.4 s) | 4 | 1.00 | <= 0.5 | <= inf | 0.30 |" in table
+    assert "| 10 (0.4 s) | 4 | 1.00 | <= 0.5 | <= inf | 0.30 | 0.78 | 0.70 |" in table
