@@ -105,7 +105,7 @@ def measure_session(
     try:
         _, first = session.next()
         started, period_s = first.started, first.started.chunk_seconds
-        session.send(music_pb2.StreamRequest(prompts=music_pb2.PromptUpdate(prompts=[prompts[0]])))
+        # No prompt before PLAY: the gateway would time that one too (to the first chunk).
         session.send(playback(music_pb2.PlaybackControl.PLAY))
         plays_at: float | None = None  # when the next chunk starts playing (the player)
         chunks_played = 0
@@ -127,14 +127,14 @@ def measure_session(
                 if response.chunk.prompt_version >= version and chunks_played > WARM_IN_CHUNKS:
                     return arrived, starts
 
-        until_chunk(version=1)
+        until_chunk(version=0)
         timings = []
         for change in range(1, changes + 1):
             time.sleep(rng.uniform(0.0, period_s))
             sent = time.time()
             update = music_pb2.PromptUpdate(prompts=[prompts[change % len(prompts)]])
             session.send(music_pb2.StreamRequest(prompts=update))
-            arrived, starts = until_chunk(version=1 + change)
+            arrived, starts = until_chunk(version=change)
             timings.append(ChangeTiming(received_s=arrived - sent, heard_s=starts - sent))
         return timings
     finally:
