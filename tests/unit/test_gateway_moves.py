@@ -392,3 +392,26 @@ def test_a_chunk_that_arrives_before_its_demand_is_sent_does_not_stall_the_sessi
             await session.close()
 
     asyncio.run(scenario())
+
+
+def test_live_input_is_refused_with_a_warning_in_a_session_of_short_chunks():
+    async def scenario():
+        session = make_session(Generators(), chunk_frames=10)
+        session.audio_input_supported = True  # a model that takes audio input
+        await session.handle(
+            music_pb2.StreamRequest(
+                audio_input=music_pb2.AudioInput(
+                    data=np.zeros(4800, "<i2").tobytes(),
+                    encoding=music_pb2.PCM_S16LE,
+                    sample_rate=48000,
+                    channels=1,
+                )
+            )
+        )
+        warning = (await next_message(session)).warning
+        assert warning.code == "UNSUPPORTED"
+        assert "needs 50-frame chunks; this session has 10" in warning.message
+        assert session.injector is None  # nothing will be mixed into its context
+        await session.close()
+
+    asyncio.run(scenario())
