@@ -4,6 +4,7 @@
   python -m bench generator          seconds per chunk and real-time factor by batch size
   python -m bench soak --minutes 10  sessions coming and going; do the processes stay flat?
   python -m bench encoding           bandwidth and gateway CPU per listener, by audio encoding
+  python -m bench latency            prompt-to-audio latency by chunk length (--chunk-frames)
   python -m bench chaos --minutes 10 generators killed, hung and drained under listeners
   python -m bench rolling            gateways restarted one by one under listeners (shared Redis)
   python -m bench all                generator, load and a short soak
@@ -21,7 +22,7 @@ from bench.cost_models import COST_MODELS
 from services.common.config import parse_chunk_frames_list
 from services.common.models import MODEL_NAMES
 
-SUBCOMMANDS = ("load", "generator", "soak", "encoding", "chaos", "rolling", "all")
+SUBCOMMANDS = ("load", "generator", "soak", "encoding", "latency", "chaos", "rolling", "all")
 # Load options whose default depends on the model: (name, default, default with sim).
 LOAD_DEFAULTS = (
     ("listen_seconds", 20.0, 60.0),
@@ -235,6 +236,39 @@ def add_encoding_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_latency_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("prompt-to-audio latency")
+    group.add_argument(
+        "--chunk-frames",
+        type=parse_chunk_frames_list,
+        default=(50, 25, 10),
+        help="comma-separated chunk lengths in frames of 40 ms (5-50) to measure side by "
+        "side (default 50,25,10)",
+    )
+    group.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="rounds; each runs one session per chunk length, in rotating order (default 2)",
+    )
+    group.add_argument(
+        "--changes",
+        type=int,
+        default=8,
+        help="prompt changes per session, each timed (default 8)",
+    )
+    group.add_argument(
+        "--buffer-ahead-seconds",
+        type=float,
+        default=2.0,
+        help="the gateway's --buffer-ahead-seconds (for 2 s chunks; shorter chunks get "
+        "proportionally less) (default 2.0)",
+    )
+    group.add_argument(
+        "--seed", type=int, default=0, help="seed of the prompt changes' timing (default 0)"
+    )
+
+
 def add_soak_options(parser: argparse.ArgumentParser, default_minutes: float) -> None:
     group = parser.add_argument_group("soak")
     group.add_argument(
@@ -361,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     subparsers = parser.add_subparsers(
-        dest="command", metavar="{load,generator,soak,encoding,chaos,rolling,all}"
+        dest="command", metavar="{load,generator,soak,encoding,latency,chaos,rolling,all}"
     )
     load = subparsers.add_parser(
         "load",
@@ -386,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="bandwidth and CPU by audio encoding",
         description="Bytes per second and the gateway's CPU per "
         "listener for each audio encoding, in process.",
+    )
+    latency = subparsers.add_parser(
+        "latency",
+        help="prompt-to-audio latency by chunk length",
+        description="How soon a prompt change is heard, for sessions of each "
+        "chunk length side by side in one cluster.",
     )
     chaos = subparsers.add_parser(
         "chaos",
@@ -426,10 +466,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="The generator micro-benchmark, the load "
         "benchmark and a short soak, in that order.",
     )
-    for sub in (load, generator, soak, encoding, chaos, everything):
+    for sub in (load, generator, soak, encoding, latency, chaos, everything):
         add_common_options(sub)
-    for sub in (load, soak, chaos, everything):
+    for sub in (load, soak, latency, chaos, everything):
         add_cluster_options(sub)
+    add_latency_options(latency)
     chaos.set_defaults(model="mock")  # its audio can be checked chunk by chunk
     add_chaos_options(chaos)
     add_load_options(load)
@@ -459,7 +500,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # Imported here so that --help answers without loading gRPC clients or models.
-    from bench import chaos, encoding, generator_speed, load, rolling, soak
+    from bench import chaos, encoding, generator_speed, latency, load, rolling, soak
     from services.cli.launcher import ClusterError
 
     try:
@@ -471,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
             soak.run(args)
         if args.command == "encoding":
             encoding.run(args)
+        if args.command == "latency":
+            latency.run(args)
         if args.command == "chaos":
             chaos.run(args)
         if args.command == "rolling":

@@ -47,10 +47,16 @@ class StreamClient:
         self._requests.put(music_pb2.StreamRequest(**fields))
 
     def setup(
-        self, model: str = "", encoding: int = music_pb2.PCM_S16LE, opus_bitrate: int = 0
+        self,
+        model: str = "",
+        encoding: int = music_pb2.PCM_S16LE,
+        opus_bitrate: int = 0,
+        chunk_frames: int = 0,
     ) -> music_pb2.SessionStarted:
         self.send(
-            setup=music_pb2.SessionSetup(model=model, encoding=encoding, opus_bitrate=opus_bitrate)
+            setup=music_pb2.SessionSetup(
+                model=model, encoding=encoding, opus_bitrate=opus_bitrate, chunk_frames=chunk_frames
+            )
         )
         return self.expect("started").started
 

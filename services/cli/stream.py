@@ -21,9 +21,16 @@ import grpc
 
 from services.cli.connection import add_connection_options, call_metadata, open_channel
 from services.cli.live_input import InputStreamer, read_input_file
-from services.cli.options import CommandFailed, UsageError, positive_float, user_input_type
+from services.cli.options import (
+    CommandFailed,
+    UsageError,
+    add_env_option,
+    positive_float,
+    user_input_type,
+)
 from services.cli.prompts import audio_prompt, text_prompt
 from services.cli.wavfile import OpusFileWriter, WavWriter
+from services.common import model_facts as facts
 from services.common.proto.mrt.v1 import music_pb2, music_pb2_grpc
 
 # Chunk durations are floats: treat "within a microsecond of the target" as reaching it.
@@ -95,6 +102,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0,
         metavar="BPS",
         help="ogg_opus bits per second, 6000-510000 (default: the server's, 128000)",
+    )
+    add_env_option(
+        parser,
+        "--chunk-frames",
+        type=user_input_type(chunk_frames),
+        default=0,
+        metavar="N",
+        help="codec frames (40 ms each) per chunk, 5-50; shorter chunks let a prompt change be "
+        "heard sooner and cost more compute (0: the server's default, 50 = 2 s)",
     )
     parser.add_argument("--model", default="", help="model to use (default: the cluster's)")
     parser.add_argument("--temperature", type=float, help="sampling temperature, 0-4")
@@ -180,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
                 encoding=ENCODINGS[args.encoding],
                 opus_bitrate=args.opus_bitrate,
                 initial_audio=initial_audio,
+                chunk_frames=args.chunk_frames,
             ),
             input_audio=input_audio,
             input_lead_s=args.input_lead_seconds,
@@ -199,6 +216,15 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def chunk_frames(text: str) -> int:
+    """--chunk-frames: 0 (the default) or 5-50, checked here so a typo fails before connecting."""
+    value = int(text)
+    low, high = facts.CHUNK_FRAMES_RANGE
+    if value != 0 and not low <= value <= high:
+        raise ValueError(f"must be {low}-{high} (or 0: the default), got {text!r}")
+    return value
 
 
 def _read_file(path: Path, flag: str) -> bytes:

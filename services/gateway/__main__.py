@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--buffer-ahead-seconds",
         default=2.0,
         type=float,
-        help="how far ahead of the listener's playback chunks are sent",
+        help="how far ahead of the listener's playback 2 s chunks are sent; sessions of "
+        "shorter chunks get it scaled by chunk_frames / 50",
     )
     add_flag(
         parser,

@@ -2,9 +2,12 @@
 
 The session keeps everything needed to resume on another generator: the mixed style, the
 sampling settings and the last state snapshot the generator returned. Audio is released on
-the listener's timeline: chunk n is needed ``n * 2 s`` after the first chunk after PLAY was
-sent, and is sent ``buffer_ahead_seconds`` before that; a chunk sent after it was needed is a
-buffer underrun (the listener's player ran dry), and the timeline shifts by the gap.
+the listener's timeline: chunk n is needed ``n * chunk_seconds`` (2 s, or shorter when the
+session asked for fewer ``chunk_frames``) after the first chunk after PLAY was sent, and is sent
+the session's buffer ahead before that; a chunk sent after it was needed is a buffer underrun
+(the listener's player ran dry), and the timeline shifts by the gap. The buffer ahead is
+``buffer_ahead_seconds`` for 2 s chunks and shrinks in proportion for shorter ones, so a session
+with short chunks really hears a prompt change sooner.
 
 Moving a session to another generator (the generator failed, drains, left discovery, or missed
 a chunk deadline by more than ``chunk_timeout_s``) happens in the background: chunks already
@@ -76,7 +79,8 @@ LATENESS = Histogram(
 )
 PROMPT_TO_AUDIO = Histogram(
     "mrt_gateway_prompt_to_audio_seconds",
-    "From a prompt update to the first chunk sent with it",
+    "From a prompt update to when the listener's player reaches the first chunk made with it "
+    "(the chunk is sent the session's buffer ahead before that)",
     buckets=LATENCY_BUCKETS_S,
 )
 AUDIO_INPUT_RECEIVED = Counter(
@@ -101,14 +105,15 @@ IDLE_RELEASED = Counter(
     "Paused or unplayed sessions that gave their generator slot back",
 )
 
-# Messages queued for a client before the session waits for it to read (about 8 s of audio).
+# Messages queued for a client before the session waits for it to read (8 s of 2 s chunks).
 OUTBOX_MESSAGES = 4
 # The same audio-input warning is repeated at most this often (a live stream sends many messages).
 AUDIO_INPUT_WARNING_INTERVAL_S = 5.0
-# Chunks a session keeps demanded or in hand (generated, not yet released). Demanding ahead
-# lets the generator serve sessions of every phase in one batch per chunk period: a session
-# served by one batch has its next demand there already. The generator still makes each
-# chunk at most about a period before its release.
+# Chunks a session keeps demanded or in hand (generated, not yet released), whatever their
+# length. Demanding ahead lets the generator serve sessions of every phase in one batch per
+# chunk period: a session served by one batch has its next demand there already. The generator
+# still makes each chunk at most about a period before its release, so counting in chunks keeps
+# a short-chunk session's audio made close to its release (and a prompt change heard sooner).
 CHUNKS_AHEAD = 3
 # A chunk this close to its need time still counts as in time (scheduling jitter).
 UNDERRUN_TOLERANCE_S = 0.02
@@ -116,6 +121,8 @@ UNDERRUN_TOLERANCE_S = 0.02
 
 @dataclasses.dataclass(frozen=True)
 class SessionSettings:
+    # How far ahead of the listener's need a 2 s chunk is sent; shorter chunks are sent
+    # proportionally less ahead (``session_buffer_ahead_s``).
     buffer_ahead_seconds: float
     open_timeout_s: float
     slow_client_timeout_s: float
@@ -165,6 +172,16 @@ class MigrationNotice:
     reason: str
 
 
+def chunk_seconds(chunk_frames: int) -> float:
+    return chunk_frames / facts.FRAME_RATE_HZ
+
+
+def session_buffer_ahead_s(settings: SessionSettings, chunk_frames: int) -> float:
+    """How far ahead of the listener's need a session's chunks are sent: the gateway's buffer
+    for 2 s chunks, scaled to the session's chunk length (the same number of chunks)."""
+    return settings.buffer_ahead_seconds * chunk_frames / facts.CHUNK_FRAMES
+
+
 def placement_error(err: Exception) -> StreamEnded:
     if isinstance(err, NoCapacity):
         return StreamEnded(grpc.StatusCode.RESOURCE_EXHAUSTED, f"no capacity: {err}")
@@ -182,6 +199,7 @@ class ListenerSession:
         pool: GeneratorPool,
         embedder: EmbedderClient,
         seed: int,
+        chunk_frames: int = facts.CHUNK_FRAMES,
         initial_audio: np.ndarray | None = None,
         open_link: Callable[[GeneratorEndpoint], GeneratorLink] = GeneratorLink,
     ):
@@ -192,6 +210,9 @@ class ListenerSession:
         self.model = model
         self.encoder = encoder  # the listener's, whichever generator makes the audio
         self.settings = settings
+        self.chunk_frames = chunk_frames  # fixed for the session's life, resumes included
+        self.chunk_seconds = chunk_seconds(chunk_frames)
+        self.buffer_ahead_s = session_buffer_ahead_s(settings, chunk_frames)
         self.pool = pool
         self.embedder = embedder
         self.open_link = open_link
@@ -331,6 +352,7 @@ class ListenerSession:
             model=self.model,
             style=self._style_message(),
             sampling=self._sampling_message(),
+            chunk_frames=self.chunk_frames,
         )
         if self.snapshot is not None:
             request.resume_from.CopyFrom(self.snapshot)
@@ -383,6 +405,7 @@ class ListenerSession:
             versions = (self.prompt_version, self.config_version)
             try:
                 opened = await link.open(self._open_request(), self.settings.open_timeout_s)
+                self._check_chunk_length(opened, endpoint)
                 self.audio_input_supported = opened.audio_input_supported
                 if (
                     self.snapshot is None
@@ -404,7 +427,7 @@ class ListenerSession:
                 if err.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     last_error = NoCapacity(err.details)
                 else:
-                    if not err.draining:
+                    if not err.draining and err.code != grpc.StatusCode.FAILED_PRECONDITION:
                         self.pool.mark_unhealthy(endpoint.address)
                     last_error = NoGenerator(err.details)
                 continue
@@ -413,6 +436,19 @@ class ListenerSession:
                 raise StreamEnded(grpc.StatusCode.CANCELLED, "the session is closed")
             self.pool.placed(endpoint)
             return link, versions
+
+    def _check_chunk_length(
+        self, opened: generator_pb2.SessionOpened, endpoint: GeneratorEndpoint
+    ) -> None:
+        """Raise LinkError (FAILED_PRECONDITION: healthy, just not for this session) when the
+        generator makes chunks of another length than the session asked for: one that predates
+        ``chunk_frames`` ignores it and makes 2 s chunks."""
+        if abs(opened.chunk_seconds - self.chunk_seconds) > 1e-4:
+            raise LinkError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"generator {endpoint.address} makes {opened.chunk_seconds:g} s chunks, not the "
+                f"{self.chunk_seconds:g} s ({self.chunk_frames} frames) this session asked for",
+            )
 
     def _install(self, link: GeneratorLink) -> None:
         """Make ``link`` the session's generator stream."""
@@ -555,7 +591,7 @@ class ListenerSession:
         need = self._need_time(position_s)
         if need is None:  # not playing yet: as if the next chunk were needed now
             need = time.time() + position_s - self.next_position_s
-        return need - self.settings.buffer_ahead_seconds
+        return need - self.buffer_ahead_s
 
     async def _send_chunk(self, chunk: generator_pb2.GeneratedChunk) -> None:
         now = time.time()
@@ -573,8 +609,9 @@ class ListenerSession:
                 UNDERRUNS.inc()
                 wall, position = self.anchor
                 self.anchor = (wall + lateness, position)  # the player stalled this long
+        plays_at = self._need_time(self.next_position_s)  # the listener's player reaches it then
         for version in [v for v in self.prompt_received_at if v <= chunk.style_version]:
-            PROMPT_TO_AUDIO.observe(now - self.prompt_received_at.pop(version))
+            PROMPT_TO_AUDIO.observe(plays_at - self.prompt_received_at.pop(version))
         audio = np.frombuffer(chunk.audio, "<f4").reshape(-1, facts.CHANNELS)
         duration_s = audio.shape[0] / facts.SAMPLE_RATE_HZ
         if self.keeper is not None:  # where the session continues after this chunk: stored first
@@ -712,7 +749,7 @@ class ListenerSession:
             if ahead >= limit:
                 return
             await self._inject_input()
-            deadline = self._release_time(self.next_position_s + ahead * facts.CHUNK_SECONDS)
+            deadline = self._release_time(self.next_position_s + ahead * self.chunk_seconds)
             # Outstanding before the send: the chunk may arrive (and clear it) before it returns.
             self.demand_deadlines.append(deadline)
             if self.demand_overdue_at is None:
@@ -804,12 +841,20 @@ class ListenerSession:
         )
         await self._send_to_generator(generator_pb2.GeneratorRequest(style=self._style_message()))
 
-    async def _add_audio_input(self, message: music_pb2.AudioInput) -> None:
+    def _why_no_audio_input(self) -> str | None:
+        """Why this session cannot play along with live input (None: it can)."""
         if not self.audio_input_supported:
-            await self._warn_about_input(
-                "UNSUPPORTED",
-                f"model '{self.model}' does not take audio input; audio_input is ignored",
+            return f"model '{self.model}' does not take audio input"
+        if self.chunk_frames != facts.CHUNK_FRAMES:
+            return (
+                f"live audio input needs {facts.CHUNK_FRAMES}-frame chunks; this session "
+                f"has {self.chunk_frames}"
             )
+        return None
+
+    async def _add_audio_input(self, message: music_pb2.AudioInput) -> None:
+        if (why := self._why_no_audio_input()) is not None:
+            await self._warn_about_input("UNSUPPORTED", f"{why}; audio_input is ignored")
             return
         if self.injector is None:
             self.injector = AudioInjector()
@@ -938,11 +983,9 @@ class ListenerSession:
             self.injector.settings = self.injection_settings
         if style_weight_changed and self.input_embedding is not None:
             await self._apply_style()
-        if uses_injection_fields(update) and not self.audio_input_supported:
+        if uses_injection_fields(update) and (why := self._why_no_audio_input()) is not None:
             await self._warn_about_input(
-                "UNSUPPORTED",
-                f"model '{self.model}' does not take audio "
-                f"input; the input_* settings have no effect",
+                "UNSUPPORTED", f"{why}; the input_* settings have no effect"
             )
         await self._send_to_generator(
             generator_pb2.GeneratorRequest(sampling=self._sampling_message())
@@ -964,7 +1007,11 @@ class ListenerSession:
             self.playing = False
             self.idle_since = time.time()
             self.anchor = None
-            self.generated_until_samples -= facts.CHUNK_SAMPLES * len(self.received)
+            self.generated_until_samples -= sum(
+                _audio_samples(item)
+                for item in self.received
+                if not isinstance(item, MigrationNotice)
+            )
             self.received.clear()
             if self.injector is not None:
                 self.injector.restart_output()
@@ -1003,6 +1050,11 @@ class ListenerSession:
         self._cancel_placement()
         self._drop_link()
         self.encoder.close()
+
+
+def _audio_samples(chunk: generator_pb2.GeneratedChunk) -> int:
+    """Samples per channel of a generated chunk's float32 interleaved audio."""
+    return len(chunk.audio) // (4 * facts.CHANNELS)
 
 
 def _earliest(times: list[float | None]) -> float | None:

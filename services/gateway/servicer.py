@@ -146,6 +146,7 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
                         if setup.encoding == music_pb2.OGG_OPUS
                         else 0,
                         owner_key=owner_key,
+                        chunk_frames=session.chunk_frames,
                         points=[ResumePoint(sequence=0, position_s=0.0)],
                     ),
                 )
@@ -183,9 +184,9 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
                     model=model,
                     sample_rate=facts.SAMPLE_RATE_HZ,
                     channels=facts.CHANNELS,
-                    chunk_seconds=facts.CHUNK_SECONDS,
+                    chunk_seconds=session.chunk_seconds,
                     encoding=encoding,
-                    buffer_ahead_seconds=self.settings.buffer_ahead_seconds,
+                    buffer_ahead_seconds=session.buffer_ahead_s,
                     opus_bitrate=keeper.record.opus_bitrate,
                     audio_input_supported=session.audio_input_supported,
                     resume_token=keeper.token if resumable else "",
@@ -268,6 +269,7 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
         self, setup: music_pb2.SessionSetup
     ) -> tuple[ListenerSession, np.ndarray | None, music_pb2.Warning | None]:
         """A fresh session for ``setup``: (session, initial audio, a warning about it)."""
+        chunk_frames = _chunk_frames(setup.chunk_frames)
         encoder = _audio_encoder(setup.encoding, setup.opus_bitrate)
         model = self._resolve_model(setup.model)
         initial_audio, initial_audio_warning = None, None
@@ -290,6 +292,7 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
             pool=self.pool,
             embedder=self.embedder,
             seed=secrets.randbits(31),
+            chunk_frames=chunk_frames,
             initial_audio=initial_audio,
         )
         return session, initial_audio, initial_audio_warning
@@ -339,6 +342,7 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
             pool=self.pool,
             embedder=self.embedder,
             seed=0,
+            chunk_frames=record.chunk_frames,
         )
         record.epoch += 1  # the stream the client left may still write: this one wins
         session.restore(record, point)
@@ -469,6 +473,20 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
         ]
         default = self.default_model or (sorted(served)[0] if served else "")
         return music_pb2.ListModelsResponse(models=models, default_model=default)
+
+
+def _chunk_frames(requested: int) -> int:
+    """A session's codec frames per chunk: ``SessionSetup.chunk_frames``, 0 meaning the default."""
+    if requested == 0:
+        return facts.CHUNK_FRAMES
+    low, high = facts.CHUNK_FRAMES_RANGE
+    if not low <= requested <= high:
+        raise StreamEnded(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"chunk_frames must be {low}-{high} (frames of 40 ms; 0: {facts.CHUNK_FRAMES}), "
+            f"got {requested}",
+        )
+    return requested
 
 
 def _audio_encoder(encoding: int, opus_bitrate: int) -> AudioEncoder:

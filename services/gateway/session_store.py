@@ -32,6 +32,7 @@ import urllib.parse
 
 from prometheus_client import Counter, Histogram
 
+from services.common import model_facts as facts
 from services.common.metrics import LATENCY_BUCKETS_S
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class SessionRecord:
     encoding: int
     opus_bitrate: int
     owner_key: str  # hex digest of the API key that opened the session ("" without keys)
+    chunk_frames: int = facts.CHUNK_FRAMES  # a resumed session keeps its chunk length
     epoch: int = 0
     drain_requested: bool = False  # the gateway asked the client to reconnect (a resume's reason)
     playing: bool = False

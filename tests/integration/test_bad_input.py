@@ -57,6 +57,13 @@ SETUP = music_pb2.StreamRequest(setup=music_pb2.SessionSetup())
             "unknown model 'nonexistent'",
         ),
         ([SETUP, SETUP], "only be sent once"),
+        *[
+            (
+                [music_pb2.StreamRequest(setup=music_pb2.SessionSetup(chunk_frames=n))],
+                "chunk_frames",
+            )
+            for n in (4, 51, -1)
+        ],
         ([SETUP, music_pb2.StreamRequest()], "empty StreamRequest"),
         ([], "closed before `setup`"),
     ],

@@ -77,6 +77,23 @@ def test_a_client_that_lost_its_stream_resumes_where_it_left(mock_cluster):
     assert started.resume_token not in log_text
 
 
+def test_a_resumed_session_keeps_its_chunk_length(mock_cluster):
+    first = StreamClient(mock_cluster.gateway_address)
+    started = first.setup(chunk_frames=10)
+    first.playback(PLAY)
+    before = [chunk for _, chunk in first.chunks(2)]
+    first.close()
+    second = _resume(mock_cluster.gateway_address, started.resume_token, 2)
+    resumed = second.expect("started").started
+    after = [chunk for _, chunk in second.chunks(2)]
+    second.close()
+    assert resumed.chunk_seconds == pytest.approx(0.4)
+    sequences, starts = _sequences_and_starts(before + after)
+    assert sequences == [0, 1, 2, 3]
+    assert starts == pytest.approx([0.0, 0.4, 0.8, 1.2])
+    assert all(c.duration_seconds == pytest.approx(0.4) for c in after)
+
+
 def test_a_client_may_ask_again_for_a_chunk_it_missed(mock_cluster):
     first = StreamClient(mock_cluster.gateway_address)
     started = first.setup()

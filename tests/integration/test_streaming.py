@@ -7,7 +7,9 @@ import time
 import grpc
 import numpy as np
 import pytest
+import soundfile
 
+from services.cli import main as mrt
 from services.common.proto.mrt.v1 import music_pb2
 from tests.integration.conftest import metric, scrape
 from tests.streaming_client import StreamClient, chunk_audio
@@ -45,6 +47,32 @@ def test_five_contiguous_two_second_stereo_chunks(client):
         assert len(c.data) == 96000 * 2 * 2  # int16 stereo
         audio = chunk_audio(c)
         assert np.abs(audio).max() > 0.01  # not silence
+
+
+def test_ten_frame_chunks_are_four_tenths_of_a_second_contiguous_and_paced(client):
+    started = client.setup(chunk_frames=10)
+    assert started.chunk_seconds == pytest.approx(0.4)
+    assert started.buffer_ahead_seconds == pytest.approx(0.4)  # one chunk, as for 2 s chunks
+    client.playback(PLAY)
+    received = client.chunks(6)
+    chunks = [c for _, c in received]
+    assert [c.sequence for c in chunks] == [0, 1, 2, 3, 4, 5]
+    assert [c.start_seconds for c in chunks] == pytest.approx([0.4 * n for n in range(6)])
+    for c in chunks:
+        assert c.duration_seconds == pytest.approx(0.4)
+        assert len(c.data) == 19200 * 2 * 2  # 10 frames of 1920 samples, int16 stereo
+        assert np.abs(chunk_audio(c)).max() > 0.01
+    arrivals = [t for t, _ in received]
+    for n, arrived in enumerate(arrivals):  # paced at 0.4 s per chunk, not faster
+        assert arrived >= arrivals[0] + 0.4 * n - started.buffer_ahead_seconds - 0.1, n
+
+
+def test_mrt_stream_records_short_chunks(mock_cluster, tmp_path):
+    out = tmp_path / "short.wav"
+    argv = ["stream", "--address", mock_cluster.gateway_address, "--out", str(out)]
+    assert mrt.main([*argv, "--chunk-frames", "10", "--seconds", "1"]) == 0
+    audio, rate = soundfile.read(out, dtype="float32")
+    assert rate == 48000 and audio.shape == (3 * 19200, 2)  # 1 s: three whole 0.4 s chunks
 
 
 def test_float_encoding_is_honoured(mock_cluster):

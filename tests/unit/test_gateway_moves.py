@@ -8,6 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
+from services.common import model_facts as facts
 from services.common.proto.mrt.v1 import generator_pb2, music_pb2
 from services.gateway.audio_encoding import PcmEncoder
 from services.gateway.generator_link import LinkError
@@ -32,8 +33,16 @@ class FakeLink:
     """A generator's session stream: answers each demand with a chunk at once; fails after
     ``fail_after`` chunks; its open waits for ``gate``."""
 
-    def __init__(self, endpoint, gate: asyncio.Event, fail_after: int | None):
+    def __init__(
+        self,
+        endpoint,
+        gate: asyncio.Event,
+        fail_after: int | None,
+        fixed_chunk_frames: int | None = None,
+    ):
         self.endpoint, self.gate, self.fail_after = endpoint, gate, fail_after
+        # A generator that predates chunk_frames: always this length, whatever was asked.
+        self.fixed_chunk_frames = fixed_chunk_frames
         endpoint.links += 1
         self.opened_with: generator_pb2.OpenSession | None = None
         self.sent: list[generator_pb2.GeneratorRequest] = []
@@ -48,7 +57,10 @@ class FakeLink:
         self.style_version = request.style.version
         self.next_index = request.resume_from.chunk_index
         await self.gate.wait()
-        return generator_pb2.SessionOpened(session_id=request.session_id)
+        frames = self.fixed_chunk_frames or request.chunk_frames or facts.CHUNK_FRAMES
+        return generator_pb2.SessionOpened(
+            session_id=request.session_id, chunk_seconds=frames / facts.FRAME_RATE_HZ
+        )
 
     async def send(self, request):
         self.sent.append(request)
@@ -86,11 +98,16 @@ class FakeLink:
 class Generators:
     """Two stand-in generators, a and b; records the links opened on each."""
 
-    def __init__(self, fail_after: dict[str, int] | None = None):
+    def __init__(
+        self,
+        fail_after: dict[str, int] | None = None,
+        fixed_chunk_frames: dict[str, int] | None = None,
+    ):
         self.pool = GeneratorPool([], poll_interval_s=1, rpc_timeout_s=1, max_message_bytes=1 << 20)
         self.gates = {}
         self.links: dict[str, list[FakeLink]] = {}
         self.fail_after = fail_after or {}
+        self.fixed_chunk_frames = fixed_chunk_frames or {}
         for address, free in (("a:1", 9), ("b:1", 5)):  # a first: it has more room
             self.pool.endpoints[address] = GeneratorEndpoint(
                 address,
@@ -105,13 +122,16 @@ class Generators:
 
     def open_link(self, endpoint):
         link = FakeLink(
-            endpoint, self.gates[endpoint.address], self.fail_after.get(endpoint.address)
+            endpoint,
+            self.gates[endpoint.address],
+            self.fail_after.get(endpoint.address),
+            self.fixed_chunk_frames.get(endpoint.address),
         )
         self.links[endpoint.address].append(link)
         return link
 
 
-def make_session(generators: Generators) -> ListenerSession:
+def make_session(generators: Generators, chunk_frames: int = facts.CHUNK_FRAMES) -> ListenerSession:
     settings = SessionSettings(
         buffer_ahead_seconds=0.0,
         open_timeout_s=WAIT_S,
@@ -128,6 +148,7 @@ def make_session(generators: Generators) -> ListenerSession:
         pool=generators.pool,
         embedder=FakeEmbedder(),
         seed=1,
+        chunk_frames=chunk_frames,
         open_link=generators.open_link,
     )
 
@@ -202,6 +223,45 @@ def test_audio_received_keeps_flowing_while_the_session_moves_and_updates_reach_
             assert generators.links["a:1"][0].closed
         finally:
             pump.cancel()
+            await session.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_moved_session_keeps_its_chunk_length():
+    async def scenario():
+        generators = Generators(fail_after={"a:1": 2})
+        session = make_session(generators, chunk_frames=10)
+        await session.connect()
+        await session.handle(
+            music_pb2.StreamRequest(
+                playback=music_pb2.PlaybackControl(action=music_pb2.PlaybackControl.PLAY)
+            )
+        )
+        pump = asyncio.create_task(session.pump())
+        try:
+            await until(lambda: generators.links["b:1"])  # a failed after 2 chunks
+            (a,), (b,) = generators.links["a:1"], generators.links["b:1"]
+            assert a.opened_with.chunk_frames == b.opened_with.chunk_frames == 10
+            assert b.opened_with.resume_from.chunk_index == 2
+        finally:
+            pump.cancel()
+            await session.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_generator_making_another_chunk_length_is_passed_over_but_stays_healthy():
+    async def scenario():
+        # a predates chunk_frames: it would make 2 s chunks for a session that asked for 0.4 s.
+        generators = Generators(fixed_chunk_frames={"a:1": facts.CHUNK_FRAMES})
+        session = make_session(generators, chunk_frames=10)
+        await session.connect()
+        try:
+            assert session.link.endpoint.address == "b:1"
+            assert generators.links["a:1"][0].closed
+            assert generators.pool.endpoints["a:1"].healthy  # fine for 2 s sessions
+        finally:
             await session.close()
 
     asyncio.run(scenario())
@@ -330,5 +390,28 @@ def test_a_chunk_that_arrives_before_its_demand_is_sent_does_not_stall_the_sessi
         finally:
             pump.cancel()
             await session.close()
+
+    asyncio.run(scenario())
+
+
+def test_live_input_is_refused_with_a_warning_in_a_session_of_short_chunks():
+    async def scenario():
+        session = make_session(Generators(), chunk_frames=10)
+        session.audio_input_supported = True  # a model that takes audio input
+        await session.handle(
+            music_pb2.StreamRequest(
+                audio_input=music_pb2.AudioInput(
+                    data=np.zeros(4800, "<i2").tobytes(),
+                    encoding=music_pb2.PCM_S16LE,
+                    sample_rate=48000,
+                    channels=1,
+                )
+            )
+        )
+        warning = (await next_message(session)).warning
+        assert warning.code == "UNSUPPORTED"
+        assert "needs 50-frame chunks; this session has 10" in warning.message
+        assert session.injector is None  # nothing will be mixed into its context
+        await session.close()
 
     asyncio.run(scenario())
