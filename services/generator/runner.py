@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 BATCH_SECONDS = Histogram(
     "mrt_generator_chunk_generation_seconds",
-    "Wall time of one batched chunk generation",
+    "Seconds of one batched chunk generation, from its start (or the previous batch's finish, "
+    "if later) to its results",
     buckets=LATENCY_BUCKETS_S,
 )
 QUEUE_WAIT = Histogram(
@@ -167,6 +168,8 @@ class BatchRunner:
         try:
             batch = self.engine.start(list(plan.jobs))
         except Exception as err:
+            if not self._in_flight:  # else the batch in flight's own time runs on
+                self._ended(self.clock())
             self._fail(plan, err)
             return
         self._in_flight.append(_Started(plan, batch, started))
@@ -181,11 +184,11 @@ class BatchRunner:
             generation_s = finished - began
             deliveries = self.scheduler.complete(plan, outputs, generation_s)
         except Exception as err:
+            self._ended(self.clock())
             self._fail(plan, err)
             return
         self.engine_broken = False
-        self._last_finished_unix_s = finished
-        self._running_since_unix_s = finished if self._in_flight else None
+        self._ended(finished)
         log.debug(
             "batch of %d (bucket %d, %d frames): started %.3f s after its plan, took %.3f s; "
             "deadlines %+.3f to %+.3f s from its end",
@@ -204,12 +207,16 @@ class BatchRunner:
         except Exception:
             log.exception("recording the metrics of a batch failed")
 
+    def _ended(self, finished_unix_s: float) -> None:
+        """The oldest batch ended (finished or failed): the next in flight, if any, runs on
+        its own time from now."""
+        self._last_finished_unix_s = finished_unix_s
+        self._running_since_unix_s = finished_unix_s if self._in_flight else None
+
     def _fail(self, plan: BatchPlan, err: Exception) -> None:
         """A failed batch fails its sessions, not the generator; then probe the engine."""
         log.exception("batch of %d failed", plan.size, exc_info=err)
         FAILED_BATCHES.inc()
-        self._last_finished_unix_s = finished = self.clock()
-        self._running_since_unix_s = finished if self._in_flight else None
         self._deliver_all(self.scheduler.fail(plan, f"chunk generation failed: {err}"))
         self.probe()
 

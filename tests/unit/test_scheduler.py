@@ -428,7 +428,8 @@ def test_warm_up_times_the_listed_chunk_lengths_too():
 class TwoStageEngine(ChunkEngine):
     """An engine on a device, faked: `start` takes `host_s` of the fake clock and returns a
     batch still running; its `finish` takes `device_s` more. Records ("start" | "finish",
-    seeds) in order; a batch with a seed in `failing_seeds` raises in `finish`."""
+    seeds) in order; a batch with a seed in `failing_seeds` raises in `finish`, one with a
+    seed in `unstartable_seeds` in `start`."""
 
     name = "two-stage"
 
@@ -436,6 +437,7 @@ class TwoStageEngine(ChunkEngine):
         self.clock, self.host_s, self.device_s = clock, host_s, device_s
         self.events: list[tuple[str, list[int]]] = []
         self.failing_seeds: set[int] = set()
+        self.unstartable_seeds: set[int] = set()
 
     def generate(self, jobs):
         return self.start(jobs).finish()
@@ -444,6 +446,8 @@ class TwoStageEngine(ChunkEngine):
         engine, seeds = self, [job.sampling.seed for job in jobs]
         self.clock.now += self.host_s
         self.events.append(("start", seeds))
+        if self.unstartable_seeds & set(seeds):
+            raise ValueError("bad input")
 
         class OnTheDevice(PendingBatch):
             def ready(self) -> bool:
@@ -523,3 +527,24 @@ def test_a_batch_failing_on_the_device_fails_only_its_sessions_while_the_next_ru
     assert first[0].output is None and "device error" in first[0].error
     assert second[0].output is not None and second[0].output.state.chunk_index == 1
     assert runner.healthy() and not runner.engine_broken
+
+
+def test_a_batch_failing_to_start_fails_its_sessions_and_the_batch_in_flight_finishes():
+    clock = FakeClock()
+    engine = TwoStageEngine(clock)
+    engine.unstartable_seeds = {2}
+    scheduler, first, second = _overlapping_batches(engine)
+    runner = BatchRunner(engine, scheduler, clock=clock)
+    started_at = clock.now
+    runner._loop()
+    probe = SamplingSettings().seed
+    assert engine.events == [
+        ("start", [1]),
+        ("start", [2]),
+        ("start", [probe]),
+        ("finish", [probe]),
+        ("finish", [1]),
+    ]
+    assert second[0].output is None and "bad input" in second[0].error
+    assert first[0].output is not None
+    assert first[0].generation_s == pytest.approx(clock.now - started_at)  # from its own start
