@@ -47,19 +47,29 @@ class ChunkOutput:
     state: SessionState
 
 
-class PendingBatch:
-    """A started batch. This one is already finished: what `ChunkEngine.start` gives by
-    default; an engine that dispatches to a device returns its own subclass."""
+class PendingBatch(abc.ABC):
+    """A started batch, maybe still computing on a device."""
+
+    @abc.abstractmethod
+    def ready(self) -> bool:
+        """Whether `finish` would return without waiting for the device."""
+
+    @abc.abstractmethod
+    def finish(self) -> list[ChunkOutput]:
+        """One chunk per job, in order (waits for the device if needed)."""
+
+
+class FinishedBatch(PendingBatch):
+    """A batch computed to its end when it started (what `ChunkEngine.start` gives by
+    default)."""
 
     def __init__(self, outputs: list[ChunkOutput]):
         self._outputs = outputs
 
     def ready(self) -> bool:
-        """Whether `finish` would return without waiting for the device."""
         return True
 
     def finish(self) -> list[ChunkOutput]:
-        """One chunk per job, in order (waits for the device if needed)."""
         return self._outputs
 
 
@@ -77,7 +87,7 @@ class ChunkEngine(abc.ABC):
     def start(self, jobs: Sequence[ChunkJob]) -> PendingBatch:
         """Begin a batch: `generate`'s outputs from the returned batch's `finish`. By default
         the batch runs to its end here; an engine on a device returns once the device has it."""
-        return PendingBatch(self.generate(jobs))
+        return FinishedBatch(self.generate(jobs))
 
     def warmup(self, batch_size: int, chunk_frames: int = facts.CHUNK_FRAMES) -> None:
         """Run one throw-away batch of ``batch_size`` fresh sessions (compiles that shape)."""

@@ -28,6 +28,7 @@ from services.generator.engine import (
     ChunkEngine,
     ChunkJob,
     ChunkOutput,
+    FinishedBatch,
     PendingBatch,
     check_one_chunk_length,
     fresh_job,
@@ -166,7 +167,7 @@ class MagentaRTEngine(ChunkEngine):
         waiting for the device (audio input written into the context does wait, for its
         encoder pass)."""
         if not jobs:
-            return PendingBatch([])
+            return FinishedBatch([])
         frames = check_one_chunk_length(jobs)
         jobs = write_context_audio(jobs, self._encoder)
         states = [job.state for job in jobs]
@@ -230,7 +231,6 @@ class _DispatchedBatch(PendingBatch):
     def __init__(
         self, dispatched: DispatchedChunk, context: np.ndarray, states: list[SessionState]
     ):
-        super().__init__([])
         self._dispatched, self._context, self._states = dispatched, context, states
 
     def ready(self) -> bool:

@@ -460,7 +460,7 @@ class TwoStageEngine(ChunkEngine):
                     raise RuntimeError("device error")
                 return ScriptedEngine(engine.clock, a=0.0, b=0.0).generate(jobs)
 
-        return OnTheDevice([])
+        return OnTheDevice()
 
 
 def _overlapping_batches(engine: TwoStageEngine) -> tuple[Scheduler, list, list]:

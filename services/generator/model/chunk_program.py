@@ -96,9 +96,10 @@ class ChunkProgram:
     ) -> DispatchedChunk:
         """Dispatch the program for B sessions and chunks of F = `frames` (1 to 50; each
         length is compiled when first used); its read-back gives (codes int32[B, F, 16],
-        chunks float32[B, F * 1920, 2], next tails float32[B, 1920, 2]). The sampling inputs are `TokenSampler.batch`'s; previous_frames
-        int32[B, 1, 16] are the frames decoded first (`crossfade.previous_frames`) and
-        previous_tails float32[B, 1920, 2] what the sessions' last chunks left."""
+        chunks float32[B, F * 1920, 2], next tails float32[B, 1920, 2]). The sampling inputs
+        are `TokenSampler.batch`'s; previous_frames int32[B, 1, 16] are the frames decoded
+        first (`crossfade.previous_frames`) and previous_tails float32[B, 1920, 2] what the
+        sessions' last chunks left."""
         check_chunk_frames(frames)
         batch = self.sampler.batch(encoder_tokens, temperature, top_k, guidance, seeds)
         return self._dispatch(batch, previous_frames, previous_tails, frames)
