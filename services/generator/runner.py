@@ -4,7 +4,8 @@ whether that thread is alive and making progress (the generator's health follows
 While a batch runs on the device (an engine whose `start` returns before the device is done),
 the runner plans the next batch if one is already due and starts it, so the host's work for
 it (its inputs, its dispatch) overlaps the device's work on this one; then it finishes and
-delivers the first. At most two batches are in flight, and they finish in the order they
+delivers the first. It does not when a session of the running batch would join the next one
+(`Scheduler.plan_beside_in_flight`): one batch costs less than two. At most two batches are in flight, and they finish in the order they
 started. A batch's generation time is its own: from when the runner turned to it (its start,
 or the previous batch's finish if that came later) to its finish, so back-to-back batches'
 times add up to the wall time they took.
@@ -144,7 +145,7 @@ class BatchRunner:
         one is due now; then finish the oldest."""
         if len(self._in_flight) == 1 and not self._in_flight[0].batch.ready():
             try:
-                plan = None if self.scheduler.closed else self.scheduler.plan()
+                plan = None if self.scheduler.closed else self.scheduler.plan_beside_in_flight()
             except Exception:
                 log.exception("planning a batch failed")
                 plan = None

@@ -335,6 +335,25 @@ def test_a_session_is_in_one_batch_at_a_time_and_its_next_demand_joins_the_next_
     assert third.jobs[1].state.chunk_index == 1  # continues from the first batch's chunk
 
 
+@pytest.mark.parametrize("demands_ahead, started_beside", [(1, True), (2, False)])
+def test_a_batch_starts_beside_one_in_flight_only_if_no_session_of_that_one_would_join_it(
+    demands_ahead, started_beside
+):
+    clock = FakeClock()
+    scheduler = scheduler_with(clock, max_batch_size=8)
+    scheduler.add(make_session(0, []))
+    scheduler.add(make_session(1, []))
+    for chunk in range(demands_ahead):
+        scheduler.demand("s0", clock.now + 2.0 * chunk)
+    in_flight = scheduler.plan()
+    assert in_flight is not None and in_flight.session_ids == ("s0",)
+    scheduler.demand("s1", clock.now + 0.3)  # due now; s0's next chunk would be in its window
+    beside = scheduler.plan_beside_in_flight()
+    assert (beside is not None) == started_beside
+    if not started_beside:
+        assert scheduler.plan().session_ids == ("s1",)  # a plain plan does not wait
+
+
 def test_pending_demands_per_session_are_bounded():
     scheduler = scheduler_with(FakeClock())
     scheduler.add(make_session(0, []))
