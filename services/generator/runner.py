@@ -5,10 +5,10 @@ While a batch runs on the device (an engine whose `start` returns before the dev
 the runner plans the next batch if one is already due and starts it, so the host's work for
 it (its inputs, its dispatch) overlaps the device's work on this one; then it finishes and
 delivers the first. It does not when a session of the running batch would join the next one
-(`Scheduler.plan_beside_in_flight`): one batch costs less than two. At most two batches are in flight, and they finish in the order they
-started. A batch's generation time is its own: from when the runner turned to it (its start,
-or the previous batch's finish if that came later) to its finish, so back-to-back batches'
-times add up to the wall time they took.
+(`Scheduler.plan_beside_in_flight`): one batch costs less than two. At most two batches are
+in flight, and they finish in the order they started. A batch's generation time is its own:
+from when the runner turned to it (its start, or the previous batch's finish if that came
+later) to its finish, so back-to-back batches' times add up to the wall time they took.
 
 Nothing a batch does can end the thread: an engine error fails that batch's sessions (their
 gateway resumes them elsewhere from the last snapshot), and an error in a delivery or in the
