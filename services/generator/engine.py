@@ -4,7 +4,9 @@ A `ChunkEngine` turns a batch of `ChunkJob`s (each a session's state, style, sam
 settings and chunk length) into one chunk of audio and the next state per session. A chunk is
 ``chunk_frames`` codec frames of 40 ms (50 = 2 s by default): the engine generates that many
 new frames and the context advances by that many. The scheduler decides which sessions share
-a batch (all of one chunk length); the engine only computes.
+a batch (all of one chunk length); the engine only computes. An engine that runs on an
+accelerator may split a batch in two (`start`, then `PendingBatch.finish`), so that the runner
+prepares the next batch on the host while the device computes this one.
 """
 
 from __future__ import annotations
@@ -45,6 +47,32 @@ class ChunkOutput:
     state: SessionState
 
 
+class PendingBatch(abc.ABC):
+    """A started batch, maybe still computing on a device."""
+
+    @abc.abstractmethod
+    def ready(self) -> bool:
+        """Whether `finish` would return without waiting for the device."""
+
+    @abc.abstractmethod
+    def finish(self) -> list[ChunkOutput]:
+        """One chunk per job, in order (waits for the device if needed)."""
+
+
+class FinishedBatch(PendingBatch):
+    """A batch computed to its end when it started (what `ChunkEngine.start` gives by
+    default)."""
+
+    def __init__(self, outputs: list[ChunkOutput]):
+        self._outputs = outputs
+
+    def ready(self) -> bool:
+        return True
+
+    def finish(self) -> list[ChunkOutput]:
+        return self._outputs
+
+
 class ChunkEngine(abc.ABC):
     """A model that generates the next chunk for a batch of sessions."""
 
@@ -55,6 +83,11 @@ class ChunkEngine(abc.ABC):
     def generate(self, jobs: Sequence[ChunkJob]) -> list[ChunkOutput]:
         """One chunk per job, in order. Must give each job what it would get alone. The
         jobs of one call share one chunk length (`check_one_chunk_length`)."""
+
+    def start(self, jobs: Sequence[ChunkJob]) -> PendingBatch:
+        """Begin a batch: `generate`'s outputs from the returned batch's `finish`. By default
+        the batch runs to its end here; an engine on a device returns once the device has it."""
+        return FinishedBatch(self.generate(jobs))
 
     def warmup(self, batch_size: int, chunk_frames: int = facts.CHUNK_FRAMES) -> None:
         """Run one throw-away batch of ``batch_size`` fresh sessions (compiles that shape)."""

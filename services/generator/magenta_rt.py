@@ -28,11 +28,13 @@ from services.generator.engine import (
     ChunkEngine,
     ChunkJob,
     ChunkOutput,
+    FinishedBatch,
+    PendingBatch,
     check_one_chunk_length,
     fresh_job,
 )
 from services.generator.model import spectrostream, tokens
-from services.generator.model.chunk_program import ChunkProgram
+from services.generator.model.chunk_program import ChunkProgram, DispatchedChunk
 from services.generator.model.codec_encoder import SpectroStreamEncoder
 from services.generator.model.crossfade import previous_frames
 from services.generator.model.spectrostream import SpectroStreamDecoder
@@ -158,14 +160,20 @@ class MagentaRTEngine(ChunkEngine):
         )
 
     def generate(self, jobs: Sequence[ChunkJob]) -> list[ChunkOutput]:
+        return self.start(jobs).finish()
+
+    def start(self, jobs: Sequence[ChunkJob]) -> PendingBatch:
+        """Prepare the batch's inputs on the host and dispatch its program; returns without
+        waiting for the device (audio input written into the context does wait, for its
+        encoder pass)."""
         if not jobs:
-            return []
+            return FinishedBatch([])
         frames = check_one_chunk_length(jobs)
         jobs = write_context_audio(jobs, self._encoder)
         states = [job.state for job in jobs]
         context = np.stack([state.context_tokens for state in states])
         chunk_indices = np.array([state.chunk_index for state in states])
-        new_codes, chunks, tails = self._program.run(
+        dispatched = self._program.start(
             tokens.build_encoder_tokens(context, self.style_tokens(jobs)),
             temperature=np.array([job.sampling.temperature for job in jobs], np.float32),
             top_k=np.array([job.sampling.top_k for job in jobs], np.int32),
@@ -175,18 +183,7 @@ class MagentaRTEngine(ChunkEngine):
             previous_tails=np.stack([state.crossfade_tail for state in states]),
             frames=frames,
         )
-        next_context = tokens.append_to_context(context, new_codes)
-        return [
-            ChunkOutput(
-                audio=chunks[row],
-                state=SessionState(
-                    context_tokens=next_context[row],
-                    crossfade_tail=tails[row],
-                    chunk_index=state.chunk_index + 1,
-                ),
-            )
-            for row, state in enumerate(states)
-        ]
+        return _DispatchedBatch(dispatched, context, states)
 
     def style_tokens(self, jobs: Sequence[ChunkJob]) -> np.ndarray:
         """int32[B, 6] raw style codes per job; -1 (no style) where a job has no embedding.
@@ -225,6 +222,34 @@ class MagentaRTEngine(ChunkEngine):
 
 # The style of warm-up sessions: any embedding will do (a unit vector, as MusicCoCa's are).
 WARMUP_STYLE = np.full(facts.STYLE_EMBEDDING_DIM, facts.STYLE_EMBEDDING_DIM**-0.5, np.float32)
+
+
+class _DispatchedBatch(PendingBatch):
+    """A batch whose program runs on the device; `finish` reads it back and advances each
+    session's context."""
+
+    def __init__(
+        self, dispatched: DispatchedChunk, context: np.ndarray, states: list[SessionState]
+    ):
+        self._dispatched, self._context, self._states = dispatched, context, states
+
+    def ready(self) -> bool:
+        return self._dispatched.ready()
+
+    def finish(self) -> list[ChunkOutput]:
+        new_codes, chunks, tails = self._dispatched.read_back()
+        next_context = tokens.append_to_context(self._context, new_codes)
+        return [
+            ChunkOutput(
+                audio=chunks[row],
+                state=SessionState(
+                    context_tokens=next_context[row],
+                    crossfade_tail=tails[row],
+                    chunk_index=state.chunk_index + 1,
+                ),
+            )
+            for row, state in enumerate(self._states)
+        ]
 
 
 def chunk_seeds(jobs: Sequence[ChunkJob]) -> np.ndarray:

@@ -1,6 +1,15 @@
 """The batch runner: executes the scheduler's plans on the engine, on one thread, and says
 whether that thread is alive and making progress (the generator's health follows it).
 
+While a batch runs on the device (an engine whose `start` returns before the device is done),
+the runner plans the next batch if one is already due and starts it, so the host's work for
+it (its inputs, its dispatch) overlaps the device's work on this one; then it finishes and
+delivers the first. It does not when a session of the running batch would join the next one
+(`Scheduler.plan_beside_in_flight`): one batch costs less than two. At most two batches are
+in flight, and they finish in the order they started. A batch's generation time is its own:
+from when the runner turned to it (its start, or the previous batch's finish if that came
+later) to its finish, so back-to-back batches' times add up to the wall time they took.
+
 Nothing a batch does can end the thread: an engine error fails that batch's sessions (their
 gateway resumes them elsewhere from the last snapshot), and an error in a delivery or in the
 metrics is logged and the loop goes on. After a failed batch the runner probes the engine
@@ -13,6 +22,8 @@ and a liveness probe restarts the process. A broken engine is probed again every
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -22,14 +33,15 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import model_facts as facts
 from services.common.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS_S
-from services.generator.engine import ChunkEngine, fresh_job
+from services.generator.engine import ChunkEngine, PendingBatch, fresh_job
 from services.generator.scheduler import BatchPlan, Delivery, Scheduler
 
 log = logging.getLogger(__name__)
 
 BATCH_SECONDS = Histogram(
     "mrt_generator_chunk_generation_seconds",
-    "Wall time of one batched chunk generation",
+    "Seconds of one batched chunk generation, from its start (or the previous batch's finish, "
+    "if later) to its results",
     buckets=LATENCY_BUCKETS_S,
 )
 QUEUE_WAIT = Histogram(
@@ -61,6 +73,15 @@ DEFAULT_STALL_TIMEOUT_S = 10 * facts.CHUNK_SECONDS
 DEFAULT_PROBE_INTERVAL_S = 10.0
 
 
+@dataclasses.dataclass(frozen=True)
+class _Started:
+    """A batch started on the engine and not yet finished."""
+
+    plan: BatchPlan
+    batch: PendingBatch
+    started_unix_s: float
+
+
 class BatchRunner:
     """Runs `Scheduler` plans on a `ChunkEngine` in a thread of its own."""
 
@@ -86,7 +107,8 @@ class BatchRunner:
         self.recent_real_time_factor = 0.0
         self.engine_broken = False  # a batch and the probe after it both failed
         self._last_finished_unix_s = clock()
-        self._running_since_unix_s: float | None = None  # the batch in flight's start
+        self._running_since_unix_s: float | None = None  # the oldest batch in flight's start
+        self._in_flight: collections.deque[_Started] = collections.deque()  # oldest first
         self._thread: threading.Thread | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -101,7 +123,10 @@ class BatchRunner:
             self._thread.join(timeout=timeout_s)
 
     def _loop(self) -> None:
-        while not self.scheduler.closed:
+        while self._in_flight or not self.scheduler.closed:
+            if self._in_flight:
+                self._overlap_and_finish_oldest()
+                continue
             try:
                 plan = self.scheduler.wait_for_plan(
                     self.probe_interval_s if self.engine_broken else None
@@ -111,45 +136,90 @@ class BatchRunner:
                 time.sleep(0.1)
                 continue
             if plan is not None:
-                self.run(plan)
+                self._start(plan)
             elif self.engine_broken and not self.scheduler.closed:
                 self.probe()
 
+    def _overlap_and_finish_oldest(self) -> None:
+        """While the oldest batch in flight is still on the device, start the next batch if
+        one is due now; then finish the oldest."""
+        if len(self._in_flight) == 1 and not self._in_flight[0].batch.ready():
+            try:
+                plan = None if self.scheduler.closed else self.scheduler.plan_beside_in_flight()
+            except Exception:
+                log.exception("planning a batch failed")
+                plan = None
+            if plan is not None:
+                self._start(plan)
+        self._finish(self._in_flight.popleft())
+
     # --- one batch ----------------------------------------------------------------------------
     def run(self, plan: BatchPlan) -> None:
-        """Execute one plan and deliver its results. Never raises."""
-        self._running_since_unix_s = started = self.clock()
+        """Execute one plan to its end and deliver its results. Never raises."""
+        self._start(plan)
+        while self._in_flight:
+            self._finish(self._in_flight.popleft())
+
+    def _start(self, plan: BatchPlan) -> None:
+        """Start a plan's batch on the engine and put it in flight; a batch that fails to
+        start fails its sessions there and then."""
+        started = self.clock()
+        if not self._in_flight:
+            self._running_since_unix_s = started
         try:
-            outputs = self.engine.generate(list(plan.jobs))
-            generation_s = self.clock() - started
+            batch = self.engine.start(list(plan.jobs))
+        except Exception as err:
+            if not self._in_flight:  # else the batch in flight's own time runs on
+                self._ended(self.clock())
+            self._fail(plan, err)
+            return
+        self._in_flight.append(_Started(plan, batch, started))
+
+    def _finish(self, started: _Started) -> None:
+        """Wait for a batch taken off the in-flight queue, record it and deliver its results."""
+        plan = started.plan
+        try:
+            outputs = started.batch.finish()
+            finished = self.clock()
+            began = max(started.started_unix_s, self._last_finished_unix_s)
+            generation_s = finished - began
             deliveries = self.scheduler.complete(plan, outputs, generation_s)
-        except Exception as err:  # a failed batch fails its sessions, not the generator
-            log.exception("batch of %d failed", plan.size)
-            FAILED_BATCHES.inc()
-            self._last_finished_unix_s, self._running_since_unix_s = self.clock(), None
-            self._deliver_all(self.scheduler.fail(plan, f"chunk generation failed: {err}"))
-            self.probe()
+        except Exception as err:
+            self._ended(self.clock())
+            self._fail(plan, err)
             return
         self.engine_broken = False
-        self._last_finished_unix_s = finished = self.clock()
+        self._ended(finished)
         log.debug(
             "batch of %d (bucket %d, %d frames): started %.3f s after its plan, took %.3f s; "
             "deadlines %+.3f to %+.3f s from its end",
             plan.size,
             plan.bucket,
             plan.chunk_frames,
-            started - plan.planned_at_unix_s,
+            began - plan.planned_at_unix_s,
             generation_s,
             min(plan.deadlines_unix_s) - finished,
             max(plan.deadlines_unix_s) - finished,
         )
-        self._running_since_unix_s = None
         self.recent_real_time_factor = plan.audio_seconds / max(generation_s, 1e-9)
         self._deliver_all(deliveries)
         try:
             self._record(plan, generation_s, finished)
         except Exception:
             log.exception("recording the metrics of a batch failed")
+
+    def _ended(self, finished_unix_s: float) -> None:
+        """The oldest batch ended (finished or failed): the next in flight, if any, runs on
+        its own time from now."""
+        self._last_finished_unix_s = finished_unix_s
+        self._running_since_unix_s = finished_unix_s if self._in_flight else None
+
+    def _fail(self, plan: BatchPlan, err: Exception) -> None:
+        """A failed batch fails its sessions, not the generator; then probe the engine."""
+        log.exception("batch of %d failed", plan.size, exc_info=err)
+        FAILED_BATCHES.inc()
+        self._deliver_all(self.scheduler.fail(plan, f"chunk generation failed: {err}"))
+        self.probe()
 
     def probe(self) -> None:
         """Run a throw-away batch of one: does the engine work at all?"""

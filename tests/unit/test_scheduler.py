@@ -9,7 +9,7 @@ import pytest
 from services.common import model_facts as facts
 from services.common.sampling import SamplingSettings
 from services.common.session_state import SessionState
-from services.generator.engine import ChunkEngine, ChunkOutput
+from services.generator.engine import ChunkEngine, ChunkOutput, PendingBatch
 from services.generator.runner import BatchRunner
 from services.generator.scheduler import (
     DUE_MARGIN_S,
@@ -335,6 +335,25 @@ def test_a_session_is_in_one_batch_at_a_time_and_its_next_demand_joins_the_next_
     assert third.jobs[1].state.chunk_index == 1  # continues from the first batch's chunk
 
 
+@pytest.mark.parametrize("demands_ahead, started_beside", [(1, True), (2, False)])
+def test_a_batch_starts_beside_one_in_flight_only_if_no_session_of_that_one_would_join_it(
+    demands_ahead, started_beside
+):
+    clock = FakeClock()
+    scheduler = scheduler_with(clock, max_batch_size=8)
+    scheduler.add(make_session(0, []))
+    scheduler.add(make_session(1, []))
+    for chunk in range(demands_ahead):
+        scheduler.demand("s0", clock.now + 2.0 * chunk)
+    in_flight = scheduler.plan()
+    assert in_flight is not None and in_flight.session_ids == ("s0",)
+    scheduler.demand("s1", clock.now + 0.3)  # due now; s0's next chunk would be in its window
+    beside = scheduler.plan_beside_in_flight()
+    assert (beside is not None) == started_beside
+    if not started_beside:
+        assert scheduler.plan().session_ids == ("s1",)  # a plain plan does not wait
+
+
 def test_pending_demands_per_session_are_bounded():
     scheduler = scheduler_with(FakeClock())
     scheduler.add(make_session(0, []))
@@ -423,3 +442,128 @@ def test_warm_up_times_the_listed_chunk_lengths_too():
     BatchRunner(engine, scheduler, warm_chunk_frames=(10, 50), clock=clock).warm_up()
     assert scheduler.batch_times.measured_chunk_frames() == (10, 50)
     assert engine.frames_seen == {10, 50}
+
+
+class TwoStageEngine(ChunkEngine):
+    """An engine on a device, faked: `start` takes `host_s` of the fake clock and returns a
+    batch still running; its `finish` takes `device_s` more. Records ("start" | "finish",
+    seeds) in order; a batch with a seed in `failing_seeds` raises in `finish`, one with a
+    seed in `unstartable_seeds` in `start`."""
+
+    name = "two-stage"
+
+    def __init__(self, clock: FakeClock, host_s: float = 0.05, device_s: float = 0.5):
+        self.clock, self.host_s, self.device_s = clock, host_s, device_s
+        self.events: list[tuple[str, list[int]]] = []
+        self.failing_seeds: set[int] = set()
+        self.unstartable_seeds: set[int] = set()
+
+    def generate(self, jobs):
+        return self.start(jobs).finish()
+
+    def start(self, jobs):
+        engine, seeds = self, [job.sampling.seed for job in jobs]
+        self.clock.now += self.host_s
+        self.events.append(("start", seeds))
+        if self.unstartable_seeds & set(seeds):
+            raise ValueError("bad input")
+
+        class OnTheDevice(PendingBatch):
+            def ready(self) -> bool:
+                return False
+
+            def finish(self):
+                engine.clock.now += engine.device_s
+                engine.events.append(("finish", seeds))
+                if engine.failing_seeds & set(seeds):
+                    raise RuntimeError("device error")
+                return ScriptedEngine(engine.clock, a=0.0, b=0.0).generate(jobs)
+
+        return OnTheDevice()
+
+
+def _overlapping_batches(engine: TwoStageEngine) -> tuple[Scheduler, list, list]:
+    """s1 (50 frames) due now, s2 (25 frames, so never in s1's batch) due once s1's batch
+    is started, s3 not due for a while; the scheduler closes once s2 has its result."""
+    clock = engine.clock
+    scheduler = scheduler_with(clock)  # every batch expected to take 0.1 s
+    first, second = [], []
+    scheduler.add(make_session(1, first))
+    scheduler.add(make_session(3, []))
+
+    def deliver_and_close(result):
+        second.append(result)
+        scheduler.close()
+
+    scheduler.add(
+        GeneratorSession(
+            session_id="s2",
+            state=SessionState.fresh(),
+            sampling=SamplingSettings(seed=2),
+            deliver=deliver_and_close,
+            chunk_frames=25,
+        )
+    )
+    scheduler.demand("s1", clock.now)
+    scheduler.demand("s2", clock.now + engine.host_s + 0.1 + DUE_MARGIN_S)
+    scheduler.demand("s3", clock.now + 30.0)
+    return scheduler, first, second
+
+
+def test_the_next_due_batch_starts_while_the_device_runs_this_one():
+    clock = FakeClock()
+    engine = TwoStageEngine(clock)
+    scheduler, first, second = _overlapping_batches(engine)
+    runner = BatchRunner(engine, scheduler, clock=clock)
+    started_at = clock.now
+    runner._loop()  # in this thread, until the scheduler closes
+    assert engine.events == [("start", [1]), ("start", [2]), ("finish", [1]), ("finish", [2])]
+    assert first[0].output.state.chunk_index == 1 and second[0].output.state.chunk_index == 1
+    # Each batch's own time: the first from its start, the second from the first's finish.
+    assert first[0].generation_s == pytest.approx(2 * engine.host_s + engine.device_s)
+    assert second[0].generation_s == pytest.approx(engine.device_s)
+    assert clock.now == pytest.approx(started_at + 2 * engine.host_s + 2 * engine.device_s)
+    assert scheduler.batch_times.expected_s(1, 25) == pytest.approx(engine.device_s)
+
+
+def test_a_batch_failing_on_the_device_fails_only_its_sessions_while_the_next_runs_on():
+    clock = FakeClock()
+    engine = TwoStageEngine(clock)
+    engine.failing_seeds = {1}
+    scheduler, first, second = _overlapping_batches(engine)
+    runner = BatchRunner(engine, scheduler, clock=clock)
+    runner._thread = threading.current_thread()  # as if started
+    runner._loop()
+    probe = SamplingSettings().seed
+    assert engine.events == [
+        ("start", [1]),
+        ("start", [2]),
+        ("finish", [1]),
+        ("start", [probe]),  # the probe after a failed batch passes
+        ("finish", [probe]),
+        ("finish", [2]),
+    ]
+    assert first[0].output is None and "device error" in first[0].error
+    assert second[0].output is not None and second[0].output.state.chunk_index == 1
+    assert runner.healthy() and not runner.engine_broken
+
+
+def test_a_batch_failing_to_start_fails_its_sessions_and_the_batch_in_flight_finishes():
+    clock = FakeClock()
+    engine = TwoStageEngine(clock)
+    engine.unstartable_seeds = {2}
+    scheduler, first, second = _overlapping_batches(engine)
+    runner = BatchRunner(engine, scheduler, clock=clock)
+    started_at = clock.now
+    runner._loop()
+    probe = SamplingSettings().seed
+    assert engine.events == [
+        ("start", [1]),
+        ("start", [2]),
+        ("start", [probe]),
+        ("finish", [probe]),
+        ("finish", [1]),
+    ]
+    assert second[0].output is None and "bad input" in second[0].error
+    assert first[0].output is not None
+    assert first[0].generation_s == pytest.approx(clock.now - started_at)  # from its own start

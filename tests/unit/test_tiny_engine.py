@@ -92,3 +92,16 @@ def test_a_short_chunk_is_its_frames_conditioned_on_the_whole_context(engine):
     np.testing.assert_allclose(alone.audio, short.audio, atol=1e-6)
     np.testing.assert_allclose(alone.state.crossfade_tail, short.state.crossfade_tail, atol=1e-6)
     assert not np.array_equal(other.state.context_tokens, short.state.context_tokens)
+
+
+def test_batches_in_flight_together_get_what_each_gets_alone(engine):
+    one = ChunkJob(SessionState.fresh(), style(3), SamplingSettings(seed=5))
+    other = ChunkJob(SessionState.fresh(), style(6), SamplingSettings(seed=11))
+    first, second = engine.start([one]), engine.start([other])  # the second before the first ends
+    overlapped = first.finish() + second.finish()
+    for job, output in zip((one, other), overlapped):
+        alone = engine.generate([job])[0]
+        np.testing.assert_array_equal(alone.state.context_tokens, output.state.context_tokens)
+        np.testing.assert_array_equal(alone.state.crossfade_tail, output.state.crossfade_tail)
+        np.testing.assert_allclose(alone.audio, output.audio, atol=1e-6)
+    assert not np.array_equal(overlapped[0].audio, overlapped[1].audio)

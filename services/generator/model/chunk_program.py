@@ -3,6 +3,8 @@
 Sampling (`sampling.TokenSampler`), the codec decode (`spectrostream.SpectroStreamDecoder`) and
 the crossfade (`crossfade.crossfade_chunks`) run in one jitted program per padded batch shape:
 one dispatch per batch, and the sampled codes go to the codec without a trip through the host.
+`start` dispatches the program and returns at once (JAX dispatch is asynchronous), so the host
+can prepare the next batch while the device runs this one; `DispatchedChunk.read_back` waits.
 The previous crossfade tails are donated to the program, which writes the next tails into
 their buffers. The program is compiled per batch bucket, guidance-row bucket and chunk length; `compile_batches`
 compiles a batch size's programs ahead of serving.
@@ -10,6 +12,7 @@ compiles a batch size's programs ahead of serving.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -45,6 +48,28 @@ def _tokens_to_audio(
     return codes, chunks, next_tails
 
 
+@dataclasses.dataclass(frozen=True)
+class DispatchedChunk:
+    """A batch's program, dispatched: its padded outputs, maybe still being computed."""
+
+    outputs: tuple[jax.Array, jax.Array, jax.Array]
+    sessions: int  # the real rows, before padding
+
+    def ready(self) -> bool:
+        """Whether the device has finished (`read_back` would not wait)."""
+        # Every concrete array has `is_ready`; jax.Array's type stub does not list it.
+        return all(output.is_ready() for output in self.outputs)  # type: ignore[attr-defined]
+
+    def read_back(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(codes, chunks, next tails) of the real rows, waiting for the device if needed."""
+        # One read-back of the padded outputs (slicing on the device would dispatch, and
+        # compile, a small program per batch size).
+        codes, chunks, next_tails = (
+            np.asarray(output)[: self.sessions] for output in jax.device_get(self.outputs)
+        )
+        return codes, chunks, next_tails
+
+
 class ChunkProgram:
     """Generates a batch's new codes, audio and crossfade tails in one compiled program."""
 
@@ -58,7 +83,7 @@ class ChunkProgram:
             donate_argnames="previous_tails",
         )
 
-    def run(
+    def start(
         self,
         encoder_tokens: np.ndarray,
         temperature: np.ndarray,
@@ -68,23 +93,24 @@ class ChunkProgram:
         previous_frames: np.ndarray,
         previous_tails: np.ndarray,
         frames: int = facts.CHUNK_FRAMES,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(codes int32[B, F, 16], chunks float32[B, F * 1920, 2], next tails float32[B, 1920,
-        2]) for B sessions and chunks of F = `frames` (1 to 50; each length is compiled when
-        first used). The sampling inputs are `TokenSampler.batch`'s; previous_frames
-        int32[B, 1, 16] are the frames decoded first (`crossfade.previous_frames`) and
-        previous_tails float32[B, 1920, 2] what the sessions' last chunks left."""
+    ) -> DispatchedChunk:
+        """Dispatch the program for B sessions and chunks of F = `frames` (1 to 50; each
+        length is compiled when first used); its read-back gives (codes int32[B, F, 16],
+        chunks float32[B, F * 1920, 2], next tails float32[B, 1920, 2]). The sampling inputs
+        are `TokenSampler.batch`'s; previous_frames int32[B, 1, 16] are the frames decoded
+        first (`crossfade.previous_frames`) and previous_tails float32[B, 1920, 2] what the
+        sessions' last chunks left."""
         check_chunk_frames(frames)
         batch = self.sampler.batch(encoder_tokens, temperature, top_k, guidance, seeds)
-        return self._run(batch, previous_frames, previous_tails, frames)
+        return self._dispatch(batch, previous_frames, previous_tails, frames)
 
-    def _run(
+    def _dispatch(
         self,
         batch: SamplerBatch,
         previous_frames: np.ndarray,
         previous_tails: np.ndarray,
         frames: int,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ) -> DispatchedChunk:
         padding = ((0, batch.padded_sessions - batch.sessions), (0, 0), (0, 0))
         first_frames = np.pad(np.asarray(previous_frames, np.int32), padding)
         tails = jax.device_put(np.pad(np.asarray(previous_tails, np.float32), padding))
@@ -97,12 +123,7 @@ class ChunkProgram:
                 *batch.arguments,
                 frames=frames,
             )
-        # One read-back of the padded outputs (slicing on the device would dispatch, and
-        # compile, a small program per batch size).
-        codes, chunks, next_tails = (
-            np.asarray(output)[: batch.sessions] for output in jax.device_get(outputs)
-        )
-        return codes, chunks, next_tails
+        return DispatchedChunk(tuple(outputs), batch.sessions)
 
     def compile_batches(self, batch_size: int, frames: int = facts.CHUNK_FRAMES) -> None:
         """Compile every program a batch of `batch_size` sessions of chunks of `frames` can
@@ -114,5 +135,5 @@ class ChunkProgram:
         for batch in self.sampler.warmup_batches(batch_rows):
             first_frames = np.zeros((batch.sessions, 1, self._decoder.levels), np.int32)
             tails = np.zeros((batch.sessions, facts.CROSSFADE_SAMPLES, facts.CHANNELS), np.float32)
-            self._run(batch, first_frames, tails, frames)
+            self._dispatch(batch, first_frames, tails, frames).read_back()
         self._compiled.add((batch_rows, frames))
