@@ -221,9 +221,7 @@ def run(args: argparse.Namespace) -> int:
 def chunk_frames(text: str) -> int:
     """--chunk-frames: 0 (the default) or 5-50, checked here so a typo fails before connecting."""
     value = int(text)
-    low, high = facts.CHUNK_FRAMES_RANGE
-    if value != 0 and not low <= value <= high:
-        raise ValueError(f"must be {low}-{high} (or 0: the default), got {text!r}")
+    facts.session_chunk_frames(value)  # raises ValueError, which argparse reports
     return value
 
 

@@ -65,3 +65,17 @@ INPUT_GAP_MS_RANGE = (0.0, 2000.0)
 INPUT_OFFSET_MS_RANGE = (-2000.0, 8000.0)
 INPUT_STYLE_WEIGHT_RANGE = (0.0, 10.0)
 INPUT_STYLE_SECONDS = 10.0  # the live style prompt embeds the newest 10 s of input
+
+
+def session_chunk_frames(requested: int) -> int:
+    """A session's codec frames per chunk from what it asked for (`SessionSetup.chunk_frames`,
+    `OpenSession.chunk_frames`): 0 means the default 50; ValueError outside the range."""
+    if requested == 0:
+        return CHUNK_FRAMES
+    low, high = CHUNK_FRAMES_RANGE
+    if not low <= requested <= high:
+        raise ValueError(
+            f"chunk_frames must be in [{low}, {high}] (frames of 40 ms) or 0 for the default "
+            f"{CHUNK_FRAMES}, got {requested}"
+        )
+    return requested

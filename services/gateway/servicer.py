@@ -476,17 +476,11 @@ class MusicGenerationServicer(music_pb2_grpc.MusicGenerationServicer):
 
 
 def _chunk_frames(requested: int) -> int:
-    """A session's codec frames per chunk: ``SessionSetup.chunk_frames``, 0 meaning the default."""
-    if requested == 0:
-        return facts.CHUNK_FRAMES
-    low, high = facts.CHUNK_FRAMES_RANGE
-    if not low <= requested <= high:
-        raise StreamEnded(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"chunk_frames must be {low}-{high} (frames of 40 ms; 0: {facts.CHUNK_FRAMES}), "
-            f"got {requested}",
-        )
-    return requested
+    """A session's codec frames per chunk; a value out of range ends the stream."""
+    try:
+        return facts.session_chunk_frames(requested)
+    except ValueError as err:
+        raise StreamEnded(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
 
 
 def _audio_encoder(encoding: int, opus_bitrate: int) -> AudioEncoder:

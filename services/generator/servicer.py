@@ -64,20 +64,6 @@ def sampling_from_proto(message: generator_pb2.Sampling) -> SamplingSettings:
     )
 
 
-def chunk_frames_from_proto(chunk_frames: int) -> int:
-    """The session's codec frames per chunk: 0 means the default 50; ValueError outside the
-    allowed range."""
-    if chunk_frames == 0:
-        return facts.CHUNK_FRAMES
-    low, high = facts.CHUNK_FRAMES_RANGE
-    if not low <= chunk_frames <= high:
-        raise ValueError(
-            f"open.chunk_frames must be in [{low}, {high}] (frames of 40 ms) or 0 for the "
-            f"default {facts.CHUNK_FRAMES}, got {chunk_frames}"
-        )
-    return chunk_frames
-
-
 def style_from_proto(message: generator_pb2.Style) -> np.ndarray | None:
     if not message.embedding:
         return None
@@ -168,7 +154,7 @@ class GeneratorServicer(generator_pb2_grpc.GeneratorServicer):
             )
             sampling = sampling_from_proto(open_msg.sampling)
             style = style_from_proto(open_msg.style)
-            chunk_frames = chunk_frames_from_proto(open_msg.chunk_frames)
+            chunk_frames = facts.session_chunk_frames(open_msg.chunk_frames)
         except ValueError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         if not self.scheduler.has_room_for(chunk_frames):

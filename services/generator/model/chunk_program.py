@@ -6,8 +6,8 @@ one dispatch per batch, and the sampled codes go to the codec without a trip thr
 `start` dispatches the program and returns at once (JAX dispatch is asynchronous), so the host
 can prepare the next batch while the device runs this one; `DispatchedChunk.read_back` waits.
 The previous crossfade tails are donated to the program, which writes the next tails into
-their buffers. The program is compiled per batch bucket, guidance-row bucket and chunk length; `compile_batches`
-compiles a batch size's programs ahead of serving.
+their buffers. The program is compiled per batch bucket, guidance-row bucket and chunk length;
+`compile_batches` compiles a batch size's programs ahead of serving.
 """
 
 from __future__ import annotations
